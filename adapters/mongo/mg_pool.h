@@ -1,0 +1,77 @@
+/*
+ * mg_pool.h — a small thread pool whose completions come back to one
+ * libevent loop.
+ *
+ * Blocking client libraries (mongo-c-driver has no async API) run their calls
+ * here: the loop thread submits a job, a pool thread runs job->work(), and
+ * job->done() is then called ON THE LOOP THREAD of the event_base given to
+ * mg_pool_new() — exactly once per accepted job, never from inside submit.
+ * The hand-off is a mutex-protected list plus event_active() on an event of
+ * that loop, so libevent must have threading enabled (evthread_use_pthreads()
+ * before the event_base was created).
+ *
+ * Jobs are owned by the caller (usually embedded in a larger struct); the
+ * pool only links them.  work() must not touch loop-thread data; done() may
+ * submit new jobs, cancel, and even free the pool.
+ */
+#ifndef MG_POOL_H
+#define MG_POOL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <event2/event.h>
+
+struct mg_pool;
+
+/* How a job ended, as seen by done(). */
+enum mg_outcome {
+    MG_RAN = 0,  /* work() ran (or the job was completed with mg_pool_defer) */
+    MG_EXPIRED,  /* its deadline passed before a thread took it: work() did not run */
+    MG_CANCELED, /* mg_pool_cancel() took it off the queue: work() did not run */
+    MG_STOPPED,  /* the pool was freed before it ran: work() did not run */
+};
+
+struct mg_job {
+    /* set by the caller */
+    uint64_t id;                      /* for mg_pool_cancel(); need not be unique for others */
+    uint64_t deadline_ms;             /* gw_now_ms() clock; 0 = none */
+    void (*work)(struct mg_job *job); /* on a pool thread */
+    void (*done)(struct mg_job *job); /* on the loop thread, exactly once */
+    /* set by the pool */
+    enum mg_outcome outcome;
+    struct mg_job *next;
+};
+
+/* Refusals of mg_pool_submit(). */
+#define MG_EFULL (-2)    /* `queue_max` jobs are already waiting */
+#define MG_ESTOPPED (-3) /* the pool is being freed */
+
+/* Start `nthreads` threads.  NULL with err filled on failure. */
+struct mg_pool *mg_pool_new(struct event_base *base, int nthreads, int queue_max, char *err,
+                            size_t errlen) __attribute__((warn_unused_result));
+
+/* Queue a job: 0, MG_EFULL or MG_ESTOPPED (then done() will never be called). */
+int mg_pool_submit(struct mg_pool *p, struct mg_job *job) __attribute__((warn_unused_result));
+
+/* Complete a job without running it (outcome MG_RAN): done() is called later
+ * on the loop, never from inside this call.  Not counted against queue_max.
+ * For requests refused after they were accepted (e.g. invalid input found
+ * while translating) so that they still complete asynchronously. */
+void mg_pool_defer(struct mg_pool *p, struct mg_job *job);
+
+/* Take a job off the wait queue if no thread has started it yet; it then
+ * completes with MG_CANCELED.  Returns 1 if it was found waiting, else 0 (a
+ * running job cannot be interrupted; it completes normally). */
+int mg_pool_cancel(struct mg_pool *p, uint64_t id);
+
+/* Jobs waiting for a thread (not running, not completed). */
+int mg_pool_waiting(struct mg_pool *p);
+
+/* Stop: waits for the running jobs to finish, joins the threads, then calls
+ * done() of every job not yet delivered (queued ones with MG_STOPPED) on the
+ * calling thread, which must be the loop thread.  No done() after it returns.
+ * May be called from inside a done() callback. */
+void mg_pool_free(struct mg_pool *p);
+
+#endif

@@ -1,0 +1,1193 @@
+/*
+ * ad_redis.c — Redis adapter: hiredis async on the worker's libevent loop.
+ *
+ * Pool: `pool.max` connections per shard, each pipelining many commands
+ * (Redis answers in order, so one connection carries many requests).  A
+ * request goes to the connected connection with the fewest pending replies;
+ * the shard's total of pending requests is bounded by `pool.queue_max`
+ * (beyond it → refused, the gateway answers 503).  A lost connection fails
+ * its pending requests (hiredis calls each callback with a NULL reply) and
+ * is re-established with exponential backoff plus jitter.  hiredis 0.14 has
+ * no command timeouts: deadlines are the gateway's.
+ *
+ * Storage layout:
+ *   value domains: key = prefix + id, value = the item as JSON text whose
+ *                  last member is "version":N (so GET is served as is).
+ *   hash domains:  key = prefix + id, a hash member → integer count.
+ */
+#include "adapters/redis/ad_redis.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <hiredis/adapters/libevent.h>
+#include <hiredis/async.h>
+#include <hiredis/hiredis.h>
+#include <openssl/sha.h>
+
+#include "config/cf_config.h"
+#include "gateway/gw_item.h"
+#include "gateway/gw_json.h"
+#include "gateway/gw_log.h"
+#include "gateway/gw_util.h"
+
+/* ---- scripts ------------------------------------------------------------- */
+
+/* Write a value item.  KEYS[1]; ARGV: mode (put|insert|cas), expected
+ * version ("" = none), the item's JSON without its closing brace, ttl. */
+static const char script_put[] =
+    "local cur = redis.call('GET', KEYS[1])\n"
+    "local v = 0\n"
+    "if cur then v = tonumber(string.match(cur, '\"version\":(%d+)}$')) or 0 end\n"
+    "if ARGV[1] == 'insert' and cur then return {-409, v} end\n"
+    "if ARGV[2] ~= '' and (not cur or tonumber(ARGV[2]) ~= v) then return {-412, v} end\n"
+    "v = v + 1\n"
+    "local sep = ','\n"
+    "if ARGV[3] == '{' then sep = '' end\n"
+    "local doc = ARGV[3] .. sep .. '\"version\":' .. v .. '}'\n"
+    "if ARGV[4] ~= '0' then redis.call('SET', KEYS[1], doc, 'EX', ARGV[4])\n"
+    "else redis.call('SET', KEYS[1], doc) end\n"
+    "local created = 0\n"
+    "if not cur then created = 1 end\n"
+    "return {v, created, doc}\n";
+
+/* Delete a value item.  ARGV: expected version ("" = none). */
+static const char script_del[] =
+    "local cur = redis.call('GET', KEYS[1])\n"
+    "if not cur then return -404 end\n"
+    "if ARGV[1] ~= '' then\n"
+    "  local v = tonumber(string.match(cur, '\"version\":(%d+)}$')) or 0\n"
+    "  if v ~= tonumber(ARGV[1]) then return -412 end\n"
+    "end\n"
+    "redis.call('DEL', KEYS[1])\n"
+    "return 1\n";
+
+/* Change counters atomically.  ARGV: ttl, then (op, member, n) triples with
+ * op c (clear all), d (delete member), s (set), i (increment).  Every result
+ * is checked first: nothing is written when one would drop below 0. */
+static const char script_counters[] =
+    "local k = KEYS[1]\n"
+    "local vals, cleared = {}, false\n"
+    "local function get(f)\n"
+    "  if vals[f] ~= nil then return vals[f] end\n"
+    "  if cleared then return 0 end\n"
+    "  return tonumber(redis.call('HGET', k, f) or '0')\n"
+    "end\n"
+    "for i = 2, #ARGV, 3 do\n"
+    "  local op, f, n = ARGV[i], ARGV[i+1], tonumber(ARGV[i+2])\n"
+    "  if op == 'c' then vals = {}; cleared = true\n"
+    "  elseif op == 'd' then vals[f] = 0\n"
+    "  elseif op == 's' then vals[f] = n\n"
+    "  else\n"
+    "    local r = get(f) + n\n"
+    "    if r < 0 then return {-409, f, get(f)} end\n"
+    "    vals[f] = r\n"
+    "  end\n"
+    "end\n"
+    "if cleared then redis.call('DEL', k) end\n"
+    "for f, n in pairs(vals) do\n"
+    "  if n == 0 then redis.call('HDEL', k, f) else redis.call('HSET', k, f, n) end\n"
+    "end\n"
+    "if tonumber(ARGV[1]) > 0 and redis.call('EXISTS', k) == 1 then\n"
+    "  redis.call('EXPIRE', k, ARGV[1])\n"
+    "end\n"
+    "return redis.call('HGETALL', k)\n";
+
+enum { SC_PUT, SC_DEL, SC_COUNTERS, SC_N };
+static const char *const scripts[SC_N] = {script_put, script_del, script_counters};
+static char script_sha[SC_N][41];
+
+static void scripts_init(void)
+{
+    static int done;
+    if (done) {
+        return;
+    }
+    for (int i = 0; i < SC_N; i++) {
+        unsigned char md[SHA_DIGEST_LENGTH];
+        SHA1((const unsigned char *)scripts[i], strlen(scripts[i]), md);
+        for (int j = 0; j < SHA_DIGEST_LENGTH; j++) {
+            snprintf(script_sha[i] + j * 2, 3, "%02x", md[j]);
+        }
+    }
+    done = 1;
+}
+
+/* ---- state ---------------------------------------------------------------- */
+
+struct rd_shard;
+
+struct rd_conn {
+    struct rd_shard *sh;
+    redisAsyncContext *ac;
+    int connected;
+    int pending;
+    int64_t backoff_ms;
+    struct event *retry_timer;   /* reconnect after backoff */
+    struct event *connect_timer; /* connect deadline */
+};
+
+struct rd_shard {
+    struct rd_state *st;
+    const struct cf_shard *cfs;
+    char host[256];
+    int port;
+    int db;
+    char password[256];
+    struct rd_conn *conns;
+    int nconns;
+    int pending;
+    int was_up;
+};
+
+struct rd_state {
+    struct event_base *base;
+    const struct cf_backend *be;
+    struct rd_shard *shards;
+    int nshards;
+    int closing;
+};
+
+/* One request in flight.  Several stages for read-modify-write patches. */
+struct rd_call {
+    struct rd_state *st;
+    struct rd_shard *sh;
+    struct rd_conn *conn;
+    const struct ad_req *req;
+    ad_done_cb cb;
+    void *arg;
+    int stage;   /* PATCH of a value item: 0 = read, 1 = compare-and-set */
+    int retries; /* CAS retries left */
+    int script;  /* script of the last EVALSHA, for the NOSCRIPT fallback */
+    char key[600];
+    size_t keylen;
+    char *argbuf;             /* owned command arguments (script args) */
+    struct json_object *item; /* owned: the item being written (PATCH) */
+};
+
+static int dsn_parse(struct rd_shard *sh, const char *dsn, char *err, size_t errlen)
+{
+    /* redis://[:password@]host[:port][/db] */
+    const char *p = dsn;
+    if (strncmp(p, "redis://", 8) != 0) {
+        snprintf(err, errlen, "shard '%s': dsn must look like redis://host:port/db", sh->cfs->name);
+        return -1;
+    }
+    p += 8;
+    const char *at = strchr(p, '@');
+    if (at != NULL) {
+        const char *colon = memchr(p, ':', (size_t)(at - p));
+        const char *pw = colon != NULL ? colon + 1 : p;
+        snprintf(sh->password, sizeof(sh->password), "%.*s", (int)(at - pw), pw);
+        p = at + 1;
+    }
+    const char *end = p + strcspn(p, ":/");
+    snprintf(sh->host, sizeof(sh->host), "%.*s", (int)(end - p), p);
+    sh->port = 6379;
+    if (*end == ':') {
+        char *e2;
+        long port = strtol(end + 1, &e2, 10);
+        if (port <= 0 || port > 65535) {
+            snprintf(err, errlen, "shard '%s': bad port in dsn", sh->cfs->name);
+            return -1;
+        }
+        sh->port = (int)port;
+        end = e2;
+    }
+    if (*end == '/') {
+        char *e2;
+        long db = strtol(end + 1, &e2, 10);
+        if (db < 0 || db > 15 || (*e2 != '\0')) {
+            snprintf(err, errlen, "shard '%s': bad database number in dsn", sh->cfs->name);
+            return -1;
+        }
+        sh->db = (int)db;
+    } else if (*end != '\0') {
+        snprintf(err, errlen, "shard '%s': cannot parse dsn", sh->cfs->name);
+        return -1;
+    }
+    if (sh->host[0] == '\0') {
+        snprintf(err, errlen, "shard '%s': dsn has no host", sh->cfs->name);
+        return -1;
+    }
+    return 0;
+}
+
+/* ---- connections ------------------------------------------------------------ */
+
+static void conn_start(struct rd_conn *c);
+
+static void schedule_retry(struct rd_conn *c)
+{
+    if (c->sh->st->closing) {
+        return;
+    }
+    const struct cf_pool *p = &c->sh->st->be->pool;
+    if (c->backoff_ms == 0) {
+        c->backoff_ms = p->backoff_min_ms;
+    } else {
+        c->backoff_ms *= 2;
+        if (c->backoff_ms > p->backoff_max_ms) {
+            c->backoff_ms = p->backoff_max_ms;
+        }
+    }
+    /* full jitter in [backoff/2, backoff] so workers do not reconnect in step */
+    int64_t ms = c->backoff_ms / 2 + (int64_t)(gw_rand64() % (uint64_t)(c->backoff_ms / 2 + 1));
+    struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)((ms % 1000) * 1000)};
+    evtimer_add(c->retry_timer, &tv);
+}
+
+static void shard_note_down(struct rd_shard *sh, const char *why)
+{
+    if (sh->st->closing) {
+        return;
+    }
+    int up = 0;
+    for (int i = 0; i < sh->nconns; i++) {
+        up |= sh->conns[i].connected;
+    }
+    if (!up && sh->was_up) {
+        gw_warn("redis shard '%s' (%s:%d) is down: %s", sh->cfs->name, sh->host, sh->port, why);
+        sh->was_up = 0;
+    }
+}
+
+static void on_connect(const redisAsyncContext *ac, int status)
+{
+    struct rd_conn *c = ac->data;
+    if (c == NULL) {
+        return;
+    }
+    evtimer_del(c->connect_timer);
+    if (status != REDIS_OK) {
+        /* hiredis frees the context after this callback; no disconnect cb */
+        gw_debug("redis shard '%s': connect failed: %s", c->sh->cfs->name, ac->c.errstr);
+        c->ac = NULL;
+        c->connected = 0;
+        shard_note_down(c->sh, ac->c.errstr);
+        schedule_retry(c);
+        return;
+    }
+    c->connected = 1;
+    c->backoff_ms = 0;
+    if (!c->sh->was_up) {
+        gw_info("redis shard '%s' (%s:%d) is up", c->sh->cfs->name, c->sh->host, c->sh->port);
+        c->sh->was_up = 1;
+    }
+}
+
+static void on_disconnect(const redisAsyncContext *ac, int status)
+{
+    struct rd_conn *c = ac->data;
+    if (c == NULL) {
+        return;
+    }
+    c->ac = NULL;
+    c->connected = 0;
+    if (status != REDIS_OK) {
+        shard_note_down(c->sh, ac->errstr);
+    } else {
+        shard_note_down(c->sh, "connection closed");
+    }
+    schedule_retry(c);
+}
+
+static void connect_timeout_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct rd_conn *c = arg;
+    (void)fd;
+    (void)what;
+    if (c->ac != NULL && !c->connected) {
+        redisAsyncContext *ac = c->ac;
+        ac->data = NULL; /* its callbacks must not find us any more */
+        c->ac = NULL;
+        redisAsyncFree(ac);
+        shard_note_down(c->sh, "connect timeout");
+        schedule_retry(c);
+    }
+}
+
+static void retry_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    conn_start(arg);
+}
+
+static void conn_start(struct rd_conn *c)
+{
+    struct rd_shard *sh = c->sh;
+    redisAsyncContext *ac = redisAsyncConnect(sh->host, sh->port);
+    if (ac == NULL || ac->err) {
+        if (ac != NULL) {
+            redisAsyncFree(ac);
+        }
+        schedule_retry(c);
+        return;
+    }
+    ac->data = c;
+    c->ac = ac;
+    redisLibeventAttach(ac, sh->st->base);
+    redisAsyncSetConnectCallback(ac, on_connect);
+    redisAsyncSetDisconnectCallback(ac, on_disconnect);
+    /* queued before any request: they run first once connected */
+    if (sh->password[0] != '\0') {
+        redisAsyncCommand(ac, NULL, NULL, "AUTH %s", sh->password);
+    }
+    if (sh->db != 0) {
+        redisAsyncCommand(ac, NULL, NULL, "SELECT %d", sh->db);
+    }
+    int64_t ms = sh->st->be->pool.connect_timeout_ms;
+    struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)((ms % 1000) * 1000)};
+    evtimer_add(c->connect_timer, &tv);
+}
+
+/* ---- completing requests ---------------------------------------------------- */
+
+static void call_free(struct rd_call *call)
+{
+    free(call->argbuf);
+    json_object_put(call->item);
+    free(call);
+}
+
+static void call_done(struct rd_call *call, struct ad_res *res)
+{
+    if (res->shard == NULL) {
+        res->shard = call->sh->cfs->name;
+    }
+    call->sh->pending--;
+    call->cb(res, call->arg);
+    call_free(call);
+}
+
+static void call_fail(struct rd_call *call, enum ad_status st, const char *what, const char *detail)
+{
+    struct ad_res res;
+    ad_res_init(&res);
+    ad_res_error(&res, st, call->sh->cfs->name, "%s redis shard '%s'%s%s", what,
+                 call->sh->cfs->name, detail[0] ? ": " : "", detail);
+    call_done(call, &res);
+}
+
+/* The version is the item's last member: ..."version":N} */
+static int64_t version_of(const char *s, size_t len)
+{
+    if (len < 12 || s[len - 1] != '}') {
+        return -1;
+    }
+    size_t i = len - 1;
+    while (i > 0 && s[i - 1] >= '0' && s[i - 1] <= '9') {
+        i--;
+    }
+    if (i < 10 || memcmp(s + i - 10, "\"version\":", 10) != 0) {
+        return -1;
+    }
+    return strtoll(s + i, NULL, 10);
+}
+
+/* Send a command on the least-loaded live connection of the call's shard. */
+static int call_send(struct rd_call *call, redisCallbackFn *fn, int argc, const char **argv,
+                     const size_t *argvlen);
+
+static void reply_value_get(redisAsyncContext *ac, void *r, void *priv);
+static void reply_put(redisAsyncContext *ac, void *r, void *priv);
+static void reply_del(redisAsyncContext *ac, void *r, void *priv);
+static void reply_counters(redisAsyncContext *ac, void *r, void *priv);
+static void reply_ping(redisAsyncContext *ac, void *r, void *priv);
+static void patch_read_reply(redisAsyncContext *ac, void *r, void *priv);
+
+/* Common reply checks: NULL (connection lost) and error replies.  Returns 1
+ * when the call was completed here. */
+static int reply_failed(struct rd_call *call, redisReply *rep)
+{
+    if (call->conn != NULL) {
+        call->conn->pending--;
+    }
+    if (rep == NULL) {
+        call_fail(call, AD_UNAVAILABLE, "lost the connection to", "");
+        return 1;
+    }
+    if (rep->type == REDIS_REPLY_ERROR) {
+        gw_warn("redis shard '%s': %s", call->sh->cfs->name, rep->str);
+        call_fail(call, AD_INTERNAL, "an error from", rep->str);
+        return 1;
+    }
+    return 0;
+}
+
+static int eval(struct rd_call *call, int script, redisCallbackFn *fn, int nargs, const char **args,
+                const size_t *lens)
+{
+    const char *argv[32];
+    size_t argl[32];
+    char nkeys[] = "1";
+    argv[0] = "EVALSHA";
+    argl[0] = 7;
+    argv[1] = script_sha[script];
+    argl[1] = 40;
+    argv[2] = nkeys;
+    argl[2] = 1;
+    argv[3] = call->key;
+    argl[3] = call->keylen;
+    for (int i = 0; i < nargs; i++) {
+        argv[4 + i] = args[i];
+        argl[4 + i] = lens[i];
+    }
+    call->script = script;
+    return call_send(call, fn, 4 + nargs, argv, argl);
+}
+
+/* NOSCRIPT: the server lost its script cache (restart, SCRIPT FLUSH).  Load
+ * the script and resend; the reply then goes to the original callback. */
+static int noscript(redisReply *rep)
+{
+    return rep != NULL && rep->type == REDIS_REPLY_ERROR && strncmp(rep->str, "NOSCRIPT", 8) == 0;
+}
+
+static void script_loaded(redisAsyncContext *ac, void *r, void *priv)
+{
+    (void)ac;
+    (void)r;
+    (void)priv;
+}
+
+static int send_argv(redisAsyncContext *ac, redisCallbackFn *fn, void *priv, int argc,
+                     const char **argv, const size_t *argvlen);
+
+static int resend_after_load(struct rd_call *call, redisAsyncContext *ac, redisCallbackFn *fn,
+                             const char **argv, const size_t *argl, int argc)
+{
+    /* SCRIPT LOAD then the same EVALSHA, pipelined on the same connection */
+    if (redisAsyncCommand(ac, script_loaded, NULL, "SCRIPT LOAD %s", scripts[call->script]) !=
+        REDIS_OK) {
+        return -1;
+    }
+    call->conn->pending++;
+    return send_argv(ac, fn, call, argc, argv, argl) == REDIS_OK ? 0 : -1;
+}
+
+/* ---- value domains ------------------------------------------------------------ */
+
+static void reply_value_get(redisAsyncContext *ac, void *r, void *priv)
+{
+    (void)ac;
+    struct rd_call *call = priv;
+    redisReply *rep = r;
+    if (reply_failed(call, rep)) {
+        return;
+    }
+    struct ad_res res;
+    ad_res_init(&res);
+    if (rep->type == REDIS_REPLY_NIL) {
+        ad_res_error(&res, AD_NOT_FOUND, NULL, "no %s item with this key", call->req->domain->name);
+    } else if (rep->type == REDIS_REPLY_STRING) {
+        res.raw = rep->str;
+        res.rawlen = rep->len;
+        res.version = version_of(rep->str, rep->len);
+    } else {
+        ad_res_error(&res, AD_INTERNAL, NULL, "redis shard '%s': unexpected reply to GET",
+                     call->sh->cfs->name);
+    }
+    call_done(call, &res);
+}
+
+/* Serialise the item without its closing brace (the script appends the
+ * version and the brace). */
+static char *item_prefix(struct json_object *item, size_t *len)
+{
+    size_t n;
+    const char *s = json_object_to_json_string_length(
+        item, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE, &n);
+    char *out = malloc(n);
+    if (out == NULL) {
+        return NULL;
+    }
+    memcpy(out, s, n - 1); /* drop the '}' */
+    out[n - 1] = '\0';
+    *len = n - 1;
+    return out;
+}
+
+static int value_put(struct rd_call *call, struct json_object *item, const char *mode,
+                     int64_t expect)
+{
+    size_t plen;
+    free(call->argbuf);
+    call->argbuf = item_prefix(item, &plen);
+    if (call->argbuf == NULL) {
+        return -1;
+    }
+    char ver[24] = "", ttl[24];
+    if (expect >= 0) {
+        snprintf(ver, sizeof(ver), "%lld", (long long)expect);
+    }
+    snprintf(ttl, sizeof(ttl), "%lld", (long long)call->req->domain->ttl_s);
+    const char *args[4] = {mode, ver, call->argbuf, ttl};
+    size_t lens[4] = {strlen(mode), strlen(ver), plen, strlen(ttl)};
+    return eval(call, SC_PUT, reply_put, 4, args, lens);
+}
+
+static void reply_put(redisAsyncContext *ac, void *r, void *priv)
+{
+    struct rd_call *call = priv;
+    redisReply *rep = r;
+    if (noscript(rep)) {
+        call->conn->pending--;
+        size_t plen = strlen(call->argbuf);
+        char ver[24] = "", ttl[24];
+        const char *mode = call->req->op == AD_INSERT ? "insert" : "put";
+        snprintf(ttl, sizeof(ttl), "%lld", (long long)call->req->domain->ttl_s);
+        if (call->stage == 1) {
+            mode = "cas";
+        }
+        int64_t expect = call->stage == 1
+                             ? json_object_get_int64(json_object_object_get(call->item, "version"))
+                             : call->req->if_match;
+        if (expect >= 0) {
+            snprintf(ver, sizeof(ver), "%lld", (long long)expect);
+        }
+        const char *argv[8] = {"EVALSHA", script_sha[SC_PUT], "1", call->key, mode,
+                               ver,       call->argbuf,       ttl};
+        size_t argl[8] = {7, 40, 1, call->keylen, strlen(mode), strlen(ver), plen, strlen(ttl)};
+        if (resend_after_load(call, ac, reply_put, argv, argl, 8) == 0) {
+            return;
+        }
+        call->conn->pending++;
+        rep = NULL;
+    }
+    if (reply_failed(call, rep)) {
+        return;
+    }
+    struct ad_res res;
+    ad_res_init(&res);
+    if (rep->type != REDIS_REPLY_ARRAY || rep->elements < 2 ||
+        rep->element[0]->type != REDIS_REPLY_INTEGER) {
+        ad_res_error(&res, AD_INTERNAL, NULL, "redis shard '%s': unexpected script reply",
+                     call->sh->cfs->name);
+        call_done(call, &res);
+        return;
+    }
+    long long v = rep->element[0]->integer;
+    if (v == -409) {
+        ad_res_error(&res, AD_CONFLICT, NULL, "a %s item with this key already exists",
+                     call->req->domain->name);
+        res.field = call->req->domain->key;
+    } else if (v == -412) {
+        if (call->stage == 1 && call->retries-- > 0) {
+            /* a concurrent writer won the race between our read and write: read again */
+            call->stage = 0;
+            const char *argv[2] = {"GET", call->key};
+            size_t argl[2] = {3, call->keylen};
+            json_object_put(call->item);
+            call->item = NULL;
+            if (call_send(call, patch_read_reply, 2, argv, argl) == 0) {
+                return;
+            }
+            ad_res_error(&res, AD_UNAVAILABLE, NULL, "redis shard '%s' is unavailable",
+                         call->sh->cfs->name);
+        } else if (call->stage == 1) {
+            ad_res_error(&res, AD_CONFLICT, NULL,
+                         "the item kept changing while it was patched; retry");
+        } else if (rep->element[1]->integer == 0) {
+            ad_res_error(&res, AD_PRECONDITION, NULL, "If-Match: the %s item does not exist",
+                         call->req->domain->name);
+        } else {
+            ad_res_error(&res, AD_PRECONDITION, NULL,
+                         "If-Match: version %lld does not match the current version %lld",
+                         (long long)call->req->if_match, rep->element[1]->integer);
+        }
+    } else if (rep->elements >= 3 && rep->element[2]->type == REDIS_REPLY_STRING) {
+        res.version = v;
+        res.created = rep->element[1]->integer == 1;
+        res.raw = rep->element[2]->str;
+        res.rawlen = rep->element[2]->len;
+    } else {
+        ad_res_error(&res, AD_INTERNAL, NULL, "redis shard '%s': unexpected script reply",
+                     call->sh->cfs->name);
+    }
+    call_done(call, &res);
+}
+
+static void patch_read_reply(redisAsyncContext *ac, void *r, void *priv)
+{
+    (void)ac;
+    struct rd_call *call = priv;
+    redisReply *rep = r;
+    if (reply_failed(call, rep)) {
+        return;
+    }
+    struct ad_res res;
+    ad_res_init(&res);
+    if (rep->type == REDIS_REPLY_NIL) {
+        ad_res_error(&res, call->req->if_match >= 0 ? AD_PRECONDITION : AD_NOT_FOUND, NULL,
+                     "no %s item with this key", call->req->domain->name);
+        call_done(call, &res);
+        return;
+    }
+    struct json_object *item = NULL;
+    char msg[128];
+    if (rep->type != REDIS_REPLY_STRING ||
+        gw_json_parse(rep->str, rep->len, 1000, &item, msg, sizeof(msg)) != GW_JSON_OK ||
+        !json_object_is_type(item, json_type_object)) {
+        json_object_put(item);
+        ad_res_error(&res, AD_INTERNAL, NULL, "redis shard '%s': stored item is not a JSON object",
+                     call->sh->cfs->name);
+        call_done(call, &res);
+        return;
+    }
+    int64_t cur = version_of(rep->str, rep->len);
+    if (call->req->if_match >= 0 && call->req->if_match != cur) {
+        json_object_put(item);
+        ad_res_error(&res, AD_PRECONDITION, NULL,
+                     "If-Match: version %lld does not match the current version %lld",
+                     (long long)call->req->if_match, (long long)cur);
+        call_done(call, &res);
+        return;
+    }
+    struct gw_error e = {0};
+    if (gw_patch_apply(call->req->domain, item, call->req->body, &e) < 0) {
+        json_object_put(item);
+        ad_res_error(&res, e.err == GW_E_CONFLICT ? AD_CONFLICT : AD_BAD_REQUEST, NULL, "%s",
+                     e.message);
+        res.field = e.field;
+        call_done(call, &res);
+        return;
+    }
+    json_object_object_del(item, "version");
+    call->item = item;
+    call->stage = 1;
+    /* remember the version we read in the item we keep (for a NOSCRIPT resend) */
+    if (value_put(call, item, "cas", cur) < 0) {
+        ad_res_error(&res, AD_UNAVAILABLE, NULL, "redis shard '%s' is unavailable",
+                     call->sh->cfs->name);
+        call_done(call, &res);
+    }
+    json_object_object_add(item, "version", json_object_new_int64(cur));
+}
+
+static void reply_del(redisAsyncContext *ac, void *r, void *priv)
+{
+    struct rd_call *call = priv;
+    redisReply *rep = r;
+    if (noscript(rep)) {
+        call->conn->pending--;
+        char ver[24] = "";
+        if (call->req->if_match >= 0) {
+            snprintf(ver, sizeof(ver), "%lld", (long long)call->req->if_match);
+        }
+        const char *argv[5] = {"EVALSHA", script_sha[SC_DEL], "1", call->key, ver};
+        size_t argl[5] = {7, 40, 1, call->keylen, strlen(ver)};
+        if (resend_after_load(call, ac, reply_del, argv, argl, 5) == 0) {
+            return;
+        }
+        call->conn->pending++;
+        rep = NULL;
+    }
+    if (reply_failed(call, rep)) {
+        return;
+    }
+    struct ad_res res;
+    ad_res_init(&res);
+    if (rep->type == REDIS_REPLY_INTEGER && rep->integer == -404) {
+        ad_res_error(&res, AD_NOT_FOUND, NULL, "no %s item with this key", call->req->domain->name);
+    } else if (rep->type == REDIS_REPLY_INTEGER && rep->integer == -412) {
+        ad_res_error(&res, AD_PRECONDITION, NULL,
+                     "If-Match: version %lld does not match the current version",
+                     (long long)call->req->if_match);
+    } else if (rep->type == REDIS_REPLY_INTEGER && rep->integer >= 0) {
+        /* deleted (hash domains: DEL answers how many keys it removed) */
+    } else {
+        ad_res_error(&res, AD_INTERNAL, NULL, "redis shard '%s': unexpected reply to delete",
+                     call->sh->cfs->name);
+    }
+    call_done(call, &res);
+}
+
+/* ---- hash (counter) domains ---------------------------------------------------- */
+
+static void reply_counters(redisAsyncContext *ac, void *r, void *priv)
+{
+    struct rd_call *call = priv;
+    redisReply *rep = r;
+    if (noscript(rep)) {
+        call->conn->pending--;
+        /* argbuf holds the NUL-separated script args; rebuild argv */
+        const char *argv[32];
+        size_t argl[32];
+        int argc = 0;
+        argv[argc] = "EVALSHA";
+        argl[argc++] = 7;
+        argv[argc] = script_sha[SC_COUNTERS];
+        argl[argc++] = 40;
+        argv[argc] = "1";
+        argl[argc++] = 1;
+        argv[argc] = call->key;
+        argl[argc++] = call->keylen;
+        const char *p = call->argbuf;
+        while (*p != '\0' && argc < 32) {
+            argv[argc] = p;
+            argl[argc] = strlen(p);
+            p += argl[argc++] + 1;
+        }
+        if (resend_after_load(call, ac, reply_counters, argv, argl, argc) == 0) {
+            return;
+        }
+        call->conn->pending++;
+        rep = NULL;
+    }
+    if (reply_failed(call, rep)) {
+        return;
+    }
+    struct ad_res res;
+    ad_res_init(&res);
+    const struct cf_domain *d = call->req->domain;
+    if (rep->type == REDIS_REPLY_ARRAY && rep->elements == 3 &&
+        rep->element[0]->type == REDIS_REPLY_INTEGER && rep->element[0]->integer == -409) {
+        ad_res_error(&res, AD_CONFLICT, NULL, "'%s.%s' would drop below 0 (it is %lld)",
+                     d->counters_field, rep->element[1]->str, rep->element[2]->integer);
+        res.field = d->counters_field;
+        call_done(call, &res);
+        return;
+    }
+    if (rep->type != REDIS_REPLY_ARRAY) {
+        ad_res_error(&res, AD_INTERNAL, NULL, "redis shard '%s': unexpected reply",
+                     call->sh->cfs->name);
+        call_done(call, &res);
+        return;
+    }
+    struct json_object *item = json_object_new_object();
+    struct json_object *members = json_object_new_object();
+    json_object_object_add(item, d->key,
+                           json_object_new_string_len(call->req->key, (int)call->req->keylen));
+    for (size_t i = 0; i + 1 < rep->elements; i += 2) {
+        redisReply *k = rep->element[i], *v = rep->element[i + 1];
+        if (k->type == REDIS_REPLY_STRING && v->type == REDIS_REPLY_STRING) {
+            char *kz = strndup(k->str, k->len);
+            json_object_object_add(members, kz, json_object_new_int64(strtoll(v->str, NULL, 10)));
+            free(kz);
+        }
+    }
+    json_object_object_add(item, d->counters_field, members);
+    res.item = item;
+    call_done(call, &res);
+    json_object_put(item);
+}
+
+/* Build the counters script's args: ttl then (op, member, n) triples, as
+ * NUL-separated strings in call->argbuf (kept for a NOSCRIPT resend). */
+static int counters_args(struct rd_call *call, struct json_object *patch, int replace,
+                         const char **args, size_t *lens, int max)
+{
+    const struct cf_domain *d = call->req->domain;
+    size_t cl = strlen(d->counters_field);
+    size_t cap = 64, n = 0;
+    char *buf = malloc(cap);
+    int nargs = 0;
+    if (buf == NULL) {
+        return -1;
+    }
+#define PUSH(s, l)                                                                                 \
+    do {                                                                                           \
+        size_t l_ = (l);                                                                           \
+        while (n + l_ + 2 > cap) {                                                                 \
+            cap *= 2;                                                                              \
+            char *nb_ = realloc(buf, cap);                                                         \
+            if (nb_ == NULL) {                                                                     \
+                free(buf);                                                                         \
+                return -1;                                                                         \
+            }                                                                                      \
+            buf = nb_;                                                                             \
+        }                                                                                          \
+        memcpy(buf + n, (s), l_);                                                                  \
+        n += l_;                                                                                   \
+        buf[n++] = '\0';                                                                           \
+        nargs++;                                                                                   \
+    } while (0)
+    char num[24];
+    snprintf(num, sizeof(num), "%lld", (long long)d->ttl_s);
+    PUSH(num, strlen(num));
+    struct json_object *ops;
+    if (replace) {
+        PUSH("c", 1);
+        PUSH("", 0);
+        PUSH("0", 1);
+        struct json_object *members = NULL;
+        json_object_object_get_ex(patch, d->counters_field, &members);
+        json_object_object_foreach(members, k, v)
+        {
+            snprintf(num, sizeof(num), "%lld", (long long)json_object_get_int64(v));
+            PUSH("s", 1);
+            PUSH(k, strlen(k));
+            PUSH(num, strlen(num));
+        }
+    } else {
+        if (json_object_object_get_ex(patch, "unset", &ops)) {
+            for (size_t i = 0; i < json_object_array_length(ops); i++) {
+                const char *f = json_object_get_string(json_object_array_get_idx(ops, i));
+                if (strcmp(f, d->counters_field) == 0) {
+                    PUSH("c", 1);
+                    PUSH("", 0);
+                    PUSH("0", 1);
+                } else {
+                    PUSH("d", 1);
+                    PUSH(f + cl + 1, strlen(f + cl + 1));
+                    PUSH("0", 1);
+                }
+            }
+        }
+        static const char *const kinds[2] = {"set", "inc"};
+        for (int kind = 0; kind < 2; kind++) {
+            if (!json_object_object_get_ex(patch, kinds[kind], &ops)) {
+                continue;
+            }
+            json_object_object_foreach(ops, k, v)
+            {
+                snprintf(num, sizeof(num), "%lld", (long long)json_object_get_int64(v));
+                PUSH(kind == 0 ? "s" : "i", 1);
+                PUSH(k + cl + 1, strlen(k + cl + 1));
+                PUSH(num, strlen(num));
+            }
+        }
+    }
+#undef PUSH
+    buf[n] = '\0'; /* an empty string ends the list for the NOSCRIPT resend */
+    if (nargs > max) {
+        free(buf);
+        return -2;
+    }
+    call->argbuf = buf;
+    const char *p = buf;
+    for (int i = 0; i < nargs; i++) {
+        args[i] = p;
+        lens[i] = strlen(p);
+        p += lens[i] + 1;
+    }
+    return nargs;
+}
+
+/* ---- submit ---------------------------------------------------------------------- */
+
+/* Send one command in RESP, formatted here: hiredis' argv formatter goes
+ * through sdscatfmt for every argument, 4 % of the instructions of a
+ * session GET in the callgrind profile (docs/performance.md).  The text is
+ * built on the stack when it fits (it nearly always does). */
+static int send_argv(redisAsyncContext *ac, redisCallbackFn *fn, void *priv, int argc,
+                     const char **argv, const size_t *argvlen)
+{
+    size_t need = 16;
+    for (int i = 0; i < argc; i++) {
+        need += argvlen[i] + 32;
+    }
+    char stack[4096];
+    char *buf = need <= sizeof(stack) ? stack : malloc(need);
+    if (buf == NULL) {
+        return REDIS_ERR;
+    }
+    char *p = buf;
+    *p++ = '*';
+    p = gw_put_u64(p, (size_t)argc);
+    *p++ = '\r';
+    *p++ = '\n';
+    for (int i = 0; i < argc; i++) {
+        *p++ = '$';
+        p = gw_put_u64(p, argvlen[i]);
+        *p++ = '\r';
+        *p++ = '\n';
+        memcpy(p, argv[i], argvlen[i]);
+        p += argvlen[i];
+        *p++ = '\r';
+        *p++ = '\n';
+    }
+    /* hiredis scans the text for the command name with strchr: it must end
+     * in a NUL although the length is given */
+    *p = '\0';
+    int rc = redisAsyncFormattedCommand(ac, fn, priv, buf, (size_t)(p - buf));
+    if (buf != stack) {
+        free(buf);
+    }
+    return rc;
+}
+
+static int call_send(struct rd_call *call, redisCallbackFn *fn, int argc, const char **argv,
+                     const size_t *argvlen)
+{
+    struct rd_shard *sh = call->sh;
+    struct rd_conn *best = NULL;
+    for (int i = 0; i < sh->nconns; i++) {
+        struct rd_conn *c = &sh->conns[i];
+        if (c->connected && c->ac != NULL && (best == NULL || c->pending < best->pending)) {
+            best = c;
+        }
+    }
+    if (best == NULL) {
+        return AD_EDOWN;
+    }
+    if (send_argv(best->ac, fn, call, argc, argv, argvlen) != REDIS_OK) {
+        return AD_EDOWN;
+    }
+    best->pending++;
+    call->conn = best;
+    return 0;
+}
+
+static void reply_ping(redisAsyncContext *ac, void *r, void *priv)
+{
+    (void)ac;
+    struct rd_call *call = priv;
+    if (reply_failed(call, r)) {
+        return;
+    }
+    struct ad_res res;
+    ad_res_init(&res);
+    call_done(call, &res);
+}
+
+static int rd_submit(void *state, const struct ad_req *req, ad_done_cb cb, void *arg)
+{
+    struct rd_state *st = state;
+    if (st->closing) {
+        return AD_EDOWN;
+    }
+    if (req->shard < 0 || req->shard >= st->nshards) {
+        return AD_EINVAL;
+    }
+    struct rd_shard *sh = &st->shards[req->shard];
+    if (sh->pending >= st->be->pool.queue_max) {
+        return AD_EFULL;
+    }
+    const struct cf_domain *d = req->domain;
+    struct rd_call *call = calloc(1, sizeof(*call));
+    if (call == NULL) {
+        return AD_EFULL;
+    }
+    call->st = st;
+    call->sh = sh;
+    call->req = req;
+    call->cb = cb;
+    call->arg = arg;
+    call->retries = 5;
+    if (d != NULL && req->key != NULL) {
+        int n = snprintf(call->key, sizeof(call->key), "%s", d->table);
+        if ((size_t)n + req->keylen >= sizeof(call->key)) {
+            free(call);
+            return AD_EINVAL;
+        }
+        memcpy(call->key + n, req->key, req->keylen);
+        call->keylen = (size_t)n + req->keylen;
+        call->key[call->keylen] = '\0';
+    }
+    int rc = AD_EINVAL;
+    char ttl[24];
+    const char *args[32];
+    size_t lens[32];
+    switch (req->op) {
+    case AD_PING: {
+        const char *argv[1] = {"PING"};
+        size_t argl[1] = {4};
+        rc = call_send(call, reply_ping, 1, argv, argl);
+        break;
+    }
+    case AD_GET:
+        if (d->kind == CF_KIND_HASH) {
+            const char *argv[2] = {"HGETALL", call->key};
+            size_t argl[2] = {7, call->keylen};
+            rc = call_send(call, reply_counters, 2, argv, argl);
+        } else if (d->sliding_ttl && d->ttl_s > 0) {
+            snprintf(ttl, sizeof(ttl), "%lld", (long long)d->ttl_s);
+            const char *argv[4] = {"GETEX", call->key, "EX", ttl};
+            size_t argl[4] = {5, call->keylen, 2, strlen(ttl)};
+            rc = call_send(call, reply_value_get, 4, argv, argl);
+        } else {
+            const char *argv[2] = {"GET", call->key};
+            size_t argl[2] = {3, call->keylen};
+            rc = call_send(call, reply_value_get, 2, argv, argl);
+        }
+        break;
+    case AD_PUT:
+    case AD_INSERT:
+        if (d->kind == CF_KIND_HASH) {
+            int n = counters_args(call, req->body, 1, args, lens, 28);
+            rc = n == -2 ? AD_EINVAL
+                 : n < 0 ? AD_EFULL
+                         : eval(call, SC_COUNTERS, reply_counters, n, args, lens);
+        } else {
+            rc = value_put(call, req->body, req->op == AD_INSERT ? "insert" : "put", req->if_match);
+        }
+        break;
+    case AD_PATCH:
+        if (d->kind == CF_KIND_HASH) {
+            int n = counters_args(call, req->body, 0, args, lens, 28);
+            rc = n == -2 ? AD_EINVAL
+                 : n < 0 ? AD_EFULL
+                         : eval(call, SC_COUNTERS, reply_counters, n, args, lens);
+        } else {
+            const char *argv[2] = {"GET", call->key};
+            size_t argl[2] = {3, call->keylen};
+            rc = call_send(call, patch_read_reply, 2, argv, argl);
+        }
+        break;
+    case AD_DELETE:
+        if (d->kind == CF_KIND_HASH) {
+            const char *argv[2] = {"DEL", call->key};
+            size_t argl[2] = {3, call->keylen};
+            rc = call_send(call, reply_del, 2, argv, argl);
+        } else {
+            char ver[24] = "";
+            if (req->if_match >= 0) {
+                snprintf(ver, sizeof(ver), "%lld", (long long)req->if_match);
+            }
+            const char *a[1] = {ver};
+            size_t l[1] = {strlen(ver)};
+            rc = eval(call, SC_DEL, reply_del, 1, a, l);
+        }
+        break;
+    default:
+        rc = AD_EINVAL;
+    }
+    if (rc != 0) {
+        call_free(call);
+        return rc;
+    }
+    sh->pending++;
+    return 0;
+}
+
+static void rd_cancel(void *state, uint64_t req_id)
+{
+    /* Redis answers in order on a pipelined connection: a sent command cannot
+     * be taken back.  The gateway ignores the late completion. */
+    (void)state;
+    (void)req_id;
+}
+
+static int rd_supports(const struct cf_domain *d, enum ad_op op)
+{
+    switch (op) {
+    case AD_GET:
+    case AD_PUT:
+    case AD_PATCH:
+    case AD_DELETE:
+    case AD_PING:
+        return 1;
+    case AD_INSERT:
+        return d->kind == CF_KIND_VALUE;
+    default:
+        return 0;
+    }
+}
+
+static int rd_check_domain(const struct cf_backend *be, const struct cf_domain *d, char *err,
+                           size_t errlen)
+{
+    (void)be;
+    if (d->kind == CF_KIND_RECORD) {
+        snprintf(err, errlen, "kind: redis serves `value` and `hash` domains, not `record`");
+        return -1;
+    }
+    if (d->shard_key != NULL) {
+        snprintf(err, errlen, "shard_key: redis domains are not sharded by a field");
+        return -1;
+    }
+    if (strlen(d->table) > 64) {
+        snprintf(err, errlen, "prefix: at most 64 bytes");
+        return -1;
+    }
+    return 0;
+}
+
+static int rd_init(struct event_base *base, const struct cf_backend *be, void **state, char *err,
+                   size_t errlen)
+{
+    scripts_init();
+    if (be->nshards == 0) {
+        snprintf(err, errlen, "backend '%s': redis needs `shards`", be->name);
+        return -1;
+    }
+    struct rd_state *st = calloc(1, sizeof(*st));
+    st->base = base;
+    st->be = be;
+    st->nshards = (int)be->nshards;
+    st->shards = calloc(be->nshards, sizeof(*st->shards));
+    for (int i = 0; i < st->nshards; i++) {
+        struct rd_shard *sh = &st->shards[i];
+        sh->st = st;
+        sh->cfs = &be->shards[i];
+        sh->was_up = 1; /* so that a first failure is logged */
+        if (dsn_parse(sh, sh->cfs->dsn, err, errlen) < 0) {
+            for (int j = 0; j <= i; j++) {
+                free(st->shards[j].conns);
+            }
+            free(st->shards);
+            free(st);
+            return -1;
+        }
+        sh->nconns = be->pool.max;
+        sh->conns = calloc((size_t)sh->nconns, sizeof(*sh->conns));
+        for (int k = 0; k < sh->nconns; k++) {
+            struct rd_conn *c = &sh->conns[k];
+            c->sh = sh;
+            c->retry_timer = evtimer_new(base, retry_cb, c);
+            c->connect_timer = evtimer_new(base, connect_timeout_cb, c);
+            conn_start(c);
+        }
+    }
+    *state = st;
+    return 0;
+}
+
+static void rd_shutdown(void *state)
+{
+    struct rd_state *st = state;
+    st->closing = 1;
+    for (int i = 0; i < st->nshards; i++) {
+        struct rd_shard *sh = &st->shards[i];
+        for (int k = 0; k < sh->nconns; k++) {
+            struct rd_conn *c = &sh->conns[k];
+            evtimer_del(c->retry_timer);
+            evtimer_del(c->connect_timer);
+            if (c->ac != NULL) {
+                redisAsyncContext *ac = c->ac;
+                c->ac = NULL;
+                c->connected = 0;
+                /* pending callbacks run now with a NULL reply (→ unavailable) */
+                redisAsyncFree(ac);
+            }
+            event_free(c->retry_timer);
+            event_free(c->connect_timer);
+        }
+        free(sh->conns);
+    }
+    free(st->shards);
+    free(st);
+}
+
+/* ad_ops.stats: the connections of one shard (for /metrics). */
+static void rd_stats(void *state, int shard, struct ad_pool_stats *out)
+{
+    struct rd_state *st = state;
+    memset(out, 0, sizeof(*out));
+    if (shard < 0 || shard >= st->nshards) {
+        return;
+    }
+    struct rd_shard *sh = &st->shards[shard];
+    out->conns = sh->nconns;
+    for (int i = 0; i < sh->nconns; i++) {
+        out->up += sh->conns[i].connected != 0;
+        out->busy += sh->conns[i].pending;
+    }
+}
+
+const struct ad_ops ad_redis_ops = {
+    .name = "redis",
+    .abi = AD_ABI,
+    .init = rd_init,
+    .check_domain = rd_check_domain,
+    .supports = rd_supports,
+    .submit = rd_submit,
+    .cancel = rd_cancel,
+    .shutdown = rd_shutdown,
+    .stats = rd_stats,
+};

@@ -1,0 +1,140 @@
+/*
+ * gw_auth.c — API keys, grants, rate limits.
+ */
+#include "gateway/gw_auth.h"
+
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+#include <openssl/crypto.h>
+#include <openssl/sha.h>
+
+#include "config/cf_config.h"
+#include "gateway/gw_http.h"
+
+int gw_auth_check(const struct cf_config *cf, const struct gw_http_req *hr,
+                  const struct cf_key **key, struct gw_error *e, int64_t *retry_after_s)
+{
+    *key = NULL;
+    if (!cf->auth.enabled) {
+        return 0;
+    }
+    size_t len = 0;
+    const char *h = gw_http_header(hr, "authorization", &len);
+    if (h == NULL || len < 8 || strncasecmp(h, "Bearer ", 7) != 0) {
+        gw_error_set(e, GW_E_UNAUTHORIZED, NULL,
+                     "an API key is required: Authorization: Bearer <key>");
+        return -1;
+    }
+    const char *tok = h + 7;
+    size_t tlen = len - 7;
+    while (tlen > 0 && *tok == ' ') {
+        tok++;
+        tlen--;
+    }
+    unsigned char digest[SHA256_DIGEST_LENGTH];
+    SHA256((const unsigned char *)tok, tlen, digest);
+    const struct cf_key *found = NULL;
+    for (size_t i = 0; i < cf->auth.nkeys; i++) {
+        /* every key is compared, in constant time */
+        if (CRYPTO_memcmp(digest, cf->auth.keys[i].sha256, SHA256_DIGEST_LENGTH) == 0) {
+            found = &cf->auth.keys[i];
+        }
+    }
+    if (found == NULL) {
+        gw_error_set(e, GW_E_UNAUTHORIZED, NULL, "the API key is not valid");
+        return -1;
+    }
+    if (found->rate_per_s > 0) {
+        int64_t ms;
+        if (gw_ratelimit_take(found->name, found->rate_per_s, found->burst, &ms) < 0) {
+            *retry_after_s = (ms + 999) / 1000;
+            if (*retry_after_s < 1) {
+                *retry_after_s = 1;
+            }
+            gw_error_set(e, GW_E_RATE_LIMITED, NULL,
+                         "rate limit of %.6g requests/s for '%s' exceeded; retry after %lld s",
+                         found->rate_per_s, found->name, (long long)*retry_after_s);
+            return -1;
+        }
+    }
+    *key = found;
+    return 0;
+}
+
+int gw_auth_allows(const struct cf_key *key, const char *domain, unsigned perm, int exists,
+                   struct gw_error *e)
+{
+    if (key == NULL) {
+        return 1;
+    }
+    static const char *const names[] = {"", "read", "write", "", "admin"};
+    if (!exists) {
+        if (cf_auth_perms(key, "*") & perm) {
+            return 1; /* it may see every domain: the 404 tells it nothing new */
+        }
+    } else if (cf_auth_perms(key, domain) & perm) {
+        return 1;
+    }
+    gw_error_set(e, GW_E_FORBIDDEN, NULL, "key '%s' may not %s domain '%.64s'", key->name,
+                 names[perm & 7], domain);
+    return 0;
+}
+
+/* ---- token buckets, shared by all workers --------------------------------- */
+
+struct bucket {
+    struct bucket *next;
+    char *name;
+    double tokens;
+    uint64_t last_ns;
+};
+
+static pthread_mutex_t buckets_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct bucket *buckets;
+
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+int gw_ratelimit_take(const char *name, double rate_per_s, double burst, int64_t *retry_after_ms)
+{
+    uint64_t now = now_ns();
+    int rc = 0;
+    pthread_mutex_lock(&buckets_mu);
+    struct bucket *b = buckets;
+    while (b != NULL && strcmp(b->name, name) != 0) {
+        b = b->next;
+    }
+    if (b == NULL) {
+        b = calloc(1, sizeof(*b));
+        if (b == NULL) {
+            pthread_mutex_unlock(&buckets_mu);
+            return 0;
+        }
+        b->name = strdup(name);
+        b->tokens = burst;
+        b->last_ns = now;
+        b->next = buckets;
+        buckets = b;
+    }
+    b->tokens += (double)(now - b->last_ns) / 1e9 * rate_per_s;
+    if (b->tokens > burst) {
+        b->tokens = burst;
+    }
+    b->last_ns = now;
+    if (b->tokens >= 1.0) {
+        b->tokens -= 1.0;
+    } else {
+        *retry_after_ms = (int64_t)((1.0 - b->tokens) / rate_per_s * 1000.0) + 1;
+        rc = -1;
+    }
+    pthread_mutex_unlock(&buckets_mu);
+    return rc;
+}

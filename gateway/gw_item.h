@@ -1,0 +1,57 @@
+/*
+ * gw_item.h — items and patches checked against the domain's schema.
+ *
+ * Everything a client sends is validated here before any adapter sees it:
+ * unknown fields, wrong types, missing required fields, a key in the body
+ * that contradicts the path — each is a 400 naming the field.  Values are
+ * normalised where the schema says how (timestamps → RFC 3339 UTC,
+ * decimals given as strings → exact JSON numbers).
+ */
+#ifndef GW_ITEM_H
+#define GW_ITEM_H
+
+#include <stdint.h>
+
+#include <json-c/json.h>
+
+#include "gateway/gw_error.h"
+
+struct cf_domain;
+struct cf_field;
+struct cf_limits;
+
+enum gw_item_mode {
+    GW_ITEM_PUT,    /* whole item; the key comes from the path */
+    GW_ITEM_INSERT, /* whole item; the key from the body or generated */
+};
+
+/* Validate (and normalise in place) a whole item.  `key` is the path's id
+ * for PUT (NULL for INSERT).  On INSERT a missing key is generated when the
+ * domain allows it; `auto: created` timestamps are filled.  0 or -1 with e. */
+int gw_item_check(const struct cf_domain *d, const struct cf_limits *lim, enum gw_item_mode mode,
+                  const char *key, struct json_object *item, struct gw_error *e);
+
+/* Validate a patch document {"set":{…}, "inc":{…}, "unset":[…]}. */
+int gw_patch_check(const struct cf_domain *d, const struct cf_limits *lim,
+                   struct json_object *patch, struct gw_error *e);
+
+/* Apply a validated patch to an item (stores that cannot patch natively).
+ * 0, or -1 with e (e.g. an inc on a value that is not a number). */
+int gw_patch_apply(const struct cf_domain *d, struct json_object *item, struct json_object *patch,
+                   struct gw_error *e);
+
+/* Check (and normalise) one value of field f, stored in the object `parent`
+ * under `key` (the normalised value replaces it there).  Used for filter
+ * values by gw_query.c.  JSON null passes unless the field is required. */
+int gw_value_check(const struct cf_field *f, const struct cf_limits *lim,
+                   struct json_object *parent, const char *key, struct json_object *v,
+                   struct gw_error *e);
+
+/* A valid key (path id): non-empty, ≤ 512 bytes, no control characters. */
+int gw_key_check(const char *key, size_t len, struct gw_error *e);
+
+/* Exact decimal arithmetic on text: a + b with `scale` digits after the
+ * point; out gets the canonical text.  -1 on overflow (beyond 36 digits). */
+int gw_decimal_add(const char *a, const char *b, int scale, char *out, size_t outlen);
+
+#endif

@@ -1,0 +1,91 @@
+/*
+ * gw_metrics.h — Prometheus metrics: counted per worker, summed at scrape.
+ *
+ * Every worker thread owns one slot of counters and is its only writer: an
+ * increment is a relaxed load + store of a uint64_t (no lock, no atomic
+ * read-modify-write, no allocation on the request path).  The scrape (GET
+ * /metrics on the admin listener, worker 0's loop) reads every slot with
+ * relaxed loads and sums them; a scrape may therefore miss the increments of
+ * the last microseconds, never tear a value.
+ *
+ * Label values that come from the config (domain names, backend/shard names)
+ * are interned once into small append-only tables; requests carry the
+ * interned index.  The tables survive reloads (a removed domain keeps its
+ * counters, as Prometheus expects of a counter).
+ */
+#ifndef GW_METRICS_H
+#define GW_METRICS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct cf_config;
+struct evbuffer;
+
+#define GW_M_MAX_WORKERS 64
+#define GW_M_MAX_DOMAINS 32 /* interned domain names; more share the "_other" row */
+#define GW_M_MAX_SHARDS 128 /* interned (backend, shard) pairs */
+
+/* Operation label: the adapter ops (enum ad_op, GET..AGGREGATE) first. */
+enum gw_mop {
+    GW_MOP_GET,
+    GW_MOP_PUT,
+    GW_MOP_INSERT,
+    GW_MOP_PATCH,
+    GW_MOP_DELETE,
+    GW_MOP_QUERY,
+    GW_MOP_AGGREGATE,
+    GW_MOP_BATCH,
+    GW_MOP_READY,
+    GW_MOP_HEALTH,
+    GW_MOP_METRICS,
+    GW_MOP_ADMIN,
+    GW_MOP_OTHER, /* no route, refused before the op was known */
+    GW_MOP_N
+};
+const char *gw_mop_name(enum gw_mop op);
+
+/* Outcome of one backend call, for polygate_backend_*_total. */
+enum gw_mbe {
+    GW_MBE_OK,           /* the store answered (any status but the ones below) */
+    GW_MBE_TIMEOUT,      /* the gateway's deadline fired, or the adapter timed out */
+    GW_MBE_UNAVAILABLE,  /* connection lost / refused / store down */
+    GW_MBE_QUEUE_FULL,   /* the adapter's wait queue was full (AD_EFULL) */
+    GW_MBE_NO_CONN,      /* refused synchronously: no connection (AD_EDOWN) */
+    GW_MBE_CIRCUIT_OPEN, /* refused by the circuit breaker, never submitted */
+    GW_MBE_INTERNAL,     /* the store said something unexpected */
+    GW_MBE_N
+};
+
+/* Interning (takes a mutex; call at config time, not per request). */
+int gw_metrics_domain_id(const char *name);                      /* 0 = no domain */
+int gw_metrics_shard_id(const char *backend, const char *shard); /* -1 when the table is full */
+const char *gw_metrics_shard_backend(int id);
+const char *gw_metrics_shard_name(int id);
+int gw_metrics_nshards(void);
+/* Intern every domain and shard of a config (start-up and reload). */
+void gw_metrics_register_config(const struct cf_config *cf);
+/* Look a domain name up without interning (request path, lock-free). */
+int gw_metrics_domain_lookup(const char *name);
+
+/* Request path: `worker` is the calling worker's id. */
+void gw_metrics_request(int worker, int domain, enum gw_mop op, int status, uint64_t usec);
+void gw_metrics_backend_submit(int worker, int shard);
+void gw_metrics_backend_done(int worker, int shard); /* the adapter completed it */
+void gw_metrics_backend_outcome(int worker, int shard, enum gw_mbe what);
+void gw_metrics_scatter(int worker, int domain, int nshards, int partial);
+
+/* Once a second on each worker's loop: read its adapters' pools
+ * (ad_ops.stats) into its slot.  `w` is a struct gw_worker. */
+struct gw_worker;
+void gw_metrics_sample_pools(struct gw_worker *w);
+
+/* Render the Prometheus text exposition (format 0.0.4). */
+void gw_metrics_render(struct evbuffer *out, const struct cf_config *cf, int64_t inflight);
+/* The number of worker threads (start-up). */
+void gw_metrics_set_workers(int n);
+
+/* Microseconds on the monotonic clock (latencies). */
+uint64_t gw_metrics_now_us(void);
+
+#endif

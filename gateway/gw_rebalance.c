@@ -1,0 +1,1350 @@
+/*
+ * gw_rebalance.c — the mover: moves the slots of a sharded MySQL backend to
+ * the owners a new shard map names, one slot at a time (docs/rebalancing.md).
+ *
+ * The mover is one thread with BLOCKING Connector/C connections (one per
+ * shard), off every worker loop.  Workers see the move only through the live
+ * slot table (routing/rt_live.h) that the backend's config carries.
+ */
+#include "gateway/gw_rebalance.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <mysql.h>
+
+#include "adapters/mysql/ad_mysql.h"
+#include "adapters/sql/sql_build.h"
+#include "config/cf_config.h"
+#include "config/cf_yaml.h"
+#include "gateway/gw_log.h"
+#include "gateway/gw_shardmap.h"
+#include "routing/rt_live.h"
+#include "routing/rt_shardmap.h"
+
+#define CONNECT_TIMEOUT_MS 3000
+#define FREEZE_TIMEOUT_MS 5000
+#define BATCH_MAX 500
+#define KEYS_PER_STMT 200
+#define DEFAULT_THROTTLE 20000 /* rows per second */
+#define NERRORS 5
+
+struct rb_move {
+    uint32_t slot;
+    int from, to; /* union shard indices */
+};
+
+struct rb_table {
+    char *name;
+    char *key;
+    char *ddl;
+    char *cols;   /* `a`, `b`, … (from the source's metadata; NULL until known) */
+    char *quoted; /* QUOTE(`a`), QUOTE(`b`), … */
+    unsigned ncols;
+    int keycol; /* index of the key among the columns */
+};
+
+struct rb {
+    /* fixed at begin */
+    char *backend;
+    char *state_path;
+    char *map_path;
+    struct json_object *from_doc, *to_doc, *union_doc;
+    int64_t from_version, to_version;
+    struct rt_live *live;
+    size_t nshards;
+    char **names, **dsns; /* union shards */
+    struct rb_table *tables;
+    size_t ntables;
+    struct rb_move *moves;
+    size_t nmoves;
+    unsigned char *done; /* per move: switched (persisted) */
+    gw_rebalance_done_cb cb;
+    void *cb_arg;
+    int nworkers; /* the mover waits until each has drained (rt_live_ndrained) */
+    pthread_t thread;
+    int thread_started;
+    /* mover thread only */
+    MYSQL **conns;
+    double tokens;
+    int64_t tokens_at;
+    /* under g_mu */
+    const char *state; /* running, paused, done, aborted, stopped */
+    int pause_req, abort_req, stop_req;
+    int64_t throttle;
+    size_t slots_done, done_at_start;
+    uint64_t rows_moved, rows_at_start;
+    int64_t started_ms;
+    int64_t current_slot;
+    const char *phase;
+    char errors[NERRORS][256];
+    unsigned nerrors; /* total; the last NERRORS kept */
+    int finished;
+};
+
+static pthread_mutex_t g_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct rb *cur; /* the running or last rebalance */
+
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void nap_ms(long ms)
+{
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+static void set_phase(struct rb *rb, int64_t slot, const char *phase)
+{
+    pthread_mutex_lock(&g_mu);
+    rb->current_slot = slot;
+    rb->phase = phase;
+    pthread_mutex_unlock(&g_mu);
+}
+
+static void __attribute__((format(printf, 2, 3))) rb_error(struct rb *rb, const char *fmt, ...)
+{
+    char msg[256];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    gw_warn("rebalance of '%s': %s", rb->backend, msg);
+    pthread_mutex_lock(&g_mu);
+    snprintf(rb->errors[rb->nerrors % NERRORS], sizeof(rb->errors[0]), "%s", msg);
+    rb->nerrors++;
+    pthread_mutex_unlock(&g_mu);
+}
+
+static int flag(struct rb *rb, int *f)
+{
+    pthread_mutex_lock(&g_mu);
+    int v = *f;
+    pthread_mutex_unlock(&g_mu);
+    return v;
+}
+
+static void rb_free(struct rb *rb)
+{
+    if (rb == NULL) {
+        return;
+    }
+    for (size_t i = 0; i < rb->nshards; i++) {
+        free(rb->names[i]);
+        free(rb->dsns[i]);
+        if (rb->conns != NULL && rb->conns[i] != NULL) {
+            mysql_close(rb->conns[i]);
+        }
+    }
+    free(rb->names);
+    free(rb->dsns);
+    free(rb->conns);
+    for (size_t i = 0; i < rb->ntables; i++) {
+        free(rb->tables[i].name);
+        free(rb->tables[i].key);
+        free(rb->tables[i].ddl);
+        free(rb->tables[i].cols);
+        free(rb->tables[i].quoted);
+    }
+    free(rb->tables);
+    free(rb->moves);
+    free(rb->done);
+    json_object_put(rb->from_doc);
+    json_object_put(rb->to_doc);
+    json_object_put(rb->union_doc);
+    rt_live_unref(rb->live);
+    free(rb->backend);
+    free(rb->state_path);
+    free(rb->map_path);
+    free(rb);
+}
+
+/* ---- SQL helpers (mover thread) ------------------------------------------------------ */
+
+static MYSQL *conn(struct rb *rb, int shard, char *err, size_t errlen)
+{
+    if (rb->conns[shard] != NULL && mysql_ping(rb->conns[shard]) == 0) {
+        return rb->conns[shard];
+    }
+    if (rb->conns[shard] != NULL) {
+        mysql_close(rb->conns[shard]);
+    }
+    rb->conns[shard] = ad_mysql_connect_dsn(rb->dsns[shard], CONNECT_TIMEOUT_MS, err, errlen);
+    return rb->conns[shard];
+}
+
+static int exec(MYSQL *my, const char *sql, size_t len, const char *shard, char *err, size_t errlen)
+{
+    if (mysql_real_query(my, sql, (unsigned long)len) != 0) {
+        snprintf(err, errlen, "shard '%s': %s", shard, mysql_error(my));
+        return -1;
+    }
+    MYSQL_RES *res = mysql_store_result(my);
+    if (res != NULL) {
+        mysql_free_result(res);
+    } else if (mysql_field_count(my) != 0) {
+        snprintf(err, errlen, "shard '%s': %s", shard, mysql_error(my));
+        return -1;
+    }
+    return 0;
+}
+
+static MYSQL_RES *query(MYSQL *my, const char *sql, size_t len, const char *shard, char *err,
+                        size_t errlen)
+{
+    if (mysql_real_query(my, sql, (unsigned long)len) != 0) {
+        snprintf(err, errlen, "shard '%s': %s", shard, mysql_error(my));
+        return NULL;
+    }
+    MYSQL_RES *res = mysql_store_result(my);
+    if (res == NULL) {
+        snprintf(err, errlen, "shard '%s': %s", shard, mysql_error(my));
+    }
+    return res;
+}
+
+/* A growing SQL text. */
+struct buf {
+    char *p;
+    size_t len, cap;
+};
+
+static void put(struct buf *b, const char *s, size_t n)
+{
+    if (b->len + n + 1 > b->cap) {
+        size_t cap = b->cap ? b->cap : 1024;
+        while (cap < b->len + n + 1) {
+            cap *= 2;
+        }
+        b->p = realloc(b->p, cap);
+        b->cap = cap;
+    }
+    memcpy(b->p + b->len, s, n);
+    b->len += n;
+    b->p[b->len] = '\0';
+}
+
+static void __attribute__((format(printf, 2, 3))) putf(struct buf *b, const char *fmt, ...)
+{
+    char tmp[512];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(tmp, sizeof(tmp), fmt, ap);
+    va_end(ap);
+    put(b, tmp, (size_t)n < sizeof(tmp) ? (size_t)n : sizeof(tmp) - 1);
+}
+
+/* A value as a quoted literal, escaped on that connection. */
+static void lit(struct buf *b, MYSQL *my, const char *v, unsigned long len)
+{
+    if (v == NULL) {
+        put(b, "NULL", 4);
+        return;
+    }
+    char *tmp = malloc(len * 2 + 3);
+    tmp[0] = '\'';
+    unsigned long n = mysql_real_escape_string(my, tmp + 1, v, len);
+    tmp[n + 1] = '\'';
+    put(b, tmp, n + 2);
+    free(tmp);
+}
+
+/* Column list of a table, from the source's metadata. */
+static int table_cols(struct rb *rb, struct rb_table *t, MYSQL *my, const char *shard, char *err,
+                      size_t errlen)
+{
+    if (t->cols != NULL) {
+        return 0;
+    }
+    struct buf q = {0};
+    putf(&q, "SELECT * FROM `%s` LIMIT 0", t->name);
+    MYSQL_RES *res = query(my, q.p, q.len, shard, err, errlen);
+    free(q.p);
+    if (res == NULL) {
+        return -1;
+    }
+    struct buf c = {0}, h = {0};
+    t->ncols = mysql_num_fields(res);
+    MYSQL_FIELD *f = mysql_fetch_fields(res);
+    t->keycol = -1;
+    for (unsigned i = 0; i < t->ncols; i++) {
+        putf(&c, "%s`%s`", i ? ", " : "", f[i].name);
+        putf(&h, "%sQUOTE(`%s`)", i ? ", " : "", f[i].name);
+        if (strcmp(f[i].name, t->key) == 0) {
+            t->keycol = (int)i;
+        }
+    }
+    mysql_free_result(res);
+    (void)rb;
+    if (t->keycol < 0) {
+        free(c.p);
+        free(h.p);
+        snprintf(err, errlen, "table '%s' has no column '%s'", t->name, t->key);
+        return -1;
+    }
+    t->cols = c.p;
+    t->quoted = h.p;
+    return 0;
+}
+
+/* REPLACE the rows of res into the target; returns rows written or -1. */
+static long replace_rows(struct rb_table *t, MYSQL_RES *res, MYSQL *dst, const char *shard,
+                         char **lastkey, char *err, size_t errlen)
+{
+    struct buf b = {0};
+    long n = 0;
+    MYSQL_ROW row;
+    putf(&b, "REPLACE INTO `%s` (%s) VALUES ", t->name, t->cols);
+    while ((row = mysql_fetch_row(res)) != NULL) {
+        unsigned long *lens = mysql_fetch_lengths(res);
+        put(&b, n ? ", (" : "(", n ? 3 : 1);
+        for (unsigned i = 0; i < t->ncols; i++) {
+            if (i) {
+                put(&b, ", ", 2);
+            }
+            lit(&b, dst, row[i], lens[i]);
+        }
+        put(&b, ")", 1);
+        if (lastkey != NULL) {
+            free(*lastkey);
+            *lastkey = strndup(row[t->keycol], lens[t->keycol]);
+        }
+        n++;
+    }
+    int rc = n > 0 ? exec(dst, b.p, b.len, shard, err, errlen) : 0;
+    free(b.p);
+    return rc < 0 ? -1 : n;
+}
+
+static void throttle(struct rb *rb, long rows)
+{
+    pthread_mutex_lock(&g_mu);
+    int64_t rate = rb->throttle;
+    pthread_mutex_unlock(&g_mu);
+    if (rate <= 0) {
+        return;
+    }
+    int64_t now = now_ms();
+    rb->tokens += (double)(now - rb->tokens_at) * (double)rate / 1000.0;
+    rb->tokens_at = now;
+    if (rb->tokens > (double)rate) {
+        rb->tokens = (double)rate; /* at most one second of burst */
+    }
+    rb->tokens -= (double)rows;
+    if (rb->tokens < 0) {
+        nap_ms((long)(-rb->tokens * 1000.0 / (double)rate) + 1);
+    }
+}
+
+static void add_rows(struct rb *rb, long n)
+{
+    pthread_mutex_lock(&g_mu);
+    rb->rows_moved += (uint64_t)n;
+    pthread_mutex_unlock(&g_mu);
+}
+
+static int batch_size(struct rb *rb)
+{
+    pthread_mutex_lock(&g_mu);
+    int64_t rate = rb->throttle;
+    pthread_mutex_unlock(&g_mu);
+    int64_t n = rate > 0 ? rate / 10 : BATCH_MAX;
+    return (int)(n < 1 ? 1 : n > BATCH_MAX ? BATCH_MAX : n);
+}
+
+/* COPY: the slot's rows in key order, in batches, source → target. */
+static int copy_slot(struct rb *rb, struct rb_table *t, uint32_t slot, MYSQL *a, MYSQL *b,
+                     const char *an, const char *bn, char *err, size_t errlen)
+{
+    char *last = NULL;
+    for (;;) {
+        if (flag(rb, &rb->stop_req) || flag(rb, &rb->abort_req)) {
+            free(last);
+            snprintf(err, errlen, "stopped");
+            return -1;
+        }
+        while (flag(rb, &rb->pause_req) && !flag(rb, &rb->stop_req) && !flag(rb, &rb->abort_req)) {
+            nap_ms(50);
+        }
+        struct buf q = {0};
+        putf(&q, "SELECT %s FROM `%s` WHERE `_slot` = %u", t->cols, t->name, slot);
+        if (last != NULL) {
+            putf(&q, " AND `%s` > ", t->key);
+            lit(&q, a, last, strlen(last));
+        }
+        putf(&q, " ORDER BY `%s` LIMIT %d", t->key, batch_size(rb));
+        MYSQL_RES *res = query(a, q.p, q.len, an, err, errlen);
+        free(q.p);
+        if (res == NULL) {
+            free(last);
+            return -1;
+        }
+        long n = replace_rows(t, res, b, bn, &last, err, errlen);
+        mysql_free_result(res);
+        if (n < 0) {
+            free(last);
+            return -1;
+        }
+        if (n == 0) {
+            break;
+        }
+        add_rows(rb, n);
+        throttle(rb, n);
+    }
+    free(last);
+    return 0;
+}
+
+struct rowsum {
+    char *key;
+    char sum[33];
+};
+
+static int rowsum_cmp(const void *x, const void *y)
+{
+    return strcmp(((const struct rowsum *)x)->key, ((const struct rowsum *)y)->key);
+}
+
+static struct rowsum *rowsums(struct rb_table *t, uint32_t slot, MYSQL *my, const char *shard,
+                              size_t *n, char *err, size_t errlen)
+{
+    struct buf q = {0};
+    putf(&q, "SELECT `%s`, MD5(CONCAT_WS(',', %s)) FROM `%s` WHERE `_slot` = %u", t->key, t->quoted,
+         t->name, slot);
+    MYSQL_RES *res = query(my, q.p, q.len, shard, err, errlen);
+    free(q.p);
+    if (res == NULL) {
+        return NULL;
+    }
+    *n = (size_t)mysql_num_rows(res);
+    struct rowsum *rs = calloc(*n + 1, sizeof(*rs));
+    MYSQL_ROW row;
+    size_t i = 0;
+    while ((row = mysql_fetch_row(res)) != NULL && i < *n) {
+        rs[i].key = strdup(row[0]);
+        snprintf(rs[i].sum, sizeof(rs[i].sum), "%s", row[1] != NULL ? row[1] : "");
+        i++;
+    }
+    mysql_free_result(res);
+    qsort(rs, *n, sizeof(*rs), rowsum_cmp);
+    return rs;
+}
+
+static void rowsums_free(struct rowsum *rs, size_t n)
+{
+    for (size_t i = 0; rs != NULL && i < n; i++) {
+        free(rs[i].key);
+    }
+    free(rs);
+}
+
+/* Copy (keys given) rows from the source, or delete them at the target. */
+static int apply_keys(struct rb_table *t, uint32_t slot, char **keys, size_t nkeys, int del,
+                      MYSQL *a, MYSQL *b, const char *an, const char *bn, long *moved, char *err,
+                      size_t errlen)
+{
+    for (size_t off = 0; off < nkeys; off += KEYS_PER_STMT) {
+        size_t end = off + KEYS_PER_STMT < nkeys ? off + KEYS_PER_STMT : nkeys;
+        struct buf q = {0};
+        if (del) {
+            putf(&q, "DELETE FROM `%s` WHERE `_slot` = %u AND `%s` IN (", t->name, slot, t->key);
+        } else {
+            putf(&q, "SELECT %s FROM `%s` WHERE `_slot` = %u AND `%s` IN (", t->cols, t->name, slot,
+                 t->key);
+        }
+        for (size_t i = off; i < end; i++) {
+            if (i > off) {
+                put(&q, ", ", 2);
+            }
+            lit(&q, del ? b : a, keys[i], strlen(keys[i]));
+        }
+        put(&q, ")", 1);
+        int rc;
+        if (del) {
+            rc = exec(b, q.p, q.len, bn, err, errlen);
+        } else {
+            MYSQL_RES *res = query(a, q.p, q.len, an, err, errlen);
+            long n = res != NULL ? replace_rows(t, res, b, bn, NULL, err, errlen) : -1;
+            if (res != NULL) {
+                mysql_free_result(res);
+            }
+            rc = n < 0 ? -1 : 0;
+            *moved += n > 0 ? n : 0;
+        }
+        free(q.p);
+        if (rc < 0) {
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* CATCH-UP (slot frozen): make the target's rows of the slot equal to the
+ * source's — copy rows missing or different (by a hash of every column),
+ * delete rows the source no longer has. */
+static int catch_up(struct rb *rb, struct rb_table *t, uint32_t slot, MYSQL *a, MYSQL *b,
+                    const char *an, const char *bn, char *err, size_t errlen)
+{
+    size_t na = 0, nb = 0;
+    struct rowsum *ra = rowsums(t, slot, a, an, &na, err, errlen);
+    if (ra == NULL) {
+        return -1;
+    }
+    struct rowsum *rb_ = rowsums(t, slot, b, bn, &nb, err, errlen);
+    if (rb_ == NULL) {
+        rowsums_free(ra, na);
+        return -1;
+    }
+    char **cp = calloc(na + 1, sizeof(*cp)), **del = calloc(nb + 1, sizeof(*del));
+    size_t ncp = 0, ndel = 0, i = 0, j = 0;
+    while (i < na || j < nb) {
+        int c = i >= na ? 1 : j >= nb ? -1 : strcmp(ra[i].key, rb_[j].key);
+        if (c < 0) {
+            cp[ncp++] = ra[i++].key;
+        } else if (c > 0) {
+            del[ndel++] = rb_[j++].key;
+        } else {
+            if (strcmp(ra[i].sum, rb_[j].sum) != 0) {
+                cp[ncp++] = ra[i].key;
+            }
+            i++;
+            j++;
+        }
+    }
+    long moved = 0;
+    int rc = apply_keys(t, slot, cp, ncp, 0, a, b, an, bn, &moved, err, errlen);
+    if (rc == 0) {
+        rc = apply_keys(t, slot, del, ndel, 1, a, b, an, bn, &moved, err, errlen);
+    }
+    add_rows(rb, moved);
+    free(cp);
+    free(del);
+    rowsums_free(ra, na);
+    rowsums_free(rb_, nb);
+    return rc;
+}
+
+/* VERIFY: row count and a checksum of every column, both sides. */
+static int verify(struct rb_table *t, uint32_t slot, MYSQL *a, MYSQL *b, const char *an,
+                  const char *bn, char *err, size_t errlen)
+{
+    char got[2][96];
+    MYSQL *side[2] = {a, b};
+    const char *names[2] = {an, bn};
+    for (int k = 0; k < 2; k++) {
+        struct buf q = {0};
+        putf(&q,
+             "SELECT COUNT(*), COALESCE(SUM(CRC32(CONCAT_WS(',', %s))), 0), "
+             "COALESCE(BIT_XOR(CRC32(CONCAT_WS(',', %s))), 0) FROM `%s` WHERE `_slot` = %u",
+             t->quoted, t->quoted, t->name, slot);
+        MYSQL_RES *res = query(side[k], q.p, q.len, names[k], err, errlen);
+        free(q.p);
+        if (res == NULL) {
+            return -1;
+        }
+        MYSQL_ROW row = mysql_fetch_row(res);
+        snprintf(got[k], sizeof(got[k]), "%s/%s/%s", row != NULL && row[0] ? row[0] : "?",
+                 row != NULL && row[1] ? row[1] : "?", row != NULL && row[2] ? row[2] : "?");
+        mysql_free_result(res);
+    }
+    if (strcmp(got[0], got[1]) != 0) {
+        snprintf(err, errlen,
+                 "verify of slot %u (table %s) failed: '%s' has count/sum/xor %s, '%s' has %s",
+                 slot, t->name, an, got[0], bn, got[1]);
+        return -1;
+    }
+    return 0;
+}
+
+/* DELETE the slot's rows at a shard, in batches. */
+static int delete_slot_rows(struct rb_table *t, uint32_t slot, MYSQL *my, const char *shard,
+                            char *err, size_t errlen)
+{
+    for (;;) {
+        struct buf q = {0};
+        putf(&q, "DELETE FROM `%s` WHERE `_slot` = %u LIMIT 1000", t->name, slot);
+        int rc = exec(my, q.p, q.len, shard, err, errlen);
+        free(q.p);
+        if (rc < 0) {
+            return -1;
+        }
+        if (mysql_affected_rows(my) < 1000) {
+            return 0;
+        }
+    }
+}
+
+/* ---- state file ---------------------------------------------------------------------- */
+
+static int save_state(struct rb *rb, char *err, size_t errlen)
+{
+    struct json_object *st = json_object_new_object();
+    json_object_object_add(st, "backend", json_object_new_string(rb->backend));
+    json_object_object_add(st, "from", json_object_get(rb->from_doc));
+    json_object_object_add(st, "to", json_object_get(rb->to_doc));
+    struct json_object *done = json_object_new_array();
+    for (size_t i = 0; i < rb->nmoves; i++) {
+        if (rb->done[i]) {
+            json_object_array_add(done, json_object_new_int64(rb->moves[i].slot));
+        }
+    }
+    json_object_object_add(st, "done", done);
+    pthread_mutex_lock(&g_mu);
+    json_object_object_add(st, "rows_moved", json_object_new_int64((int64_t)rb->rows_moved));
+    pthread_mutex_unlock(&g_mu);
+    int rc = gw_shardmap_write(rb->state_path, st, err, errlen);
+    json_object_put(st);
+    return rc;
+}
+
+/* ---- one slot ------------------------------------------------------------------------ */
+
+static int wait_epoch(struct rb *rb, int bucket)
+{
+    while (rt_live_wait_epoch(rb->live, bucket, 1000) < 0) {
+        if (flag(rb, &rb->stop_req)) {
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* Move one slot.  0 moved; -1 with the slot still owned by its source (its
+ * target's rows of it stay excluded until a retry or the abort clean them). */
+static int move_slot(struct rb *rb, size_t mi, char *err, size_t errlen)
+{
+    const struct rb_move *m = &rb->moves[mi];
+    const char *an = rb->names[m->from], *bn = rb->names[m->to];
+    MYSQL *a = conn(rb, m->from, err, errlen);
+    if (a == NULL) {
+        return -1;
+    }
+    MYSQL *b = conn(rb, m->to, err, errlen);
+    if (b == NULL) {
+        return -1;
+    }
+    set_phase(rb, m->slot, "copy");
+    int bucket = rt_live_exclude(rb->live, m->to, m->slot);
+    if (bucket < 0) {
+        snprintf(err, errlen, "too many slots excluded at once");
+        return -1;
+    }
+    if (wait_epoch(rb, bucket) < 0) {
+        snprintf(err, errlen, "stopped");
+        return -1;
+    }
+    for (size_t k = 0; k < rb->ntables; k++) {
+        struct rb_table *t = &rb->tables[k];
+        if (table_cols(rb, t, a, an, err, errlen) < 0 ||
+            delete_slot_rows(t, m->slot, b, bn, err, errlen) < 0 ||
+            copy_slot(rb, t, m->slot, a, b, an, bn, err, errlen) < 0) {
+            return -1;
+        }
+    }
+    set_phase(rb, m->slot, "freeze");
+    if (rt_live_freeze(rb->live, m->slot, FREEZE_TIMEOUT_MS) < 0) {
+        snprintf(err, errlen, "slot %u: writes in flight did not finish within %d ms", m->slot,
+                 FREEZE_TIMEOUT_MS);
+        return -1;
+    }
+    set_phase(rb, m->slot, "catch-up");
+    for (size_t k = 0; k < rb->ntables; k++) {
+        struct rb_table *t = &rb->tables[k];
+        if (catch_up(rb, t, m->slot, a, b, an, bn, err, errlen) < 0) {
+            rt_live_unfreeze(rb->live, m->slot);
+            return -1;
+        }
+    }
+    set_phase(rb, m->slot, "verify");
+    for (size_t k = 0; k < rb->ntables; k++) {
+        if (verify(&rb->tables[k], m->slot, a, b, an, bn, err, errlen) < 0) {
+            rt_live_unfreeze(rb->live, m->slot);
+            return -1;
+        }
+    }
+    set_phase(rb, m->slot, "switch");
+    rb->done[mi] = 1;
+    if (save_state(rb, err, errlen) < 0) { /* durable before anyone writes to the target */
+        rb->done[mi] = 0;
+        rt_live_unfreeze(rb->live, m->slot);
+        return -1;
+    }
+    bucket = rt_live_switch(rb->live, m->slot, m->from, m->to);
+    pthread_mutex_lock(&g_mu);
+    rb->slots_done++;
+    pthread_mutex_unlock(&g_mu);
+    set_phase(rb, m->slot, "cleanup");
+    if (wait_epoch(rb, bucket) < 0) {
+        return 0; /* stopping: a restart deletes the source rows */
+    }
+    for (;;) {
+        int ok = 1;
+        a = conn(rb, m->from, err, errlen);
+        for (size_t k = 0; a != NULL && k < rb->ntables; k++) {
+            if (delete_slot_rows(&rb->tables[k], m->slot, a, an, err, errlen) < 0) {
+                ok = 0;
+                break;
+            }
+        }
+        if (a != NULL && ok) {
+            break;
+        }
+        rb_error(rb, "slot %u: deleting the source rows: %s (retrying)", m->slot, err);
+        if (flag(rb, &rb->stop_req)) {
+            return 0;
+        }
+        nap_ms(1000);
+    }
+    rt_live_unexclude(rb->live, m->from, m->slot);
+    return 0;
+}
+
+/* Abort: the failed slot's partial copy must go before its exclusion does. */
+static void rollback_slot(struct rb *rb, size_t mi)
+{
+    const struct rb_move *m = &rb->moves[mi];
+    char err[256];
+    while (!flag(rb, &rb->stop_req)) {
+        MYSQL *b = conn(rb, m->to, err, sizeof(err));
+        int ok = b != NULL;
+        for (size_t k = 0; ok && k < rb->ntables; k++) {
+            ok = delete_slot_rows(&rb->tables[k], m->slot, b, rb->names[m->to], err, sizeof(err)) ==
+                 0;
+        }
+        if (ok) {
+            rt_live_unexclude(rb->live, m->to, m->slot);
+            return;
+        }
+        rb_error(rb, "slot %u: rolling back the copy: %s (retrying)", m->slot, err);
+        nap_ms(1000);
+    }
+}
+
+/* The map after an abort: the union's shards, every slot pinned to the shard
+ * that owns it now (override ranges), version = the target's. */
+static struct json_object *materialized_doc(struct rb *rb)
+{
+    struct json_object *doc = json_object_new_object();
+    json_object_object_add(doc, "version", json_object_new_int64(rb->to_version));
+    json_object_object_add(doc, "slots", json_object_new_int64(rt_live_nslots(rb->live)));
+    json_object_object_add(doc, "vnodes",
+                           json_object_get(json_object_object_get(rb->to_doc, "vnodes")));
+    json_object_object_add(doc, "shards",
+                           json_object_get(json_object_object_get(rb->union_doc, "shards")));
+    struct json_object *ov = json_object_new_object();
+    uint32_t n = rt_live_nslots(rb->live);
+    for (uint32_t s = 0; s < n;) {
+        int o = rt_live_owner(rb->live, s);
+        uint32_t e = s;
+        while (e + 1 < n && rt_live_owner(rb->live, e + 1) == o) {
+            e++;
+        }
+        char range[32];
+        snprintf(range, sizeof(range), "%u-%u", s, e);
+        json_object_object_add(ov, range, json_object_new_string(rb->names[o]));
+        s = e + 1;
+    }
+    json_object_object_add(doc, "overrides", ov);
+    return doc;
+}
+
+static const struct cf_backend *backend_of(const struct cf_config *cf, const char *name);
+
+static void *mover_main(void *arg)
+{
+    struct rb *rb = arg;
+    char err[512];
+    size_t failed_at = (size_t)-1;
+    gw_info("rebalance of '%s': %zu slot(s) to move (map version %" PRId64 " → %" PRId64 ")",
+            rb->backend, rb->nmoves, rb->from_version, rb->to_version);
+    /* requests routed by the old map carry no ticket: wait until every
+     * worker runs on the live table and those requests have finished */
+    set_phase(rb, -1, "waiting for workers");
+    while (!flag(rb, &rb->stop_req) && rt_live_ndrained(rb->live) < rb->nworkers) {
+        nap_ms(2);
+    }
+    for (size_t i = 0; i < rb->nmoves; i++) {
+        if (rb->done[i]) {
+            continue;
+        }
+        while (flag(rb, &rb->pause_req) && !flag(rb, &rb->stop_req) && !flag(rb, &rb->abort_req)) {
+            nap_ms(50);
+        }
+        if (flag(rb, &rb->stop_req) || flag(rb, &rb->abort_req)) {
+            break;
+        }
+        if (move_slot(rb, i, err, sizeof(err)) < 0) {
+            if (flag(rb, &rb->stop_req) || flag(rb, &rb->abort_req)) {
+                failed_at = i;
+                break;
+            }
+            rb_error(rb, "slot %u ('%s' → '%s'): %s; retrying", rb->moves[i].slot,
+                     rb->names[rb->moves[i].from], rb->names[rb->moves[i].to], err);
+            failed_at = i;
+            nap_ms(1000);
+            i--; /* the same slot again */
+            continue;
+        }
+        failed_at = (size_t)-1;
+    }
+    if (flag(rb, &rb->stop_req)) {
+        pthread_mutex_lock(&g_mu);
+        rb->state = "stopped";
+        rb->finished = 1;
+        pthread_mutex_unlock(&g_mu);
+        gw_info("rebalance of '%s' stopped; a restart resumes it", rb->backend);
+        return NULL;
+    }
+    int aborted = flag(rb, &rb->abort_req);
+    if (aborted && failed_at != (size_t)-1) {
+        rollback_slot(rb, failed_at);
+    }
+    set_phase(rb, -1, "finishing");
+    struct json_object *final = aborted ? materialized_doc(rb) : json_object_get(rb->to_doc);
+    int rc;
+    while ((rc = gw_shardmap_write(rb->map_path, final, err, sizeof(err))) < 0 &&
+           !flag(rb, &rb->stop_req)) {
+        rb_error(rb, "writing the final map: %s (retrying)", err);
+        nap_ms(1000);
+    }
+    json_object_put(final);
+    if (rc == 0) {
+        unlink(rb->state_path);
+    }
+    pthread_mutex_lock(&g_mu);
+    rb->state = rc < 0 ? "stopped" : aborted ? "aborted" : "done";
+    rb->phase = NULL;
+    rb->finished = 1;
+    pthread_mutex_unlock(&g_mu);
+    gw_info("rebalance of '%s' %s: %zu of %zu slot(s) moved", rb->backend,
+            aborted ? "aborted" : "done", rb->slots_done, rb->nmoves);
+    if (rc == 0) {
+        rb->cb(rb->cb_arg);
+    }
+    return NULL;
+}
+
+/* ---- set-up ------------------------------------------------------------------------ */
+
+static const struct cf_backend *backend_of(const struct cf_config *cf, const char *name)
+{
+    for (size_t i = 0; i < cf->nbackends; i++) {
+        if (strcmp(cf->backends[i].name, name) == 0) {
+            return &cf->backends[i];
+        }
+    }
+    return NULL;
+}
+
+static int union_index(struct rb *rb, const char *name)
+{
+    for (size_t i = 0; i < rb->nshards; i++) {
+        if (strcmp(rb->names[i], name) == 0) {
+            return (int)i;
+        }
+    }
+    return -1;
+}
+
+/* Build the rebalance from the two map documents; done: slots already moved
+ * (a resumed one), or NULL. */
+static struct rb *rb_build(const struct cf_config *cf, const char *backend,
+                           struct json_object *from_doc, struct json_object *to_doc,
+                           struct json_object *done, char *err, size_t errlen)
+{
+    const struct cf_backend *be = backend_of(cf, backend);
+    if (be == NULL || be->shard_map_path == NULL) {
+        snprintf(err, errlen, "backend '%s' has no shard_map file", backend);
+        return NULL;
+    }
+    char merr[256];
+    struct rt_shardmap *from = rt_shardmap_from_json(from_doc, merr, sizeof(merr));
+    struct rt_shardmap *to =
+        from != NULL ? rt_shardmap_from_json(to_doc, merr, sizeof(merr)) : NULL;
+    if (to == NULL) {
+        rt_shardmap_unref(from);
+        snprintf(err, errlen, "backend '%s': %s", backend, merr);
+        return NULL;
+    }
+    struct rb *rb = calloc(1, sizeof(*rb));
+    rb->backend = strdup(backend);
+    rb->map_path = strdup(be->shard_map_path);
+    size_t pl = strlen(be->shard_map_path) + 16;
+    rb->state_path = malloc(pl);
+    snprintf(rb->state_path, pl, "%s.rebalance", be->shard_map_path);
+    rb->from_doc = json_object_get(from_doc);
+    rb->to_doc = json_object_get(to_doc);
+    rb->from_version = rt_shardmap_version(from);
+    rb->to_version = rt_shardmap_version(to);
+    /* the union: the old shards in order, then the new ones */
+    size_t nf = rt_shardmap_nshards(from), nt = rt_shardmap_nshards(to);
+    rb->names = calloc(nf + nt, sizeof(char *));
+    rb->dsns = calloc(nf + nt, sizeof(char *));
+    struct json_object *ushards = json_object_new_array();
+    for (size_t pass = 0; pass < 2; pass++) {
+        const struct rt_shardmap *m = pass == 0 ? from : to;
+        for (size_t i = 0; i < rt_shardmap_nshards(m); i++) {
+            const char *name = rt_shardmap_shard_name(m, i);
+            if (union_index(rb, name) >= 0) {
+                continue;
+            }
+            rb->names[rb->nshards] = strdup(name);
+            rb->dsns[rb->nshards] = strdup(rt_shardmap_shard_dsn(m, i));
+            rb->nshards++;
+            struct json_object *so = json_object_new_object();
+            json_object_object_add(so, "name", json_object_new_string(name));
+            json_object_object_add(so, "dsn", json_object_new_string(rt_shardmap_shard_dsn(m, i)));
+            json_object_object_add(so, "weight",
+                                   json_object_new_int64(rt_shardmap_shard_weight(m, i)));
+            json_object_array_add(ushards, so);
+        }
+    }
+    rb->conns = calloc(rb->nshards, sizeof(*rb->conns));
+    /* the union document: the old map with every shard listed (its slot
+     * table is never used: routing reads the live table) */
+    rb->union_doc = json_object_new_object();
+    json_object_object_foreach(from_doc, fkey, fval)
+    {
+        json_object_object_add(rb->union_doc, fkey, json_object_get(fval));
+    }
+    json_object_object_add(rb->union_doc, "shards", ushards);
+    /* moves and owners */
+    struct rt_slot_move *mv = NULL;
+    size_t nmv = 0;
+    if (rt_shardmap_diff(from, to, &mv, &nmv, merr, sizeof(merr)) < 0) {
+        snprintf(err, errlen, "backend '%s': %s", backend, merr);
+        rt_shardmap_unref(from);
+        rt_shardmap_unref(to);
+        rb_free(rb);
+        return NULL;
+    }
+    rb->moves = calloc(nmv + 1, sizeof(*rb->moves));
+    rb->done = calloc(nmv + 1, 1);
+    rb->nmoves = nmv;
+    uint32_t nslots = rt_shardmap_nslots(from);
+    int32_t *owner = calloc(nslots, sizeof(*owner));
+    for (uint32_t s = 0; s < nslots; s++) {
+        owner[s] =
+            union_index(rb, rt_shardmap_shard_name(from, (size_t)rt_shardmap_slot_owner(from, s)));
+    }
+    for (size_t i = 0; i < nmv; i++) {
+        rb->moves[i].slot = mv[i].slot;
+        rb->moves[i].from = union_index(rb, mv[i].from);
+        rb->moves[i].to = union_index(rb, mv[i].to);
+        for (size_t k = 0; done != NULL && k < json_object_array_length(done); k++) {
+            if (json_object_get_int64(json_object_array_get_idx(done, k)) == mv[i].slot) {
+                rb->done[i] = 1;
+                owner[mv[i].slot] = rb->moves[i].to;
+                rb->done_at_start++;
+            }
+        }
+    }
+    free(mv);
+    rb->live = rt_live_new(nslots, owner);
+    free(owner);
+    rt_shardmap_unref(from);
+    rt_shardmap_unref(to);
+    /* the tables: every sharded domain on the backend */
+    for (size_t i = 0; i < cf->ndomains; i++) {
+        const struct cf_domain *d = &cf->domains[i];
+        if (strcmp(d->backend_name, backend) != 0 || d->shard_key == NULL) {
+            continue;
+        }
+        rb->tables = realloc(rb->tables, (rb->ntables + 1) * sizeof(*rb->tables));
+        struct rb_table *t = &rb->tables[rb->ntables++];
+        memset(t, 0, sizeof(*t));
+        t->name = strdup(d->table);
+        t->key = strdup(d->key);
+        struct sql_stmt st;
+        sql_stmt_init(&st, SQL_MYSQL);
+        if (sql_build_migrate(&st, d, merr, sizeof(merr)) == 0) {
+            t->ddl = strdup(st.text);
+        }
+        sql_stmt_free(&st);
+    }
+    rb->state = "running";
+    rb->throttle = DEFAULT_THROTTLE;
+    rb->slots_done = rb->done_at_start;
+    rb->current_slot = -1;
+    rb->started_ms = now_ms();
+    rb->tokens_at = now_ms();
+    return rb;
+}
+
+/* The tables exist on every shard (the mover writes before any worker has
+ * migrated a new shard). */
+static int ensure_tables(struct rb *rb, char *err, size_t errlen)
+{
+    for (size_t s = 0; s < rb->nshards; s++) {
+        MYSQL *my = conn(rb, (int)s, err, errlen);
+        if (my == NULL) {
+            return -1;
+        }
+        for (size_t k = 0; k < rb->ntables; k++) {
+            if (rb->tables[k].ddl != NULL && exec(my, rb->tables[k].ddl, strlen(rb->tables[k].ddl),
+                                                  rb->names[s], err, errlen) < 0) {
+                return -1;
+            }
+        }
+    }
+    return 0;
+}
+
+static struct cf_config *union_config(struct rb *rb, const char *cfg_path, char *err, size_t errlen)
+{
+    struct cf_config *cf =
+        cf_config_load_with_map(cfg_path, rb->backend, rb->union_doc, err, errlen);
+    if (cf == NULL) {
+        return NULL;
+    }
+    struct cf_backend *be = NULL;
+    for (size_t i = 0; i < cf->nbackends; i++) {
+        if (strcmp(cf->backends[i].name, rb->backend) == 0) {
+            be = &cf->backends[i];
+        }
+    }
+    if (be == NULL || be->nshards != rb->nshards) {
+        snprintf(err, errlen, "backend '%s' changed in the config file", rb->backend);
+        cf_config_unref(cf);
+        return NULL;
+    }
+    be->live = rt_live_ref(rb->live);
+    return cf;
+}
+
+static int start(struct rb *rb, gw_rebalance_done_cb done, void *arg, char *err, size_t errlen)
+{
+    rb->cb = done;
+    rb->cb_arg = arg;
+    if (pthread_create(&rb->thread, NULL, mover_main, rb) != 0) {
+        snprintf(err, errlen, "cannot start the mover thread: %s", strerror(errno));
+        return -1;
+    }
+    rb->thread_started = 1;
+    pthread_mutex_lock(&g_mu);
+    struct rb *old = cur;
+    cur = rb;
+    pthread_mutex_unlock(&g_mu);
+    rb_free(old);
+    return 0;
+}
+
+struct cf_config *gw_rebalance_begin(const char *cfg_path, const struct cf_config *active,
+                                     const struct cf_config *next, const char *backend,
+                                     int nworkers, gw_rebalance_done_cb done, void *arg,
+                                     struct gw_error *e)
+{
+    char err[512];
+    const struct cf_backend *ob = backend_of(active, backend), *nb = backend_of(next, backend);
+    if (gw_rebalance_active()) {
+        gw_error_set(e, GW_E_CONFLICT, NULL, "a rebalance is already running");
+        return NULL;
+    }
+    struct json_object *from_doc = gw_shardmap_doc(ob->map), *to_doc = gw_shardmap_doc(nb->map);
+    struct rb *rb = rb_build(active, backend, from_doc, to_doc, NULL, err, sizeof(err));
+    json_object_put(from_doc);
+    json_object_put(to_doc);
+    if (rb == NULL) {
+        gw_error_set(e, GW_E_BAD_REQUEST, NULL, "%s", err);
+        return NULL;
+    }
+    /* a shard the map adds must not hold rows already: they would show */
+    for (size_t s = 0; s < rb->nshards; s++) {
+        if (rt_shardmap_shard_index(ob->map, rb->names[s]) >= 0) {
+            continue;
+        }
+        MYSQL *my = conn(rb, (int)s, err, sizeof(err));
+        for (size_t k = 0; my != NULL && k < rb->ntables; k++) {
+            char q[512];
+            snprintf(q, sizeof(q),
+                     "SELECT COUNT(*) FROM information_schema.tables t WHERE t.table_schema = "
+                     "DATABASE() AND t.table_name = '%s'",
+                     rb->tables[k].name);
+            MYSQL_RES *res = query(my, q, strlen(q), rb->names[s], err, sizeof(err));
+            MYSQL_ROW row = res != NULL ? mysql_fetch_row(res) : NULL;
+            int exists = row != NULL && row[0] != NULL && strcmp(row[0], "0") != 0;
+            if (res != NULL) {
+                mysql_free_result(res);
+            }
+            if (!exists) {
+                continue;
+            }
+            snprintf(q, sizeof(q), "SELECT 1 FROM `%s` LIMIT 1", rb->tables[k].name);
+            res = query(my, q, strlen(q), rb->names[s], err, sizeof(err));
+            int rows = res != NULL && mysql_num_rows(res) > 0;
+            if (res != NULL) {
+                mysql_free_result(res);
+            }
+            if (rows) {
+                gw_error_set(e, GW_E_CONFLICT, "shards",
+                             "shard '%s' is new to the map but its table '%s' already holds "
+                             "rows; empty it first",
+                             rb->names[s], rb->tables[k].name);
+                e->shard = NULL;
+                rb_free(rb);
+                return NULL;
+            }
+        }
+        if (my == NULL) {
+            gw_error_set(e, GW_E_UNAVAILABLE, "dsn", "%s", err);
+            rb_free(rb);
+            return NULL;
+        }
+    }
+    struct cf_config *cf = union_config(rb, cfg_path, err, sizeof(err));
+    if (cf == NULL || ensure_tables(rb, err, sizeof(err)) < 0 ||
+        save_state(rb, err, sizeof(err)) < 0) {
+        gw_error_set(e, GW_E_UNAVAILABLE, NULL, "rebalance not started: %s", err);
+        cf_config_unref(cf);
+        rb_free(rb);
+        return NULL;
+    }
+    rb->nworkers = nworkers;
+    if (start(rb, done, arg, err, sizeof(err)) < 0) {
+        unlink(rb->state_path);
+        gw_error_set(e, GW_E_INTERNAL, NULL, "%s", err);
+        cf_config_unref(cf);
+        rb_free(rb);
+        return NULL;
+    }
+    return cf;
+}
+
+/* Start-up clean-up of a resumed rebalance: the target rows of slots not
+ * switched (a partial copy), the source rows of slots switched (maybe not yet
+ * deleted).  One DELETE per (shard, table). */
+static int recover_cleanup(struct rb *rb, char *err, size_t errlen)
+{
+    for (size_t s = 0; s < rb->nshards; s++) {
+        struct buf in = {0};
+        for (size_t i = 0; i < rb->nmoves; i++) {
+            const struct rb_move *m = &rb->moves[i];
+            if ((!rb->done[i] && m->to == (int)s) || (rb->done[i] && m->from == (int)s)) {
+                putf(&in, "%s%u", in.len ? ", " : "", m->slot);
+            }
+        }
+        if (in.len == 0) {
+            continue;
+        }
+        MYSQL *my = conn(rb, (int)s, err, errlen);
+        for (size_t k = 0; my != NULL && k < rb->ntables; k++) {
+            struct buf q = {0};
+            putf(&q, "DELETE FROM `%s` WHERE `_slot` IN (", rb->tables[k].name);
+            put(&q, in.p, in.len);
+            put(&q, ")", 1);
+            int rc = exec(my, q.p, q.len, rb->names[s], err, errlen);
+            free(q.p);
+            if (rc < 0) {
+                my = NULL;
+            }
+        }
+        free(in.p);
+        if (my == NULL) {
+            return -1;
+        }
+    }
+    return 0;
+}
+
+struct cf_config *gw_rebalance_recover(const char *cfg_path, struct cf_config *cf, int nworkers,
+                                       gw_rebalance_done_cb done, void *arg, char *err,
+                                       size_t errlen)
+{
+    for (size_t i = 0; i < cf->nbackends; i++) {
+        const struct cf_backend *be = &cf->backends[i];
+        if (be->shard_map_path == NULL) {
+            continue;
+        }
+        char path[4200];
+        snprintf(path, sizeof(path), "%s.rebalance", be->shard_map_path);
+        struct stat sb;
+        if (stat(path, &sb) < 0) {
+            continue;
+        }
+        char lerr[400];
+        struct json_object *st = cf_yaml_load_file(path, lerr, sizeof(lerr));
+        if (st == NULL) {
+            snprintf(err, errlen, "rebalance state '%s' is unreadable: %s", path, lerr);
+            return NULL;
+        }
+        struct rb *rb = rb_build(cf, be->name, json_object_object_get(st, "from"),
+                                 json_object_object_get(st, "to"),
+                                 json_object_object_get(st, "done"), lerr, sizeof(lerr));
+        if (rb != NULL) {
+            rb->nworkers = nworkers;
+            rb->rows_moved = rb->rows_at_start =
+                (uint64_t)json_object_get_int64(json_object_object_get(st, "rows_moved"));
+        }
+        json_object_put(st);
+        if (rb == NULL) {
+            snprintf(err, errlen, "rebalance state '%s': %s", path, lerr);
+            return NULL;
+        }
+        gw_info("resuming the rebalance of '%s' (version %" PRId64 " → %" PRId64
+                "): %zu of %zu slot(s) were moved",
+                rb->backend, rb->from_version, rb->to_version, rb->done_at_start, rb->nmoves);
+        struct cf_config *ncf = union_config(rb, cfg_path, lerr, sizeof(lerr));
+        if (ncf == NULL || ensure_tables(rb, lerr, sizeof(lerr)) < 0 ||
+            recover_cleanup(rb, lerr, sizeof(lerr)) < 0 ||
+            start(rb, done, arg, lerr, sizeof(lerr)) < 0) {
+            snprintf(err, errlen, "resuming the rebalance of '%s': %s", rb->backend, lerr);
+            cf_config_unref(ncf);
+            rb_free(rb);
+            return NULL;
+        }
+        cf_config_unref(cf);
+        return ncf; /* one rebalance at a time */
+    }
+    return cf;
+}
+
+int gw_rebalance_active(void)
+{
+    pthread_mutex_lock(&g_mu);
+    int a = cur != NULL && !cur->finished;
+    pthread_mutex_unlock(&g_mu);
+    return a;
+}
+
+struct cf_config *gw_rebalance_reload(const char *cfg_path, char *err, size_t errlen)
+{
+    return union_config(cur, cfg_path, err, errlen);
+}
+
+struct cf_config *gw_rebalance_finish(const char *cfg_path, char *err, size_t errlen)
+{
+    if (cur != NULL && cur->thread_started) {
+        pthread_join(cur->thread, NULL);
+        cur->thread_started = 0;
+    }
+    return cf_config_load(cfg_path, err, errlen);
+}
+
+void gw_rebalance_shutdown(void)
+{
+    pthread_mutex_lock(&g_mu);
+    struct rb *rb = cur;
+    cur = NULL;
+    if (rb != NULL) {
+        rb->stop_req = 1;
+    }
+    pthread_mutex_unlock(&g_mu);
+    if (rb != NULL && rb->thread_started) {
+        pthread_join(rb->thread, NULL);
+    }
+    rb_free(rb);
+}
+
+/* ---- status and control -------------------------------------------------------------- */
+
+static struct json_object *status_locked(const struct rb *rb)
+{
+    struct json_object *o = json_object_new_object();
+    const char *state = rb->state;
+    if (!rb->finished && rb->pause_req) {
+        state = "paused";
+    }
+    json_object_object_add(o, "state", json_object_new_string(state));
+    json_object_object_add(o, "backend", json_object_new_string(rb->backend));
+    json_object_object_add(o, "from_version", json_object_new_int64(rb->from_version));
+    json_object_object_add(o, "to_version", json_object_new_int64(rb->to_version));
+    json_object_object_add(o, "slots_total", json_object_new_int64((int64_t)rb->nmoves));
+    json_object_object_add(o, "slots_done", json_object_new_int64((int64_t)rb->slots_done));
+    json_object_object_add(o, "rows_moved", json_object_new_int64((int64_t)rb->rows_moved));
+    double secs = (double)(now_ms() - rb->started_ms) / 1000.0;
+    double rate = secs > 0 ? (double)(rb->rows_moved - rb->rows_at_start) / secs : 0;
+    json_object_object_add(o, "rate_rows_per_s", json_object_new_double((double)(int64_t)rate));
+    size_t run_done = rb->slots_done - rb->done_at_start;
+    if (!rb->finished && run_done > 0) {
+        double eta = secs / (double)run_done * (double)(rb->nmoves - rb->slots_done);
+        json_object_object_add(o, "eta_s", json_object_new_int64((int64_t)(eta + 0.5)));
+    } else {
+        json_object_object_add(o, "eta_s", rb->finished ? json_object_new_int64(0) : NULL);
+    }
+    json_object_object_add(o, "current_slot",
+                           rb->current_slot >= 0 ? json_object_new_int64(rb->current_slot) : NULL);
+    json_object_object_add(o, "phase",
+                           rb->phase != NULL ? json_object_new_string(rb->phase) : NULL);
+    json_object_object_add(o, "throttle_rows_per_s", json_object_new_int64(rb->throttle));
+    struct json_object *errs = json_object_new_array();
+    unsigned first = rb->nerrors > NERRORS ? rb->nerrors - NERRORS : 0;
+    for (unsigned i = first; i < rb->nerrors; i++) {
+        json_object_array_add(errs, json_object_new_string(rb->errors[i % NERRORS]));
+    }
+    json_object_object_add(o, "errors", errs);
+    json_object_object_add(o, "error_count", json_object_new_int64(rb->nerrors));
+    return o;
+}
+
+struct json_object *gw_rebalance_status(void)
+{
+    pthread_mutex_lock(&g_mu);
+    struct json_object *o = NULL;
+    if (cur != NULL) {
+        o = status_locked(cur);
+    } else {
+        o = json_object_new_object();
+        json_object_object_add(o, "state", json_object_new_string("idle"));
+    }
+    pthread_mutex_unlock(&g_mu);
+    return o;
+}
+
+struct json_object *gw_rebalance_status_of(const char *backend)
+{
+    pthread_mutex_lock(&g_mu);
+    struct json_object *o = NULL;
+    if (cur != NULL && !cur->finished && strcmp(cur->backend, backend) == 0) {
+        o = status_locked(cur);
+    }
+    pthread_mutex_unlock(&g_mu);
+    return o;
+}
+
+int gw_rebalance_control(const char *action, struct json_object *body, struct gw_error *e)
+{
+    pthread_mutex_lock(&g_mu);
+    struct rb *rb = cur != NULL && !cur->finished ? cur : NULL;
+    int rc = 0;
+    if (strcmp(action, "throttle") == 0) {
+        struct json_object *v = NULL;
+        if (!json_object_is_type(body, json_type_object) ||
+            !json_object_object_get_ex(body, "throttle_rows_per_s", &v) ||
+            !json_object_is_type(v, json_type_int) || json_object_get_int64(v) < 0) {
+            gw_error_set(e, GW_E_BAD_REQUEST, "throttle_rows_per_s",
+                         "give {\"throttle_rows_per_s\": n} with n >= 0 (0: no limit)");
+            rc = -1;
+        } else if (rb == NULL) {
+            gw_error_set(e, GW_E_CONFLICT, NULL, "no rebalance is running");
+            rc = -1;
+        } else {
+            rb->throttle = json_object_get_int64(v);
+        }
+    } else if (rb == NULL) {
+        gw_error_set(e, GW_E_CONFLICT, NULL, "no rebalance is running");
+        rc = -1;
+    } else if (strcmp(action, "pause") == 0) {
+        rb->pause_req = 1;
+    } else if (strcmp(action, "resume") == 0) {
+        rb->pause_req = 0;
+    } else if (strcmp(action, "abort") == 0) {
+        rb->abort_req = 1;
+    } else {
+        gw_error_set(e, GW_E_NOT_FOUND, NULL, "no rebalance action '%.32s' (pause, resume, abort)",
+                     action);
+        rc = -1;
+    }
+    pthread_mutex_unlock(&g_mu);
+    return rc;
+}

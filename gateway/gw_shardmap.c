@@ -1,0 +1,372 @@
+/*
+ * gw_shardmap.c — checks of a live shard map change; the admin view.
+ */
+#include "gateway/gw_shardmap.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "adapters/ad.h"
+#include "config/cf_config.h"
+#include "gateway/gw_log.h"
+#include "gateway/gw_rebalance.h"
+#include "routing/rt_live.h"
+#include "routing/rt_shardmap.h"
+
+#define PROBE_TIMEOUT_MAX_MS 3000
+
+static const struct cf_backend *backend_named(const struct cf_config *cf, const char *name)
+{
+    for (size_t i = 0; i < cf->nbackends; i++) {
+        if (strcmp(cf->backends[i].name, name) == 0) {
+            return &cf->backends[i];
+        }
+    }
+    return NULL;
+}
+
+/* 1 when the two maps are the same document in effect (shards, DSNs,
+ * weights, vnodes, owner of every slot). */
+static int same_map(const struct rt_shardmap *a, const struct rt_shardmap *b)
+{
+    size_t n = rt_shardmap_nshards(a);
+    if (n != rt_shardmap_nshards(b) || rt_shardmap_nslots(a) != rt_shardmap_nslots(b) ||
+        rt_shardmap_vnodes(a) != rt_shardmap_vnodes(b)) {
+        return 0;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (strcmp(rt_shardmap_shard_name(a, i), rt_shardmap_shard_name(b, i)) != 0 ||
+            strcmp(rt_shardmap_shard_dsn(a, i), rt_shardmap_shard_dsn(b, i)) != 0 ||
+            rt_shardmap_shard_weight(a, i) != rt_shardmap_shard_weight(b, i)) {
+            return 0;
+        }
+    }
+    for (uint32_t s = 0; s < rt_shardmap_nslots(a); s++) {
+        if (rt_shardmap_slot_owner(a, s) != rt_shardmap_slot_owner(b, s)) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* Shards of `a` that `b` does not name, comma separated into buf; count. */
+static size_t missing_names(const struct rt_shardmap *a, const struct rt_shardmap *b, char *buf,
+                            size_t len)
+{
+    size_t k = 0, off = 0;
+    buf[0] = '\0';
+    for (size_t i = 0; i < rt_shardmap_nshards(a); i++) {
+        const char *name = rt_shardmap_shard_name(a, i);
+        if (rt_shardmap_shard_index(b, name) < 0) {
+            int w = snprintf(buf + off, len - off, "%s'%s'", k ? ", " : "", name);
+            if (w > 0 && (size_t)w < len - off) {
+                off += (size_t)w;
+            }
+            k++;
+        }
+    }
+    return k;
+}
+
+static int check_backend(const struct cf_backend *old, const struct cf_backend *nb, int put,
+                         const char **moving, struct gw_error *e)
+{
+    const struct rt_shardmap *a = old->map, *b = nb->map;
+    int64_t va = rt_shardmap_version(a), vb = rt_shardmap_version(b);
+    int same = rt_shardmap_nslots(a) == rt_shardmap_nslots(b) && same_map(a, b);
+    if (!put && same && va == vb) {
+        return 0; /* a reload that leaves this map as it is */
+    }
+    if (vb <= va) {
+        gw_error_set(e, GW_E_CONFLICT, "version",
+                     "backend '%s': shard map version %" PRId64 " is not higher than the active "
+                     "version %" PRId64 "%s",
+                     nb->name, vb, va, same ? "" : " (a changed map must carry a higher version)");
+        return -1;
+    }
+    if (rt_shardmap_nslots(a) != rt_shardmap_nslots(b)) {
+        gw_error_set(e, GW_E_BAD_REQUEST, "slots",
+                     "backend '%s': the map has %u slots, the active one %u: rows store their "
+                     "slot, the slot count cannot change",
+                     nb->name, rt_shardmap_nslots(b), rt_shardmap_nslots(a));
+        return -1;
+    }
+    char added[256], removed[256];
+    size_t nadd = missing_names(b, a, added, sizeof(added));
+    size_t nrem = missing_names(a, b, removed, sizeof(removed));
+    if (nadd > 0 && nrem > 0) {
+        gw_error_set(e, GW_E_BAD_REQUEST, "shards",
+                     "backend '%s': the map adds shard(s) %s and removes %s in one change; add "
+                     "or remove shards in separate maps",
+                     nb->name, added, removed);
+        return -1;
+    }
+    /* new shards, and shards that moved to another DSN, must answer */
+    const struct ad_ops *ops = ad_lookup(nb->type);
+    for (size_t i = 0; ops != NULL && ops->probe != NULL && i < rt_shardmap_nshards(b); i++) {
+        const char *name = rt_shardmap_shard_name(b, i);
+        const char *dsn = rt_shardmap_shard_dsn(b, i);
+        int j = rt_shardmap_shard_index(a, name);
+        if (j >= 0 && strcmp(rt_shardmap_shard_dsn(a, (size_t)j), dsn) == 0) {
+            continue;
+        }
+        int64_t tmo = nb->pool.connect_timeout_ms < PROBE_TIMEOUT_MAX_MS
+                          ? nb->pool.connect_timeout_ms
+                          : PROBE_TIMEOUT_MAX_MS;
+        char perr[240];
+        if (ops->probe(dsn, tmo, perr, sizeof(perr)) < 0) {
+            gw_error_set(e, GW_E_UNAVAILABLE, "dsn",
+                         "backend '%s': shard '%s' is not reachable: %s", nb->name, name, perr);
+            e->shard = name; /* borrowed from the new config, which the caller holds */
+            return -1;
+        }
+    }
+    struct rt_slot_move *moves = NULL;
+    size_t nmoves = 0;
+    char derr[200];
+    if (rt_shardmap_diff(a, b, &moves, &nmoves, derr, sizeof(derr)) < 0) {
+        gw_error_set(e, GW_E_BAD_REQUEST, NULL, "backend '%s': %s", nb->name, derr);
+        return -1;
+    }
+    if (nmoves > 0 && moving != NULL && *moving == NULL && strcmp(nb->type, "mysql") == 0) {
+        *moving = nb->name; /* the caller rebalances (gw_rebalance.h) */
+        free(moves);
+        return 0;
+    }
+    if (nmoves > 0 && moving != NULL) {
+        gw_error_set(e, GW_E_CONFLICT, "shards", "backend '%s': the map moves %zu slot(s); %s",
+                     nb->name, nmoves,
+                     *moving != NULL ? "only one backend can be rebalanced at a time"
+                                     : "online rebalancing is available for mysql backends only");
+        free(moves);
+        return -1;
+    }
+    if (nmoves > 0) {
+        gw_error_set(e, GW_E_CONFLICT, "shards",
+                     "backend '%s': the map moves %zu slot(s) (first: slot %u from '%s' to '%s'); "
+                     "a rebalance is in progress: wait for it to finish (GET /admin/rebalance) "
+                     "before the next map change moves slots (docs/rebalancing.md)",
+                     nb->name, nmoves, moves[0].slot, moves[0].from, moves[0].to);
+        free(moves);
+        return -1;
+    }
+    free(moves);
+    return 0;
+}
+
+int gw_shardmap_check(const struct cf_config *active, const struct cf_config *next,
+                      const char *put_backend, const char **moving, struct gw_error *e)
+{
+    if (moving != NULL) {
+        *moving = NULL;
+    }
+    for (size_t i = 0; i < next->nbackends; i++) {
+        const struct cf_backend *nb = &next->backends[i];
+        const struct cf_backend *old = backend_named(active, nb->name);
+        if (nb->map == NULL || old == NULL || old->map == NULL) {
+            continue; /* a backend added, or not sharded: nothing to compare */
+        }
+        int put = put_backend != NULL && strcmp(put_backend, nb->name) == 0;
+        if (check_backend(old, nb, put, moving, e) < 0) {
+            return -1;
+        }
+    }
+    return 0;
+}
+
+const char *gw_shardmap_backend(const struct cf_config *cf, const char *name, size_t len,
+                                struct gw_error *e)
+{
+    const char *found = NULL;
+    size_t n = 0;
+    for (size_t i = 0; i < cf->nbackends; i++) {
+        const struct cf_backend *be = &cf->backends[i];
+        if (name != NULL && len > 0) {
+            if (strlen(be->name) == len && memcmp(be->name, name, len) == 0) {
+                if (be->shard_map_path == NULL) {
+                    gw_error_set(e, GW_E_BAD_REQUEST, NULL,
+                                 "backend '%s' has no shard_map file: its shards come from the "
+                                 "config",
+                                 be->name);
+                    return NULL;
+                }
+                return be->name;
+            }
+        } else if (be->shard_map_path != NULL) {
+            found = be->name;
+            n++;
+        }
+    }
+    if (name != NULL && len > 0) {
+        gw_error_set(e, GW_E_NOT_FOUND, NULL, "no backend named '%.*s'", (int)(len > 64 ? 64 : len),
+                     name);
+        return NULL;
+    }
+    if (n != 1) {
+        gw_error_set(e, GW_E_BAD_REQUEST, NULL,
+                     n == 0 ? "no backend has a shard_map file"
+                            : "several backends have a shard_map file: use "
+                              "/admin/shardmap/{backend}");
+        return NULL;
+    }
+    return found;
+}
+
+/* A DSN with its password replaced by "***". */
+static struct json_object *redacted_dsn(const char *dsn)
+{
+    const char *scheme = strstr(dsn, "://");
+    const char *start = scheme != NULL ? scheme + 3 : dsn;
+    const char *slash = strchr(start, '/');
+    const char *at = strrchr(start, '@');
+    if (at == NULL || (slash != NULL && at > slash)) {
+        return json_object_new_string(dsn);
+    }
+    const char *colon = memchr(start, ':', (size_t)(at - start));
+    if (colon == NULL) {
+        return json_object_new_string(dsn);
+    }
+    size_t len = strlen(dsn) + 4;
+    char *buf = malloc(len);
+    snprintf(buf, len, "%.*s***%s", (int)(colon + 1 - dsn), dsn, at);
+    struct json_object *o = json_object_new_string(buf);
+    free(buf);
+    return o;
+}
+
+struct json_object *gw_shardmap_json(const struct cf_config *cf)
+{
+    struct json_object *doc = json_object_new_object();
+    struct json_object *arr = json_object_new_array();
+    for (size_t i = 0; i < cf->nbackends; i++) {
+        const struct cf_backend *be = &cf->backends[i];
+        const struct rt_shardmap *m = be->map;
+        if (m == NULL) {
+            continue;
+        }
+        struct json_object *o = json_object_new_object();
+        json_object_object_add(o, "backend", json_object_new_string(be->name));
+        json_object_object_add(
+            o, "path",
+            be->shard_map_path != NULL ? json_object_new_string(be->shard_map_path) : NULL);
+        json_object_object_add(o, "version", json_object_new_int64(rt_shardmap_version(m)));
+        json_object_object_add(o, "slots", json_object_new_int64(rt_shardmap_nslots(m)));
+        json_object_object_add(o, "vnodes", json_object_new_int64(rt_shardmap_vnodes(m)));
+        struct json_object *sh = json_object_new_array();
+        for (size_t s = 0; s < rt_shardmap_nshards(m); s++) {
+            struct json_object *so = json_object_new_object();
+            json_object_object_add(so, "name",
+                                   json_object_new_string(rt_shardmap_shard_name(m, s)));
+            json_object_object_add(so, "dsn", redacted_dsn(rt_shardmap_shard_dsn(m, s)));
+            json_object_object_add(so, "weight",
+                                   json_object_new_int64(rt_shardmap_shard_weight(m, s)));
+            uint32_t owned = rt_shardmap_shard_nslots(m, s);
+            if (be->live != NULL) { /* being rebalanced: the live owners */
+                owned = 0;
+                for (uint32_t k = 0; k < rt_live_nslots(be->live); k++) {
+                    owned += rt_live_owner(be->live, k) == (int)s;
+                }
+            }
+            json_object_object_add(so, "slots", json_object_new_int64(owned));
+            json_object_array_add(sh, so);
+        }
+        json_object_object_add(o, "shards", sh);
+        struct json_object *ov = json_object_new_object();
+        for (size_t k = 0; k < rt_shardmap_noverrides(m); k++) {
+            uint32_t first, last;
+            int owner = rt_shardmap_override(m, k, &first, &last);
+            char range[32];
+            if (first == last) {
+                snprintf(range, sizeof(range), "%u", first);
+            } else {
+                snprintf(range, sizeof(range), "%u-%u", first, last);
+            }
+            json_object_object_add(
+                ov, range, json_object_new_string(rt_shardmap_shard_name(m, (size_t)owner)));
+        }
+        json_object_object_add(o, "overrides", ov);
+        json_object_object_add(o, "migration", gw_rebalance_status_of(be->name));
+        json_object_array_add(arr, o);
+    }
+    json_object_object_add(doc, "backends", arr);
+    return doc;
+}
+
+int gw_shardmap_write(const char *path, struct json_object *doc, char *err, size_t errlen)
+{
+    size_t plen = strlen(path);
+    char *tmp = malloc(plen + 16);
+    snprintf(tmp, plen + 16, "%s.tmp.%ld", path, (long)getpid());
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0) {
+        snprintf(err, errlen, "cannot write '%s': %s", tmp, strerror(errno));
+        free(tmp);
+        return -1;
+    }
+    const char *head = "# written by polygate (PUT /admin/shardmap); JSON is YAML\n";
+    const char *body = json_object_to_json_string_ext(
+        doc, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_SPACED | JSON_C_TO_STRING_NOSLASHESCAPE);
+    int ok = write(fd, head, strlen(head)) == (ssize_t)strlen(head) &&
+             write(fd, body, strlen(body)) == (ssize_t)strlen(body) && write(fd, "\n", 1) == 1 &&
+             fsync(fd) == 0;
+    int saved = errno;
+    close(fd);
+    if (!ok || rename(tmp, path) < 0) {
+        if (ok) {
+            saved = errno;
+        }
+        snprintf(err, errlen, "cannot write '%s': %s", path, strerror(saved));
+        unlink(tmp);
+        free(tmp);
+        return -1;
+    }
+    free(tmp);
+    /* the rename itself is durable once the directory is synced */
+    char *dir = strdup(path);
+    char *slash = strrchr(dir, '/');
+    if (slash != NULL) {
+        *slash = '\0';
+        int dfd = open(slash == dir ? "/" : dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (dfd >= 0) {
+            (void)fsync(dfd);
+            close(dfd);
+        }
+    }
+    free(dir);
+    return 0;
+}
+
+struct json_object *gw_shardmap_doc(const struct rt_shardmap *m)
+{
+    struct json_object *doc = json_object_new_object();
+    json_object_object_add(doc, "version", json_object_new_int64(rt_shardmap_version(m)));
+    json_object_object_add(doc, "slots", json_object_new_int64(rt_shardmap_nslots(m)));
+    json_object_object_add(doc, "vnodes", json_object_new_int64(rt_shardmap_vnodes(m)));
+    struct json_object *sh = json_object_new_array();
+    for (size_t s = 0; s < rt_shardmap_nshards(m); s++) {
+        struct json_object *so = json_object_new_object();
+        json_object_object_add(so, "name", json_object_new_string(rt_shardmap_shard_name(m, s)));
+        json_object_object_add(so, "dsn", json_object_new_string(rt_shardmap_shard_dsn(m, s)));
+        json_object_object_add(so, "weight", json_object_new_int64(rt_shardmap_shard_weight(m, s)));
+        json_object_array_add(sh, so);
+    }
+    json_object_object_add(doc, "shards", sh);
+    if (rt_shardmap_noverrides(m) > 0) {
+        struct json_object *ov = json_object_new_object();
+        for (size_t k = 0; k < rt_shardmap_noverrides(m); k++) {
+            uint32_t first, last;
+            int owner = rt_shardmap_override(m, k, &first, &last);
+            char range[32];
+            snprintf(range, sizeof(range), "%u-%u", first, last);
+            json_object_object_add(
+                ov, range, json_object_new_string(rt_shardmap_shard_name(m, (size_t)owner)));
+        }
+        json_object_object_add(doc, "overrides", ov);
+    }
+    return doc;
+}

@@ -1,0 +1,64 @@
+/*
+ * gw_shardmap.h — live shard map changes: what a reload (SIGHUP) or a
+ * `PUT /admin/shardmap` may change, and what `GET /admin/shardmap` shows.
+ *
+ * A new map is swapped in only when the WHOLE check passes (the old one stays
+ * active otherwise, and the reason is logged / returned):
+ *   - it parses and is a valid map (rt_shardmap_from_json: every slot owned,
+ *     overrides ascending and non-overlapping, known fields only, …);
+ *   - same slot count as the active map (rows store their slot);
+ *   - version: higher than the active one when the map differs from it (a
+ *     SIGHUP with the map unchanged keeps the same version; a PUT must always
+ *     raise it);
+ *   - it does not add a shard and remove another in the same change;
+ *   - every added shard, and every shard whose DSN changed, is reachable
+ *     (the adapter's probe: a real connect within the pool's timeout);
+ *   - if it moves slots (a shard added, removed, reweighted): the backend
+ *     is a mysql one and no rebalance is running — the caller then starts
+ *     one (gateway/gw_rebalance.h) instead of swapping the map in, since a
+ *     map that gives a slot to a shard that does not hold its rows would
+ *     hide them.
+ *
+ * The checks run on the main thread (probes block), never on a worker loop.
+ */
+#ifndef GW_SHARDMAP_H
+#define GW_SHARDMAP_H
+
+#include <stddef.h>
+
+#include <json-c/json.h>
+
+#include "gateway/gw_error.h"
+
+struct cf_config;
+
+/* Check the shard maps of `next` against those of `active` (backends matched
+ * by name).  put_backend: the backend a PUT targets (its version must be
+ * strictly higher), or NULL for a SIGHUP reload.  moving: NULL refuses maps
+ * that move slots; otherwise *moving is set to the one backend (borrowed
+ * from next) whose map moves slots and must be rebalanced, or NULL.  0, or
+ * -1 with e filled (code, message naming the backend / shard / slot). */
+int gw_shardmap_check(const struct cf_config *active, const struct cf_config *next,
+                      const char *put_backend, const char **moving, struct gw_error *e)
+    __attribute__((warn_unused_result));
+
+struct rt_shardmap;
+/* The document of a built map (version, slots, vnodes, shards, overrides). */
+struct json_object *gw_shardmap_doc(const struct rt_shardmap *m);
+
+/* The backend a PUT /admin/shardmap[/{backend}] means: `name` when given
+ * (it must have a shard_map file), else the only backend with one.  NULL with
+ * e filled (404 / 400) otherwise. */
+const char *gw_shardmap_backend(const struct cf_config *cf, const char *name, size_t len,
+                                struct gw_error *e);
+
+/* GET /admin/shardmap: {"backends":[{backend, path, version, slots, vnodes,
+ * shards:[{name, dsn (password hidden), weight, slots}], overrides, migration}]}. */
+struct json_object *gw_shardmap_json(const struct cf_config *cf);
+
+/* Write a map document to path atomically (temp file, fsync, rename, fsync
+ * of the directory).  0, or -1 with err. */
+int gw_shardmap_write(const char *path, struct json_object *doc, char *err, size_t errlen)
+    __attribute__((warn_unused_result));
+
+#endif

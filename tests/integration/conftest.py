@@ -1,0 +1,206 @@
+"""Fixtures for the integration tests: a real polygate process on loopback,
+backed by the real servers of the local stack (scripts/stack.sh)."""
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+
+import pytest
+import redis as redislib
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+BIN = os.environ.get("POLYGATE_BIN", os.path.join(ROOT, "polygate"))
+CONFIG = os.path.join(os.path.dirname(__file__), "polygate.test.yaml")
+# polygate.test.yaml names its shard maps as ${POLYGATE_TEST_DIR}/…, so that
+# every copy of it (tests write variants into temp dirs) finds them.
+os.environ["POLYGATE_TEST_DIR"] = os.path.abspath(os.path.dirname(__file__))
+# POLYGATE_TEST_PORT_BASE moves every gateway port of the suite, so that two
+# checkouts can run it side by side on one stack.  The config files name
+# 18080/19090; Gateway rewrites them.
+PORT = int(os.environ.get("POLYGATE_TEST_PORT_BASE", "18080"))
+ADMIN_PORT = PORT + 1010
+REDIS_PORT = 56379
+
+
+def wait_port(port, timeout=10.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2) as sock:
+                # Ports in the ephemeral range (a POLYGATE_TEST_PORT_BASE of
+                # 32768+) can connect to THEMSELVES when nothing listens (TCP
+                # simultaneous open): that is no server, and it holds the port
+                # the server is about to bind.
+                if sock.getsockname() != sock.getpeername():
+                    return True
+        except OSError:
+            pass
+        time.sleep(0.05)
+    return False
+
+
+SCATTER_DBS = ["scatter_%d" % i for i in range(4)]
+_scatter_dbs_ready = False
+
+
+def ensure_scatter_dbs():
+    """The 4 PostgreSQL databases of scatter.shardmap.yaml (the `shorders`
+    domain); created before any gateway starts so that /ready sees them."""
+    global _scatter_dbs_ready
+    if _scatter_dbs_ready:
+        return
+    import psycopg2
+    conn = psycopg2.connect(host="127.0.0.1", port=55432, user="postgres", dbname="postgres")
+    conn.autocommit = True  # CREATE DATABASE cannot run in a transaction
+    with conn.cursor() as cur:
+        for db in SCATTER_DBS:
+            cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (db,))
+            if cur.fetchone() is None:
+                # code-point order for text: the gateway's merge assumes it
+                cur.execute("CREATE DATABASE %s TEMPLATE template0 ENCODING 'UTF8' "
+                            "LC_COLLATE 'C' LC_CTYPE 'C'" % db)
+    conn.close()
+    _scatter_dbs_ready = True
+
+
+class Gateway:
+    """A polygate process started on a private copy of the test config."""
+
+    def __init__(self, config_text=None, port=PORT):
+        ensure_scatter_dbs()
+        self.dir = tempfile.mkdtemp(prefix="polygate-test-")
+        self.config = os.path.join(self.dir, "polygate.yaml")
+        if config_text is None:
+            with open(CONFIG) as f:
+                config_text = f.read()
+        config_text = config_text.replace("18080", str(PORT)).replace("19090", str(ADMIN_PORT))
+        with open(self.config, "w") as f:
+            f.write(config_text)
+        self.log = open(os.path.join(self.dir, "polygate.log"), "w+")
+        self.proc = subprocess.Popen([BIN, "-c", self.config], stdout=self.log, stderr=subprocess.STDOUT)
+        if not wait_port(port):
+            text = self.logtext()  # before stop() closes and removes it
+            rc = self.stop()
+            raise RuntimeError("polygate did not listen on %d within 10 s (rc=%s): %s" % (port, rc, text))
+
+    def logtext(self):
+        self.log.flush()
+        with open(self.log.name) as f:
+            return f.read()
+
+    def signal(self, sig):
+        self.proc.send_signal(sig)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        rc = self.proc.returncode
+        self.log.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+        return rc
+
+
+class Client:
+    def __init__(self, port=PORT):
+        self.port = port
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+
+    def request(self, method, path, body=None, headers=None, raw=None):
+        hdrs = dict(headers or {})
+        data = raw
+        if body is not None:
+            data = json.dumps(body).encode()
+            hdrs.setdefault("Content-Type", "application/json")
+        for attempt in range(2):
+            try:
+                self.conn.request(method, path, body=data, headers=hdrs)
+                resp = self.conn.getresponse()
+                payload = resp.read()
+                break
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+                self.conn.close()
+                self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+                if attempt == 1:
+                    raise
+        parsed = None
+        if payload:
+            parsed = json.loads(payload)
+        return resp.status, parsed, resp
+
+    def close(self):
+        self.conn.close()
+
+
+@pytest.fixture(scope="session")
+def gateway():
+    if not os.path.exists(BIN):
+        pytest.fail("polygate binary not found at %s (run make)" % BIN)
+    if not wait_port(REDIS_PORT, timeout=5):
+        pytest.fail("Redis of the local stack is not running on %d (scripts/stack.sh up)" % REDIS_PORT)
+    gw = Gateway()
+    yield gw
+    rc = gw.stop()
+    assert rc == 0, "polygate did not exit cleanly on SIGTERM (rc=%s)" % rc
+
+
+@pytest.fixture
+def client(gateway):
+    c = Client()
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def rdb():
+    r = redislib.Redis(host="127.0.0.1", port=REDIS_PORT, db=1, decode_responses=True)
+    yield r
+    r.close()
+
+
+def wait_ready(timeout=15.0, streak=20):
+    """Wait until /ready answers 200 `streak` times in a row on fresh
+    connections (fresh connections land on every worker, and each worker
+    has its own pools that reconnect on their own backoff)."""
+    deadline = time.time() + timeout
+    ok = 0
+    while time.time() < deadline:
+        c = Client()
+        try:
+            st, _, _ = c.request("GET", "/ready")
+        except OSError:
+            st = 0
+        c.close()
+        ok = ok + 1 if st == 200 else 0
+        if ok >= streak:
+            return True
+        if st != 200:
+            time.sleep(0.05)
+    return False
+
+
+def stack(*args):
+    subprocess.run([os.path.join(ROOT, "scripts", "stack.sh"), *args], check=True,
+                   stdout=subprocess.DEVNULL)
+
+
+def assert_error(body, code, status=None, resp=None):
+    """The one error shape: {"error":{"code","message","request_id",…}}."""
+    assert isinstance(body, dict) and set(body) == {"error"}, body
+    err = body["error"]
+    assert err["code"] == code, body
+    assert isinstance(err["message"], str) and err["message"], body
+    assert err["request_id"], body
+    if resp is not None:
+        assert resp.getheader("Content-Type") == "application/json"
+        assert resp.getheader("X-Request-Id") == err["request_id"]
+    return err
