@@ -14,10 +14,6 @@ import conftest
 
 from conftest import ADMIN_PORT, PORT, Client, Gateway, assert_error, wait_port
 
-# this gateway has no PostgreSQL backend: it does not need the scatter
-# databases (conftest.Gateway would create them first)
-conftest._scatter_dbs_ready = True
-
 GW_PORT = PORT + 7
 GW_ADMIN = ADMIN_PORT + 7
 
