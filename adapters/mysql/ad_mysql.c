@@ -40,22 +40,11 @@
  * literal would change a comparison (CAST(? AS SIGNED / DECIMAL / JSON)),
  * and LIMIT is an integer it formats itself.
  *
- * Pool per shard (as the PostgreSQL pool): pool.min connections opened at
- * start, more on demand up to pool.max; one script in flight per
- * connection.  Requests wait in a FIFO bounded by pool.queue_max (beyond →
- * AD_EFULL, 503).  A lost connection fails its in-flight request with
- * AD_UNAVAILABLE naming the shard; when no connection of a shard is left the
- * waiting requests fail too and submit refuses (AD_EDOWN) until a reconnect
- * — exponential backoff with jitter — succeeds.
- *
- * auto_migrate: the first request for a domain starts its CREATE TABLE IF
- * NOT EXISTS on EVERY shard of the backend (the table must exist wherever
- * the router may send a row), and again on a shard that comes back up
- * after a failed attempt.  Requests wait for their shard's migration.
- *
- * cancel(): a request still waiting in the queue completes with
- * AD_CANCELED; one already sent runs to its end (the gateway has answered
- * 504 and ignores the completion).
+ * The pool (adapters/sql/sql_pool.c, shared with the PostgreSQL adapter):
+ * per shard pool.min..pool.max connections, one script in flight per
+ * connection, a bounded FIFO, reconnect with backoff and jitter,
+ * auto_migrate on every shard of the backend at first use, cancel of
+ * waiting requests (one already sent runs to its end).
  */
 #include "adapters/mysql/ad_mysql.h"
 
@@ -64,11 +53,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/queue.h>
 
 #include <mysql.h>
 
 #include "adapters/sql/sql_build.h"
+#include "adapters/sql/sql_pool.h"
 #include "config/cf_config.h"
 #include "gateway/gw_log.h"
 #include "gateway/gw_query.h"
@@ -78,250 +67,44 @@
     "SET time_zone = '+00:00', sql_mode = "                                                        \
     "'STRICT_ALL_TABLES,ERROR_FOR_DIVISION_BY_ZERO,NO_ENGINE_SUBSTITUTION'"
 
-struct my_state;
-struct my_shard;
-
-enum conn_state { C_DOWN, C_CONNECTING, C_IDLE, C_BUSY };
 /* the connector call in progress on a connection */
 enum conn_op { OP_NONE, OP_CONNECT, OP_QUERY, OP_STORE, OP_NEXT };
-enum mig_state { MIG_NONE, MIG_RUNNING, MIG_DONE, MIG_FAILED };
 
 struct my_dsn {
     char *host, *user, *pass, *db;
     unsigned port;
 };
 
-/* A domain to migrate: known to every shard (same index everywhere). */
-struct my_mig {
-    char *table;
-    char *sql;
-};
-
 struct my_call {
-    TAILQ_ENTRY(my_call) link;
-    struct my_shard *sh;
-    const struct ad_req *req;
-    ad_done_cb cb; /* NULL: an internal call (migration) */
-    void *arg;
-    struct sql_stmt st;
-    int mig; /* index into st->migs, or -1 */
-    int is_migration;
-    int rolling_back;  /* the script failed: ROLLBACK sent, res holds the error */
+    struct sql_call b; /* first: the pool's part */
+    int rolling_back;  /* the script failed: ROLLBACK sent, b.res holds the error */
     MYSQL_RES *rows;   /* result of statement st.rows_at */
     uint64_t affected; /* affected rows of statement st.affected_at */
-    struct ad_res res; /* a deferred completion / the error behind a ROLLBACK */
 };
-TAILQ_HEAD(my_callq, my_call);
 
 struct my_conn {
-    struct my_shard *sh;
+    struct sql_conn b; /* first: the pool's part */
     MYSQL *my;
-    enum conn_state state;
     enum conn_op op;
-    struct event *ev;    /* socket waits of the call in progress; idle: EV_READ */
-    struct event *timer; /* connect deadline, or reconnect after backoff */
-    int64_t backoff_ms;
-    struct my_call *call;
-    int stmt; /* index of the statement whose result is being read */
+    struct event *ev; /* socket waits of the call in progress; idle: EV_READ */
+    int stmt;         /* index of the statement whose result is being read */
     char *text;
 };
 
-struct my_shard {
-    struct my_state *st;
-    const struct cf_shard *cfs;
-    struct my_dsn dsn;
-    struct my_conn *conns;
-    int nconns;
-    struct my_callq queue;
-    int pending; /* queued + in flight */
-    int down;    /* known down: refuse new requests */
-    int was_up;
-    enum mig_state *migs; /* per st->migs */
-    char lasterr[200];
-};
+static struct my_conn *my_conn_of(struct sql_conn *c)
+{
+    return (struct my_conn *)(void *)c;
+}
 
-struct my_state {
-    struct event_base *base;
-    const struct cf_backend *be;
-    struct my_shard *shards;
-    int nshards;
-    struct my_mig *migs;
-    size_t nmigs;
-    struct event *kick; /* deferred completions, then dispatch */
-    struct my_callq done;
-    int closing;
-};
+static struct my_call *my_call_of(struct sql_call *c)
+{
+    return (struct my_call *)(void *)c;
+}
 
-static void conn_start(struct my_conn *c);
-static void dispatch(struct my_shard *sh);
 static void step(struct my_conn *c, int status);
 static int send_text(struct my_conn *c, const char *text, size_t len);
 
-/* ---- completing ----------------------------------------------------------------- */
-
-static void call_free(struct my_call *call)
-{
-    sql_stmt_free(&call->st);
-    if (call->rows != NULL) {
-        mysql_free_result(call->rows);
-    }
-    free(call);
-}
-
-static void complete(struct my_call *call, struct ad_res *res)
-{
-    if (res->shard == NULL) {
-        res->shard = call->sh->cfs->name;
-    }
-    call->sh->pending--;
-    if (call->cb != NULL) {
-        call->cb(res, call->arg);
-    }
-    call_free(call);
-}
-
-/* Complete later, from the loop (never inside submit/cancel). */
-static void defer(struct my_call *call)
-{
-    TAILQ_INSERT_TAIL(&call->sh->st->done, call, link);
-    event_active(call->sh->st->kick, EV_TIMEOUT, 0);
-}
-
-/* "backend 'b' (MySQL shard 's') <what>: <detail>" */
-static void fail(struct my_call *call, enum ad_status status, const char *what, const char *detail)
-{
-    struct ad_res res;
-    ad_res_init(&res);
-    struct my_shard *sh = call->sh;
-    ad_res_error(&res, status, sh->cfs->name, "backend '%s' (MySQL shard '%s') %s: %s",
-                 sh->st->be->name, sh->cfs->name, what, detail);
-    complete(call, &res);
-}
-
-static void fail_unavailable(struct my_call *call, const char *detail)
-{
-    fail(call, AD_UNAVAILABLE, "is unavailable", detail);
-}
-
-/* A migration ended without success: the calls waiting for it fail. */
-static void mig_failed(struct my_shard *sh, int mig, enum mig_state next, const char *why)
-{
-    sh->migs[mig] = next;
-    struct my_call *c = TAILQ_FIRST(&sh->queue);
-    while (c != NULL) {
-        struct my_call *nx = TAILQ_NEXT(c, link);
-        if (c->mig == mig && !c->is_migration) {
-            TAILQ_REMOVE(&sh->queue, c, link);
-            fail(c, AD_UNAVAILABLE, "cannot serve the domain: auto_migrate failed", why);
-        }
-        c = nx;
-    }
-}
-
-static void fail_queue(struct my_shard *sh, const char *why)
-{
-    while (!TAILQ_EMPTY(&sh->queue)) {
-        struct my_call *c = TAILQ_FIRST(&sh->queue);
-        TAILQ_REMOVE(&sh->queue, c, link);
-        if (c->is_migration) {
-            sh->migs[c->mig] = MIG_NONE; /* retried when the shard is back */
-        }
-        fail_unavailable(c, why);
-    }
-}
-
 /* ---- connections ------------------------------------------------------------------ */
-
-static void tv_ms(struct timeval *tv, int64_t ms)
-{
-    tv->tv_sec = (time_t)(ms / 1000);
-    tv->tv_usec = (suseconds_t)((ms % 1000) * 1000);
-}
-
-static int live(const struct my_shard *sh)
-{
-    int n = 0;
-    for (int i = 0; i < sh->nconns; i++) {
-        n += sh->conns[i].state == C_IDLE || sh->conns[i].state == C_BUSY;
-    }
-    return n;
-}
-
-static void schedule_retry(struct my_conn *c)
-{
-    struct my_shard *sh = c->sh;
-    int idx = (int)(c - sh->conns);
-    int keep = sh->st->be->pool.min > 0 ? sh->st->be->pool.min : 1;
-    if (sh->st->closing || (idx >= keep && !sh->down)) {
-        return; /* grown on demand: reopened on demand */
-    }
-    const struct cf_pool *p = &sh->st->be->pool;
-    c->backoff_ms = c->backoff_ms == 0 ? p->backoff_min_ms : c->backoff_ms * 2;
-    if (c->backoff_ms > p->backoff_max_ms) {
-        c->backoff_ms = p->backoff_max_ms;
-    }
-    /* jitter in [backoff/2, backoff]: workers do not reconnect in step */
-    int64_t ms = c->backoff_ms / 2 + (int64_t)(gw_rand64() % (uint64_t)(c->backoff_ms / 2 + 1));
-    struct timeval tv;
-    tv_ms(&tv, ms);
-    evtimer_add(c->timer, &tv);
-}
-
-static void shard_lost(struct my_shard *sh, const char *why)
-{
-    snprintf(sh->lasterr, sizeof(sh->lasterr), "%s", why);
-    if (live(sh) > 0 || sh->st->closing) {
-        return;
-    }
-    if (sh->was_up) {
-        gw_warn("mysql backend '%s' shard '%s' is down: %s", sh->st->be->name, sh->cfs->name, why);
-        sh->was_up = 0;
-    }
-    sh->down = 1;
-    fail_queue(sh, why);
-}
-
-static void one_line(char *s)
-{
-    for (char *p = s; *p != '\0'; p++) {
-        if (*p == '\n' || *p == '\r') {
-            *p = ' ';
-        }
-    }
-}
-
-static void conn_close(struct my_conn *c)
-{
-    event_del(c->ev);
-    evtimer_del(c->timer);
-    if (c->my != NULL) {
-        /* may write COM_QUIT: a few bytes into an empty socket buffer */
-        mysql_close(c->my);
-        c->my = NULL;
-    }
-    free(c->text);
-    c->text = NULL;
-    c->op = OP_NONE;
-    c->state = C_DOWN;
-}
-
-static void conn_broken(struct my_conn *c, const char *why)
-{
-    char msg[200];
-    snprintf(msg, sizeof(msg), "%s", why != NULL && why[0] ? why : "connection lost");
-    one_line(msg);
-    struct my_call *call = c->call;
-    c->call = NULL;
-    conn_close(c);
-    if (call != NULL) {
-        if (call->is_migration) {
-            mig_failed(c->sh, call->mig, MIG_NONE, msg);
-        }
-        fail_unavailable(call, msg);
-    }
-    shard_lost(c->sh, msg);
-    schedule_retry(c);
-}
 
 static void on_io(evutil_socket_t fd, short what, void *arg);
 
@@ -336,10 +119,10 @@ static void wait_for(struct my_conn *c, int status)
         what |= EV_WRITE;
     }
     event_del(c->ev);
-    event_assign(c->ev, c->sh->st->base, mysql_get_socket(c->my), what, on_io, c);
+    event_assign(c->ev, c->b.sh->pool->base, mysql_get_socket(c->my), what, on_io, c);
     if (status & MYSQL_WAIT_TIMEOUT) {
         struct timeval tv;
-        tv_ms(&tv, (int64_t)mysql_get_timeout_value_ms(c->my));
+        sql_tv_ms(&tv, (int64_t)mysql_get_timeout_value_ms(c->my));
         event_add(c->ev, &tv);
     } else {
         event_add(c->ev, NULL);
@@ -350,58 +133,37 @@ static void wait_for(struct my_conn *c, int status)
 static void watch_idle(struct my_conn *c)
 {
     event_del(c->ev);
-    event_assign(c->ev, c->sh->st->base, mysql_get_socket(c->my), EV_READ | EV_PERSIST, on_io, c);
+    event_assign(c->ev, c->b.sh->pool->base, mysql_get_socket(c->my), EV_READ | EV_PERSIST, on_io,
+                 c);
     event_add(c->ev, NULL);
+}
+
+/* Back to idle after a script (or a migration) ended. */
+static void conn_idle(struct my_conn *c)
+{
+    c->b.call = NULL;
+    c->b.state = SQL_C_IDLE;
+    c->op = OP_NONE;
+    free(c->text);
+    c->text = NULL;
+    watch_idle(c);
 }
 
 static void connected(struct my_conn *c)
 {
-    struct my_shard *sh = c->sh;
-    evtimer_del(c->timer);
     c->op = OP_NONE;
-    c->state = C_IDLE;
-    c->backoff_ms = 0;
-    sh->down = 0;
     watch_idle(c);
-    if (!sh->was_up) {
-        gw_info("mysql backend '%s' shard '%s' is up (%s)", sh->st->be->name, sh->cfs->name,
-                mysql_get_server_info(c->my));
-        sh->was_up = 1;
-    }
-    dispatch(sh);
+    sql_pool_connected(&c->b, mysql_get_server_info(c->my));
 }
 
-static void connect_failed(struct my_conn *c, const char *why)
+static void my_conn_start(struct sql_conn *sc)
 {
-    char msg[200];
-    snprintf(msg, sizeof(msg), "%s", why);
-    one_line(msg);
-    gw_debug("mysql shard '%s': connect failed: %s", c->sh->cfs->name, msg);
-    conn_close(c);
-    shard_lost(c->sh, msg);
-    schedule_retry(c);
-}
-
-static void on_timer(evutil_socket_t fd, short what, void *arg)
-{
-    struct my_conn *c = arg;
-    (void)fd;
-    (void)what;
-    if (c->state == C_CONNECTING) {
-        connect_failed(c, "connect timeout");
-    } else if (c->state == C_DOWN) {
-        conn_start(c);
-    }
-}
-
-static void conn_start(struct my_conn *c)
-{
-    struct my_shard *sh = c->sh;
-    const struct cf_pool *p = &sh->st->be->pool;
+    struct my_conn *c = my_conn_of(sc);
+    const struct my_dsn *dsn = (const struct my_dsn *)sc->sh->pool->drv_data + sc->sh->idx;
+    const struct cf_pool *p = &sc->sh->pool->be->pool;
     c->my = mysql_init(NULL);
     if (c->my == NULL) {
-        c->state = C_CONNECTING;
-        connect_failed(c, "out of memory");
+        sql_pool_connect_failed(sc, "out of memory");
         return;
     }
     unsigned int tmo = (unsigned int)((p->connect_timeout_ms + 999) / 1000);
@@ -412,26 +174,54 @@ static void conn_start(struct my_conn *c)
     mysql_options(c->my, MYSQL_OPT_CONNECT_TIMEOUT, &tmo);
     mysql_options(c->my, MYSQL_OPT_LOCAL_INFILE, &off);
     mysql_optionsv(c->my, MYSQL_OPT_CONNECT_ATTR_ADD, "program_name", "polygate");
-    c->state = C_CONNECTING;
     c->op = OP_CONNECT;
-    struct timeval tv;
-    tv_ms(&tv, p->connect_timeout_ms);
-    evtimer_add(c->timer, &tv);
     MYSQL *ret = NULL;
-    int status = mysql_real_connect_start(&ret, c->my, sh->dsn.host, sh->dsn.user, sh->dsn.pass,
-                                          sh->dsn.db, sh->dsn.port, NULL, CLIENT_MULTI_STATEMENTS);
+    int status = mysql_real_connect_start(&ret, c->my, dsn->host, dsn->user, dsn->pass, dsn->db,
+                                          dsn->port, NULL, CLIENT_MULTI_STATEMENTS);
     if (status != 0) {
         wait_for(c, status);
         return;
     }
     if (ret == NULL) {
-        connect_failed(c, mysql_error(c->my));
+        sql_pool_connect_failed(sc, mysql_error(c->my));
         return;
     }
     connected(c);
 }
 
-/* ---- results → JSON ---------------------------------------------------------------- */
+static void my_conn_close(struct sql_conn *sc)
+{
+    struct my_conn *c = my_conn_of(sc);
+    event_del(c->ev);
+    if (c->my != NULL) {
+        /* may write COM_QUIT: a few bytes into an empty socket buffer */
+        mysql_close(c->my);
+        c->my = NULL;
+    }
+    free(c->text);
+    c->text = NULL;
+    c->op = OP_NONE;
+}
+
+static void my_conn_init(struct sql_conn *sc, struct event_base *base)
+{
+    struct my_conn *c = my_conn_of(sc);
+    c->ev = event_new(base, -1, 0, on_io, c);
+}
+
+static void my_conn_fini(struct sql_conn *sc)
+{
+    event_free(my_conn_of(sc)->ev);
+}
+
+static void my_call_clear(struct sql_call *call)
+{
+    struct my_call *mc = my_call_of(call);
+    if (mc->rows != NULL) {
+        mysql_free_result(mc->rows);
+        mc->rows = NULL;
+    }
+}
 
 /* "2026-01-31 10:00:00.500000" → "2026-01-31T10:00:00.5Z" (as gw_item writes them) */
 static struct json_object *ts_json(const char *v, unsigned long len)
@@ -508,7 +298,7 @@ static struct json_object *row_item(const struct my_call *call, MYSQL_ROW row,
                                     const unsigned long *lens, unsigned nf, int64_t *version)
 {
     struct json_object *item = json_object_new_object();
-    const struct sql_stmt *st = &call->st;
+    const struct sql_stmt *st = &call->b.st;
     for (size_t i = 0; i < st->ncols && i < nf; i++) {
         const struct sql_col *sc = &st->cols[i];
         if (sc->hidden) {
@@ -533,7 +323,7 @@ static struct json_object *row_item(const struct my_call *call, MYSQL_ROW row,
 
 static void finish_query(struct my_call *call, struct ad_res *res)
 {
-    const struct gw_query *q = gw_query_of(call->req->body);
+    const struct gw_query *q = gw_query_of(call->b.req->body);
     MYSQL_RES *r = call->rows;
     int n = r != NULL ? (int)mysql_num_rows(r) : 0;
     unsigned nf = r != NULL ? mysql_num_fields(r) : 0;
@@ -556,8 +346,8 @@ static void finish_query(struct my_call *call, struct ad_res *res)
         struct json_object *vals = json_object_new_array();
         for (size_t k = 0; k < q->norder; k++) {
             struct json_object *v = NULL;
-            for (size_t i = 0; i < call->st.ncols && i < nf; i++) {
-                const struct sql_col *sc = &call->st.cols[i];
+            for (size_t i = 0; i < call->b.st.ncols && i < nf; i++) {
+                const struct sql_col *sc = &call->b.st.cols[i];
                 if (sc->kind == SQL_COL_FIELD && sc->field == q->order[k].field) {
                     v = cell(last, lastlens, i, sc);
                     break;
@@ -607,9 +397,9 @@ static void error_result(struct my_call *call, unsigned int no, const char *sqls
 {
     char msg[200];
     snprintf(msg, sizeof(msg), "%s", text);
-    one_line(msg);
-    const struct cf_domain *d = call->req != NULL ? call->req->domain : NULL;
-    struct my_shard *sh = call->sh;
+    sql_one_line(msg);
+    const struct cf_domain *d = call->b.req != NULL ? call->b.req->domain : NULL;
+    const struct sql_shard *sh = call->b.sh;
     switch (no) {
     case 1062: /* ER_DUP_ENTRY */
     case 1586: /* ER_DUP_ENTRY_WITH_KEY_NAME */ {
@@ -618,7 +408,7 @@ static void error_result(struct my_call *call, unsigned int no, const char *sqls
             d != NULL ? sql_constraint_field(d, dup_key_name(msg, kb, sizeof(kb))) : NULL;
         if (f != NULL && strcmp(f, d->key) == 0) {
             ad_res_error(res, AD_CONFLICT, NULL, "an item with %s '%s' already exists", d->key,
-                         call->req->key != NULL ? call->req->key : "?");
+                         call->b.req->key != NULL ? call->b.req->key : "?");
         } else if (f != NULL) {
             ad_res_error(res, AD_CONFLICT, NULL, "another item already has this '%s'", f);
         } else {
@@ -657,34 +447,27 @@ static void error_result(struct my_call *call, unsigned int no, const char *sqls
 
 /* ---- a script's results ------------------------------------------------------------ */
 
-/* The script of c->call ran to its end; build the response. */
+/* The script of c's call ran to its end; build the response. */
 static void script_done(struct my_conn *c)
 {
-    struct my_call *call = c->call;
-    struct my_shard *sh = c->sh;
-    c->call = NULL;
-    c->op = OP_NONE;
-    c->state = C_IDLE;
-    free(c->text);
-    c->text = NULL;
-    watch_idle(c);
+    struct my_call *call = my_call_of(c->b.call);
+    struct sql_shard *sh = c->b.sh;
+    conn_idle(c);
     struct ad_res res;
     ad_res_init(&res);
     if (call->rolling_back) { /* the error the ROLLBACK followed */
-        complete(call, &call->res);
-        dispatch(sh);
+        sql_pool_complete(&call->b, &call->b.res);
+        sql_pool_dispatch(sh);
         return;
     }
-    if (call->is_migration) {
-        sh->migs[call->mig] = MIG_DONE;
-        gw_info("mysql backend '%s' shard '%s': table '%s' migrated", sh->st->be->name,
-                sh->cfs->name, sh->st->migs[call->mig].table);
-        complete(call, &res);
-        dispatch(sh);
+    if (call->b.is_migration) {
+        sql_pool_migrated(&call->b, NULL);
+        sql_pool_dispatch(sh);
         return;
     }
-    const struct ad_req *req = call->req;
+    const struct ad_req *req = call->b.req;
     const struct cf_domain *d = req->domain;
+    const struct sql_stmt *st = &call->b.st;
     struct json_object *item = NULL;
     MYSQL_RES *r = call->rows;
     unsigned nf = r != NULL ? mysql_num_fields(r) : 0;
@@ -692,7 +475,7 @@ static void script_done(struct my_conn *c)
     unsigned long *lens = row != NULL ? mysql_fetch_lengths(r) : NULL;
     /* a write that matched nothing: the SELECT of the same transaction
      * tells 404 (no row) from 412 (a row at another version) */
-    int missed = call->st.affected_at >= 0 && call->affected == 0;
+    int missed = st->affected_at >= 0 && call->affected == 0;
     switch (req->op) {
     case AD_PING:
         break;
@@ -719,7 +502,7 @@ static void script_done(struct my_conn *c)
             if (row != NULL && req->if_match >= 0) {
                 ad_res_error(&res, AD_PRECONDITION, NULL,
                              "version mismatch: the item is at version %s, If-Match said %lld",
-                             row[call->st.ncols - 1] != NULL ? row[call->st.ncols - 1] : "?",
+                             row[st->ncols - 1] != NULL ? row[st->ncols - 1] : "?",
                              (long long)req->if_match);
             } else {
                 ad_res_error(&res, AD_NOT_FOUND, NULL, "no %s item with %s '%s'", d->name, d->key,
@@ -740,9 +523,9 @@ static void script_done(struct my_conn *c)
     default:
         ad_res_error(&res, AD_INTERNAL, NULL, "unexpected operation");
     }
-    complete(call, &res);
+    sql_pool_complete(&call->b, &res);
     json_object_put(item);
-    dispatch(sh);
+    sql_pool_dispatch(sh);
 }
 
 /* A statement of the script failed (the server runs none after it). */
@@ -750,42 +533,44 @@ static void script_failed(struct my_conn *c)
 {
     unsigned int no = mysql_errno(c->my);
     if (conn_error(no)) {
-        conn_broken(c, mysql_error(c->my));
+        sql_pool_conn_broken(&c->b, mysql_error(c->my));
         return;
     }
-    struct my_call *call = c->call;
-    struct my_shard *sh = c->sh;
+    struct my_call *call = my_call_of(c->b.call);
+    struct sql_shard *sh = c->b.sh;
     if (call->rolling_back) { /* ROLLBACK itself failed: the session is suspect */
-        conn_broken(c, mysql_error(c->my));
+        sql_pool_conn_broken(&c->b, mysql_error(c->my));
         return;
     }
-    if (call->is_migration) {
+    if (call->b.is_migration) {
         char msg[200];
         snprintf(msg, sizeof(msg), "%s", mysql_error(c->my));
-        one_line(msg);
-        gw_error("mysql backend '%s' shard '%s': auto_migrate of '%s' failed: %s", sh->st->be->name,
-                 sh->cfs->name, sh->st->migs[call->mig].table, msg);
-        mig_failed(sh, call->mig, MIG_FAILED, msg);
-        c->call = NULL;
-        c->op = OP_NONE;
-        c->state = C_IDLE;
-        watch_idle(c);
-        struct ad_res res;
-        ad_res_init(&res);
-        complete(call, &res);
-        dispatch(sh);
+        conn_idle(c);
+        sql_pool_migrated(&call->b, msg);
+        sql_pool_dispatch(sh);
         return;
     }
-    ad_res_init(&call->res);
-    error_result(call, no, mysql_sqlstate(c->my), mysql_error(c->my), &call->res);
-    if (call->st.txn) { /* the transaction is still open on this session */
+    ad_res_init(&call->b.res);
+    error_result(call, no, mysql_sqlstate(c->my), mysql_error(c->my), &call->b.res);
+    if (call->b.st.txn) { /* the transaction is still open on this session */
         call->rolling_back = 1;
         static const char rb[] = "ROLLBACK";
         (void)send_text(c, rb, sizeof(rb) - 1);
         return;
     }
-    call->rolling_back = 1; /* i.e. "complete with call->res" */
+    call->rolling_back = 1; /* i.e. "complete with b.res" */
     script_done(c);
+}
+
+/* Keep result res if it is the statement whose rows the call wants. */
+static void keep_rows(struct my_conn *c, MYSQL_RES *res)
+{
+    struct my_call *call = my_call_of(c->b.call);
+    if (c->stmt == call->b.st.rows_at && call->rows == NULL && !call->rolling_back) {
+        call->rows = res;
+    } else {
+        mysql_free_result(res);
+    }
 }
 
 static void next_result(struct my_conn *c);
@@ -793,7 +578,7 @@ static void next_result(struct my_conn *c);
 /* The current statement's result is available (query or next_result done). */
 static void have_result(struct my_conn *c)
 {
-    struct my_call *call = c->call;
+    struct my_call *call = my_call_of(c->b.call);
     if (mysql_field_count(c->my) > 0) {
         c->op = OP_STORE;
         MYSQL_RES *res = NULL;
@@ -806,15 +591,23 @@ static void have_result(struct my_conn *c)
             script_failed(c);
             return;
         }
-        if (c->stmt == call->st.rows_at && call->rows == NULL && !call->rolling_back) {
-            call->rows = res;
-        } else {
-            mysql_free_result(res);
-        }
-    } else if (c->stmt == call->st.affected_at) {
+        keep_rows(c, res);
+    } else if (c->stmt == call->b.st.affected_at) {
         call->affected = mysql_affected_rows(c->my);
     }
     next_result(c);
+}
+
+/* mysql_next_result said err: > 0 failed, 0 a result, < 0 no more. */
+static void after_next(struct my_conn *c, int err)
+{
+    if (err > 0) {
+        script_failed(c);
+    } else if (err == 0) {
+        have_result(c);
+    } else {
+        script_done(c);
+    }
 }
 
 static void next_result(struct my_conn *c)
@@ -831,13 +624,7 @@ static void next_result(struct my_conn *c)
         wait_for(c, status);
         return;
     }
-    if (err > 0) {
-        script_failed(c);
-    } else if (err == 0) {
-        have_result(c);
-    } else {
-        script_done(c);
-    }
+    after_next(c, err);
 }
 
 /* The connector's call in progress can go on (status: what happened). */
@@ -850,7 +637,7 @@ static void step(struct my_conn *c, int status)
         if (s != 0) {
             wait_for(c, s);
         } else if (ret == NULL) {
-            connect_failed(c, mysql_error(c->my));
+            sql_pool_connect_failed(&c->b, mysql_error(c->my));
         } else {
             connected(c);
         }
@@ -879,12 +666,7 @@ static void step(struct my_conn *c, int status)
             script_failed(c);
             return;
         }
-        struct my_call *call = c->call;
-        if (c->stmt == call->st.rows_at && call->rows == NULL && !call->rolling_back) {
-            call->rows = res;
-        } else {
-            mysql_free_result(res);
-        }
+        keep_rows(c, res);
         next_result(c);
         return;
     }
@@ -893,12 +675,8 @@ static void step(struct my_conn *c, int status)
         int s = mysql_next_result_cont(&err, c->my, status);
         if (s != 0) {
             wait_for(c, s);
-        } else if (err > 0) {
-            script_failed(c);
-        } else if (err == 0) {
-            have_result(c);
         } else {
-            script_done(c);
+            after_next(c, err);
         }
         return;
     }
@@ -907,8 +685,8 @@ static void step(struct my_conn *c, int status)
     }
     /* idle and readable: the server closed the connection (or sent an
      * error packet before closing it) */
-    if (c->state == C_IDLE) {
-        conn_broken(c, "the server closed the connection");
+    if (c->b.state == SQL_C_IDLE) {
+        sql_pool_conn_broken(&c->b, "the server closed the connection");
     }
 }
 
@@ -999,7 +777,7 @@ static char *interpolate(MYSQL *my, const struct sql_stmt *st, size_t *outlen)
     return out;
 }
 
-/* Start sending text on c (c->call set).  0, or -1 after failing the call. */
+/* Start sending text on c (its call set).  0, or -1 after failing the call. */
 static int send_text(struct my_conn *c, const char *text, size_t len)
 {
     c->stmt = 0;
@@ -1019,273 +797,52 @@ static int send_text(struct my_conn *c, const char *text, size_t len)
     return 0;
 }
 
-static int send_call(struct my_conn *c, struct my_call *call)
+/* Send call on idle connection sc (call and BUSY set).  0, or -1 after
+ * failing the call. */
+static int my_send(struct sql_conn *sc, struct sql_call *call)
 {
+    struct my_conn *c = my_conn_of(sc);
     size_t len = 0;
     char *text = interpolate(c->my, &call->st, &len);
     if (text == NULL) {
         struct ad_res res;
         ad_res_init(&res);
         ad_res_error(&res, AD_INTERNAL, NULL, "cannot build the SQL text for shard '%s'",
-                     c->sh->cfs->name);
-        complete(call, &res);
+                     sc->sh->cfs->name);
+        sc->call = NULL;
+        sc->state = SQL_C_IDLE;
+        sql_pool_complete(call, &res);
         return -1;
     }
     event_del(c->ev);
-    c->call = call;
-    c->state = C_BUSY;
     c->text = text; /* the connector reads it while the query is being sent */
     return send_text(c, text, len);
 }
 
-/* Start the migration m on shard sh (ahead of everything queued). */
-static void mig_start(struct my_shard *sh, int m)
-{
-    struct my_call *mc = calloc(1, sizeof(*mc));
-    if (mc == NULL) {
-        return;
-    }
-    mc->sh = sh;
-    mc->mig = m;
-    mc->is_migration = 1;
-    sql_stmt_init(&mc->st, SQL_MYSQL);
-    mc->st.text = strdup(sh->st->migs[m].sql);
-    mc->st.len = strlen(mc->st.text);
-    mc->st.rows_at = -1;
-    sh->migs[m] = MIG_RUNNING;
-    sh->pending++;
-    TAILQ_INSERT_HEAD(&sh->queue, mc, link);
-}
-
-/* Ready: not waiting for its domain's migration on this shard. */
-static int call_ready(struct my_shard *sh, struct my_call *call)
-{
-    if (call->is_migration || call->mig < 0) {
-        return 1;
-    }
-    enum mig_state m = sh->migs[call->mig];
-    if (m == MIG_DONE) {
-        return 1;
-    }
-    if (m == MIG_NONE || m == MIG_FAILED) { /* a request retries a failed one */
-        mig_start(sh, call->mig);
-    }
-    return 0;
-}
-
-/* The next call to send: queued migrations first (they sit at the head). */
-static struct my_call *next_ready(struct my_shard *sh)
-{
-    struct my_call *it;
-    TAILQ_FOREACH(it, &sh->queue, link)
-    {
-        (void)call_ready(sh, it); /* starts the migrations calls wait for */
-    }
-    TAILQ_FOREACH(it, &sh->queue, link)
-    {
-        if (call_ready(sh, it)) {
-            return it;
-        }
-    }
-    return NULL;
-}
-
-static void dispatch(struct my_shard *sh)
-{
-    if (sh->st->closing) {
-        return;
-    }
-    if (!sh->down) { /* migrations of known domains not yet run here */
-        for (size_t m = 0; m < sh->st->nmigs; m++) {
-            if (sh->migs[m] == MIG_NONE) {
-                mig_start(sh, (int)m);
-            }
-        }
-    }
-    for (;;) {
-        struct my_call *call = next_ready(sh);
-        if (call == NULL) {
-            return;
-        }
-        struct my_conn *idle = NULL, *spare = NULL;
-        int connecting = 0;
-        for (int i = 0; i < sh->nconns; i++) {
-            struct my_conn *c = &sh->conns[i];
-            if (c->state == C_IDLE && idle == NULL) {
-                idle = c;
-            } else if (c->state == C_CONNECTING) {
-                connecting++;
-            } else if (c->state == C_DOWN && spare == NULL && !evtimer_pending(c->timer, NULL)) {
-                spare = c;
-            }
-        }
-        if (idle == NULL) {
-            if (spare != NULL && connecting == 0 && !sh->down) {
-                conn_start(spare); /* grow the pool on demand */
-            }
-            return;
-        }
-        TAILQ_REMOVE(&sh->queue, call, link);
-        (void)send_call(idle, call); /* on failure the call is already failed */
-    }
-}
-
-static void kick_cb(evutil_socket_t fd, short what, void *arg)
-{
-    struct my_state *st = arg;
-    (void)fd;
-    (void)what;
-    while (!TAILQ_EMPTY(&st->done)) {
-        struct my_call *call = TAILQ_FIRST(&st->done);
-        TAILQ_REMOVE(&st->done, call, link);
-        complete(call, &call->res);
-    }
-    for (int i = 0; i < st->nshards; i++) {
-        dispatch(&st->shards[i]);
-    }
-}
-
 /* ---- the interface -------------------------------------------------------------------- */
 
-/* The migration index of d (registered on every shard at first sight), or -1. */
-static int mig_index(struct my_state *st, const struct cf_domain *d)
-{
-    if (d == NULL || !d->auto_migrate) {
-        return -1;
-    }
-    for (size_t i = 0; i < st->nmigs; i++) {
-        if (strcmp(st->migs[i].table, d->table) == 0) {
-            return (int)i;
-        }
-    }
-    struct sql_stmt ddl;
-    char err[128];
-    sql_stmt_init(&ddl, SQL_MYSQL);
-    if (sql_build_migrate(&ddl, d, err, sizeof(err)) < 0) {
-        gw_error("mysql: cannot build the migration of '%s': %s", d->table, err);
-        sql_stmt_free(&ddl);
-        return -1;
-    }
-    struct my_mig *migs = realloc(st->migs, (st->nmigs + 1) * sizeof(*migs));
-    if (migs == NULL) {
-        sql_stmt_free(&ddl);
-        return -1;
-    }
-    st->migs = migs;
-    for (int i = 0; i < st->nshards; i++) {
-        enum mig_state *ms =
-            realloc(st->shards[i].migs, (st->nmigs + 1) * sizeof(*st->shards[i].migs));
-        if (ms == NULL) {
-            sql_stmt_free(&ddl);
-            return -1;
-        }
-        ms[st->nmigs] = MIG_NONE; /* dispatch starts it on every shard that is up */
-        st->shards[i].migs = ms;
-    }
-    st->migs[st->nmigs].table = strdup(d->table);
-    st->migs[st->nmigs].sql = strdup(ddl.text);
-    sql_stmt_free(&ddl);
-    return (int)st->nmigs++;
-}
-
-static int build(struct my_call *call, char *err, size_t errlen)
-{
-    const struct ad_req *req = call->req;
-    const struct cf_domain *d = req->domain;
-    struct sql_stmt *st = &call->st;
-    switch (req->op) {
-    case AD_GET:
-        return sql_build_get(st, d, req->key, err, errlen);
-    case AD_INSERT:
-        return sql_build_insert(st, d, req->body, err, errlen);
-    case AD_PUT:
-        return sql_build_put(st, d, req->key, req->body, req->if_match, err, errlen);
-    case AD_PATCH:
-        return sql_build_patch(st, d, req->key, req->body, req->if_match, err, errlen);
-    case AD_DELETE:
-        return sql_build_delete(st, d, req->key, req->if_match, err, errlen);
-    case AD_QUERY:
-    case AD_AGGREGATE: {
-        const struct gw_query *q = gw_query_of(req->body);
-        if (q == NULL || q->aggregate != (req->op == AD_AGGREGATE)) {
-            snprintf(err, errlen, "the query was not parsed by the gateway");
-            return -1;
-        }
-        return q->aggregate ? sql_build_aggregate(st, d, q, err, errlen)
-                            : sql_build_query(st, d, q, err, errlen);
-    }
-    default:
-        snprintf(err, errlen, "unsupported operation");
-        return -1;
-    }
-}
+static const struct sql_driver my_driver = {
+    .name = "mysql",
+    .store = "MySQL",
+    .dialect = SQL_MYSQL,
+    .conn_size = sizeof(struct my_conn),
+    .call_size = sizeof(struct my_call),
+    .conn_init = my_conn_init,
+    .conn_fini = my_conn_fini,
+    .conn_start = my_conn_start,
+    .conn_close = my_conn_close,
+    .send = my_send,
+    .call_clear = my_call_clear,
+};
 
 static int my_submit(void *state, const struct ad_req *req, ad_done_cb cb, void *arg)
 {
-    struct my_state *st = state;
-    if (st->closing) {
-        return AD_EDOWN;
-    }
-    if (req->shard < 0 || req->shard >= st->nshards) {
-        return AD_EINVAL;
-    }
-    struct my_shard *sh = &st->shards[req->shard];
-    if (sh->down) {
-        return AD_EDOWN;
-    }
-    if (sh->pending >= st->be->pool.queue_max) {
-        return AD_EFULL;
-    }
-    struct my_call *call = calloc(1, sizeof(*call));
-    if (call == NULL) {
-        return AD_EFULL;
-    }
-    call->sh = sh;
-    call->req = req;
-    call->cb = cb;
-    call->arg = arg;
-    call->mig = req->op == AD_PING ? -1 : mig_index(st, req->domain);
-    sql_stmt_init(&call->st, SQL_MYSQL);
-    call->st.slot = req->slot;
-    call->st.excl_slots = req->excl_slots;
-    call->st.nexcl = req->nexcl;
-    sh->pending++;
-    char err[200];
-    int rc = 0;
-    if (req->op == AD_PING) {
-        call->st.text = strdup("SELECT 1");
-        call->st.len = strlen(call->st.text);
-    } else {
-        rc = build(call, err, sizeof(err));
-    }
-    if (rc < 0) {
-        ad_res_init(&call->res);
-        ad_res_error(&call->res, AD_BAD_REQUEST, NULL, "%s", err);
-        defer(call);
-        return 0;
-    }
-    TAILQ_INSERT_TAIL(&sh->queue, call, link);
-    event_active(st->kick, EV_TIMEOUT, 0);
-    return 0;
+    return sql_pool_submit(state, req, cb, arg);
 }
 
 static void my_cancel(void *state, uint64_t req_id)
 {
-    struct my_state *st = state;
-    for (int i = 0; i < st->nshards; i++) {
-        struct my_shard *sh = &st->shards[i];
-        struct my_call *c;
-        TAILQ_FOREACH(c, &sh->queue, link)
-        {
-            if (c->req != NULL && c->req->id == req_id) {
-                TAILQ_REMOVE(&sh->queue, c, link);
-                ad_res_init(&c->res);
-                ad_res_error(&c->res, AD_CANCELED, sh->cfs->name, "canceled");
-                defer(c);
-                return;
-            }
-        }
-    }
+    sql_pool_cancel(state, req_id);
 }
 
 static int my_supports(const struct cf_domain *d, enum ad_op op)
@@ -1441,100 +998,51 @@ static int my_init(struct event_base *base, const struct cf_backend *be, void **
         return -1;
     }
     pthread_once(&lib_once, lib_init);
-    struct my_state *st = calloc(1, sizeof(*st));
-    st->base = base;
-    st->be = be;
-    st->nshards = (int)be->nshards;
-    st->shards = calloc(be->nshards, sizeof(*st->shards));
-    for (int i = 0; i < st->nshards; i++) {
+    struct my_dsn *dsns = calloc(be->nshards, sizeof(*dsns));
+    if (dsns == NULL) {
+        snprintf(err, errlen, "backend '%s': out of memory", be->name);
+        return -1;
+    }
+    for (size_t i = 0; i < be->nshards; i++) {
         char derr[128];
-        if (dsn_parse(be->shards[i].dsn, &st->shards[i].dsn, derr, sizeof(derr)) < 0) {
+        if (dsn_parse(be->shards[i].dsn, &dsns[i], derr, sizeof(derr)) < 0) {
             snprintf(err, errlen, "shard '%s': bad dsn: %s", be->shards[i].name, derr);
-            for (int k = 0; k < i; k++) {
-                dsn_free(&st->shards[k].dsn);
+            for (size_t k = 0; k < i; k++) {
+                dsn_free(&dsns[k]);
             }
-            free(st->shards);
-            free(st);
+            free(dsns);
             return -1;
         }
     }
-    st->kick = event_new(base, -1, 0, kick_cb, st);
-    TAILQ_INIT(&st->done);
-    for (int i = 0; i < st->nshards; i++) {
-        struct my_shard *sh = &st->shards[i];
-        sh->st = st;
-        sh->cfs = &be->shards[i];
-        sh->was_up = 1; /* a first failure is logged */
-        TAILQ_INIT(&sh->queue);
-        sh->nconns = be->pool.max;
-        sh->conns = calloc((size_t)sh->nconns, sizeof(*sh->conns));
-        for (int k = 0; k < sh->nconns; k++) {
-            struct my_conn *c = &sh->conns[k];
-            c->sh = sh;
-            c->ev = event_new(base, -1, 0, on_io, c);
-            c->timer = evtimer_new(base, on_timer, c);
+    struct sql_pool *p = sql_pool_new(base, be, &my_driver, dsns);
+    if (p == NULL) {
+        snprintf(err, errlen, "backend '%s': out of memory", be->name);
+        for (size_t k = 0; k < be->nshards; k++) {
+            dsn_free(&dsns[k]);
         }
-        int start = be->pool.min > 0 ? be->pool.min : 1;
-        for (int k = 0; k < start && k < sh->nconns; k++) {
-            conn_start(&sh->conns[k]);
-        }
+        free(dsns);
+        return -1;
     }
-    *state = st;
+    *state = p;
     return 0;
 }
 
 static void my_shutdown(void *state)
 {
-    struct my_state *st = state;
-    st->closing = 1;
-    while (!TAILQ_EMPTY(&st->done)) {
-        struct my_call *call = TAILQ_FIRST(&st->done);
-        TAILQ_REMOVE(&st->done, call, link);
-        complete(call, &call->res);
+    struct sql_pool *p = state;
+    struct my_dsn *dsns = p->drv_data;
+    size_t n = (size_t)p->nshards;
+    sql_pool_free(p);
+    for (size_t k = 0; k < n; k++) {
+        dsn_free(&dsns[k]);
     }
-    for (int i = 0; i < st->nshards; i++) {
-        struct my_shard *sh = &st->shards[i];
-        fail_queue(sh, "polygate is shutting down");
-        for (int k = 0; k < sh->nconns; k++) {
-            struct my_conn *c = &sh->conns[k];
-            struct my_call *call = c->call;
-            c->call = NULL;
-            conn_close(c);
-            if (call != NULL) {
-                fail_unavailable(call, "polygate is shutting down");
-            }
-            event_free(c->ev);
-            event_free(c->timer);
-        }
-        free(sh->conns);
-        free(sh->migs);
-        dsn_free(&sh->dsn);
-    }
-    for (size_t m = 0; m < st->nmigs; m++) {
-        free(st->migs[m].table);
-        free(st->migs[m].sql);
-    }
-    free(st->migs);
-    event_free(st->kick);
-    free(st->shards);
-    free(st);
+    free(dsns);
 }
 
 /* ad_ops.stats: the pool of one shard (for /metrics). */
 static void my_stats(void *state, int shard, struct ad_pool_stats *out)
 {
-    struct my_state *st = state;
-    memset(out, 0, sizeof(*out));
-    if (shard < 0 || shard >= st->nshards) {
-        return;
-    }
-    struct my_shard *sh = &st->shards[shard];
-    out->conns = sh->nconns;
-    for (int i = 0; i < sh->nconns; i++) {
-        out->up += sh->conns[i].state == C_IDLE || sh->conns[i].state == C_BUSY;
-        out->busy += sh->conns[i].call != NULL;
-    }
-    out->queued = sh->pending > out->busy ? sh->pending - out->busy : 0;
+    sql_pool_stats(state, shard, out);
 }
 
 MYSQL *ad_mysql_connect_dsn(const char *dsn, int64_t timeout_ms, char *err, size_t errlen)

@@ -9,275 +9,65 @@
  * reads results (PQconsumeInput/PQisBusy/PQgetResult) and notices a server
  * that went away while the connection was idle.
  *
- * Pool per shard: pool.min connections opened at start, more on demand up
- * to pool.max; one request in flight per connection (no pipelining: each
- * request is one statement, and pipelining would tie requests' fates to one
- * another's errors).  Requests wait in a FIFO bounded by pool.queue_max
- * (beyond → AD_EFULL, 503).  A lost connection fails its in-flight request
- * with AD_UNAVAILABLE naming the shard; when no connection of a shard is
- * left the waiting requests fail too and submit refuses (AD_EDOWN) until a
- * reconnect — with exponential backoff and jitter — succeeds.
- *
- * auto_migrate: the first request for a domain on a shard runs the domain's
- * idempotent DDL script (sql_build_migrate) first; requests for that domain
- * wait until it is done.  (init() receives only the backend, not the
- * domains that use it, hence "first use" rather than "at init".)
- *
- * cancel(): a request still waiting in the queue completes with
- * AD_CANCELED; one already sent runs to its end (PQcancel is blocking, and
- * the gateway has already answered 504 and ignores the completion).
+ * The pool (adapters/sql/sql_pool.c, shared with the MySQL adapter): per
+ * shard pool.min..pool.max connections, one request in flight per
+ * connection (no pipelining: each request is one statement, and pipelining
+ * would tie requests' fates to one another's errors), a bounded FIFO,
+ * reconnect with backoff and jitter, auto_migrate on first use, cancel of
+ * waiting requests (one already sent runs to its end: PQcancel is
+ * blocking, and the gateway has already answered 504).
  */
 #include "adapters/pg/ad_pg.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/queue.h>
 
 #include <event2/buffer.h>
 #include <libpq-fe.h>
 
 #include "adapters/sql/sql_build.h"
+#include "adapters/sql/sql_pool.h"
 #include "config/cf_config.h"
 #include "gateway/gw_json.h"
 #include "gateway/gw_log.h"
 #include "gateway/gw_query.h"
 #include "gateway/gw_util.h"
 
-struct pg_state;
-struct pg_shard;
-
-enum conn_state { C_DOWN, C_CONNECTING, C_IDLE, C_BUSY };
-enum mig_state { MIG_NONE, MIG_RUNNING, MIG_DONE };
-
-struct pg_mig {
-    char *table;
-    enum mig_state state;
-};
-
 struct pg_call {
-    TAILQ_ENTRY(pg_call) link;
-    struct pg_shard *sh;
-    const struct ad_req *req;
-    ad_done_cb cb; /* NULL: an internal call (migration) */
-    void *arg;
-    struct sql_stmt st;
-    int stage; /* 1: the version probe after a failed conditional write */
-    int mig;   /* index into sh->migs, or -1 */
-    int is_migration;
+    struct sql_call b; /* first: the pool's part */
+    int stage;         /* 1: the version probe after a failed conditional write */
     PGresult *result;  /* first error, else last result */
-    struct ad_res res; /* a deferred completion */
 };
-TAILQ_HEAD(pg_callq, pg_call);
 
 struct pg_conn {
-    struct pg_shard *sh;
+    struct sql_conn b; /* first: the pool's part */
     PGconn *pg;
-    enum conn_state state;
-    struct event *ev;    /* socket: connect steps, then EV_READ|EV_PERSIST */
-    struct event *wev;   /* flushing a large query */
-    struct event *timer; /* connect deadline, or reconnect after backoff */
-    int64_t backoff_ms;
-    struct pg_call *call;
+    struct event *ev;  /* socket: connect steps, then EV_READ|EV_PERSIST */
+    struct event *wev; /* flushing a large query */
 };
 
-struct pg_shard {
-    struct pg_state *st;
-    const struct cf_shard *cfs;
-    struct pg_conn *conns;
-    int nconns;
-    struct pg_callq queue;
-    int pending; /* queued + in flight */
-    int down;    /* known down: refuse new requests */
-    int was_up;
-    struct pg_mig *migs;
-    size_t nmigs;
-    char lasterr[200];
-};
-
-struct pg_state {
-    struct event_base *base;
-    const struct cf_backend *be;
-    struct pg_shard *shards;
-    int nshards;
-    struct event *kick; /* deferred completions, then dispatch */
-    struct pg_callq done;
-    int closing;
-};
-
-static void conn_start(struct pg_conn *c);
-static void dispatch(struct pg_shard *sh);
-
-/* ---- completing ----------------------------------------------------------------- */
-
-static void call_free(struct pg_call *call)
+static struct pg_conn *pg_conn_of(struct sql_conn *c)
 {
-    sql_stmt_free(&call->st);
-    if (call->result != NULL) {
-        PQclear(call->result);
-    }
-    free(call);
+    return (struct pg_conn *)(void *)c;
 }
 
-static void complete(struct pg_call *call, struct ad_res *res)
+static struct pg_call *pg_call_of(struct sql_call *c)
 {
-    if (res->shard == NULL) {
-        res->shard = call->sh->cfs->name;
-    }
-    call->sh->pending--;
-    if (call->cb != NULL) {
-        call->cb(res, call->arg);
-    }
-    call_free(call);
-}
-
-/* Complete later, from the loop (never inside submit/cancel). */
-static void defer(struct pg_call *call)
-{
-    TAILQ_INSERT_TAIL(&call->sh->st->done, call, link);
-    event_active(call->sh->st->kick, EV_TIMEOUT, 0);
-}
-
-/* "backend 'b' (PostgreSQL shard 's') <what>: <detail>" */
-static void fail(struct pg_call *call, enum ad_status status, const char *what, const char *detail)
-{
-    struct ad_res res;
-    ad_res_init(&res);
-    struct pg_shard *sh = call->sh;
-    ad_res_error(&res, status, sh->cfs->name, "backend '%s' (PostgreSQL shard '%s') %s: %s",
-                 sh->st->be->name, sh->cfs->name, what, detail);
-    complete(call, &res);
-}
-
-static void fail_unavailable(struct pg_call *call, const char *detail)
-{
-    fail(call, AD_UNAVAILABLE, "is unavailable", detail);
-}
-
-static void mig_failed(struct pg_shard *sh, int mig, const char *why)
-{
-    sh->migs[mig].state = MIG_NONE;
-    struct pg_call *c = TAILQ_FIRST(&sh->queue);
-    while (c != NULL) {
-        struct pg_call *next = TAILQ_NEXT(c, link);
-        if (c->mig == mig) {
-            TAILQ_REMOVE(&sh->queue, c, link);
-            fail(c, AD_UNAVAILABLE, "cannot serve the domain: auto_migrate failed", why);
-        }
-        c = next;
-    }
-}
-
-static void fail_queue(struct pg_shard *sh, const char *why)
-{
-    while (!TAILQ_EMPTY(&sh->queue)) {
-        struct pg_call *c = TAILQ_FIRST(&sh->queue);
-        TAILQ_REMOVE(&sh->queue, c, link);
-        if (c->is_migration) {
-            sh->migs[c->mig].state = MIG_NONE;
-        }
-        fail_unavailable(c, why);
-    }
+    return (struct pg_call *)(void *)c;
 }
 
 /* ---- connections ------------------------------------------------------------------ */
 
-static void tv_ms(struct timeval *tv, int64_t ms)
-{
-    tv->tv_sec = (time_t)(ms / 1000);
-    tv->tv_usec = (suseconds_t)((ms % 1000) * 1000);
-}
-
-static int live(const struct pg_shard *sh)
-{
-    int n = 0;
-    for (int i = 0; i < sh->nconns; i++) {
-        n += sh->conns[i].state == C_IDLE || sh->conns[i].state == C_BUSY;
-    }
-    return n;
-}
-
-static void schedule_retry(struct pg_conn *c)
-{
-    struct pg_shard *sh = c->sh;
-    int idx = (int)(c - sh->conns);
-    int keep = sh->st->be->pool.min > 0 ? sh->st->be->pool.min : 1;
-    if (sh->st->closing || (idx >= keep && !sh->down)) {
-        return; /* grown on demand: reopened on demand */
-    }
-    const struct cf_pool *p = &sh->st->be->pool;
-    c->backoff_ms = c->backoff_ms == 0 ? p->backoff_min_ms : c->backoff_ms * 2;
-    if (c->backoff_ms > p->backoff_max_ms) {
-        c->backoff_ms = p->backoff_max_ms;
-    }
-    /* jitter in [backoff/2, backoff]: workers do not reconnect in step */
-    int64_t ms = c->backoff_ms / 2 + (int64_t)(gw_rand64() % (uint64_t)(c->backoff_ms / 2 + 1));
-    struct timeval tv;
-    tv_ms(&tv, ms);
-    evtimer_add(c->timer, &tv);
-}
-
-static void shard_lost(struct pg_shard *sh, const char *why)
-{
-    snprintf(sh->lasterr, sizeof(sh->lasterr), "%s", why);
-    if (live(sh) > 0 || sh->st->closing) {
-        return;
-    }
-    if (sh->was_up) {
-        gw_warn("pg backend '%s' shard '%s' is down: %s", sh->st->be->name, sh->cfs->name, why);
-        sh->was_up = 0;
-    }
-    sh->down = 1;
-    fail_queue(sh, why);
-}
-
-static void one_line(char *s)
-{
-    for (char *p = s; *p != '\0'; p++) {
-        if (*p == '\n' || *p == '\r') {
-            *p = (p[1] == '\0') ? '\0' : ' ';
-        }
-    }
-}
-
-static void conn_close(struct pg_conn *c)
-{
-    event_del(c->ev);
-    event_del(c->wev);
-    evtimer_del(c->timer);
-    if (c->pg != NULL) {
-        PQfinish(c->pg);
-        c->pg = NULL;
-    }
-    c->state = C_DOWN;
-}
-
-static void conn_broken(struct pg_conn *c, const char *why)
-{
-    char msg[200];
-    snprintf(msg, sizeof(msg), "%s", why[0] ? why : "connection lost");
-    one_line(msg);
-    struct pg_call *call = c->call;
-    c->call = NULL;
-    conn_close(c);
-    if (call != NULL) {
-        if (call->is_migration) {
-            mig_failed(c->sh, call->mig, msg);
-        }
-        fail_unavailable(call, msg);
-    }
-    shard_lost(c->sh, msg);
-    schedule_retry(c);
-}
-
 static void arm(struct pg_conn *c, short what, event_callback_fn fn)
 {
     event_del(c->ev);
-    event_assign(c->ev, c->sh->st->base, PQsocket(c->pg), what, fn, c);
+    event_assign(c->ev, c->b.sh->pool->base, PQsocket(c->pg), what, fn, c);
     event_add(c->ev, NULL);
 }
 
 static void on_read(evutil_socket_t fd, short what, void *arg);
+static void on_write(evutil_socket_t fd, short what, void *arg);
 
 static void connect_step(evutil_socket_t fd, short what, void *arg)
 {
@@ -293,43 +83,13 @@ static void connect_step(evutil_socket_t fd, short what, void *arg)
         return;
     case PGRES_POLLING_OK:
         break;
-    default: {
-        char msg[200];
-        snprintf(msg, sizeof(msg), "%s", PQerrorMessage(c->pg));
-        one_line(msg);
-        gw_debug("pg shard '%s': connect failed: %s", c->sh->cfs->name, msg);
-        conn_close(c);
-        shard_lost(c->sh, msg);
-        schedule_retry(c);
+    default:
+        sql_pool_connect_failed(&c->b, PQerrorMessage(c->pg));
         return;
     }
-    }
-    struct pg_shard *sh = c->sh;
-    evtimer_del(c->timer);
     PQsetnonblocking(c->pg, 1);
     arm(c, EV_READ | EV_PERSIST, on_read);
-    c->state = C_IDLE;
-    c->backoff_ms = 0;
-    sh->down = 0;
-    if (!sh->was_up) {
-        gw_info("pg backend '%s' shard '%s' is up", sh->st->be->name, sh->cfs->name);
-        sh->was_up = 1;
-    }
-    dispatch(sh);
-}
-
-static void on_timer(evutil_socket_t fd, short what, void *arg)
-{
-    struct pg_conn *c = arg;
-    (void)fd;
-    (void)what;
-    if (c->state == C_CONNECTING) {
-        conn_close(c);
-        shard_lost(c->sh, "connect timeout");
-        schedule_retry(c);
-    } else if (c->state == C_DOWN) {
-        conn_start(c);
-    }
+    sql_pool_connected(&c->b, NULL);
 }
 
 static void on_notice(void *arg, const char *message)
@@ -338,30 +98,55 @@ static void on_notice(void *arg, const char *message)
     gw_debug("pg notice: %s", message); /* e.g. "relation … already exists, skipping" */
 }
 
-static void conn_start(struct pg_conn *c)
+static void pg_conn_start(struct sql_conn *sc)
 {
-    struct pg_shard *sh = c->sh;
+    struct pg_conn *c = pg_conn_of(sc);
     static const char *const keys[] = {"dbname", "options", "client_encoding", "application_name",
                                        NULL};
-    const char *vals[] = {sh->cfs->dsn, "-c TimeZone=UTC", "UTF8", "polygate", NULL};
+    const char *vals[] = {sc->sh->cfs->dsn, "-c TimeZone=UTC", "UTF8", "polygate", NULL};
     c->pg = PQconnectStartParams(keys, vals, 1);
-    c->state = C_CONNECTING;
     if (c->pg != NULL) {
         PQsetNoticeProcessor(c->pg, on_notice, NULL);
     }
     if (c->pg == NULL || PQstatus(c->pg) == CONNECTION_BAD || PQsocket(c->pg) < 0) {
-        char msg[200];
-        snprintf(msg, sizeof(msg), "%s", c->pg != NULL ? PQerrorMessage(c->pg) : "out of memory");
-        one_line(msg);
-        conn_close(c);
-        shard_lost(sh, msg);
-        schedule_retry(c);
+        sql_pool_connect_failed(sc, c->pg != NULL ? PQerrorMessage(c->pg) : "out of memory");
         return;
     }
-    struct timeval tv;
-    tv_ms(&tv, sh->st->be->pool.connect_timeout_ms);
-    evtimer_add(c->timer, &tv);
     arm(c, EV_WRITE, connect_step); /* as if PQconnectPoll said WRITING */
+}
+
+static void pg_conn_close(struct sql_conn *sc)
+{
+    struct pg_conn *c = pg_conn_of(sc);
+    event_del(c->ev);
+    event_del(c->wev);
+    if (c->pg != NULL) {
+        PQfinish(c->pg);
+        c->pg = NULL;
+    }
+}
+
+static void pg_conn_init(struct sql_conn *sc, struct event_base *base)
+{
+    struct pg_conn *c = pg_conn_of(sc);
+    c->ev = event_new(base, -1, 0, on_read, c);
+    c->wev = event_new(base, -1, 0, on_write, c);
+}
+
+static void pg_conn_fini(struct sql_conn *sc)
+{
+    struct pg_conn *c = pg_conn_of(sc);
+    event_free(c->ev);
+    event_free(c->wev);
+}
+
+static void pg_call_clear(struct sql_call *call)
+{
+    struct pg_call *pc = pg_call_of(call);
+    if (pc->result != NULL) {
+        PQclear(pc->result);
+        pc->result = NULL;
+    }
 }
 
 /* ---- results → JSON ---------------------------------------------------------------- */
@@ -419,11 +204,11 @@ static struct json_object *cell(const PGresult *r, int row, int colno, const str
 }
 
 /* An item from one row; *version gets the version column. */
-static struct json_object *row_item(const struct pg_call *call, const PGresult *r, int row,
+static struct json_object *row_item(const struct pg_call *pc, const PGresult *r, int row,
                                     int64_t *version)
 {
     struct json_object *item = json_object_new_object();
-    const struct sql_stmt *st = &call->st;
+    const struct sql_stmt *st = &pc->b.st;
     for (size_t i = 0; i < st->ncols && (int)i < PQnfields(r); i++) {
         const struct sql_col *sc = &st->cols[i];
         if (sc->hidden) {
@@ -449,10 +234,10 @@ static struct json_object *row_item(const struct pg_call *call, const PGresult *
 /* The same item as row_item, written as JSON text straight from the row:
  * single-item answers skip the json-c tree and its serialisation (the
  * PostgreSQL text forms are already JSON for ints, numerics and jsonb). */
-static void row_raw(const struct pg_call *call, const PGresult *r, int row, int64_t *version,
+static void row_raw(const struct pg_call *pc, const PGresult *r, int row, int64_t *version,
                     struct evbuffer *out)
 {
-    const struct sql_stmt *st = &call->st;
+    const struct sql_stmt *st = &pc->b.st;
     int first = 1;
     evbuffer_add(out, "{", 1);
     for (size_t i = 0; i < st->ncols && (int)i < PQnfields(r); i++) {
@@ -509,16 +294,16 @@ static void row_raw(const struct pg_call *call, const PGresult *r, int row, int6
     evbuffer_add(out, "}", 1);
 }
 
-static void finish_query(struct pg_call *call, const PGresult *r, struct ad_res *res)
+static void finish_query(struct pg_call *pc, const PGresult *r, struct ad_res *res)
 {
-    const struct gw_query *q = gw_query_of(call->req->body);
+    const struct gw_query *q = gw_query_of(pc->b.req->body);
     int n = PQntuples(r);
     int shown = q->aggregate || n <= q->limit ? n : q->limit;
     struct json_object *doc = json_object_new_object();
     struct json_object *items = json_object_new_array_ext(shown);
     int64_t ver;
     for (int i = 0; i < shown; i++) {
-        json_object_array_add(items, row_item(call, r, i, &ver));
+        json_object_array_add(items, row_item(pc, r, i, &ver));
     }
     json_object_object_add(doc, "items", items);
     struct json_object *cursor = NULL;
@@ -526,8 +311,8 @@ static void finish_query(struct pg_call *call, const PGresult *r, struct ad_res 
         struct json_object *vals = json_object_new_array();
         for (size_t k = 0; k < q->norder; k++) {
             struct json_object *v = NULL;
-            for (size_t i = 0; i < call->st.ncols; i++) {
-                const struct sql_col *sc = &call->st.cols[i];
+            for (size_t i = 0; i < pc->b.st.ncols; i++) {
+                const struct sql_col *sc = &pc->b.st.cols[i];
                 if (sc->kind == SQL_COL_FIELD && sc->field == q->order[k].field) {
                     v = cell(r, shown - 1, (int)i, sc);
                     break;
@@ -546,17 +331,19 @@ static void finish_query(struct pg_call *call, const PGresult *r, struct ad_res 
     res->item = doc;
 }
 
-static int send_call(struct pg_conn *c, struct pg_call *call);
+static int pg_send(struct sql_conn *sc, struct sql_call *call);
 
 /* A store error → status.  23505 names the unique field. */
-static void error_result(struct pg_call *call, const PGresult *r, struct ad_res *res)
+static void error_result(struct pg_call *pc, const PGresult *r, struct ad_res *res)
 {
     const char *state = PQresultErrorField(r, PG_DIAG_SQLSTATE);
     const char *prim = PQresultErrorField(r, PG_DIAG_MESSAGE_PRIMARY);
+    const struct sql_shard *sh = pc->b.sh;
     char msg[200];
     snprintf(msg, sizeof(msg), "%s", prim != NULL ? prim : PQresultErrorMessage(r));
-    one_line(msg);
-    const struct cf_domain *d = call->req != NULL ? call->req->domain : NULL;
+    sql_one_line(msg);
+    const struct ad_req *req = pc->b.req;
+    const struct cf_domain *d = req != NULL ? req->domain : NULL;
     if (state == NULL) {
         state = "";
     }
@@ -564,7 +351,7 @@ static void error_result(struct pg_call *call, const PGresult *r, struct ad_res 
         const char *f = sql_constraint_field(d, PQresultErrorField(r, PG_DIAG_CONSTRAINT_NAME));
         if (f != NULL && strcmp(f, d->key) == 0) {
             ad_res_error(res, AD_CONFLICT, NULL, "an item with %s '%s' already exists", d->key,
-                         call->req->key != NULL ? call->req->key : "?");
+                         req->key != NULL ? req->key : "?");
         } else if (f != NULL) {
             ad_res_error(res, AD_CONFLICT, NULL, "another item already has this '%s'", f);
         } else {
@@ -575,56 +362,45 @@ static void error_result(struct pg_call *call, const PGresult *r, struct ad_res 
         ad_res_error(res, AD_BAD_REQUEST, NULL, "PostgreSQL refused the value: %s", msg);
     } else if (strncmp(state, "08", 2) == 0 || strncmp(state, "57P", 3) == 0 ||
                strncmp(state, "53", 2) == 0) {
-        ad_res_error(res, AD_UNAVAILABLE, call->sh->cfs->name,
-                     "backend '%s' (PostgreSQL shard '%s') is unavailable: %s",
-                     call->sh->st->be->name, call->sh->cfs->name, msg);
+        ad_res_error(res, AD_UNAVAILABLE, sh->cfs->name,
+                     "backend '%s' (PostgreSQL shard '%s') is unavailable: %s", sh->pool->be->name,
+                     sh->cfs->name, msg);
     } else {
-        gw_warn("pg shard '%s': %s (SQLSTATE %s)", call->sh->cfs->name, msg, state);
-        ad_res_error(res, AD_INTERNAL, call->sh->cfs->name, "PostgreSQL error on shard '%s': %s",
-                     call->sh->cfs->name, msg);
+        gw_warn("pg shard '%s': %s (SQLSTATE %s)", sh->cfs->name, msg, state);
+        ad_res_error(res, AD_INTERNAL, sh->cfs->name, "PostgreSQL error on shard '%s': %s",
+                     sh->cfs->name, msg);
     }
 }
 
-/* The statement of call finished on c.  Returns 1 if c stays busy (a follow-up). */
-static int on_result(struct pg_conn *c, struct pg_call *call)
+/* The statement of pc finished on c (now idle).  Returns 1 if c is busy
+ * again with a follow-up statement of the same call. */
+static int on_result(struct pg_conn *c, struct pg_call *pc)
 {
-    PGresult *r = call->result;
-    struct pg_shard *sh = c->sh;
+    PGresult *r = pc->result;
     ExecStatusType rs = r != NULL ? PQresultStatus(r) : PGRES_FATAL_ERROR;
     struct ad_res res;
     ad_res_init(&res);
-    if (call->is_migration) {
-        if (rs == PGRES_COMMAND_OK || rs == PGRES_TUPLES_OK) {
-            sh->migs[call->mig].state = MIG_DONE;
-            gw_info("pg backend '%s' shard '%s': table '%s' migrated", sh->st->be->name,
-                    sh->cfs->name, sh->migs[call->mig].table);
-        } else {
-            char msg[200];
-            snprintf(msg, sizeof(msg), "%s", r != NULL ? PQresultErrorMessage(r) : "no result");
-            one_line(msg);
-            gw_error("pg backend '%s' shard '%s': auto_migrate of '%s' failed: %s",
-                     sh->st->be->name, sh->cfs->name, sh->migs[call->mig].table, msg);
-            /* the script is one implicit transaction: already rolled back */
-            mig_failed(sh, call->mig, msg);
-        }
-        complete(call, &res);
+    if (pc->b.is_migration) {
+        /* the script is one implicit transaction: a failure rolled it back */
+        int ok = rs == PGRES_COMMAND_OK || rs == PGRES_TUPLES_OK;
+        sql_pool_migrated(&pc->b, ok ? NULL : r != NULL ? PQresultErrorMessage(r) : NULL);
         return 0;
     }
     if (rs != PGRES_TUPLES_OK && rs != PGRES_COMMAND_OK) {
         if (r == NULL) {
             ad_res_error(&res, AD_INTERNAL, NULL, "no result from PostgreSQL");
         } else {
-            error_result(call, r, &res);
+            error_result(pc, r, &res);
         }
-        complete(call, &res);
+        sql_pool_complete(&pc->b, &res);
         return 0;
     }
-    const struct ad_req *req = call->req;
+    const struct ad_req *req = pc->b.req;
     const struct cf_domain *d = req->domain;
     int n = PQntuples(r);
     struct json_object *item = NULL;
     struct evbuffer *raw = NULL;
-    if (call->stage == 1) { /* version probe after a conditional write matched nothing */
+    if (pc->stage == 1) { /* version probe after a conditional write matched nothing */
         if (n == 0) {
             ad_res_error(&res, AD_NOT_FOUND, NULL, "no %s item with %s '%s'", d->name, d->key,
                          req->key);
@@ -633,7 +409,7 @@ static int on_result(struct pg_conn *c, struct pg_call *call)
                          "version mismatch: the item is at version %s, If-Match said %lld",
                          PQgetvalue(r, 0, 0), (long long)req->if_match);
         }
-        complete(call, &res);
+        sql_pool_complete(&pc->b, &res);
         return 0;
     }
     switch (req->op) {
@@ -641,7 +417,7 @@ static int on_result(struct pg_conn *c, struct pg_call *call)
         break;
     case AD_QUERY:
     case AD_AGGREGATE:
-        finish_query(call, r, &res);
+        finish_query(pc, r, &res);
         item = res.item;
         break;
     case AD_GET:
@@ -653,16 +429,15 @@ static int on_result(struct pg_conn *c, struct pg_call *call)
             if (req->if_match >= 0 && (req->op == AD_PATCH || req->op == AD_DELETE)) {
                 /* 404 or 412? ask for the version, on the same connection */
                 char err[128];
-                sql_stmt_free(&call->st);
-                sql_stmt_init(&call->st, SQL_PG);
-                if (sql_build_version(&call->st, d, req->key, err, sizeof(err)) == 0) {
-                    call->stage = 1;
-                    PQclear(call->result);
-                    call->result = NULL;
-                    if (send_call(c, call) == 0) {
-                        return 1;
-                    }
-                    return 0; /* send_call failed the call */
+                sql_stmt_free(&pc->b.st);
+                sql_stmt_init(&pc->b.st, SQL_PG);
+                if (sql_build_version(&pc->b.st, d, req->key, err, sizeof(err)) == 0) {
+                    pc->stage = 1;
+                    PQclear(pc->result);
+                    pc->result = NULL;
+                    c->b.call = &pc->b;
+                    c->b.state = SQL_C_BUSY;
+                    return pg_send(&c->b, &pc->b) == 0; /* on failure: already failed */
                 }
             }
             if (req->if_match >= 0) {
@@ -680,18 +455,18 @@ static int on_result(struct pg_conn *c, struct pg_call *call)
             break;
         }
         raw = evbuffer_new();
-        row_raw(call, r, 0, &res.version, raw);
+        row_raw(pc, r, 0, &res.version, raw);
         res.rawlen = evbuffer_get_length(raw);
         res.raw = (const char *)evbuffer_pullup(raw, -1);
-        if (req->op == AD_PUT && call->st.ncols > 0 &&
-            call->st.cols[call->st.ncols - 1].kind == SQL_COL_CREATED) {
-            res.created = PQgetvalue(r, 0, (int)call->st.ncols - 1)[0] == 't';
+        if (req->op == AD_PUT && pc->b.st.ncols > 0 &&
+            pc->b.st.cols[pc->b.st.ncols - 1].kind == SQL_COL_CREATED) {
+            res.created = PQgetvalue(r, 0, (int)pc->b.st.ncols - 1)[0] == 't';
         }
         break;
     default:
         ad_res_error(&res, AD_INTERNAL, NULL, "unexpected operation");
     }
-    complete(call, &res);
+    sql_pool_complete(&pc->b, &res);
     json_object_put(item);
     if (raw != NULL) {
         evbuffer_free(raw);
@@ -708,7 +483,7 @@ static void on_write(evutil_socket_t fd, short what, void *arg)
     if (rc == 1) {
         event_add(c->wev, NULL);
     } else if (rc < 0) {
-        conn_broken(c, PQerrorMessage(c->pg));
+        sql_pool_conn_broken(&c->b, PQerrorMessage(c->pg));
     }
 }
 
@@ -718,48 +493,46 @@ static void on_read(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     if (!PQconsumeInput(c->pg) || PQstatus(c->pg) == CONNECTION_BAD) {
-        conn_broken(c, PQerrorMessage(c->pg));
+        sql_pool_conn_broken(&c->b, PQerrorMessage(c->pg));
         return;
     }
     while (!PQisBusy(c->pg)) {
         PGresult *r = PQgetResult(c->pg);
-        struct pg_call *call = c->call;
+        struct pg_call *pc = c->b.call != NULL ? pg_call_of(c->b.call) : NULL;
         if (r == NULL) {
-            if (call == NULL) {
+            if (pc == NULL) {
                 break; /* idle: nothing to read (notices, a stray ROLLBACK's end) */
             }
-            c->call = NULL;
-            c->state = C_IDLE;
-            if (on_result(c, call)) {
-                c->state = C_BUSY;
-                c->call = call;
-                return;
+            c->b.call = NULL;
+            c->b.state = SQL_C_IDLE;
+            if (on_result(c, pc)) {
+                return; /* a follow-up statement is on its way */
             }
             break;
         }
-        if (call == NULL) {
+        if (pc == NULL) {
             PQclear(r); /* a result nobody waits for */
             continue;
         }
-        ExecStatusType rs = PQresultStatus(r);
-        if (call->result != NULL && PQresultStatus(call->result) == PGRES_FATAL_ERROR) {
+        if (pc->result != NULL && PQresultStatus(pc->result) == PGRES_FATAL_ERROR) {
             PQclear(r); /* keep the first error */
         } else {
-            if (call->result != NULL) {
-                PQclear(call->result);
+            if (pc->result != NULL) {
+                PQclear(pc->result);
             }
-            call->result = r;
+            pc->result = r;
         }
-        (void)rs;
     }
-    if (c->state == C_IDLE && c->call == NULL && c->pg != NULL) {
-        dispatch(c->sh);
+    if (c->b.state == SQL_C_IDLE && c->b.call == NULL && c->pg != NULL) {
+        sql_pool_dispatch(c->b.sh);
     }
 }
 
-/* Send call on idle connection c.  0, or -1 after failing the call. */
-static int send_call(struct pg_conn *c, struct pg_call *call)
+/* Send call on idle connection sc (call and BUSY set).  0, or -1 after
+ * failing the call. */
+static int pg_send(struct sql_conn *sc, struct sql_call *call)
 {
+    struct pg_conn *c = pg_conn_of(sc);
     int ok;
     if (call->is_migration) {
         ok = PQsendQuery(c->pg, call->st.text);
@@ -767,236 +540,46 @@ static int send_call(struct pg_conn *c, struct pg_call *call)
         ok = PQsendQueryParams(c->pg, call->st.text, (int)call->st.nparams, NULL,
                                (const char *const *)call->st.params, NULL, NULL, 0);
     }
-    c->call = call;
-    c->state = C_BUSY;
     if (!ok) {
-        conn_broken(c, PQerrorMessage(c->pg));
+        sql_pool_conn_broken(sc, PQerrorMessage(c->pg));
         return -1;
     }
     int rc = PQflush(c->pg);
     if (rc < 0) {
-        conn_broken(c, PQerrorMessage(c->pg));
+        sql_pool_conn_broken(sc, PQerrorMessage(c->pg));
         return -1;
     }
     if (rc == 1) {
-        event_assign(c->wev, c->sh->st->base, PQsocket(c->pg), EV_WRITE, on_write, c);
+        event_assign(c->wev, sc->sh->pool->base, PQsocket(c->pg), EV_WRITE, on_write, c);
         event_add(c->wev, NULL);
     }
     return 0;
 }
 
-/* Ready: not waiting for its domain's migration. */
-static int call_ready(struct pg_shard *sh, struct pg_call *call)
-{
-    if (call->is_migration || call->mig < 0) {
-        return 1;
-    }
-    struct pg_mig *m = &sh->migs[call->mig];
-    if (m->state == MIG_DONE) {
-        return 1;
-    }
-    if (m->state == MIG_NONE) { /* start it, ahead of everything */
-        struct pg_call *mc = calloc(1, sizeof(*mc));
-        char err[128];
-        mc->sh = sh;
-        mc->mig = call->mig;
-        mc->is_migration = 1;
-        mc->req = NULL;
-        sql_stmt_init(&mc->st, SQL_PG);
-        if (sql_build_migrate(&mc->st, call->req->domain, err, sizeof(err)) < 0) {
-            gw_error("pg: cannot build the migration of '%s': %s", m->table, err);
-            call_free(mc);
-            return 1;
-        }
-        m->state = MIG_RUNNING;
-        sh->pending++;
-        TAILQ_INSERT_HEAD(&sh->queue, mc, link);
-    }
-    return 0;
-}
-
-/* The next call to send: queued migrations first (they sit at the head). */
-static struct pg_call *next_ready(struct pg_shard *sh)
-{
-    struct pg_call *it;
-    TAILQ_FOREACH(it, &sh->queue, link)
-    {
-        (void)call_ready(sh, it); /* starts the migrations calls wait for */
-    }
-    TAILQ_FOREACH(it, &sh->queue, link)
-    {
-        if (call_ready(sh, it)) {
-            return it;
-        }
-    }
-    return NULL;
-}
-
-static void dispatch(struct pg_shard *sh)
-{
-    if (sh->st->closing) {
-        return;
-    }
-    for (;;) {
-        struct pg_call *call = next_ready(sh);
-        if (call == NULL) {
-            return;
-        }
-        struct pg_conn *idle = NULL, *spare = NULL;
-        int connecting = 0;
-        for (int i = 0; i < sh->nconns; i++) {
-            struct pg_conn *c = &sh->conns[i];
-            if (c->state == C_IDLE && idle == NULL) {
-                idle = c;
-            } else if (c->state == C_CONNECTING) {
-                connecting++;
-            } else if (c->state == C_DOWN && spare == NULL && !evtimer_pending(c->timer, NULL)) {
-                spare = c;
-            }
-        }
-        if (idle == NULL) {
-            if (spare != NULL && connecting == 0) {
-                conn_start(spare); /* grow the pool on demand */
-            }
-            return;
-        }
-        TAILQ_REMOVE(&sh->queue, call, link);
-        (void)send_call(idle, call); /* on failure the call is already failed */
-    }
-}
-
-static void kick_cb(evutil_socket_t fd, short what, void *arg)
-{
-    struct pg_state *st = arg;
-    (void)fd;
-    (void)what;
-    while (!TAILQ_EMPTY(&st->done)) {
-        struct pg_call *call = TAILQ_FIRST(&st->done);
-        TAILQ_REMOVE(&st->done, call, link);
-        complete(call, &call->res);
-    }
-    for (int i = 0; i < st->nshards; i++) {
-        dispatch(&st->shards[i]);
-    }
-}
-
 /* ---- the interface -------------------------------------------------------------------- */
 
-static int mig_index(struct pg_shard *sh, const struct cf_domain *d)
-{
-    if (d == NULL || !d->auto_migrate) {
-        return -1;
-    }
-    for (size_t i = 0; i < sh->nmigs; i++) {
-        if (strcmp(sh->migs[i].table, d->table) == 0) {
-            return (int)i;
-        }
-    }
-    sh->migs = realloc(sh->migs, (sh->nmigs + 1) * sizeof(*sh->migs));
-    sh->migs[sh->nmigs].table = strdup(d->table);
-    sh->migs[sh->nmigs].state = MIG_NONE;
-    return (int)sh->nmigs++;
-}
-
-static int build(struct pg_call *call, char *err, size_t errlen)
-{
-    const struct ad_req *req = call->req;
-    const struct cf_domain *d = req->domain;
-    struct sql_stmt *st = &call->st;
-    switch (req->op) {
-    case AD_GET:
-        return sql_build_get(st, d, req->key, err, errlen);
-    case AD_INSERT:
-        return sql_build_insert(st, d, req->body, err, errlen);
-    case AD_PUT:
-        return sql_build_put(st, d, req->key, req->body, req->if_match, err, errlen);
-    case AD_PATCH:
-        return sql_build_patch(st, d, req->key, req->body, req->if_match, err, errlen);
-    case AD_DELETE:
-        return sql_build_delete(st, d, req->key, req->if_match, err, errlen);
-    case AD_QUERY:
-    case AD_AGGREGATE: {
-        const struct gw_query *q = gw_query_of(req->body);
-        if (q == NULL || q->aggregate != (req->op == AD_AGGREGATE)) {
-            snprintf(err, errlen, "the query was not parsed by the gateway");
-            return -1;
-        }
-        return q->aggregate ? sql_build_aggregate(st, d, q, err, errlen)
-                            : sql_build_query(st, d, q, err, errlen);
-    }
-    default:
-        snprintf(err, errlen, "unsupported operation");
-        return -1;
-    }
-}
+static const struct sql_driver pg_driver = {
+    .name = "pg",
+    .store = "PostgreSQL",
+    .dialect = SQL_PG,
+    .conn_size = sizeof(struct pg_conn),
+    .call_size = sizeof(struct pg_call),
+    .conn_init = pg_conn_init,
+    .conn_fini = pg_conn_fini,
+    .conn_start = pg_conn_start,
+    .conn_close = pg_conn_close,
+    .send = pg_send,
+    .call_clear = pg_call_clear,
+};
 
 static int pg_submit(void *state, const struct ad_req *req, ad_done_cb cb, void *arg)
 {
-    struct pg_state *st = state;
-    if (st->closing) {
-        return AD_EDOWN;
-    }
-    if (req->shard < 0 || req->shard >= st->nshards) {
-        return AD_EINVAL;
-    }
-    struct pg_shard *sh = &st->shards[req->shard];
-    if (sh->down) {
-        return AD_EDOWN;
-    }
-    if (sh->pending >= st->be->pool.queue_max) {
-        return AD_EFULL;
-    }
-    struct pg_call *call = calloc(1, sizeof(*call));
-    if (call == NULL) {
-        return AD_EFULL;
-    }
-    call->sh = sh;
-    call->req = req;
-    call->cb = cb;
-    call->arg = arg;
-    call->mig = mig_index(sh, req->domain);
-    sql_stmt_init(&call->st, SQL_PG);
-    call->st.slot = req->slot;
-    call->st.excl_slots = req->excl_slots;
-    call->st.nexcl = req->nexcl;
-    sh->pending++;
-    char err[200];
-    int rc;
-    if (req->op == AD_PING) {
-        rc = 0;
-        call->mig = -1;
-        call->st.text = strdup("SELECT 1");
-    } else {
-        rc = build(call, err, sizeof(err));
-    }
-    if (rc < 0) {
-        ad_res_init(&call->res);
-        ad_res_error(&call->res, AD_BAD_REQUEST, NULL, "%s", err);
-        defer(call);
-        return 0;
-    }
-    TAILQ_INSERT_TAIL(&sh->queue, call, link);
-    event_active(st->kick, EV_TIMEOUT, 0);
-    return 0;
+    return sql_pool_submit(state, req, cb, arg);
 }
 
 static void pg_cancel(void *state, uint64_t req_id)
 {
-    struct pg_state *st = state;
-    for (int i = 0; i < st->nshards; i++) {
-        struct pg_shard *sh = &st->shards[i];
-        struct pg_call *c;
-        TAILQ_FOREACH(c, &sh->queue, link)
-        {
-            if (c->req != NULL && c->req->id == req_id) {
-                TAILQ_REMOVE(&sh->queue, c, link);
-                ad_res_init(&c->res);
-                ad_res_error(&c->res, AD_CANCELED, sh->cfs->name, "canceled");
-                defer(c);
-                return;
-            }
-        }
-    }
+    sql_pool_cancel(state, req_id);
 }
 
 static int pg_supports(const struct cf_domain *d, enum ad_op op)
@@ -1049,87 +632,24 @@ static int pg_init(struct event_base *base, const struct cf_backend *be, void **
         }
         PQconninfoFree(o);
     }
-    struct pg_state *st = calloc(1, sizeof(*st));
-    st->base = base;
-    st->be = be;
-    st->nshards = (int)be->nshards;
-    st->shards = calloc(be->nshards, sizeof(*st->shards));
-    st->kick = event_new(base, -1, 0, kick_cb, st);
-    TAILQ_INIT(&st->done);
-    for (int i = 0; i < st->nshards; i++) {
-        struct pg_shard *sh = &st->shards[i];
-        sh->st = st;
-        sh->cfs = &be->shards[i];
-        sh->was_up = 1; /* a first failure is logged */
-        TAILQ_INIT(&sh->queue);
-        sh->nconns = be->pool.max;
-        sh->conns = calloc((size_t)sh->nconns, sizeof(*sh->conns));
-        for (int k = 0; k < sh->nconns; k++) {
-            struct pg_conn *c = &sh->conns[k];
-            c->sh = sh;
-            c->ev = event_new(base, -1, 0, on_read, c);
-            c->wev = event_new(base, -1, 0, on_write, c);
-            c->timer = evtimer_new(base, on_timer, c);
-        }
-        int start = be->pool.min > 0 ? be->pool.min : 1;
-        for (int k = 0; k < start && k < sh->nconns; k++) {
-            conn_start(&sh->conns[k]);
-        }
+    struct sql_pool *p = sql_pool_new(base, be, &pg_driver, NULL);
+    if (p == NULL) {
+        snprintf(err, errlen, "backend '%s': out of memory", be->name);
+        return -1;
     }
-    *state = st;
+    *state = p;
     return 0;
 }
 
 static void pg_shutdown(void *state)
 {
-    struct pg_state *st = state;
-    st->closing = 1;
-    while (!TAILQ_EMPTY(&st->done)) {
-        struct pg_call *call = TAILQ_FIRST(&st->done);
-        TAILQ_REMOVE(&st->done, call, link);
-        complete(call, &call->res);
-    }
-    for (int i = 0; i < st->nshards; i++) {
-        struct pg_shard *sh = &st->shards[i];
-        fail_queue(sh, "polygate is shutting down");
-        for (int k = 0; k < sh->nconns; k++) {
-            struct pg_conn *c = &sh->conns[k];
-            struct pg_call *call = c->call;
-            c->call = NULL;
-            conn_close(c);
-            if (call != NULL) {
-                fail_unavailable(call, "polygate is shutting down");
-            }
-            event_free(c->ev);
-            event_free(c->wev);
-            event_free(c->timer);
-        }
-        free(sh->conns);
-        for (size_t m = 0; m < sh->nmigs; m++) {
-            free(sh->migs[m].table);
-        }
-        free(sh->migs);
-    }
-    event_free(st->kick);
-    free(st->shards);
-    free(st);
+    sql_pool_free(state);
 }
 
 /* ad_ops.stats: the pool of one shard (for /metrics). */
 static void pg_stats(void *state, int shard, struct ad_pool_stats *out)
 {
-    struct pg_state *st = state;
-    memset(out, 0, sizeof(*out));
-    if (shard < 0 || shard >= st->nshards) {
-        return;
-    }
-    struct pg_shard *sh = &st->shards[shard];
-    out->conns = sh->nconns;
-    for (int i = 0; i < sh->nconns; i++) {
-        out->up += sh->conns[i].state == C_IDLE || sh->conns[i].state == C_BUSY;
-        out->busy += sh->conns[i].call != NULL;
-    }
-    out->queued = sh->pending > out->busy ? sh->pending - out->busy : 0;
+    sql_pool_stats(state, shard, out);
 }
 
 const struct ad_ops ad_pg_ops = {
