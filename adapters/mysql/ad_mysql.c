@@ -835,22 +835,6 @@ static const struct sql_driver my_driver = {
     .call_clear = my_call_clear,
 };
 
-static int my_submit(void *state, const struct ad_req *req, ad_done_cb cb, void *arg)
-{
-    return sql_pool_submit(state, req, cb, arg);
-}
-
-static void my_cancel(void *state, uint64_t req_id)
-{
-    sql_pool_cancel(state, req_id);
-}
-
-static int my_supports(const struct cf_domain *d, enum ad_op op)
-{
-    (void)d;
-    return op <= AD_PING;
-}
-
 static int my_check_domain(const struct cf_backend *be, const struct cf_domain *d, char *err,
                            size_t errlen)
 {
@@ -1039,12 +1023,6 @@ static void my_shutdown(void *state)
     free(dsns);
 }
 
-/* ad_ops.stats: the pool of one shard (for /metrics). */
-static void my_stats(void *state, int shard, struct ad_pool_stats *out)
-{
-    sql_pool_stats(state, shard, out);
-}
-
 MYSQL *ad_mysql_connect_dsn(const char *dsn, int64_t timeout_ms, char *err, size_t errlen)
 {
     struct my_dsn d;
@@ -1093,10 +1071,10 @@ const struct ad_ops ad_mysql_ops = {
     .abi = AD_ABI,
     .init = my_init,
     .check_domain = my_check_domain,
-    .supports = my_supports,
-    .submit = my_submit,
-    .cancel = my_cancel,
+    .supports = sql_pool_supports,
+    .submit = sql_pool_submit,
+    .cancel = sql_pool_cancel,
     .shutdown = my_shutdown,
-    .stats = my_stats,
+    .stats = sql_pool_stats, /* for /metrics */
     .probe = my_probe,
 };

@@ -572,22 +572,6 @@ static const struct sql_driver pg_driver = {
     .call_clear = pg_call_clear,
 };
 
-static int pg_submit(void *state, const struct ad_req *req, ad_done_cb cb, void *arg)
-{
-    return sql_pool_submit(state, req, cb, arg);
-}
-
-static void pg_cancel(void *state, uint64_t req_id)
-{
-    sql_pool_cancel(state, req_id);
-}
-
-static int pg_supports(const struct cf_domain *d, enum ad_op op)
-{
-    (void)d;
-    return op <= AD_PING;
-}
-
 static int pg_check_domain(const struct cf_backend *be, const struct cf_domain *d, char *err,
                            size_t errlen)
 {
@@ -646,20 +630,14 @@ static void pg_shutdown(void *state)
     sql_pool_free(state);
 }
 
-/* ad_ops.stats: the pool of one shard (for /metrics). */
-static void pg_stats(void *state, int shard, struct ad_pool_stats *out)
-{
-    sql_pool_stats(state, shard, out);
-}
-
 const struct ad_ops ad_pg_ops = {
     .name = "pg",
     .abi = AD_ABI,
     .init = pg_init,
     .check_domain = pg_check_domain,
-    .supports = pg_supports,
-    .submit = pg_submit,
-    .cancel = pg_cancel,
+    .supports = sql_pool_supports,
+    .submit = sql_pool_submit,
+    .cancel = sql_pool_cancel,
     .shutdown = pg_shutdown,
-    .stats = pg_stats,
+    .stats = sql_pool_stats, /* for /metrics */
 };

@@ -170,8 +170,8 @@ static void shard_lost(struct sql_shard *sh, const char *why)
         return;
     }
     if (sh->was_up) {
-        gw_warn("%s backend '%s' shard '%s' is down: %s", p->drv->name, p->be->name,
-                sh->cfs->name, why);
+        gw_warn("%s backend '%s' shard '%s' is down: %s", p->drv->name, p->be->name, sh->cfs->name,
+                why);
         sh->was_up = 0;
     }
     sh->down = 1;
@@ -203,9 +203,9 @@ void sql_pool_connected(struct sql_conn *c, const char *server_info)
     c->backoff_ms = 0;
     sh->down = 0;
     if (!sh->was_up) {
-        gw_info("%s backend '%s' shard '%s' is up%s%s%s", p->drv->name, p->be->name,
-                sh->cfs->name, server_info != NULL ? " (" : "",
-                server_info != NULL ? server_info : "", server_info != NULL ? ")" : "");
+        gw_info("%s backend '%s' shard '%s' is up%s%s%s", p->drv->name, p->be->name, sh->cfs->name,
+                server_info != NULL ? " (" : "", server_info != NULL ? server_info : "",
+                server_info != NULL ? ")" : "");
         sh->was_up = 1;
     }
     sql_pool_dispatch(sh);
@@ -452,8 +452,9 @@ static int build(struct sql_call *call, char *err, size_t errlen)
     }
 }
 
-int sql_pool_submit(struct sql_pool *p, const struct ad_req *req, ad_done_cb cb, void *arg)
+int sql_pool_submit(void *state, const struct ad_req *req, ad_done_cb cb, void *arg)
 {
+    struct sql_pool *p = state;
     if (p->closing) {
         return AD_EDOWN;
     }
@@ -493,8 +494,9 @@ int sql_pool_submit(struct sql_pool *p, const struct ad_req *req, ad_done_cb cb,
     return 0;
 }
 
-void sql_pool_cancel(struct sql_pool *p, uint64_t req_id)
+void sql_pool_cancel(void *state, uint64_t req_id)
 {
+    struct sql_pool *p = state;
     for (int i = 0; i < p->nshards; i++) {
         struct sql_shard *sh = &p->shards[i];
         struct sql_call *c;
@@ -511,8 +513,9 @@ void sql_pool_cancel(struct sql_pool *p, uint64_t req_id)
     }
 }
 
-void sql_pool_stats(struct sql_pool *p, int shard, struct ad_pool_stats *out)
+void sql_pool_stats(void *state, int shard, struct ad_pool_stats *out)
 {
+    struct sql_pool *p = state;
     memset(out, 0, sizeof(*out));
     if (shard < 0 || shard >= p->nshards) {
         return;
@@ -525,6 +528,12 @@ void sql_pool_stats(struct sql_pool *p, int shard, struct ad_pool_stats *out)
         out->busy += c->call != NULL;
     }
     out->queued = sh->pending > out->busy ? sh->pending - out->busy : 0;
+}
+
+int sql_pool_supports(const struct cf_domain *d, enum ad_op op)
+{
+    (void)d;
+    return op <= AD_PING;
 }
 
 struct sql_pool *sql_pool_new(struct event_base *base, const struct cf_backend *be,

@@ -42,6 +42,7 @@
 #include "adapters/sql/sql_build.h"
 
 struct cf_backend;
+struct cf_domain;
 struct cf_shard;
 struct sql_pool;
 struct sql_shard;
@@ -123,7 +124,7 @@ struct sql_pool {
     int closing;
 };
 
-/* ---- the adapter interface, shared --------------------------------------------- */
+/* ---- the adapter interface, shared (ad_ops members; state: the pool) ---------- */
 
 /* Opens pool.min connections per shard.  NULL on out of memory. */
 struct sql_pool *sql_pool_new(struct event_base *base, const struct cf_backend *be,
@@ -131,9 +132,11 @@ struct sql_pool *sql_pool_new(struct event_base *base, const struct cf_backend *
 /* Fails everything pending with AD_UNAVAILABLE "shutting down", closes and
  * frees (drv_data is the caller's). */
 void sql_pool_free(struct sql_pool *p);
-int sql_pool_submit(struct sql_pool *p, const struct ad_req *req, ad_done_cb cb, void *arg);
-void sql_pool_cancel(struct sql_pool *p, uint64_t req_id);
-void sql_pool_stats(struct sql_pool *p, int shard, struct ad_pool_stats *out);
+int sql_pool_submit(void *state, const struct ad_req *req, ad_done_cb cb, void *arg);
+void sql_pool_cancel(void *state, uint64_t req_id);
+void sql_pool_stats(void *state, int shard, struct ad_pool_stats *out);
+/* Every operation but the capabilities (guarded patch, group by path). */
+int sql_pool_supports(const struct cf_domain *d, enum ad_op op);
 
 /* ---- for drivers ----------------------------------------------------------------- */
 

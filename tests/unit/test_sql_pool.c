@@ -28,7 +28,8 @@ static const char config_json[] =
     "\"backoff_min_ms\":50,\"backoff_max_ms\":100},\"shards\":["
     "{\"name\":\"s0\",\"dsn\":\"host=x\"},{\"name\":\"s1\",\"dsn\":\"host=y\"}]}},"
     "\"domains\":{"
-    "\"plain\":{\"backend\":\"p\",\"table\":\"plain\",\"key\":\"id\",\"fields\":{\"id\":\"string\"}},"
+    "\"plain\":{\"backend\":\"p\",\"table\":\"plain\",\"key\":\"id\",\"fields\":{\"id\":\"string\"}"
+    "},"
     "\"mig\":{\"backend\":\"p\",\"table\":\"mig\",\"key\":\"id\",\"auto_migrate\":true,"
     "\"fields\":{\"id\":\"string\"}}}}";
 
@@ -429,8 +430,8 @@ int main(void)
 {
     ad_register_builtin(); /* the config checks domains against the pg adapter */
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(test_min_connections_start_and_requests_wait_for_one,
-                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(test_min_connections_start_and_requests_wait_for_one, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_queue_bound_is_503_and_pool_grows_on_demand, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_cancel_completes_a_waiting_request_later, setup,
