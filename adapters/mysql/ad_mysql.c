@@ -245,8 +245,8 @@ static struct json_object *ts_json(const char *v, unsigned long len)
     return json_object_new_string(buf);
 }
 
-static struct json_object *cell(MYSQL_ROW row, const unsigned long *lens, size_t i,
-                                const struct sql_col *sc)
+static struct json_object *cell(struct sql_pool *p, MYSQL_ROW row, const unsigned long *lens,
+                                size_t i, const struct sql_col *sc)
 {
     const char *v = row[i];
     if (v == NULL) {
@@ -276,18 +276,8 @@ static struct json_object *cell(MYSQL_ROW row, const unsigned long *lens, size_t
     case CF_T_OBJECT:
     case CF_T_ARRAY:
     case CF_T_JSON:
-    case CF_T_COUNTERS: { /* JSON (MySQL) / LONGTEXT (MariaDB): a document, not a string */
-        /* the row's NUL terminator ends a top-level number or literal
-         * (`null`, `12`) that the tokener would otherwise wait to continue */
-        struct json_tokener *tok = json_tokener_new_ex(1000);
-        struct json_object *o = json_tokener_parse_ex(tok, v, (int)len + 1);
-        if (json_tokener_get_error(tok) != json_tokener_success) {
-            json_object_put(o);
-            o = json_object_new_string_len(v, (int)len);
-        }
-        json_tokener_free(tok);
-        return o;
-    }
+    case CF_T_COUNTERS: /* JSON (MySQL) / LONGTEXT (MariaDB): a document, not a string */
+        return sql_pool_json(p, v, len);
     default:
         return json_object_new_string_len(v, (int)len);
     }
@@ -310,13 +300,13 @@ static struct json_object *row_item(const struct my_call *call, MYSQL_ROW row,
             continue;
         }
         if (sc->kind == SQL_COL_AGG) {
-            json_object_object_add(item, sc->agg->alias, cell(row, lens, i, sc));
+            json_object_object_add(item, sc->agg->alias, cell(call->b.sh->pool, row, lens, i, sc));
             continue;
         }
         if (row[i] == NULL) {
             continue; /* SQL NULL: the field is absent */
         }
-        json_object_object_add(item, sc->field->name, cell(row, lens, i, sc));
+        json_object_object_add(item, sc->field->name, cell(call->b.sh->pool, row, lens, i, sc));
     }
     return item;
 }
@@ -349,7 +339,7 @@ static void finish_query(struct my_call *call, struct ad_res *res)
             for (size_t i = 0; i < call->b.st.ncols && i < nf; i++) {
                 const struct sql_col *sc = &call->b.st.cols[i];
                 if (sc->kind == SQL_COL_FIELD && sc->field == q->order[k].field) {
-                    v = cell(last, lastlens, i, sc);
+                    v = cell(call->b.sh->pool, last, lastlens, i, sc);
                     break;
                 }
             }

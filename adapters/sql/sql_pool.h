@@ -37,6 +37,7 @@
 #include <sys/queue.h>
 
 #include <event2/event.h>
+#include <json-c/json.h>
 
 #include "adapters/ad.h"
 #include "adapters/sql/sql_build.h"
@@ -122,6 +123,7 @@ struct sql_pool {
     struct event *kick; /* deferred completions, then dispatch */
     struct sql_callq done;
     int closing;
+    struct json_tokener *tok; /* sql_pool_json's, made on first use */
 };
 
 /* ---- the adapter interface, shared (ad_ops members; state: the pool) ---------- */
@@ -160,6 +162,12 @@ void sql_pool_fail(struct sql_call *call, enum ad_status status, const char *wha
                    const char *detail);
 /* A migration call ended: error NULL on success.  Completes the call. */
 void sql_pool_migrated(struct sql_call *call, const char *error);
+
+/* A JSON column's text (v[len] is the NUL the client library puts after
+ * every value) → the document, parsed with the pool's one tokener (a
+ * tokener per cell was a 32 KiB calloc for every JSON cell of every row).
+ * Text that is not JSON comes back as a string; NULL only on OOM. */
+struct json_object *sql_pool_json(struct sql_pool *p, const char *v, size_t len);
 
 /* Newlines of a library's error text → spaces (one-line logs and messages). */
 void sql_one_line(char *s);

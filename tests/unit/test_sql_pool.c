@@ -426,6 +426,20 @@ static void test_shutdown_fails_what_is_pending(void **state)
     }
 }
 
+static void test_json_cells_parse_with_one_tokener(void **state)
+{
+    struct fx *fx = *state;
+    static const char *const in[] = {"12",     "null",     "{\"a\":[1,{\"b\":\"x\"}]}",
+                                     "[true]", "not json", "{\"cut\":"};
+    static const char *const out[] = {"12",     "null",         "{\"a\":[1,{\"b\":\"x\"}]}",
+                                      "[true]", "\"not json\"", "\"{\\\"cut\\\":\""};
+    for (size_t i = 0; i < sizeof(in) / sizeof(in[0]); i++) {
+        struct json_object *o = sql_pool_json(fx->p, in[i], strlen(in[i]));
+        assert_string_equal(json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN), out[i]);
+        json_object_put(o);
+    }
+}
+
 int main(void)
 {
     ad_register_builtin(); /* the config checks domains against the pg adapter */
@@ -443,6 +457,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(
             test_failed_migration_fails_waiters_and_is_retried_on_demand, setup, teardown),
         cmocka_unit_test_setup_teardown(test_shutdown_fails_what_is_pending, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_json_cells_parse_with_one_tokener, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
