@@ -8,12 +8,15 @@
 #   bench/hotpath.sh [PATH [BODY]]    default: /v1/sessions/hot '{"user_id":"u"}'
 #   POLYGATE_BIN=… N=10000 bench/hotpath.sh /v1/users/hot '{"email":"hot@example.com"}'
 #   bench/hotpath.sh /health          (no PUT: the HTTP path alone)
+#   QUERY='{"where":{"status":"PENDING"},"order_by":["-placed_at"],"limit":50}' \
+#     bench/hotpath.sh /v1/orders/_query   (POSTs QUERY N times, no PUT first)
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
 BIN=${POLYGATE_BIN:-$ROOT/build/release/polygate}
 URLPATH=${1:-/v1/sessions/hot}
 BODY=${2-'{"user_id":"u"}'}
-[[ $URLPATH == /health ]] && BODY=
+QUERY=${QUERY:-}
+[[ $URLPATH == /health || -n $QUERY ]] && BODY=
 N=${N:-10000}
 PORT=${BENCH_PORT:-18180}
 TMP=$ROOT/bench/results/tmp
@@ -42,17 +45,20 @@ if sys.argv[3]:
     assert r.status in (200, 201), r.status
 PY
 callgrind_control -i on $VG >/dev/null 2>&1
-/usr/bin/python3 - "$PORT" "$URLPATH" "$N" <<'PY'
+/usr/bin/python3 - "$PORT" "$URLPATH" "$N" "$QUERY" <<'PY'
 import http.client, sys
 c = http.client.HTTPConnection("127.0.0.1", int(sys.argv[1]))
+query = sys.argv[4].encode() or None
 for _ in range(int(sys.argv[3])):
-    c.request("GET", sys.argv[2])
-    r = c.getresponse(); r.read()
-    assert r.status == 200, r.status
+    c.request("POST" if query else "GET", sys.argv[2], body=query)
+    r = c.getresponse(); body = r.read()
+    assert r.status == 200, (r.status, body[:300])
 PY
 callgrind_control -i off $VG >/dev/null 2>&1
 kill -TERM $VG
 wait $VG || true
 trap - EXIT
 total=$(callgrind_annotate "$OUT" | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
-echo "GET $URLPATH: $N requests, $total instructions, $((total / N)) per request ($OUT)"
+METHOD=GET
+[[ -n $QUERY ]] && METHOD=POST
+echo "$METHOD $URLPATH: $N requests, $total instructions, $((total / N)) per request ($OUT)"
