@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include <event2/buffer.h>
+#include <json-c/printbuf.h>
 
 /*
  * A strict RFC 8259 validator runs before json-c.  json-c's "strict" mode
@@ -272,10 +273,9 @@ static int jv_value(struct jv *v)
     }
 }
 
-enum gw_json_status gw_json_parse(const char *buf, size_t len, int max_depth,
-                                  struct json_object **out, char *msg, size_t msglen)
+enum gw_json_status gw_json_validate(const char *buf, size_t len, int max_depth, char *msg,
+                                     size_t msglen)
 {
-    *out = NULL;
     struct jv v = {.p = (const unsigned char *)buf,
                    .end = (const unsigned char *)buf + len,
                    .start = (const unsigned char *)buf,
@@ -295,6 +295,17 @@ enum gw_json_status gw_json_parse(const char *buf, size_t len, int max_depth,
         jv_fail(&v, GW_JSON_SYNTAX, "malformed JSON: unexpected data after the document");
         return GW_JSON_SYNTAX;
     }
+    return GW_JSON_OK;
+}
+
+enum gw_json_status gw_json_parse(const char *buf, size_t len, int max_depth,
+                                  struct json_object **out, char *msg, size_t msglen)
+{
+    *out = NULL;
+    enum gw_json_status st = gw_json_validate(buf, len, max_depth, msg, msglen);
+    if (st != GW_JSON_OK) {
+        return st;
+    }
     /* valid JSON within the depth limit: json-c builds the tree */
     struct json_tokener *tok = json_tokener_new_ex(max_depth + 2);
     if (tok == NULL) {
@@ -312,6 +323,22 @@ enum gw_json_status gw_json_parse(const char *buf, size_t len, int max_depth,
     }
     *out = o;
     return GW_JSON_OK;
+}
+
+static int raw_to_json(struct json_object *o, struct printbuf *pb, int level, int flags)
+{
+    (void)level;
+    (void)flags;
+    return printbuf_memappend(pb, json_object_get_string(o), json_object_get_string_len(o));
+}
+
+struct json_object *gw_json_raw(const char *text, size_t len)
+{
+    struct json_object *o = json_object_new_string_len(text, (int)len);
+    if (o != NULL) {
+        json_object_set_serializer(o, raw_to_json, NULL, NULL);
+    }
+    return o;
 }
 
 void gw_json_write_string(struct evbuffer *out, const char *s, size_t len)

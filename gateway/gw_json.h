@@ -18,6 +18,19 @@ enum gw_json_status { GW_JSON_OK, GW_JSON_SYNTAX, GW_JSON_DEPTH, GW_JSON_UTF8, G
 enum gw_json_status gw_json_parse(const char *buf, size_t len, int max_depth,
                                   struct json_object **out, char *msg, size_t msglen);
 
+/* Check that buf is one JSON document within max_depth (as gw_json_parse
+ * does, and with its messages) without building anything. */
+enum gw_json_status gw_json_validate(const char *buf, size_t len, int max_depth, char *msg,
+                                     size_t msglen);
+
+/* A json-c value that serializes as the JSON text given, verbatim: a string
+ * object with its own serializer.  Documents a store returns (JSON columns)
+ * reach the response without being parsed into a tree and printed again.
+ * The caller has validated the text (gw_json_validate).  Only serialization
+ * sees a document: to every other json-c call it is a string, so it is only
+ * for values the gateway passes through and never looks into. */
+struct json_object *gw_json_raw(const char *text, size_t len);
+
 /* Append a JSON string literal (with quotes, escaped) to out. */
 void gw_json_write_string(struct evbuffer *out, const char *s, size_t len);
 /* Append a compact serialization of v to out. */

@@ -245,8 +245,8 @@ static struct json_object *ts_json(const char *v, unsigned long len)
     return json_object_new_string(buf);
 }
 
-static struct json_object *cell(struct sql_pool *p, MYSQL_ROW row, const unsigned long *lens,
-                                size_t i, const struct sql_col *sc)
+static struct json_object *cell(MYSQL_ROW row, const unsigned long *lens, size_t i,
+                                const struct sql_col *sc)
 {
     const char *v = row[i];
     if (v == NULL) {
@@ -277,7 +277,7 @@ static struct json_object *cell(struct sql_pool *p, MYSQL_ROW row, const unsigne
     case CF_T_ARRAY:
     case CF_T_JSON:
     case CF_T_COUNTERS: /* JSON (MySQL) / LONGTEXT (MariaDB): a document, not a string */
-        return sql_pool_json(p, v, len);
+        return sql_pool_json(v, len);
     default:
         return json_object_new_string_len(v, (int)len);
     }
@@ -300,13 +300,13 @@ static struct json_object *row_item(const struct my_call *call, MYSQL_ROW row,
             continue;
         }
         if (sc->kind == SQL_COL_AGG) {
-            json_object_object_add(item, sc->agg->alias, cell(call->b.sh->pool, row, lens, i, sc));
+            json_object_object_add(item, sc->agg->alias, cell(row, lens, i, sc));
             continue;
         }
         if (row[i] == NULL) {
             continue; /* SQL NULL: the field is absent */
         }
-        json_object_object_add(item, sc->field->name, cell(call->b.sh->pool, row, lens, i, sc));
+        json_object_object_add(item, sc->field->name, cell(row, lens, i, sc));
     }
     return item;
 }
@@ -339,7 +339,7 @@ static void finish_query(struct my_call *call, struct ad_res *res)
             for (size_t i = 0; i < call->b.st.ncols && i < nf; i++) {
                 const struct sql_col *sc = &call->b.st.cols[i];
                 if (sc->kind == SQL_COL_FIELD && sc->field == q->order[k].field) {
-                    v = cell(call->b.sh->pool, last, lastlens, i, sc);
+                    v = cell(last, lastlens, i, sc);
                     break;
                 }
             }

@@ -151,8 +151,7 @@ static void pg_call_clear(struct sql_call *call)
 
 /* ---- results → JSON ---------------------------------------------------------------- */
 
-static struct json_object *cell(struct sql_pool *p, const PGresult *r, int row, int colno,
-                                const struct sql_col *sc)
+static struct json_object *cell(const PGresult *r, int row, int colno, const struct sql_col *sc)
 {
     if (PQgetisnull(r, row, colno)) {
         return NULL;
@@ -194,7 +193,7 @@ static struct json_object *cell(struct sql_pool *p, const PGresult *r, int row, 
     case CF_T_ARRAY:
     case CF_T_JSON:
     case CF_T_COUNTERS: {
-        return sql_pool_json(p, v, (size_t)len);
+        return sql_pool_json(v, (size_t)len);
     }
     default:
         return json_object_new_string_len(v, len);
@@ -218,13 +217,13 @@ static struct json_object *row_item(const struct pg_call *pc, const PGresult *r,
             continue;
         }
         if (sc->kind == SQL_COL_AGG) {
-            json_object_object_add(item, sc->agg->alias, cell(pc->b.sh->pool, r, row, (int)i, sc));
+            json_object_object_add(item, sc->agg->alias, cell(r, row, (int)i, sc));
             continue;
         }
         if (PQgetisnull(r, row, (int)i)) {
             continue; /* SQL NULL: the field is absent */
         }
-        json_object_object_add(item, sc->field->name, cell(pc->b.sh->pool, r, row, (int)i, sc));
+        json_object_object_add(item, sc->field->name, cell(r, row, (int)i, sc));
     }
     return item;
 }
@@ -312,7 +311,7 @@ static void finish_query(struct pg_call *pc, const PGresult *r, struct ad_res *r
             for (size_t i = 0; i < pc->b.st.ncols; i++) {
                 const struct sql_col *sc = &pc->b.st.cols[i];
                 if (sc->kind == SQL_COL_FIELD && sc->field == q->order[k].field) {
-                    v = cell(pc->b.sh->pool, r, shown - 1, (int)i, sc);
+                    v = cell(r, shown - 1, (int)i, sc);
                     break;
                 }
             }

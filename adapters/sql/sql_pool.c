@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "config/cf_config.h"
+#include "gateway/gw_json.h"
 #include "gateway/gw_log.h"
 #include "gateway/gw_query.h"
 #include "gateway/gw_util.h"
@@ -35,24 +36,13 @@ static void copy_line(char *dst, size_t n, const char *src, const char *dflt)
     sql_one_line(dst);
 }
 
-struct json_object *sql_pool_json(struct sql_pool *p, const char *v, size_t len)
+struct json_object *sql_pool_json(const char *v, size_t len)
 {
-    if (p->tok == NULL) {
-        p->tok = json_tokener_new_ex(1000);
-        if (p->tok == NULL) {
-            return NULL;
-        }
-    } else {
-        json_tokener_reset(p->tok);
+    char msg[8];
+    if (gw_json_validate(v, len, 1000, msg, sizeof(msg)) == GW_JSON_OK) {
+        return gw_json_raw(v, len);
     }
-    /* the NUL after the text ends a top-level number or literal (`12`,
-     * `null`) that the tokener would otherwise wait to see continued */
-    struct json_object *o = json_tokener_parse_ex(p->tok, v, (int)len + 1);
-    if (json_tokener_get_error(p->tok) != json_tokener_success) {
-        json_object_put(o);
-        o = json_object_new_string_len(v, (int)len);
-    }
-    return o;
+    return json_object_new_string_len(v, (int)len); /* not JSON (a hand-edited row) */
 }
 
 /* ---- completing ----------------------------------------------------------------- */
@@ -641,9 +631,6 @@ void sql_pool_free(struct sql_pool *p)
         free(p->migs[m].sql);
     }
     free(p->migs);
-    if (p->tok != NULL) {
-        json_tokener_free(p->tok);
-    }
     if (p->kick != NULL) {
         event_free(p->kick);
     }

@@ -123,7 +123,6 @@ struct sql_pool {
     struct event *kick; /* deferred completions, then dispatch */
     struct sql_callq done;
     int closing;
-    struct json_tokener *tok; /* sql_pool_json's, made on first use */
 };
 
 /* ---- the adapter interface, shared (ad_ops members; state: the pool) ---------- */
@@ -163,11 +162,12 @@ void sql_pool_fail(struct sql_call *call, enum ad_status status, const char *wha
 /* A migration call ended: error NULL on success.  Completes the call. */
 void sql_pool_migrated(struct sql_call *call, const char *error);
 
-/* A JSON column's text (v[len] is the NUL the client library puts after
- * every value) → the document, parsed with the pool's one tokener (a
- * tokener per cell was a 32 KiB calloc for every JSON cell of every row).
- * Text that is not JSON comes back as a string; NULL only on OOM. */
-struct json_object *sql_pool_json(struct sql_pool *p, const char *v, size_t len);
+/* A JSON column's text → a value that serializes as that document,
+ * verbatim (gw_json_raw), after a check that it is JSON: the gateway never
+ * looks into a JSON column (order_by and cursors take scalar fields only),
+ * so parsing it into a tree and printing it again was pure cost (≈ half of
+ * a 4-shard orders page).  Text that is not JSON comes back as a string. */
+struct json_object *sql_pool_json(const char *v, size_t len);
 
 /* Newlines of a library's error text → spaces (one-line logs and messages). */
 void sql_one_line(char *s);
