@@ -326,12 +326,8 @@ static void deliver(struct gw_req *r, const struct ad_res *res, const struct gw_
             if (r->kind == REQ_ONE && r->parent->kind == REQ_READY) {
                 /* nothing more */
             } else if (res->raw != NULL) {
-                struct json_object *item = NULL;
-                char msg[64];
-                if (gw_json_parse(res->raw, res->rawlen, 1000, &item, msg, sizeof(msg)) ==
-                    GW_JSON_OK) {
-                    json_object_object_add(entry, "item", item);
-                }
+                /* the adapter's JSON text goes into the batch answer as is */
+                json_object_object_add(entry, "item", gw_json_raw(res->raw, res->rawlen));
             } else if (res->item != NULL) {
                 json_object_object_add(entry, "item", json_object_get(res->item));
             }

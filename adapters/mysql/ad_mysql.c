@@ -54,10 +54,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <event2/buffer.h>
 #include <mysql.h>
 
 #include "adapters/sql/sql_build.h"
 #include "adapters/sql/sql_pool.h"
+#include "adapters/sql/sql_row.h"
 #include "config/cf_config.h"
 #include "gateway/gw_log.h"
 #include "gateway/gw_query.h"
@@ -223,28 +225,6 @@ static void my_call_clear(struct sql_call *call)
     }
 }
 
-/* "2026-01-31 10:00:00.500000" → "2026-01-31T10:00:00.5Z" (as gw_item writes them) */
-static struct json_object *ts_json(const char *v, unsigned long len)
-{
-    char buf[64];
-    snprintf(buf, sizeof(buf), "%.*s", (int)(len < 40 ? len : 40), v);
-    size_t n = strlen(buf);
-    if (n > 10 && buf[10] == ' ') {
-        buf[10] = 'T';
-    }
-    char *dot = strchr(buf, '.');
-    if (dot != NULL) {
-        while (n > 0 && buf[n - 1] == '0') {
-            buf[--n] = '\0';
-        }
-        if (buf + n - 1 == dot) {
-            buf[--n] = '\0';
-        }
-    }
-    snprintf(buf + n, sizeof(buf) - n, "Z");
-    return json_object_new_string(buf);
-}
-
 static struct json_object *cell(MYSQL_ROW row, const unsigned long *lens, size_t i,
                                 const struct sql_col *sc)
 {
@@ -271,8 +251,10 @@ static struct json_object *cell(MYSQL_ROW row, const unsigned long *lens, size_t
         return json_object_new_double_s(strtod(v, NULL), v);
     case CF_T_BOOL:
         return json_object_new_boolean(v[0] != '0');
-    case CF_T_TIMESTAMP:
-        return ts_json(v, len);
+    case CF_T_TIMESTAMP: { /* "2026-01-31 10:00:00.500000" */
+        char buf[64];
+        return json_object_new_string_len(buf, (int)sql_ts_rfc3339(v, len, buf, sizeof(buf)));
+    }
     case CF_T_OBJECT:
     case CF_T_ARRAY:
     case CF_T_JSON:
@@ -459,6 +441,7 @@ static void script_done(struct my_conn *c)
     const struct cf_domain *d = req->domain;
     const struct sql_stmt *st = &call->b.st;
     struct json_object *item = NULL;
+    struct evbuffer *raw = NULL;
     MYSQL_RES *r = call->rows;
     unsigned nf = r != NULL ? mysql_num_fields(r) : 0;
     MYSQL_ROW row = r != NULL ? mysql_fetch_row(r) : NULL;
@@ -504,8 +487,12 @@ static void script_done(struct my_conn *c)
             res.version = strtoll(row[0], NULL, 10);
             break;
         }
-        item = row_item(call, row, lens, nf, &res.version);
-        res.item = item;
+        raw = evbuffer_new(); /* the item as JSON text, straight from the row */
+        if (raw != NULL) {
+            sql_row_write(raw, st, (const char *const *)row, lens, nf, &res.version);
+            res.rawlen = evbuffer_get_length(raw);
+            res.raw = (const char *)evbuffer_pullup(raw, -1);
+        }
         if (req->op == AD_PUT && req->if_match < 0) {
             res.created = call->affected == 1; /* 1 inserted, 2 updated */
         }
@@ -515,6 +502,9 @@ static void script_done(struct my_conn *c)
     }
     sql_pool_complete(&call->b, &res);
     json_object_put(item);
+    if (raw != NULL) {
+        evbuffer_free(raw);
+    }
     sql_pool_dispatch(sh);
 }
 

@@ -28,6 +28,7 @@
 
 #include "adapters/sql/sql_build.h"
 #include "adapters/sql/sql_pool.h"
+#include "adapters/sql/sql_row.h"
 #include "config/cf_config.h"
 #include "gateway/gw_json.h"
 #include "gateway/gw_log.h"
@@ -176,18 +177,10 @@ static struct json_object *cell(const PGresult *r, int row, int colno, const str
         return json_object_new_double_s(strtod(v, NULL), v);
     case CF_T_BOOL:
         return json_object_new_boolean(v[0] == 't');
-    case CF_T_TIMESTAMP: {
-        /* "2026-01-31 12:00:00.123+00" (TimeZone=UTC) → "2026-01-31T12:00:00.123Z" */
+    case CF_T_TIMESTAMP: { /* "2026-01-31 12:00:00.123+00" (TimeZone=UTC) */
         char buf[64];
-        snprintf(buf, sizeof(buf), "%s", v);
-        size_t n = strlen(buf);
-        if (n > 10 && buf[10] == ' ') {
-            buf[10] = 'T';
-        }
-        if (n > 3 && strcmp(buf + n - 3, "+00") == 0) {
-            strcpy(buf + n - 3, "Z");
-        }
-        return json_object_new_string(buf);
+        return json_object_new_string_len(buf,
+                                          (int)sql_ts_rfc3339(v, (size_t)len, buf, sizeof(buf)));
     }
     case CF_T_OBJECT:
     case CF_T_ARRAY:
@@ -228,67 +221,26 @@ static struct json_object *row_item(const struct pg_call *pc, const PGresult *r,
     return item;
 }
 
-/* The same item as row_item, written as JSON text straight from the row:
- * single-item answers skip the json-c tree and its serialisation (the
- * PostgreSQL text forms are already JSON for ints, numerics and jsonb). */
+/* The same item as row_item, written as JSON text straight from the row
+ * (sql_row_write): single-item answers skip the json-c tree. */
 static void row_raw(const struct pg_call *pc, const PGresult *r, int row, int64_t *version,
                     struct evbuffer *out)
 {
-    const struct sql_stmt *st = &pc->b.st;
-    int first = 1;
-    evbuffer_add(out, "{", 1);
-    for (size_t i = 0; i < st->ncols && (int)i < PQnfields(r); i++) {
-        const struct sql_col *sc = &st->cols[i];
-        if (sc->hidden || PQgetisnull(r, row, (int)i) ||
-            (sc->kind != SQL_COL_VERSION && sc->kind != SQL_COL_FIELD)) {
-            continue; /* SQL NULL: the field is absent */
-        }
-        const char *v = PQgetvalue(r, row, (int)i);
-        size_t len = (size_t)PQgetlength(r, row, (int)i);
-        if (!first) {
-            evbuffer_add(out, ",", 1);
-        }
-        first = 0;
-        if (sc->kind == SQL_COL_VERSION) {
-            *version = strtoll(v, NULL, 10);
-            evbuffer_add(out, "\"version\":", 10);
-            evbuffer_add(out, v, len);
-            continue;
-        }
-        gw_json_write_string(out, sc->field->name, strlen(sc->field->name));
-        evbuffer_add(out, ":", 1);
-        switch (sc->field->type) {
-        case CF_T_INT:
-        case CF_T_DECIMAL:
-        case CF_T_OBJECT:
-        case CF_T_ARRAY:
-        case CF_T_JSON:
-        case CF_T_COUNTERS:
-            evbuffer_add(out, v, len); /* canonical text: exact digits, valid JSON */
-            break;
-        case CF_T_BOOL:
-            evbuffer_add(out, v[0] == 't' ? "true" : "false", v[0] == 't' ? 4 : 5);
-            break;
-        case CF_T_TIMESTAMP: {
-            /* "2026-01-31 12:00:00.123+00" (TimeZone=UTC) → "2026-01-31T12:00:00.123Z" */
-            char buf[64];
-            size_t n = len < sizeof(buf) - 1 ? len : sizeof(buf) - 1;
-            memcpy(buf, v, n);
-            if (n > 10 && buf[10] == ' ') {
-                buf[10] = 'T';
-            }
-            if (n > 3 && memcmp(buf + n - 3, "+00", 3) == 0) {
-                buf[n - 3] = 'Z';
-                n -= 2;
-            }
-            gw_json_write_string(out, buf, n);
-            break;
-        }
-        default:
-            gw_json_write_string(out, v, len);
-        }
+    enum { MAXC = 64 };
+    const char *vals[MAXC];
+    unsigned long lens[MAXC];
+    size_t n = (size_t)PQnfields(r);
+    if (n > MAXC) { /* wider than any domain we have seen: the tree */
+        struct json_object *item = row_item(pc, r, row, version);
+        gw_json_write(out, item);
+        json_object_put(item);
+        return;
     }
-    evbuffer_add(out, "}", 1);
+    for (size_t i = 0; i < n; i++) {
+        vals[i] = PQgetisnull(r, row, (int)i) ? NULL : PQgetvalue(r, row, (int)i);
+        lens[i] = (unsigned long)PQgetlength(r, row, (int)i);
+    }
+    sql_row_write(out, &pc->b.st, vals, lens, n, version);
 }
 
 static void finish_query(struct pg_call *pc, const PGresult *r, struct ad_res *res)

@@ -1,0 +1,94 @@
+/*
+ * sql_row.c — a result row → the item's JSON text (see sql_row.h).
+ */
+#include "adapters/sql/sql_row.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include <event2/buffer.h>
+
+#include "config/cf_config.h"
+#include "gateway/gw_json.h"
+
+size_t sql_ts_rfc3339(const char *v, size_t len, char *buf, size_t buflen)
+{
+    size_t n = len < buflen - 2 ? len : buflen - 2; /* room for 'Z' and NUL */
+    memcpy(buf, v, n);
+    if (n > 10 && buf[10] == ' ') {
+        buf[10] = 'T';
+    }
+    if (n > 3 && memcmp(buf + n - 3, "+00", 3) == 0) {
+        n -= 3; /* PostgreSQL, TimeZone=UTC */
+    }
+    const char *dot = memchr(buf, '.', n);
+    if (dot != NULL) { /* MySQL pads the fraction: "….500000" → "….5" */
+        while (n > 0 && buf[n - 1] == '0') {
+            n--;
+        }
+        if (buf + n - 1 == dot) {
+            n--;
+        }
+    }
+    buf[n++] = 'Z';
+    buf[n] = '\0';
+    return n;
+}
+
+void sql_row_write(struct evbuffer *out, const struct sql_stmt *st, const char *const *vals,
+                   const unsigned long *lens, size_t nvals, int64_t *version)
+{
+    int first = 1;
+    evbuffer_add(out, "{", 1);
+    for (size_t i = 0; i < st->ncols && i < nvals; i++) {
+        const struct sql_col *sc = &st->cols[i];
+        const char *v = vals[i];
+        if (sc->hidden || v == NULL || (sc->kind != SQL_COL_VERSION && sc->kind != SQL_COL_FIELD)) {
+            continue; /* SQL NULL: the field is absent */
+        }
+        size_t len = lens[i];
+        if (!first) {
+            evbuffer_add(out, ",", 1);
+        }
+        first = 0;
+        if (sc->kind == SQL_COL_VERSION) {
+            *version = strtoll(v, NULL, 10);
+            evbuffer_add(out, "\"version\":", 10);
+            evbuffer_add(out, v, len);
+            continue;
+        }
+        gw_json_write_string(out, sc->field->name, strlen(sc->field->name));
+        evbuffer_add(out, ":", 1);
+        switch (sc->field->type) {
+        case CF_T_INT:
+        case CF_T_DECIMAL:
+            evbuffer_add(out, v, len); /* canonical text: exact digits, valid JSON */
+            break;
+        case CF_T_OBJECT:
+        case CF_T_ARRAY:
+        case CF_T_JSON:
+        case CF_T_COUNTERS: {
+            char msg[8];
+            if (st->dialect == SQL_PG || gw_json_validate(v, len, 1000, msg, sizeof(msg)) == GW_JSON_OK) {
+                evbuffer_add(out, v, len);
+            } else {
+                gw_json_write_string(out, v, len); /* not JSON: a hand-edited row */
+            }
+            break;
+        }
+        case CF_T_BOOL: {
+            int t = st->dialect == SQL_PG ? v[0] == 't' : v[0] != '0';
+            evbuffer_add(out, t ? "true" : "false", t ? 4 : 5);
+            break;
+        }
+        case CF_T_TIMESTAMP: {
+            char buf[64];
+            gw_json_write_string(out, buf, sql_ts_rfc3339(v, len, buf, sizeof(buf)));
+            break;
+        }
+        default:
+            gw_json_write_string(out, v, len);
+        }
+    }
+    evbuffer_add(out, "}", 1);
+}
