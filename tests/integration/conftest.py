@@ -68,6 +68,55 @@ def ensure_scatter_dbs():
     _scatter_dbs_ready = True
 
 
+# The MariaDB shard databases of the local stack (scripts/stack.sh), for
+# tests that write their own shard maps: name → (port, database).
+MYSQL_SHARDS = {
+    "orders-0": (53306, "orders_0"),
+    "orders-1": (53306, "orders_1"),
+    "orders-2": (53307, "orders_2"),
+    "orders-3": (53307, "orders_3"),
+    "orders-4": (53306, "orders_4"),
+}
+
+
+def mysql_shard(name):
+    """A shard map entry for one of MYSQL_SHARDS."""
+    port, db = MYSQL_SHARDS[name]
+    return {"name": name, "dsn": "mysql://root@127.0.0.1:%d/%s" % (port, db)}
+
+
+def map_gateway_config(port, admin, map_path, table, request_timeout_ms, extra_fields=()):
+    """A gateway config with one sharded MySQL `orders` domain stored in
+    `table`, whose shard map is the file map_path (tests of shard maps and
+    rebalancing); extra_fields: more "name: type" lines."""
+    return """
+listen: 127.0.0.1:%(port)d
+admin_listen: 127.0.0.1:%(admin)d
+workers: 2
+shutdown_timeout_ms: 5000
+limits: {request_timeout_ms: %(timeout)d}
+auth: {enabled: false}
+backends:
+  orders-mysql:
+    type: mysql
+    shard_map: %(map)s
+    pool: {min: 1, max: 4, connect_timeout_ms: 1000, queue_max: 1024, backoff_min_ms: 20, backoff_max_ms: 300}
+domains:
+  orders:
+    backend: orders-mysql
+    table: %(table)s
+    key: order_id
+    shard_key: customer_id
+    auto_migrate: true
+    fields:
+      order_id: string
+      customer_id: {type: string, required: true}
+      status: {type: enum, values: [PENDING, PROCESSING, SHIPPED, DELIVERED, CANCELLED]}
+      total_amount: {type: decimal, scale: 2, precision: 18}
+""" % {"port": port, "admin": admin, "map": map_path, "table": table,
+       "timeout": request_timeout_ms} + "".join("      %s\n" % f for f in extra_fields)
+
+
 class Gateway:
     """A polygate process started on a private copy of the test config."""
 

@@ -27,53 +27,16 @@ import pytest
 
 import conftest
 
-from conftest import ADMIN_PORT, PORT, wait_port
+from conftest import (ADMIN_PORT, MYSQL_SHARDS, PORT, map_gateway_config, mysql_shard,
+                      wait_port)
 
 
 GW_PORT = PORT + 8
 GW_ADMIN = ADMIN_PORT + 8
 TABLE = "orders_rb"
 
-DBS = {
-    "orders-0": (53306, "orders_0"),
-    "orders-1": (53306, "orders_1"),
-    "orders-2": (53307, "orders_2"),
-    "orders-3": (53307, "orders_3"),
-    "orders-4": (53306, "orders_4"),
-}
-
-
-def shard(name):
-    port, db = DBS[name]
-    return {"name": name, "dsn": "mysql://root@127.0.0.1:%d/%s" % (port, db)}
-
-
-CONFIG = """
-listen: 127.0.0.1:%(port)d
-admin_listen: 127.0.0.1:%(admin)d
-workers: 2
-shutdown_timeout_ms: 5000
-limits: {request_timeout_ms: 4000}
-auth: {enabled: false}
-backends:
-  orders-mysql:
-    type: mysql
-    shard_map: %(map)s
-    pool: {min: 1, max: 4, connect_timeout_ms: 1000, queue_max: 1024, backoff_min_ms: 20, backoff_max_ms: 300}
-domains:
-  orders:
-    backend: orders-mysql
-    table: orders_rb
-    key: order_id
-    shard_key: customer_id
-    auto_migrate: true
-    fields:
-      order_id: string
-      customer_id: {type: string, required: true}
-      status: {type: enum, values: [PENDING, PROCESSING, SHIPPED, DELIVERED, CANCELLED]}
-      total_amount: {type: decimal, scale: 2, precision: 18}
-      payment_method: string
-"""
+DBS = MYSQL_SHARDS
+shard = mysql_shard
 
 
 def my(name):
@@ -232,7 +195,8 @@ class Run:
         self.logf = open(os.path.join(self.tmp, "polygate.log"), "a+")
         for attempt in range(6):
             with open(cfg, "w") as f:
-                f.write(CONFIG % {"port": GW_PORT, "admin": GW_ADMIN, "map": self.map})
+                f.write(map_gateway_config(GW_PORT, GW_ADMIN, self.map, TABLE, 4000,
+                                           ["payment_method: string"]))
             self.proc = subprocess.Popen([conftest.BIN, "-c", cfg], stdout=self.logf,
                                          stderr=subprocess.STDOUT)
             deadline = time.time() + 20

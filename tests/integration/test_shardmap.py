@@ -12,43 +12,13 @@ import pytest
 
 import conftest
 
-from conftest import ADMIN_PORT, PORT, Client, Gateway, assert_error, wait_port
+from conftest import (ADMIN_PORT, PORT, Client, Gateway, assert_error, map_gateway_config,
+                      mysql_shard, wait_port)
 
 GW_PORT = PORT + 7
 GW_ADMIN = ADMIN_PORT + 7
 
-SHARDS = [
-    {"name": "orders-0", "dsn": "mysql://root@127.0.0.1:53306/orders_0"},
-    {"name": "orders-1", "dsn": "mysql://root@127.0.0.1:53306/orders_1"},
-    {"name": "orders-2", "dsn": "mysql://root@127.0.0.1:53307/orders_2"},
-    {"name": "orders-3", "dsn": "mysql://root@127.0.0.1:53307/orders_3"},
-]
-
-CONFIG = """
-listen: 127.0.0.1:%(port)d
-admin_listen: 127.0.0.1:%(admin)d
-workers: 2
-shutdown_timeout_ms: 5000
-limits: {request_timeout_ms: 3000}
-auth: {enabled: false}
-backends:
-  orders-mysql:
-    type: mysql
-    shard_map: %(map)s
-    pool: {min: 1, max: 4, connect_timeout_ms: 1000, queue_max: 1024, backoff_min_ms: 20, backoff_max_ms: 300}
-domains:
-  orders:
-    backend: orders-mysql
-    table: orders_sm
-    key: order_id
-    shard_key: customer_id
-    auto_migrate: true
-    fields:
-      order_id: string
-      customer_id: {type: string, required: true}
-      status: {type: enum, values: [PENDING, PROCESSING, SHIPPED, DELIVERED, CANCELLED]}
-      total_amount: {type: decimal, scale: 2, precision: 18}
-"""
+SHARDS = [mysql_shard("orders-%d" % i) for i in range(4)]
 
 
 def map_doc(version, shards=None, **extra):
@@ -64,7 +34,7 @@ class MapGateway:
         self.map = os.path.join(self.tmp, "orders.shardmap.yaml")
         with open(self.map, "w") as f:
             json.dump(map_doc(1), f)
-        text = CONFIG % {"port": GW_PORT, "admin": GW_ADMIN, "map": self.map}
+        text = map_gateway_config(GW_PORT, GW_ADMIN, self.map, "orders_sm", 3000)
         # Gateway rewrites 18080/19090 only: our ports are already final
         self.gw = Gateway(config_text=text, port=GW_PORT)
 
