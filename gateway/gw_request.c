@@ -42,8 +42,10 @@
 #include "routing/rt_shardmap.h"
 
 /* REQ_SCATTER: a request on a sharded domain fanned out to several shards
- * (one child per shard, gw_scatter.c merges); see scatter_start(). */
-enum req_kind { REQ_ONE, REQ_BATCH, REQ_READY, REQ_SCATTER };
+ * (one child per shard, gw_scatter.c merges); see scatter_start().
+ * REQ_GUARD: the uniqueness check run before a write that names its own key
+ * on a sharded domain (one GET child per other shard); see guard_start(). */
+enum req_kind { REQ_ONE, REQ_BATCH, REQ_READY, REQ_SCATTER, REQ_GUARD };
 
 struct gw_req {
     TAILQ_ENTRY(gw_req) link;
@@ -79,6 +81,11 @@ struct gw_req {
     int64_t found_version;
     int have_ferr;
     struct gw_error ferr; /* item fan-out: the most telling failure */
+    /* a write naming its own key on a sharded domain: checked on the other
+     * shards first (guard); the guard parent points back to the write */
+    int guard;
+    struct gw_req *guarded;
+    int found_shard;
     /* observability (gw_metrics.h, gw_breaker.h, gw_accesslog.h) */
     uint64_t t0_us;       /* top-level: when the request was parsed */
     int mop;              /* enum gw_mop of the top-level request */
@@ -307,6 +314,7 @@ static int ok_status(const struct gw_req *r, const struct ad_res *res)
 static void parent_child_done(struct gw_req *child, int status, struct json_object *entry);
 static void scatter_child_done(struct gw_req *c, const struct ad_res *res,
                                const struct gw_error *ge);
+static void guard_child_done(struct gw_req *c, const struct ad_res *res, const struct gw_error *ge);
 
 static void deliver(struct gw_req *r, const struct ad_res *res, const struct gw_error *ge)
 {
@@ -316,6 +324,10 @@ static void deliver(struct gw_req *r, const struct ad_res *res, const struct gw_
     }
     if (r->parent != NULL && r->parent->kind == REQ_SCATTER) {
         scatter_child_done(r, res, ge);
+        return;
+    }
+    if (r->parent != NULL && r->parent->kind == REQ_GUARD) {
+        guard_child_done(r, res, ge);
         return;
     }
     if (r->parent != NULL) {
@@ -677,6 +689,11 @@ static int env_prepare(struct gw_req *r, enum ad_op op, const struct cf_domain *
             gw_error_set(e, GW_E_BAD_REQUEST, NULL, "a JSON item is required");
             return -1;
         }
+        /* the key is unique in the domain, but each shard only knows its
+         * own rows: a key the client chose is checked on the other shards
+         * (a generated one cannot collide) */
+        r->guard = d->shard_key != NULL && d->backend->nshards > 1 &&
+                   (op == AD_PUT || json_object_object_get_ex(body, d->key, NULL));
         if (gw_item_check(d, lim, op == AD_PUT ? GW_ITEM_PUT : GW_ITEM_INSERT, r->key, body, e) <
             0) {
             return -1;
@@ -805,11 +822,16 @@ static int method_allowed(struct gw_req *r, const struct cf_domain *d, enum ad_o
 /* ---- batch -------------------------------------------------------------------- */
 
 static void scatter_finish(struct gw_req *p);
+static void guard_finish(struct gw_req *g);
 
 static void parent_finish(struct gw_req *p)
 {
     if (p->kind == REQ_SCATTER) {
         scatter_finish(p);
+        return;
+    }
+    if (p->kind == REQ_GUARD) {
+        guard_finish(p);
         return;
     }
     struct evbuffer *b = evbuffer_new();
@@ -838,7 +860,7 @@ static void parent_step(struct gw_req *p)
 {
     p->ndone++;
     if (p->ndone == p->nchild) {
-        if (!p->abandoned) {
+        if (!p->abandoned || p->kind == REQ_GUARD) { /* a guard always hands its write back */
             parent_finish(p);
         }
         req_release(p);
@@ -929,6 +951,140 @@ static void scatter_start(struct gw_req *p)
     parent_step(p);
 }
 
+/* A child's answer as a tree (a reference to release), or NULL. */
+static struct json_object *res_doc(const struct ad_res *res)
+{
+    struct json_object *doc = NULL;
+    char msg[64];
+    if (res->raw == NULL) {
+        return json_object_get(res->item);
+    }
+    if (gw_json_parse(res->raw, res->rawlen, 1000, &doc, msg, sizeof(msg)) != GW_JSON_OK) {
+        return NULL;
+    }
+    return doc;
+}
+
+/* ---- a key the client chose, on a sharded domain ------------------------------ */
+
+/* A PUT, or a create naming its key, on a sharded domain goes to the shard
+ * of its shard key — but the key must be unique in the whole domain, and
+ * another shard may hold it under another shard key (a PUT that changes an
+ * order's customer_id, or a client reusing an id).  Before the write, every
+ * other shard is asked for the key (in parallel, by primary key): found
+ * there with a different shard key → 409 naming that shard; found with the
+ * same shard key → the same item (a copy while its slot moves, rt_live.h),
+ * not a conflict; a shard that cannot answer → its 503/504, since the key
+ * cannot be proven unused.  Two writers racing with the same new key on two
+ * shards can both pass (no cross-shard lock); keys generated by polygate
+ * never collide, which is why a create without a key skips all this. */
+static void guard_start(struct gw_req *r)
+{
+    const struct cf_domain *d = r->ad.domain;
+    size_t n = d->backend->nshards;
+    struct gw_req *g = req_new(r->w, REQ_GUARD);
+    if (g == NULL) {
+        req_submit(r);
+        return;
+    }
+    snprintf(g->rid, sizeof(g->rid), "%s", top_rid(r));
+    g->guarded = r;
+    g->ad.domain = d;
+    g->found_shard = -1;
+    r->pending = 1;     /* r waits for its guard */
+    g->nchild = (int)n; /* n - 1 children, + 1 while starting them (parent_step) */
+    for (size_t i = 0; i < n; i++) {
+        if ((int)i == r->ad.shard) {
+            continue;
+        }
+        struct gw_req *c = req_new(r->w, REQ_ONE);
+        c->parent = g;
+        c->index = (int)i;
+        c->caller = r->caller;
+        c->ad.op = AD_GET;
+        c->ad.domain = d;
+        c->ad.shard = (int)i;
+        c->ad.slot = -1;
+        c->key = strdup(r->key);
+        c->ad.key = c->key;
+        c->ad.keylen = r->ad.keylen;
+        c->rt = r->rt;
+        if (c->rt != NULL) {
+            c->rt->refs++;
+        }
+        req_submit(c);
+    }
+    parent_step(g);
+}
+
+static int same_value(struct json_object *a, struct json_object *b)
+{
+    return a != NULL && b != NULL &&
+           strcmp(json_object_get_string(a), json_object_get_string(b)) == 0;
+}
+
+static void guard_child_done(struct gw_req *c, const struct ad_res *res, const struct gw_error *ge)
+{
+    struct gw_req *g = c->parent;
+    const struct cf_domain *d = g->ad.domain;
+    if (ge == NULL && res->status == AD_DONE) {
+        struct json_object *doc = res_doc(res);
+        struct json_object *theirs = doc != NULL ? json_object_object_get(doc, d->shard_key) : NULL;
+        struct json_object *mine = json_object_object_get(g->guarded->body, d->shard_key);
+        if (!same_value(theirs, mine) && g->found == NULL) {
+            g->found = theirs != NULL ? json_object_get(theirs) : json_object_new_null();
+            g->found_shard = c->index;
+        }
+        json_object_put(doc);
+    } else if (ge != NULL || res->status != AD_NOT_FOUND) {
+        struct gw_error e = {0};
+        if (ge != NULL) {
+            e = *ge;
+        } else {
+            gw_error_set(&e, err_of(res->status), NULL, "%s", res->message);
+        }
+        if (!g->have_ferr) {
+            g->ferr = e;
+            g->ferr.shard = d->backend->shards[c->index].name;
+            g->have_ferr = 1;
+            g->retry_after_s = c->retry_after_s;
+        }
+    }
+    parent_step(g);
+}
+
+static void guard_finish(struct gw_req *g)
+{
+    struct gw_req *r = g->guarded;
+    const struct cf_domain *d = r->ad.domain;
+    g->answered = 1;
+    r->pending = 0;
+    if (r->abandoned || r->answered) {
+        req_release(r);
+        return;
+    }
+    struct gw_error e = {0};
+    e.domain = d->name;
+    if (g->found != NULL) {
+        gw_error_set(&e, GW_E_CONFLICT, d->key,
+                     "%s '%.128s' already exists on shard '%s' under %s '%.128s': a write cannot "
+                     "move an item to another shard (delete it and create it again)",
+                     d->key, r->key, d->backend->shards[g->found_shard].name, d->shard_key,
+                     json_object_get_string(g->found));
+    } else if (g->have_ferr) {
+        gw_error_set(&e, g->ferr.err, NULL,
+                     "cannot check that %s '%.128s' is not used on shard '%s': %s", d->key, r->key,
+                     g->ferr.shard, g->ferr.message);
+        e.shard = g->ferr.shard;
+        r->retry_after_s = g->retry_after_s;
+    } else {
+        req_submit(r);
+        return;
+    }
+    deliver(r, NULL, &e);
+    req_release(r);
+}
+
 /* ---- issue 6: requests on a backend whose slots are being moved ---------------- */
 
 static void req_start(struct gw_req *r);
@@ -996,6 +1152,8 @@ static void req_start(struct gw_req *r)
     }
     if (r->fanout) {
         scatter_start(r);
+    } else if (r->guard) {
+        guard_start(r);
     } else {
         req_submit(r);
     }
@@ -1013,15 +1171,7 @@ static void scatter_child_done(struct gw_req *c, const struct ad_res *res,
     const struct cf_domain *d = p->ad.domain;
     const char *shard = d->backend->shards[c->index].name; /* alive with p's config */
     if (ge == NULL && res->status == AD_DONE) {
-        struct json_object *doc = NULL;
-        if (res->raw != NULL) {
-            char msg[64];
-            if (gw_json_parse(res->raw, res->rawlen, 1000, &doc, msg, sizeof(msg)) != GW_JSON_OK) {
-                doc = NULL;
-            }
-        } else {
-            doc = json_object_get(res->item);
-        }
+        struct json_object *doc = res_doc(res);
         struct gw_route rt;
         struct gw_error ignored = {0};
         if (p->sg == NULL && p->nexcl > 0 && doc != NULL &&

@@ -69,7 +69,8 @@ void sql_row_write(struct evbuffer *out, const struct sql_stmt *st, const char *
         case CF_T_JSON:
         case CF_T_COUNTERS: {
             char msg[8];
-            if (st->dialect == SQL_PG || gw_json_validate(v, len, 1000, msg, sizeof(msg)) == GW_JSON_OK) {
+            if (st->dialect == SQL_PG ||
+                gw_json_validate(v, len, 1000, msg, sizeof(msg)) == GW_JSON_OK) {
                 evbuffer_add(out, v, len);
             } else {
                 gw_json_write_string(out, v, len); /* not JSON: a hand-edited row */

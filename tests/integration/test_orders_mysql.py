@@ -89,6 +89,45 @@ def create(client, customer, **fields):
     return item
 
 
+def test_a_key_is_unique_across_shards(client):
+    """A PUT / a create naming its key is checked on the other shards: the
+    same order_id under another customer (another shard) is a 409 naming the
+    shard that has it, never a second order."""
+    cust_a = customer_on({"orders-0"})
+    cust_b = customer_on({"orders-3"})
+    oid = "uniq-" + uuid.uuid4().hex[:12]
+    item = create(client, cust_a, order_id=oid)
+    assert item["order_id"] == oid
+    for method, url, body in (
+            ("PUT", "/v1/orders/" + oid, new_order(cust_b)),
+            ("PUT", path(oid, cust_b), new_order(cust_b)),
+            ("POST", "/v1/orders", new_order(cust_b, order_id=oid))):
+        st, doc, resp = client.request(method, url, body)
+        assert st == 409, (method, url, doc)
+        err = assert_error(doc, "conflict", resp=resp)
+        assert err["field"] == "order_id", err
+        assert "orders-0" in err["message"] and cust_a in err["message"], err
+    # the same customer: an ordinary replace on its own shard
+    st, doc, _ = client.request("PUT", "/v1/orders/" + oid, new_order(cust_a, status="SHIPPED"))
+    assert st == 200 and doc["status"] == "SHIPPED" and doc["version"] == 2, doc
+    # a POST of an existing key on its own shard: 409 from the shard itself
+    st, doc, resp = client.request("POST", "/v1/orders", new_order(cust_a, order_id=oid))
+    assert st == 409
+    assert_error(doc, "conflict", resp=resp)
+    # one order, found once
+    st, doc, _ = client.request("POST", "/v1/orders/_query", {"where": {"order_id": oid}})
+    assert st == 200 and [i["customer_id"] for i in doc["items"]] == [cust_a], doc
+    st, doc, _ = client.request("GET", "/v1/orders/" + oid)
+    assert st == 200 and doc["customer_id"] == cust_a, doc
+    # deleted, the key is free for another customer
+    st, _, _ = client.request("DELETE", path(oid, cust_a))
+    assert st == 204
+    st, doc, _ = client.request("PUT", "/v1/orders/" + oid, new_order(cust_b))
+    assert st == 201 and doc["customer_id"] == cust_b, doc
+    st, _, _ = client.request("DELETE", path(oid, cust_b))
+    assert st == 204
+
+
 def wait_status(client, method, url, want, timeout=15.0, body=None):
     deadline = time.time() + timeout
     while True:
@@ -304,6 +343,13 @@ def test_shard_server_down_is_503_naming_the_shard_then_recovers(client):
         st, got, _ = client.request("GET", path(item_a["order_id"], cust_a))
         assert st == 200 and got["order_id"] == item_a["order_id"]
         create(client, cust_a)
+        # …but a key the client chose cannot be proven unused: 503 naming a
+        # shard of the stopped server
+        st, body, resp = client.request("PUT", "/v1/orders/own-" + uuid.uuid4().hex[:8],
+                                        new_order(cust_a))
+        assert st == 503, body
+        err = assert_error(body, "backend_unavailable", resp=resp)
+        assert err["shard"] in ("orders-2", "orders-3") and "cannot check" in err["message"], err
     finally:
         stack("start", "mysql-b")
     got = wait_status(client, "GET", path(item_b["order_id"], cust_b), 200)

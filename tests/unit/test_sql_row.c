@@ -86,18 +86,19 @@ static void check(enum sql_dialect dialect, const char *const *vals, const char 
 static void test_postgres_text_forms(void **state)
 {
     (void)state;
-    const char *const vals[] = {"a\"b", "-12", "10.50", "t", "2026-01-31 12:00:00.5+00",
-                                "{\"k\": [1, 2]}", "[]", "3"};
-    check(SQL_PG, vals,
-          "{\"id\":\"a\\\"b\",\"n\":-12,\"amt\":10.50,\"ok\":true,\"at\":\"2026-01-31T12:00:00.5Z\","
-          "\"meta\":{\"k\": [1, 2]},\"tags\":[],\"version\":3}",
-          3);
+    const char *const vals[] = {
+        "a\"b", "-12", "10.50", "t", "2026-01-31 12:00:00.5+00", "{\"k\": [1, 2]}", "[]", "3"};
+    check(
+        SQL_PG, vals,
+        "{\"id\":\"a\\\"b\",\"n\":-12,\"amt\":10.50,\"ok\":true,\"at\":\"2026-01-31T12:00:00.5Z\","
+        "\"meta\":{\"k\": [1, 2]},\"tags\":[],\"version\":3}",
+        3);
 }
 
 static void test_mysql_text_forms(void **state)
 {
     (void)state;
-    const char *const vals[] = {"x", "7", "0.05", "0", "2026-01-31 10:00:00.500000",
+    const char *const vals[] = {"x",         "7",        "0.05", "0", "2026-01-31 10:00:00.500000",
                                 "{\"k\":1}", "not json", "12"};
     check(SQL_MYSQL, vals,
           "{\"id\":\"x\",\"n\":7,\"amt\":0.05,\"ok\":false,\"at\":\"2026-01-31T10:00:00.5Z\","
@@ -108,10 +109,10 @@ static void test_mysql_text_forms(void **state)
 static void test_null_leaves_the_field_out(void **state)
 {
     (void)state;
-    const char *const vals[] = {"x", NULL, NULL, "1", "2026-01-31 10:00:00.000000", NULL, NULL,
-                                "1"};
-    check(SQL_MYSQL, vals, "{\"id\":\"x\",\"ok\":true,\"at\":\"2026-01-31T10:00:00Z\",\"version\":1}",
-          1);
+    const char *const vals[] = {"x",  NULL, NULL, "1", "2026-01-31 10:00:00.000000",
+                                NULL, NULL, "1"};
+    check(SQL_MYSQL, vals,
+          "{\"id\":\"x\",\"ok\":true,\"at\":\"2026-01-31T10:00:00Z\",\"version\":1}", 1);
 }
 
 static void test_timestamps(void **state)
