@@ -107,6 +107,11 @@ def test_a_key_is_unique_across_shards(client):
         err = assert_error(doc, "conflict", resp=resp)
         assert err["field"] == "order_id", err
         assert "orders-0" in err["message"] and cust_a in err["message"], err
+    # another customer on the same shard: the item's customer_id cannot change either
+    cust_a2 = customer_on({"orders-0"})
+    st, doc, resp = client.request("PUT", "/v1/orders/" + oid, new_order(cust_a2))
+    assert st == 409, doc
+    assert cust_a in assert_error(doc, "conflict", resp=resp)["message"]
     # the same customer: an ordinary replace on its own shard
     st, doc, _ = client.request("PUT", "/v1/orders/" + oid, new_order(cust_a, status="SHIPPED"))
     assert st == 200 and doc["status"] == "SHIPPED" and doc["version"] == 2, doc
