@@ -386,8 +386,12 @@ static void deliver(struct gw_req *r, const struct ad_res *res, const struct gw_
     }
     char etag[96];
     char *p = etag;
-    if (r->ad.op == AD_QUERY || r->ad.op == AD_AGGREGATE ||
-        (r->ad.domain != NULL && r->ad.domain->shard_key != NULL)) {
+    if (r->guard) { /* the key was looked up on every shard first */
+        p = GW_PUT_LIT(p, "X-Shards-Queried: ");
+        p = gw_put_u64(p, (uint64_t)r->ad.domain->backend->nshards);
+        p = GW_PUT_LIT(p, "\r\n");
+    } else if (r->ad.op == AD_QUERY || r->ad.op == AD_AGGREGATE ||
+               (r->ad.domain != NULL && r->ad.domain->shard_key != NULL)) {
         p = GW_PUT_LIT(p, "X-Shards-Queried: 1\r\n");
     }
     if (res->version >= 0) {

@@ -113,8 +113,9 @@ def test_a_key_is_unique_across_shards(client):
     assert st == 409, doc
     assert cust_a in assert_error(doc, "conflict", resp=resp)["message"]
     # the same customer: an ordinary replace on its own shard
-    st, doc, _ = client.request("PUT", "/v1/orders/" + oid, new_order(cust_a, status="SHIPPED"))
+    st, doc, resp = client.request("PUT", "/v1/orders/" + oid, new_order(cust_a, status="SHIPPED"))
     assert st == 200 and doc["status"] == "SHIPPED" and doc["version"] == 2, doc
+    assert resp.getheader("X-Shards-Queried") == "4"  # the key was looked up everywhere
     # a POST of an existing key on its own shard: 409 from the shard itself
     st, doc, resp = client.request("POST", "/v1/orders", new_order(cust_a, order_id=oid))
     assert st == 409
