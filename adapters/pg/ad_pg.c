@@ -35,17 +35,33 @@
 #include "gateway/gw_query.h"
 #include "gateway/gw_util.h"
 
+/* Prepared statements.  The item statements of a domain (get, insert, put,
+ * patch, delete, the version probe) come in few shapes, and PostgreSQL
+ * parses and plans every text it is sent.  A connection prepares a shape the
+ * first time it runs it (PQsendPrepare: one more round trip, once per
+ * connection) and from then on sends only its name and the parameters
+ * (PQsendQueryPrepared).  At most PG_PREPARED shapes per connection; queries
+ * and aggregates (as many shapes as there are filters), migrations and pings
+ * stay unnamed.  The statements live as long as the session: a reconnect
+ * starts with none.  (Behind a transaction-pooling PgBouncer older than
+ * 1.21, named statements do not survive: connect polygate to PostgreSQL.) */
+#define PG_PREPARED 32
+
 struct pg_call {
     struct sql_call b; /* first: the pool's part */
     int stage;         /* 1: the version probe after a failed conditional write */
+    int preparing;     /* 1 + the index of the statement being prepared, or 0 */
     PGresult *result;  /* first error, else last result */
 };
 
 struct pg_conn {
     struct sql_conn b; /* first: the pool's part */
     PGconn *pg;
-    struct event *ev;  /* socket: connect steps, then EV_READ|EV_PERSIST */
-    struct event *wev; /* flushing a large query */
+    struct event *ev;            /* socket: connect steps, then EV_READ|EV_PERSIST */
+    struct event *wev;           /* flushing a large query */
+    char *prepared[PG_PREPARED]; /* the text of statement "pg<i>" */
+    size_t prepared_len[PG_PREPARED];
+    int nprepared;
 };
 
 static struct pg_conn *pg_conn_of(struct sql_conn *c)
@@ -125,6 +141,11 @@ static void pg_conn_close(struct sql_conn *sc)
         PQfinish(c->pg);
         c->pg = NULL;
     }
+    for (int i = 0; i < c->nprepared; i++) { /* they died with the session */
+        free(c->prepared[i]);
+        c->prepared[i] = NULL;
+    }
+    c->nprepared = 0;
 }
 
 static void pg_conn_init(struct sql_conn *sc, struct event_base *base)
@@ -329,6 +350,27 @@ static int on_result(struct pg_conn *c, struct pg_call *pc)
     ExecStatusType rs = r != NULL ? PQresultStatus(r) : PGRES_FATAL_ERROR;
     struct ad_res res;
     ad_res_init(&res);
+    if (pc->preparing) { /* the statement is prepared: now run it */
+        int idx = pc->preparing - 1;
+        pc->preparing = 0;
+        if (rs != PGRES_COMMAND_OK) {
+            if (r == NULL) {
+                ad_res_error(&res, AD_INTERNAL, NULL, "no result from PostgreSQL");
+            } else {
+                error_result(pc, r, &res);
+            }
+            sql_pool_complete(&pc->b, &res);
+            return 0;
+        }
+        c->prepared[idx] = strndup(pc->b.st.text, pc->b.st.len);
+        c->prepared_len[idx] = pc->b.st.len;
+        c->nprepared = c->prepared[idx] != NULL ? idx + 1 : idx;
+        PQclear(pc->result);
+        pc->result = NULL;
+        c->b.call = &pc->b;
+        c->b.state = SQL_C_BUSY;
+        return pg_send(&c->b, &pc->b) == 0; /* on failure: already failed */
+    }
     if (pc->b.is_migration) {
         /* the script is one implicit transaction: a failure rolled it back */
         int ok = rs == PGRES_COMMAND_OK || rs == PGRES_TUPLES_OK;
@@ -482,12 +524,30 @@ static void on_read(evutil_socket_t fd, short what, void *arg)
 static int pg_send(struct sql_conn *sc, struct sql_call *call)
 {
     struct pg_conn *c = pg_conn_of(sc);
+    const struct sql_stmt *st = &call->st;
+    const char *const *params = (const char *const *)st->params;
     int ok;
+    int named = call->req != NULL && call->req->op != AD_QUERY && call->req->op != AD_AGGREGATE &&
+                call->req->op != AD_PING;
+    int idx = -1;
+    for (int i = 0; named && i < c->nprepared; i++) {
+        if (c->prepared_len[i] == st->len && memcmp(c->prepared[i], st->text, st->len) == 0) {
+            idx = i;
+            break;
+        }
+    }
+    char name[16];
     if (call->is_migration) {
-        ok = PQsendQuery(c->pg, call->st.text);
+        ok = PQsendQuery(c->pg, st->text);
+    } else if (idx >= 0) {
+        snprintf(name, sizeof(name), "pg%d", idx);
+        ok = PQsendQueryPrepared(c->pg, name, (int)st->nparams, params, NULL, NULL, 0);
+    } else if (named && c->nprepared < PG_PREPARED) {
+        snprintf(name, sizeof(name), "pg%d", c->nprepared);
+        ok = PQsendPrepare(c->pg, name, st->text, (int)st->nparams, NULL);
+        pg_call_of(call)->preparing = c->nprepared + 1;
     } else {
-        ok = PQsendQueryParams(c->pg, call->st.text, (int)call->st.nparams, NULL,
-                               (const char *const *)call->st.params, NULL, NULL, 0);
+        ok = PQsendQueryParams(c->pg, st->text, (int)st->nparams, NULL, params, NULL, NULL, 0);
     }
     if (!ok) {
         sql_pool_conn_broken(sc, PQerrorMessage(c->pg));
