@@ -342,6 +342,31 @@ static void error_result(struct pg_call *pc, const PGresult *r, struct ad_res *r
     }
 }
 
+/* The statement of pc failed (r NULL: no result at all): complete with the
+ * store's error. */
+static void fail_result(struct pg_call *pc, const PGresult *r)
+{
+    struct ad_res res;
+    ad_res_init(&res);
+    if (r == NULL) {
+        ad_res_error(&res, AD_INTERNAL, NULL, "no result from PostgreSQL");
+    } else {
+        error_result(pc, r, &res);
+    }
+    sql_pool_complete(&pc->b, &res);
+}
+
+/* Send pc's (next) statement on c, which just finished the previous one.
+ * 1: c is busy with it; 0: the call failed (already completed). */
+static int follow_up(struct pg_conn *c, struct pg_call *pc)
+{
+    PQclear(pc->result);
+    pc->result = NULL;
+    c->b.call = &pc->b;
+    c->b.state = SQL_C_BUSY;
+    return pg_send(&c->b, &pc->b) == 0;
+}
+
 /* The statement of pc finished on c (now idle).  Returns 1 if c is busy
  * again with a follow-up statement of the same call. */
 static int on_result(struct pg_conn *c, struct pg_call *pc)
@@ -354,22 +379,13 @@ static int on_result(struct pg_conn *c, struct pg_call *pc)
         int idx = pc->preparing - 1;
         pc->preparing = 0;
         if (rs != PGRES_COMMAND_OK) {
-            if (r == NULL) {
-                ad_res_error(&res, AD_INTERNAL, NULL, "no result from PostgreSQL");
-            } else {
-                error_result(pc, r, &res);
-            }
-            sql_pool_complete(&pc->b, &res);
+            fail_result(pc, r);
             return 0;
         }
         c->prepared[idx] = strndup(pc->b.st.text, pc->b.st.len);
         c->prepared_len[idx] = pc->b.st.len;
         c->nprepared = c->prepared[idx] != NULL ? idx + 1 : idx;
-        PQclear(pc->result);
-        pc->result = NULL;
-        c->b.call = &pc->b;
-        c->b.state = SQL_C_BUSY;
-        return pg_send(&c->b, &pc->b) == 0; /* on failure: already failed */
+        return follow_up(c, pc);
     }
     if (pc->b.is_migration) {
         /* the script is one implicit transaction: a failure rolled it back */
@@ -378,12 +394,7 @@ static int on_result(struct pg_conn *c, struct pg_call *pc)
         return 0;
     }
     if (rs != PGRES_TUPLES_OK && rs != PGRES_COMMAND_OK) {
-        if (r == NULL) {
-            ad_res_error(&res, AD_INTERNAL, NULL, "no result from PostgreSQL");
-        } else {
-            error_result(pc, r, &res);
-        }
-        sql_pool_complete(&pc->b, &res);
+        fail_result(pc, r);
         return 0;
     }
     const struct ad_req *req = pc->b.req;
@@ -424,11 +435,7 @@ static int on_result(struct pg_conn *c, struct pg_call *pc)
                 sql_stmt_init(&pc->b.st, SQL_PG);
                 if (sql_build_version(&pc->b.st, d, req->key, err, sizeof(err)) == 0) {
                     pc->stage = 1;
-                    PQclear(pc->result);
-                    pc->result = NULL;
-                    c->b.call = &pc->b;
-                    c->b.state = SQL_C_BUSY;
-                    return pg_send(&c->b, &pc->b) == 0; /* on failure: already failed */
+                    return follow_up(c, pc);
                 }
             }
             if (req->if_match >= 0) {
