@@ -22,6 +22,7 @@
 #include "adapters/ad.h"
 #include "adapters/sql/sql_pool.h"
 #include "config/cf_config.h"
+#include "tests/unit/unit_config.h"
 
 static const char config_json[] =
     "{\"backends\":{\"p\":{\"type\":\"pg\",\"pool\":{\"min\":1,\"max\":2,\"queue_max\":3,"
@@ -131,12 +132,8 @@ struct fx {
 
 static int setup(void **state)
 {
-    char err[256];
-    struct json_object *root = json_tokener_parse(config_json);
-    cf = cf_config_from_json(root, "test", err, sizeof(err));
-    json_object_put(root);
+    cf = unit_config(config_json);
     if (cf == NULL) {
-        fprintf(stderr, "config: %s\n", err);
         return -1;
     }
     struct fx *fx = calloc(1, sizeof(*fx));
@@ -453,7 +450,6 @@ static void test_json_cells_pass_through_verbatim(void **state)
 
 int main(void)
 {
-    ad_register_builtin(); /* the config checks domains against the pg adapter */
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_min_connections_start_and_requests_wait_for_one, setup,
                                         teardown),

@@ -22,6 +22,7 @@
 #include "adapters/sql/sql_build.h"
 #include "adapters/sql/sql_row.h"
 #include "config/cf_config.h"
+#include "tests/unit/unit_config.h"
 
 static const char config_json[] =
     "{\"backends\":{\"p\":{\"type\":\"pg\",\"shards\":[{\"name\":\"p\",\"dsn\":\"host=x\"}]}},"
@@ -34,16 +35,8 @@ static struct cf_config *cf;
 static int setup(void **state)
 {
     (void)state;
-    char err[256];
-    ad_register_builtin();
-    struct json_object *root = json_tokener_parse(config_json);
-    cf = cf_config_from_json(root, "test", err, sizeof(err));
-    json_object_put(root);
-    if (cf == NULL) {
-        fprintf(stderr, "config: %s\n", err);
-        return -1;
-    }
-    return 0;
+    cf = unit_config(config_json);
+    return cf != NULL ? 0 : -1;
 }
 
 static int teardown(void **state)
