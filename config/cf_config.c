@@ -73,6 +73,11 @@ static const struct opt limit_opts[] = {
     {"max_header_count", OPT_INT, OFF(max_header_count), "64", 8, 128},
     {"max_inflight", OPT_INT, OFF(max_inflight), "10000", 1, 10000000},
     {"max_connections", OPT_INT, OFF(max_connections), "10000", 1, 10000000},
+    {"max_query_conditions", OPT_INT, OFF(max_query_conditions), "256", 1, 100000},
+    {"max_query_depth", OPT_INT, OFF(max_query_depth), "8", 1, 64},
+    {"max_filter_bytes", OPT_SIZE, OFF(max_filter_bytes), "65536", 64, 1LL << 30},
+    {"max_prefix_conditions", OPT_INT, OFF(max_prefix_conditions), "16", 1, 100000},
+    {"max_prefix_bytes", OPT_SIZE, OFF(max_prefix_bytes), "256", 1, 1 << 20},
     {NULL, 0, 0, NULL, 0, 0},
 };
 #undef OFF

@@ -122,6 +122,12 @@ struct cf_limits {
     int max_header_count;           /* → 431 */
     int max_inflight;               /* requests in flight in the process → 503 */
     int max_connections;            /* client connections in the process → 503 + close */
+    /* query complexity (_query / _aggregate filters), each → 400 naming it */
+    int max_query_conditions;  /* leaf conditions in one where */
+    int max_query_depth;       /* and/or nesting levels */
+    size_t max_filter_bytes;   /* names and values of one where, summed */
+    int max_prefix_conditions; /* prefix conditions in one where */
+    size_t max_prefix_bytes;   /* the longest prefix value */
 };
 
 /* circuit_breaker: per backend shard (gateway/gw_breaker.h) */

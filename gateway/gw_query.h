@@ -15,7 +15,8 @@
  *   {"total":{"gte":100,"lt":500}}            several operators AND-ed
  *   {"sku":{"in":[…]}}  {"x":{"exists":true}}  {"name":{"prefix":"Jo"}}
  *   {"or":[{…},{…}]}  {"and":[{…},{…}]}       members of one object are AND-ed
- *   {"category.id":"c1"}                      dotted paths only into object/json
+ *   {"category.id":"c1"}                      dotted paths into object/json fields
+ *   {"items.product_id":"P1"}                 … and into arrays: some element matches
  *   {"last_name":null}                        eq null = IS NULL, ne null = IS NOT NULL
  * operators: eq ne gt gte lt lte in nin exists prefix.
  * {"search_tags":{"in":["a","b"]}} on an array field: some element is listed
@@ -50,7 +51,7 @@ struct cf_limits;
 
 #define GW_QUERY_MAX_ORDER 8
 #define GW_QUERY_MAX_PATH 8
-#define GW_QUERY_MAX_NODES 256
+#define GW_QUERY_MAX_NODES 256 /* default of limits.max_query_conditions */
 #define GW_QUERY_MAX_AGGS 32
 #define GW_QUERY_DEFAULT_LIMIT 100
 /* The built-in cursor secret, used when the config sets no `cursor_secret`. */
