@@ -302,7 +302,8 @@ static char *json_path_text(const struct gw_qnode *n, size_t extra)
 static int path_negated(const struct gw_qnode *n)
 {
     switch (n->op) {
-    case GW_QOP_NE:
+    case GW_QOP_NE: /* ne null: some value is not null */
+        return n->value != NULL;
     case GW_QOP_NIN:
         return 1;
     case GW_QOP_EQ:
