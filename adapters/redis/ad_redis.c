@@ -524,8 +524,11 @@ static int resend_after_load(struct rd_call *call, redisAsyncContext *ac, redisC
     if (send_argv(ac, script_loaded, NULL, 3, load, loadl) != REDIS_OK) {
         return -1;
     }
+    if (send_argv(ac, fn, call, call->argc, call->argv, call->argl) != REDIS_OK) {
+        return -1;
+    }
     call->conn->pending++;
-    return send_argv(ac, fn, call, call->argc, call->argv, call->argl) == REDIS_OK ? 0 : -1;
+    return 0;
 }
 
 /* ---- value domains ------------------------------------------------------------ */
