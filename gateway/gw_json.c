@@ -426,11 +426,11 @@ enum gw_json_status gw_json_validate(const char *buf, size_t len, int max_depth,
     return validate(buf, len, max_depth, 0, msg, msglen);
 }
 
-enum gw_json_status gw_json_parse(const char *buf, size_t len, int max_depth,
-                                  struct json_object **out, char *msg, size_t msglen)
+static enum gw_json_status parse(const char *buf, size_t len, int max_depth, int int64_only,
+                                 struct json_object **out, char *msg, size_t msglen)
 {
     *out = NULL;
-    enum gw_json_status st = validate(buf, len, max_depth, 1, msg, msglen);
+    enum gw_json_status st = validate(buf, len, max_depth, int64_only, msg, msglen);
     if (st != GW_JSON_OK) {
         return st;
     }
@@ -462,6 +462,18 @@ enum gw_json_status gw_json_parse(const char *buf, size_t len, int max_depth,
     }
     *out = o;
     return GW_JSON_OK;
+}
+
+enum gw_json_status gw_json_parse(const char *buf, size_t len, int max_depth,
+                                  struct json_object **out, char *msg, size_t msglen)
+{
+    return parse(buf, len, max_depth, 1, out, msg, msglen);
+}
+
+enum gw_json_status gw_json_parse_stored(const char *buf, size_t len, int max_depth,
+                                         struct json_object **out, char *msg, size_t msglen)
+{
+    return parse(buf, len, max_depth, 0, out, msg, msglen);
 }
 
 static int raw_to_json(struct json_object *o, struct printbuf *pb, int level, int flags)

@@ -28,6 +28,12 @@ enum gw_json_status {
 enum gw_json_status gw_json_parse(const char *buf, size_t len, int max_depth,
                                   struct json_object **out, char *msg, size_t msglen);
 
+/* The same for a document a store returns: its integers are not checked
+ * against int64 (another writer may have stored any number; json-c clamps
+ * one beyond int64, as it always did). */
+enum gw_json_status gw_json_parse_stored(const char *buf, size_t len, int max_depth,
+                                         struct json_object **out, char *msg, size_t msglen);
+
 /* Check that buf is one JSON document within max_depth (as gw_json_parse
  * does, and with its messages; `null` is valid here) without building
  * anything. */

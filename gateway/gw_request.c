@@ -963,7 +963,7 @@ static struct json_object *res_doc(const struct ad_res *res)
     if (res->raw == NULL) {
         return json_object_get(res->item);
     }
-    if (gw_json_parse(res->raw, res->rawlen, 1000, &doc, msg, sizeof(msg)) != GW_JSON_OK) {
+    if (gw_json_parse_stored(res->raw, res->rawlen, 1000, &doc, msg, sizeof(msg)) != GW_JSON_OK) {
         return NULL;
     }
     return doc;

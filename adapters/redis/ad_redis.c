@@ -679,7 +679,7 @@ static void patch_read_reply(redisAsyncContext *ac, void *r, void *priv)
     struct json_object *item = NULL;
     char msg[128];
     if (rep->type != REDIS_REPLY_STRING ||
-        gw_json_parse(rep->str, rep->len, 1000, &item, msg, sizeof(msg)) != GW_JSON_OK ||
+        gw_json_parse_stored(rep->str, rep->len, 1000, &item, msg, sizeof(msg)) != GW_JSON_OK ||
         !json_object_is_type(item, json_type_object)) {
         json_object_put(item);
         ad_res_error(&res, AD_INTERNAL, NULL, "redis shard '%s': stored item is not a JSON object",

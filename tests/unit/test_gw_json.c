@@ -294,6 +294,10 @@ static void test_parse_int64_bounds(void **state)
     /* documents a store returns are only checked, and may hold any number */
     assert_int_equal(gw_json_validate("[99999999999999999999]", 22, 32, msg, sizeof(msg)),
                      GW_JSON_OK);
+    assert_int_equal(
+        gw_json_parse_stored("{\"n\":-99999999999999999999}", 27, 32, &v, msg, sizeof(msg)),
+        GW_JSON_OK);
+    json_object_put(v);
 }
 
 static void test_utf8_check(void **state)
