@@ -88,6 +88,15 @@ def test_ids_in_envelopes_and_query_strings(client):
     assert st == 200
     assert [r["status"] for r in body["results"]] == [400, 400]
     assert all("control character" in r["error"]["message"] for r in body["results"])
+    # and its shard_key like the body's value: a NUL no longer cuts it short
+    st, body, _ = client.request("POST", "/v1/_batch", [
+        {"op": "get", "domain": "orders", "id": "o-1", "shard_key": "c-1\u0000x"},
+        {"op": "get", "domain": "orders", "id": "o-1", "shard_key": "c-\u00e9"},
+    ])
+    assert st == 200
+    assert [r["status"] for r in body["results"]] == [400, 404], body
+    err = body["results"][0]["error"]
+    assert err["field"] == "customer_id" and "NUL" in err["message"], err
     # the shard key in the query string is checked like the body's value
     for q in ("%ff", "a%C0%AF", "%ED%A0%80"):
         for method, body in (("GET", None), ("DELETE", None), ("PATCH", {"set": {"status": "PENDING"}}),
