@@ -2,6 +2,7 @@
 strings are checked like strings in a body; int fields take the whole int64
 range exactly; bodies that are JSON null or hold a NUL in a member name are
 refused clearly; timestamps come back with one width everywhere."""
+import datetime
 import re
 import uuid
 
@@ -258,3 +259,23 @@ def test_timestamps_have_six_fraction_digits(client, domain):
         assert len(got) == 5 and all(TS.fullmatch(t) for t in got) and got == sorted(got), got
     for path, _ in made:
         client.request("DELETE", path)
+
+
+def test_catalog_dates_have_six_fraction_digits(client, products):
+    # a BSON date (written by another client) was printed with three digits,
+    # and one before 1970 lost its fraction and went a second forward
+    coll, made = products
+    sku = uid("v-")
+    made.append(sku)
+    utc = datetime.timezone.utc
+    coll.insert_one({"sku": sku, "name": "dated", "version": 1, "specifications": {
+        "released": datetime.datetime(2026, 1, 31, 0, 8, 2, 300000, tzinfo=utc),
+        "designed": datetime.datetime(1969, 12, 31, 23, 59, 59, 500000, tzinfo=utc),
+        "first": datetime.datetime(2026, 1, 31, 0, 8, 2, 212000, tzinfo=utc)}})
+    st, got, _ = client.request("GET", "/v1/catalog/" + sku)
+    assert st == 200, got
+    spec = got["specifications"]
+    assert spec == {"released": "2026-01-31T00:08:02.300000Z",
+                    "designed": "1969-12-31T23:59:59.500000Z",
+                    "first": "2026-01-31T00:08:02.212000Z"}, spec
+    assert spec["first"] < spec["released"]
