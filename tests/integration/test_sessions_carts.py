@@ -351,3 +351,20 @@ def test_store_error_text_stays_in_the_log(client, rdb):
         assert "56379" not in err["message"] and "127.0.0.1" not in err["message"]
     finally:
         rdb.delete("session:" + key)
+
+
+def test_cart_write_limit_is_named(client, rdb):
+    # one write is one Redis script, which holds the server: 1 000 members
+    user = "u-" + uuid.uuid4().hex
+    items = {"S%04d" % i: 1 for i in range(1000)}
+    st, cart, _ = client.request("PUT", "/v1/carts/" + user, {"items": items})
+    assert st in (200, 201) and len(cart["items"]) == 1000
+    items["S1000"] = 1
+    st, body, _ = client.request("PUT", "/v1/carts/" + user, {"items": items})
+    assert st == 400
+    err = assert_error(body, "bad_request")
+    assert err["field"] == "items" and "at most 1000 in one write" in err["message"], err
+    st, body, _ = client.request("PATCH", "/v1/carts/" + user, {"set": {"items.N%04d" % i: 2 for i in range(1001)}})
+    assert st == 400 and "at most 1000 in one write" in assert_error(body, "bad_request")["message"]
+    assert rdb.hlen("cart:" + user) == 1000  # nothing written by the refused ones
+    rdb.delete("cart:" + user)
