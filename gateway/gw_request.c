@@ -963,7 +963,7 @@ static struct json_object *res_doc(const struct ad_res *res)
     if (res->raw == NULL) {
         return json_object_get(res->item);
     }
-    if (gw_json_parse(res->raw, res->rawlen, 1000, &doc, msg, sizeof(msg)) != GW_JSON_OK) {
+    if (gw_json_parse_stored(res->raw, res->rawlen, 1000, &doc, msg, sizeof(msg)) != GW_JSON_OK) {
         return NULL;
     }
     return doc;
@@ -1342,8 +1342,13 @@ static void batch_child(struct gw_req *p, int index, struct json_object *env)
                          "batch item %d: 'shard_key' must be the shard key's value", index);
             goto fail;
         }
-        c->skey = strdup(json_object_get_string(v));
-        c->skeylen = strlen(c->skey);
+        /* by its length: a string may hold \u0000 (gw_route_text refuses it) */
+        const char *sk = json_object_get_string(v);
+        c->skeylen = json_object_is_type(v, json_type_string)
+                         ? (size_t)json_object_get_string_len(v)
+                         : strlen(sk);
+        c->skey = malloc(c->skeylen + 1);
+        memcpy(c->skey, sk, c->skeylen + 1);
     }
     if (json_object_object_get_ex(env, "if_match", &v)) {
         if (!json_object_is_type(v, json_type_int) || json_object_get_int64(v) < 0) {

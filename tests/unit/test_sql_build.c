@@ -86,7 +86,7 @@ static const struct row rows[] = {
      "\"ok\":true}}",
      SEL_ALL " WHERE (\"bal\" > $1 AND \"at\" < $2 AND \"ok\" = $3) ORDER BY \"id\" ASC NULLS "
              "LAST LIMIT $4",
-     "10.50|2026-01-01T00:00:00Z|true|101"},
+     "10.50|2026-01-01T00:00:00.000000Z|true|101"},
     /* a path into a document: a jsonpath and vars, both parameters */
     {"dotted path", SQL_PG, 0, "{\"where\":{\"meta.a.b\":7}}",
      SEL_ALL " WHERE COALESCE(jsonb_path_exists(\"meta\", $1::jsonpath, $2::jsonb), false) "
@@ -107,7 +107,7 @@ static const struct row rows[] = {
      "\"order_by\":[\"-age\"],\"fields\":[\"id\"]}",
      "SELECT `id`, `version`, `age` FROM `users` WHERE (`name` LIKE ? ESCAPE '\\\\' AND `at` >= "
      "?) ORDER BY `age` IS NULL DESC, `age` DESC, `id` IS NULL, `id` ASC LIMIT 101",
-     "a%|2026-01-01 00:00:00.5"},
+     "a%|2026-01-01 00:00:00.500000"},
     /* MariaDB: EXISTS over JSON_TABLE, typed comparisons, paths as parameters */
     {"mysql dotted ne", SQL_MYSQL, 0, "{\"where\":{\"meta.k\\\"\":{\"ne\":\"v\"}}}",
      "SELECT `id`, `email`, `name`, `age`, `bal`, `at`, `ok`, `meta`, `version` FROM `users` "
