@@ -73,6 +73,8 @@ static const struct opt limit_opts[] = {
     {"max_header_count", OPT_INT, OFF(max_header_count), "64", 8, 128},
     {"max_inflight", OPT_INT, OFF(max_inflight), "10000", 1, 10000000},
     {"max_connections", OPT_INT, OFF(max_connections), "10000", 1, 10000000},
+    {"max_output_bytes", OPT_SIZE, OFF(max_output), "1048576", 4096, 1LL << 30},
+    {"output_drain_timeout_s", OPT_I64, OFF(output_drain_timeout_s), "30", 1, 3600},
     {NULL, 0, 0, NULL, 0, 0},
 };
 #undef OFF

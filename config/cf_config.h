@@ -122,6 +122,8 @@ struct cf_limits {
     int max_header_count;           /* → 431 */
     int max_inflight;               /* requests in flight in the process → 503 */
     int max_connections;            /* client connections in the process → 503 + close */
+    size_t max_output;              /* unsent response bytes of a connection: reading stops */
+    int64_t output_drain_timeout_s; /* output above max_output longer than this → close */
 };
 
 /* circuit_breaker: per backend shard (gateway/gw_breaker.h) */
