@@ -753,7 +753,8 @@ static void event_cb(struct bufferevent *bev, short what, void *arg)
     struct gw_conn *c = arg;
     (void)bev;
     if (what & BEV_EVENT_TIMEOUT) {
-        /* idle keep-alive connection: close quietly */
+        /* idle keep-alive connection, or output the client does not read:
+         * close quietly */
         conn_free(c);
         return;
     }
@@ -940,8 +941,12 @@ void gw_http_server_adopt(struct gw_http_server *s, evutil_socket_t fd)
     http_parser_init(&c->parser, HTTP_REQUEST);
     c->parser.data = c;
     bufferevent_setcb(c->bev, read_cb, write_cb, event_cb, c);
+    /* read: an idle keep-alive connection; write: output that makes no
+     * progress at all (also below max_output, e.g. a last answer before
+     * closing that the client never reads) */
     struct timeval idle = {(time_t)s->lim.idle_timeout_s, 0};
-    bufferevent_set_timeouts(c->bev, &idle, NULL);
+    struct timeval stuck = {(time_t)s->lim.output_drain_timeout_s, 0};
+    bufferevent_set_timeouts(c->bev, &idle, s->lim.output_drain_timeout_s > 0 ? &stuck : NULL);
     bufferevent_enable(c->bev, EV_READ | EV_WRITE);
     TAILQ_INSERT_TAIL(&s->conns, c, link);
     s->nconns++;
