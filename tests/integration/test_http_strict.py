@@ -3,6 +3,7 @@ framing, a client that pipelines and never reads, a client that half-closes,
 blank lines trickled to hold a connection, and the drain on SIGTERM.  Raw
 sockets throughout (http.client adds Host and cannot send what is tested)."""
 import json
+import os
 import re
 import signal
 import socket
@@ -12,7 +13,7 @@ import time
 import pytest
 
 from conftest import PORT as BASE
-from conftest import CONFIG, REDIS_PORT, Client, Gateway, assert_error
+from conftest import BIN, CONFIG, REDIS_PORT, Client, Gateway, assert_error
 
 PORT, ADMIN = BASE + 40, BASE + 1040
 DRAIN_PORT, DRAIN_ADMIN = BASE + 41, BASE + 1041
@@ -244,9 +245,11 @@ def test_pipelining_client_that_never_reads_is_bounded_then_closed(strictgw):
     # blocked once its output passed MAX_OUTPUT, closed DRAIN_TIMEOUT_S later
     assert closed_after < DRAIN_TIMEOUT_S + 5
     # docs/observability.md: a connection's unsent output stays below
-    # max_output_bytes + one answer; allocator slack on top
+    # max_output_bytes + one answer; allocator slack on top.  (Under ASan or
+    # valgrind freed memory is kept on purpose: RSS says nothing there.)
     growth = peak - base
-    assert growth < MAX_OUTPUT + 60000 + 6 * (1 << 20), "RSS grew by %d bytes" % growth
+    if "san-" not in os.path.realpath(BIN) and "valgrind" not in BIN:
+        assert growth < MAX_OUTPUT + 60000 + 6 * (1 << 20), "RSS grew by %d bytes" % growth
 
 
 def _send_quietly(sock, data):
