@@ -172,6 +172,9 @@ static const struct {
     {"\r\nGET /a HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", "HTTP/1.1 200", "/a"},
     {"GET /a HTTP/1.1\r\nHost: x\r\nAuthorization: \t Bearer k \t \r\nConnection: close\r\n\r\n",
      "HTTP/1.1 200", "|Bearer k|"},
+    /* obsolete line folding: the line break goes, the spaces stay (RFC 9112 5.2) */
+    {"GET /a HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer\r\n  k\r\nConnection: close\r\n\r\n",
+     "HTTP/1.1 200", "|Bearer  k|"},
 };
 
 static void test_framing(void **state)
