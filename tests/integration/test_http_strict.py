@@ -421,6 +421,20 @@ def wait_exit(gw, timeout):
     return rc, time.time() - t0
 
 
+def test_sigterm_with_idle_connections_exits_at_once(proxied):
+    gw, _ = proxied
+    idle = [Client(DRAIN_PORT) for _ in range(4)]  # keep-alive connections, idle
+    for c in idle:
+        assert c.request("GET", "/health")[0] == 200
+    gw.signal(signal.SIGTERM)
+    rc, elapsed = wait_exit(gw, SHUTDOWN_MS / 1000.0 + 2)
+    for c in idle:
+        c.close()
+    assert rc == 0 and elapsed < 1.0, (rc, elapsed)
+    log = gw.logtext()
+    assert "drain deadline" not in log and "not read its last response" not in log, log
+
+
 def test_sigterm_answers_in_flight_request_then_exits_at_once(proxied):
     gw, proxy = proxied
     c = Client(DRAIN_PORT)
