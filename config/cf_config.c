@@ -78,6 +78,8 @@ static const struct opt limit_opts[] = {
     {"max_filter_bytes", OPT_SIZE, OFF(max_filter_bytes), "65536", 64, 1LL << 30},
     {"max_prefix_conditions", OPT_INT, OFF(max_prefix_conditions), "16", 1, 100000},
     {"max_prefix_bytes", OPT_SIZE, OFF(max_prefix_bytes), "256", 1, 1 << 20},
+    {"max_output_bytes", OPT_SIZE, OFF(max_output), "1048576", 4096, 1LL << 30},
+    {"output_drain_timeout_s", OPT_I64, OFF(output_drain_timeout_s), "30", 1, 3600},
     {NULL, 0, 0, NULL, 0, 0},
 };
 #undef OFF

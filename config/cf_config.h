@@ -128,6 +128,8 @@ struct cf_limits {
     size_t max_filter_bytes;   /* names and values of one where, summed */
     int max_prefix_conditions; /* prefix conditions in one where */
     size_t max_prefix_bytes;   /* the longest prefix value */
+    size_t max_output;              /* unsent response bytes of a connection: reading stops */
+    int64_t output_drain_timeout_s; /* output above max_output longer than this → close */
 };
 
 /* circuit_breaker: per backend shard (gateway/gw_breaker.h) */

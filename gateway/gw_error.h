@@ -32,6 +32,7 @@ enum gw_err {
     GW_E_TIMEOUT,           /* 504 timeout */
     GW_E_IDEM_REUSED,       /* 422 idempotency_key_reused (gw_idempotency.h) */
     GW_E_IDEM_BUSY,         /* 409 idempotency_in_progress */
+    GW_E_HTTP_VERSION,      /* 505 http_version_not_supported */
 };
 
 int gw_err_status(enum gw_err e);
