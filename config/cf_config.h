@@ -122,6 +122,8 @@ struct cf_limits {
     int max_header_count;           /* → 431 */
     int max_inflight;               /* requests in flight in the process → 503 */
     int max_connections;            /* client connections in the process → 503 + close */
+    size_t max_response_bytes;      /* one answer's body → 400 response_too_large */
+    int max_inflight_per_key;       /* requests in flight per API key → 429 (0 = no limit) */
 };
 
 /* circuit_breaker: per backend shard (gateway/gw_breaker.h) */
@@ -152,7 +154,8 @@ struct cf_config {
     struct cf_idempotency idempotency;
     char *tls_cert; /* client listener TLS (both set or both NULL; restart to change) */
     char *tls_key;
-    char *cursor_secret; /* HMAC key material for _query cursors (gw_query.h) */
+    char *cursor_secret;         /* HMAC key material for _query cursors (gw_query.h) */
+    int cursor_secret_generated; /* not configured: random, drawn once per process */
     struct cf_limits limits;
     struct cf_auth auth;
     struct cf_backend *backends;
