@@ -335,13 +335,14 @@ static void res_error(const struct gw_req *r, const struct ad_res *res, const ch
     gw_error_set(e, err_of(res->status), field, "%s", res->message);
 }
 
-/* An answer body longer than limits.max_response_bytes: answered with
- * response_too_large instead (1), or 0. */
+/* A read whose answer body is longer than limits.max_response_bytes:
+ * answered with response_too_large instead (1), or 0. */
 static int response_too_large(struct gw_req *r, struct evbuffer *b)
 {
     size_t max = r->cf->limits.max_response_bytes, len = evbuffer_get_length(b);
-    if (len <= max) {
-        return 0;
+    enum ad_op op = r->ad.op;
+    if (len <= max || !(op == AD_GET || op == AD_QUERY || op == AD_AGGREGATE)) {
+        return 0; /* a write is answered: it was applied (its echo is bounded by max_body) */
     }
     struct gw_error e = {0};
     int q = r->ad.op == AD_QUERY || r->ad.op == AD_AGGREGATE;
