@@ -1561,29 +1561,42 @@ fail:
     req_release(c);
 }
 
+/* A _batch pays its rate-limit tokens here (authenticate() took none): one
+ * per operation, or one for a batch refused before it ran.  0, or -1 when
+ * answered 429. */
+static int batch_charge(struct gw_req *r, size_t cost)
+{
+    struct gw_error e = {0};
+    int64_t retry = 0;
+    if (gw_auth_charge(r->caller, (double)cost, &e, &retry) == 0) {
+        return 0;
+    }
+    char hdr[48];
+    snprintf(hdr, sizeof(hdr), "Retry-After: %lld\r\n", (long long)retry);
+    fail_now(r, &e, hdr);
+    return -1;
+}
+
 static void handle_batch(struct gw_req *r, struct json_object *doc)
 {
     struct gw_error e = {0};
+    size_t n = json_object_is_type(doc, json_type_array) ? json_object_array_length(doc) : 0;
+    int valid = n > 0 && n <= (size_t)r->cf->limits.max_batch;
+    if (batch_charge(r, valid ? n : 1) < 0) {
+        json_object_put(doc);
+        return;
+    }
     if (!json_object_is_type(doc, json_type_array)) {
         gw_error_set(&e, GW_E_BAD_REQUEST, NULL, "_batch expects a JSON array of envelopes");
         json_object_put(doc);
         fail_now(r, &e, NULL);
         return;
     }
-    size_t n = json_object_array_length(doc);
-    if (n == 0 || n > (size_t)r->cf->limits.max_batch) {
+    if (!valid) {
         gw_error_set(&e, n == 0 ? GW_E_BAD_REQUEST : GW_E_TOO_LARGE, NULL,
                      "_batch takes 1 to %d envelopes, got %zu", r->cf->limits.max_batch, n);
         json_object_put(doc);
         fail_now(r, &e, NULL);
-        return;
-    }
-    int64_t retry = 0;
-    if (gw_auth_charge(r->caller, (double)n, &e, &retry) < 0) {
-        char hdr[48];
-        snprintf(hdr, sizeof(hdr), "Retry-After: %lld\r\n", (long long)retry);
-        json_object_put(doc);
-        fail_now(r, &e, hdr);
         return;
     }
     r->kind = REQ_BATCH;
@@ -1811,13 +1824,17 @@ static void handle_data(struct gw_req *r, struct gw_http_req *hr)
     const char *rest = hr->path + 4; /* after "/v1/" */
     if (strcmp(rest, "_batch") == 0) {
         if (hr->method != GW_POST) {
-            gw_error_set(&e, GW_E_METHOD, NULL, "_batch takes POST");
-            fail_now(r, &e, "Allow: POST\r\n");
+            if (batch_charge(r, 1) == 0) {
+                gw_error_set(&e, GW_E_METHOD, NULL, "_batch takes POST");
+                fail_now(r, &e, "Allow: POST\r\n");
+            }
             return;
         }
         struct json_object *doc;
         if (parse_body(r, hr, &doc, &e) < 0) {
-            fail_now(r, &e, NULL);
+            if (batch_charge(r, 1) == 0) {
+                fail_now(r, &e, NULL);
+            }
             return;
         }
         handle_batch(r, doc);
