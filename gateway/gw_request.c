@@ -978,10 +978,10 @@ static void parent_step(struct gw_req *p)
 {
     p->ndone++;
     if (p->ndone == p->nchild) {
-        if (p->kind == REQ_READY && p->answered) {
-            /* answered at READY_WAIT_MS from known state */
-        } else if (!p->abandoned ||
-                   p->kind == REQ_GUARD) { /* a guard always hands its write back */
+        /* a /ready answered at READY_WAIT_MS is done; a guard always hands
+         * its write back */
+        int answered_ready = p->kind == REQ_READY && p->answered;
+        if (!answered_ready && (!p->abandoned || p->kind == REQ_GUARD)) {
             parent_finish(p);
         }
         req_release(p);
