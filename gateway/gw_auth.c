@@ -193,18 +193,26 @@ struct gw_inflight {
 static pthread_mutex_t inflight_mu = PTHREAD_MUTEX_INITIALIZER;
 static struct gw_inflight *inflights; /* never freed: one per key name */
 
-int gw_auth_inflight_acquire(const struct cf_key *key, int limit, struct gw_inflight **held,
-                             struct gw_error *e)
+int gw_auth_inflight_acquire(const struct cf_key *key, int limit, int count,
+                             struct gw_inflight **held, struct gw_error *e)
 {
     *held = NULL;
-    if (key == NULL) {
+    if (key == NULL || count <= 0) {
         return 0;
     }
+    const char *which = key->max_inflight >= 0 ? "max_inflight" : "limits.max_inflight_per_key";
     if (key->max_inflight >= 0) {
         limit = key->max_inflight;
     }
     if (limit <= 0) {
         return 0;
+    }
+    if (count > limit) { /* can never fit */
+        gw_error_set(e, GW_E_RATE_LIMITED, NULL,
+                     "this request holds %d operations in flight, more than the limit of %d of "
+                     "key '%s' (%s): split it",
+                     count, limit, key->name, which);
+        return -1;
     }
     pthread_mutex_lock(&inflight_mu);
     struct gw_inflight *f = inflights;
@@ -220,21 +228,22 @@ int gw_auth_inflight_acquire(const struct cf_key *key, int limit, struct gw_infl
     if (f == NULL || f->name == NULL) {
         return 0; /* out of memory: not counted rather than refused */
     }
-    if (__atomic_add_fetch(&f->n, 1, __ATOMIC_ACQ_REL) > limit) {
-        __atomic_sub_fetch(&f->n, 1, __ATOMIC_ACQ_REL);
+    int n = __atomic_add_fetch(&f->n, count, __ATOMIC_ACQ_REL);
+    if (n > limit) {
+        __atomic_sub_fetch(&f->n, count, __ATOMIC_ACQ_REL);
         gw_error_set(e, GW_E_RATE_LIMITED, NULL,
-                     "key '%s' has %d requests in flight, its limit (max_inflight%s); retry when "
-                     "one has been answered",
-                     key->name, limit, key->max_inflight >= 0 ? "" : "_per_key");
+                     "key '%s' has %d requests in flight, its limit (%s); retry when one has "
+                     "been answered",
+                     key->name, n - count, which);
         return -1;
     }
     *held = f;
     return 0;
 }
 
-void gw_auth_inflight_release(struct gw_inflight *held)
+void gw_auth_inflight_release(struct gw_inflight *held, int count)
 {
     if (held != NULL) {
-        __atomic_sub_fetch(&held->n, 1, __ATOMIC_ACQ_REL);
+        __atomic_sub_fetch(&held->n, count, __ATOMIC_ACQ_REL);
     }
 }

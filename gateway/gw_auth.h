@@ -48,13 +48,15 @@ int gw_auth_allows(const struct cf_key *key, const char *domain, unsigned perm, 
 int gw_ratelimit_take(const char *name, double rate_per_s, double burst, double cost,
                       int64_t *retry_after_ms);
 
-/* Requests in flight per API key (limits.max_inflight_per_key, or the key's
- * own max_inflight; 0 = no limit), shared by all workers.  Acquire: 0 with
- * *held set (NULL when nothing is counted), or -1 with a 429 in e when the
- * key is at its limit.  Every *held is released once. */
+/* Operations in flight per API key (limits.max_inflight_per_key, or the
+ * key's own max_inflight; 0 = no limit), shared by all workers: a request
+ * counts one, a _batch one per operation.  Acquire `count`, all or nothing:
+ * 0 with *held set (NULL when nothing is counted), or -1 with a 429 in e
+ * when they do not fit (a count above the limit never fits: "split it").
+ * Every *held is released once, with the same count. */
 struct gw_inflight;
-int gw_auth_inflight_acquire(const struct cf_key *key, int limit, struct gw_inflight **held,
-                             struct gw_error *e);
-void gw_auth_inflight_release(struct gw_inflight *held);
+int gw_auth_inflight_acquire(const struct cf_key *key, int limit, int count,
+                             struct gw_inflight **held, struct gw_error *e);
+void gw_auth_inflight_release(struct gw_inflight *held, int count);
 
 #endif

@@ -95,7 +95,8 @@ struct gw_req {
     int retry_after_s;        /* > 0: a Retry-After header with the error */
     const char *errcode;      /* code of the error answered, for the access log */
     struct gw_idem *idem;     /* Idempotency-Key held by this request */
-    struct gw_inflight *held; /* counts in its API key's requests in flight */
+    struct gw_inflight *held; /* counts in its API key's operations in flight */
+    int nheld;                /* how many: 1, a _batch's operations */
     int detailed;             /* /ready on the admin listener: every shard's state */
     size_t resp_bytes;        /* batch: bytes of the answers collected so far */
     /* issue 6: a backend being rebalanced (routing/rt_live.h, live_gate()) */
@@ -148,7 +149,7 @@ static void req_free(struct gw_req *r)
         gw_idem_release(r->idem);
     }
     /* only now: a request answered 504 still holds a store connection */
-    gw_auth_inflight_release(r->held);
+    gw_auth_inflight_release(r->held, r->nheld);
     json_object_put(r->body);
     json_object_put(r->results);
     json_object_put(r->found);
@@ -1599,6 +1600,20 @@ static void handle_batch(struct gw_req *r, struct json_object *doc)
         fail_now(r, &e, NULL);
         return;
     }
+    if (r->held != NULL && n > 1) { /* one operation in flight each, all or nothing */
+        struct gw_inflight *more = NULL;
+        gw_auth_inflight_release(r->held, r->nheld);
+        r->held = NULL;
+        r->nheld = 0;
+        if (gw_auth_inflight_acquire(r->caller, r->cf->limits.max_inflight_per_key, (int)n, &more,
+                                     &e) < 0) {
+            json_object_put(doc);
+            fail_now(r, &e, "Retry-After: 1\r\n");
+            return;
+        }
+        r->held = more;
+        r->nheld = (int)n;
+    }
     r->kind = REQ_BATCH;
     r->mop = GW_MOP_BATCH;
     r->results = json_object_new_array_ext((int)n);
@@ -2002,11 +2017,12 @@ static int authenticate(struct gw_req *r, struct gw_http_req *hr, unsigned need_
         fail_now(r, &e, NULL);
         return -1;
     }
-    if (need_perm == 0 &&
-        gw_auth_inflight_acquire(r->caller, r->cf->limits.max_inflight_per_key, &r->held, &e) < 0) {
+    if (need_perm == 0 && gw_auth_inflight_acquire(r->caller, r->cf->limits.max_inflight_per_key, 1,
+                                                   &r->held, &e) < 0) {
         fail_now(r, &e, "Retry-After: 1\r\n");
         return -1;
     }
+    r->nheld = 1;
     return 0;
 }
 

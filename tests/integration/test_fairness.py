@@ -231,3 +231,12 @@ def test_one_answer_is_bounded_by_max_response_bytes(fairgw):
     cut = [r for r in results if r["status"] == 400]
     assert cut[0]["error"]["code"] == "response_too_large"
     assert "max_response_bytes" in cut[0]["error"]["message"]
+
+
+def test_batch_holds_one_operation_in_flight_each(fairgw):
+    c = Client(PORT)
+    ops = [{"op": "get", "domain": "fairslow", "id": "fs-%05d" % i} for i in range(3)]
+    st, body, resp = c.request("POST", "/v1/_batch", ops, headers=bearer(FLOOD_KEY))
+    assert st == 429, body  # 3 operations can never fit in the key's 2
+    err = assert_error(body, "rate_limited", resp=resp)
+    assert "split" in err["message"] and "max_inflight" in err["message"]
