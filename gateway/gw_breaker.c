@@ -118,6 +118,12 @@ int gw_breaker_healthy(int id)
     return ok != 0 && ok >= LOAD(&brk[id].last_fail) && LOAD(&brk[id].state) == GW_BRK_CLOSED;
 }
 
+int gw_breaker_known(int id)
+{
+    return valid(id) && (LOAD(&brk[id].last_ok) != 0 || LOAD(&brk[id].last_fail) != 0 ||
+                         LOAD(&brk[id].state) != GW_BRK_CLOSED);
+}
+
 enum gw_breaker_state gw_breaker_state(int id)
 {
     return valid(id) ? (enum gw_breaker_state)LOAD(&brk[id].state) : GW_BRK_CLOSED;

@@ -53,6 +53,8 @@ int gw_breaker_answered_since(int id, uint64_t since_ms);
  * answered before, its last outcome was a success and its circuit is
  * closed; 0 when nothing is known or the last outcome was a failure. */
 int gw_breaker_healthy(int id);
+/* 1 when anything is known about the shard (an outcome was recorded). */
+int gw_breaker_known(int id);
 
 enum gw_breaker_state gw_breaker_state(int id);
 const char *gw_breaker_state_name(enum gw_breaker_state s);

@@ -98,6 +98,7 @@ struct gw_req {
     struct gw_inflight *held; /* counts in its API key's operations in flight */
     int nheld;                /* how many: 1, a _batch's operations */
     int detailed;             /* /ready on the admin listener: every shard's state */
+    int ready_late;           /* /ready past READY_WAIT_MS, waiting for unknown shards */
     size_t resp_bytes;        /* batch: bytes of the answers collected so far */
     /* issue 6: a backend being rebalanced (routing/rt_live.h, live_gate()) */
     struct rt_live *live;
@@ -896,7 +897,8 @@ static void guard_finish(struct gw_req *g);
 /* /ready waits this long for the shards' pings; a shard that has not
  * answered by then is judged from what is known (gw_breaker_healthy), so a
  * backend that is down (a connect that hangs, a server selection that waits)
- * cannot hold the answer. */
+ * cannot hold the answer.  Only a shard nothing is known about yet (no
+ * outcome since start) is waited for, up to its ping's deadline. */
 #define READY_WAIT_MS 100
 
 static void parent_finish(struct gw_req *p);
@@ -929,15 +931,35 @@ static void ready_verdict(struct gw_req *p)
     }
 }
 
+/* 1 when a shard whose ping is still out has no known state. */
+static int ready_unknown_pending(struct gw_req *p)
+{
+    size_t n = json_object_array_length(p->results);
+    for (size_t i = 0; i < n; i++) {
+        struct json_object *slot = json_object_array_get_idx(p->results, i);
+        struct json_object *mid = json_object_object_get(slot, "_mid");
+        if (!json_object_object_get_ex(slot, "ok", NULL) &&
+            !gw_breaker_known(mid != NULL ? json_object_get_int(mid) : -1)) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
 static void ready_timeout(evutil_socket_t fd, short what, void *arg)
 {
     struct gw_req *p = arg;
     (void)fd;
     (void)what;
     p->timer_set = 0;
-    if (!p->answered && !p->abandoned) {
-        parent_finish(p); /* the pings still out complete later, unanswered */
+    if (p->answered || p->abandoned) {
+        return;
     }
+    if (ready_unknown_pending(p)) {
+        p->ready_late = 1; /* parent_child_done() answers once every such shard is known */
+        return;
+    }
+    parent_finish(p); /* the pings still out complete later, unanswered */
 }
 
 static void parent_finish(struct gw_req *p)
@@ -1046,6 +1068,10 @@ static void parent_child_done(struct gw_req *child, int status, struct json_obje
         json_object_put(entry);
         if (status >= 300) {
             p->nfail++;
+        }
+        if (p->ready_late && p->ndone + 1 < p->nchild && !p->abandoned &&
+            !ready_unknown_pending(p)) {
+            parent_finish(p); /* the rest is known: do not wait for their pings */
         }
     } else {
         batch_entry(p, child, status, entry);

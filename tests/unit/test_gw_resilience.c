@@ -109,8 +109,10 @@ static void test_breaker_known_state(void **state)
     int id = gw_metrics_shard_id("be-known", "s0");
     gw_breaker_configure(3, 1000);
     assert_false(gw_breaker_healthy(id)); /* nothing known yet: not proven healthy */
+    assert_false(gw_breaker_known(id));
     assert_false(gw_breaker_answered_since(id, 0));
     gw_breaker_record(id, 1, 500, NULL);
+    assert_true(gw_breaker_known(id));
     assert_true(gw_breaker_healthy(id));
     assert_true(gw_breaker_answered_since(id, 499));  /* sent before: others were answered */
     assert_false(gw_breaker_answered_since(id, 500)); /* sent after: nothing answered since */
