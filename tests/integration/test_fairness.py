@@ -17,6 +17,7 @@ FLOOD_KEY = "flood-key-0123456789abcdef"
 VICTIM_KEY = "victim-key-0123456789abcdef"
 BATCH_KEY = "batch-key-0123456789abcdef"
 OPS_KEY = "ops-key-0123456789abcdefgh"
+NARROW_KEY = "narrow-key-0123456789abcdef"
 NDOCS = 1000  # fair_products: enough that a prefix query costs FerretDB well over 60 ms
 
 
@@ -44,7 +45,11 @@ auth:
     - name: ops
       key: "%s"
       grants: {"*": [read, write, admin]}
-""" % (FLOOD_KEY, VICTIM_KEY, BATCH_KEY, OPS_KEY), text)
+    - name: narrow
+      key: "%s"
+      grants: {sessions: [read]}
+      max_inflight: 2
+""" % (FLOOD_KEY, VICTIM_KEY, BATCH_KEY, OPS_KEY, NARROW_KEY), text)
     # a domain on the catalog's own store (FerretDB), with a short deadline:
     # the flood's queries run into it
     text += """
@@ -235,8 +240,10 @@ def test_one_answer_is_bounded_by_max_response_bytes(fairgw):
 
 def test_batch_holds_one_operation_in_flight_each(fairgw):
     c = Client(PORT)
-    ops = [{"op": "get", "domain": "fairslow", "id": "fs-%05d" % i} for i in range(3)]
-    st, body, resp = c.request("POST", "/v1/_batch", ops, headers=bearer(FLOOD_KEY))
+    ops = [{"op": "get", "domain": "sessions", "id": "fair-n%d" % i} for i in range(3)]
+    st, body, resp = c.request("POST", "/v1/_batch", ops, headers=bearer(NARROW_KEY))
     assert st == 429, body  # 3 operations can never fit in the key's 2
     err = assert_error(body, "rate_limited", resp=resp)
     assert "split" in err["message"] and "max_inflight" in err["message"]
+    st, body, _ = c.request("POST", "/v1/_batch", ops[:2], headers=bearer(NARROW_KEY))
+    assert st == 200 and [r["status"] for r in body["results"]] == [404, 404], body
