@@ -201,6 +201,11 @@ def test_batch_pays_one_token_per_operation(fairgw):
     ops3 = [{"op": "get", "domain": "sessions", "id": "x"}] * 6
     st, body, resp = c.request("POST", "/v1/_batch", ops3, headers=bearer(BATCH_KEY))
     assert st == 429 and "split" in assert_error(body, "rate_limited")["message"]
+    # a batch refused before it runs is not free: it costs one token
+    st, body, _ = c.request("GET", "/v1/_batch", headers=bearer(BATCH_KEY))
+    assert st == 405, body  # the last token
+    st, body, _ = c.request("GET", "/v1/_batch", headers=bearer(BATCH_KEY))
+    assert st == 429, body
 
 
 def test_one_answer_is_bounded_by_max_response_bytes(fairgw):
