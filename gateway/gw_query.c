@@ -927,6 +927,24 @@ const struct gw_query *gw_query_of(struct json_object *body)
     return body != NULL ? json_object_get_userdata(body) : NULL;
 }
 
+/* The cursor MAC key: SHA-256 of a fixed label and the whole secret (no
+ * length cap: a long secret is hashed whole, never cut). */
+static int cursor_key(const char *secret, unsigned char key[32])
+{
+    static const char label[] = "polygate-cursor-v1:";
+    if (secret == NULL || secret[0] == '\0') {
+        return -1;
+    }
+    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+    unsigned int n = 0;
+    int ok = ctx != NULL && EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) == 1 &&
+             EVP_DigestUpdate(ctx, label, sizeof(label) - 1) == 1 &&
+             EVP_DigestUpdate(ctx, secret, strlen(secret)) == 1 &&
+             EVP_DigestFinal_ex(ctx, key, &n) == 1 && n == 32;
+    EVP_MD_CTX_free(ctx);
+    return ok ? 0 : -1;
+}
+
 int gw_query_parse(const struct cf_domain *d, const struct cf_limits *lim, const char *secret,
                    int aggregate, struct json_object *body, struct gw_query **out,
                    struct gw_error *e)
@@ -967,10 +985,10 @@ int gw_query_parse(const struct cf_domain *d, const struct cf_limits *lim, const
     }
     struct gw_query *q = calloc(1, sizeof(*q));
     q->aggregate = aggregate;
-    const char *sec = secret != NULL ? secret : GW_QUERY_DEFAULT_SECRET;
-    char material[512];
-    snprintf(material, sizeof(material), "polygate-cursor-v1:%s", sec);
-    SHA256((const unsigned char *)material, strlen(material), q->mac_key);
+    if (cursor_key(secret, q->mac_key) < 0) {
+        gw_error_set(e, GW_E_INTERNAL, NULL, "cannot derive the cursor key");
+        goto fail;
+    }
     struct json_object *v;
     if (json_object_object_get_ex(body, "partial", &v)) {
         if (!json_object_is_type(v, json_type_boolean)) {

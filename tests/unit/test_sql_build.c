@@ -186,7 +186,7 @@ static struct gw_query *parse_in(int dom, const char *body, int aggregate, struc
     struct json_object *b = json_tokener_parse(body);
     assert_non_null(b);
     struct gw_query *q = NULL;
-    int rc = gw_query_parse(&cf->domains[dom], &cf->limits, NULL, aggregate, b, &q, e);
+    int rc = gw_query_parse(&cf->domains[dom], &cf->limits, cf->cursor_secret, aggregate, b, &q, e);
     json_object_put(b);
     return rc == 0 ? q : NULL;
 }
