@@ -186,6 +186,10 @@ static MYSQL *conn(struct rb *rb, int shard, char *err, size_t errlen)
 
 static int exec(MYSQL *my, const char *sql, size_t len, const char *shard, char *err, size_t errlen)
 {
+    if (sql == NULL) {
+        snprintf(err, errlen, "shard '%s': out of memory building a statement", shard);
+        return -1;
+    }
     if (mysql_real_query(my, sql, (unsigned long)len) != 0) {
         snprintf(err, errlen, "shard '%s': %s", shard, mysql_error(my));
         return -1;
@@ -203,6 +207,10 @@ static int exec(MYSQL *my, const char *sql, size_t len, const char *shard, char 
 static MYSQL_RES *query(MYSQL *my, const char *sql, size_t len, const char *shard, char *err,
                         size_t errlen)
 {
+    if (sql == NULL) {
+        snprintf(err, errlen, "shard '%s': out of memory building a statement", shard);
+        return NULL;
+    }
     if (mysql_real_query(my, sql, (unsigned long)len) != 0) {
         snprintf(err, errlen, "shard '%s': %s", shard, mysql_error(my));
         return NULL;
@@ -214,21 +222,44 @@ static MYSQL_RES *query(MYSQL *my, const char *sql, size_t len, const char *shar
     return res;
 }
 
-/* A growing SQL text. */
+/* A growing SQL text.  A statement is never cut short: when memory runs
+ * out the buffer is dropped (p = NULL, failed = 1), every later put is a
+ * no-op, and exec()/query() refuse a NULL statement with an error. */
 struct buf {
     char *p;
     size_t len, cap;
+    int failed;
 };
+
+static int grow(struct buf *b, size_t need)
+{
+    if (b->failed) {
+        return -1;
+    }
+    if (need <= b->cap) {
+        return 0;
+    }
+    size_t cap = b->cap ? b->cap : 1024;
+    while (cap < need) {
+        cap *= 2;
+    }
+    char *p = realloc(b->p, cap);
+    if (p == NULL) {
+        free(b->p);
+        b->p = NULL;
+        b->len = b->cap = 0;
+        b->failed = 1;
+        return -1;
+    }
+    b->p = p;
+    b->cap = cap;
+    return 0;
+}
 
 static void put(struct buf *b, const char *s, size_t n)
 {
-    if (b->len + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 1024;
-        while (cap < b->len + n + 1) {
-            cap *= 2;
-        }
-        b->p = realloc(b->p, cap);
-        b->cap = cap;
+    if (grow(b, b->len + n + 1) < 0) {
+        return;
     }
     memcpy(b->p + b->len, s, n);
     b->len += n;
@@ -237,12 +268,32 @@ static void put(struct buf *b, const char *s, size_t n)
 
 static void __attribute__((format(printf, 2, 3))) putf(struct buf *b, const char *fmt, ...)
 {
-    char tmp[512];
-    va_list ap;
+    if (b->failed) {
+        return;
+    }
+    va_list ap, again;
     va_start(ap, fmt);
-    int n = vsnprintf(tmp, sizeof(tmp), fmt, ap);
+    va_copy(again, ap);
+    size_t room = b->cap - b->len;
+    int n = vsnprintf(b->p != NULL ? b->p + b->len : NULL, room, fmt, ap);
     va_end(ap);
-    put(b, tmp, (size_t)n < sizeof(tmp) ? (size_t)n : sizeof(tmp) - 1);
+    if (n >= 0 && (size_t)n >= room) { /* did not fit: grow to the exact size, format again */
+        if (grow(b, b->len + (size_t)n + 1) == 0) {
+            n = vsnprintf(b->p + b->len, (size_t)n + 1, fmt, again);
+        }
+    }
+    va_end(again);
+    if (b->failed) {
+        return;
+    }
+    if (n < 0) { /* an encoding error: no statement rather than a wrong one */
+        free(b->p);
+        b->p = NULL;
+        b->len = b->cap = 0;
+        b->failed = 1;
+        return;
+    }
+    b->len += (size_t)n;
 }
 
 /* A value as a quoted literal, escaped on that connection. */
@@ -252,12 +303,15 @@ static void lit(struct buf *b, MYSQL *my, const char *v, unsigned long len)
         put(b, "NULL", 4);
         return;
     }
-    char *tmp = malloc(len * 2 + 3);
-    tmp[0] = '\'';
-    unsigned long n = mysql_real_escape_string(my, tmp + 1, v, len);
-    tmp[n + 1] = '\'';
-    put(b, tmp, n + 2);
-    free(tmp);
+    if (grow(b, b->len + (size_t)len * 2 + 3) < 0) {
+        return;
+    }
+    char *at = b->p + b->len;
+    at[0] = '\'';
+    unsigned long n = mysql_real_escape_string(my, at + 1, v, len);
+    at[n + 1] = '\'';
+    b->len += n + 2;
+    b->p[b->len] = '\0';
 }
 
 /* Column list of a table, from the source's metadata. */
@@ -287,10 +341,14 @@ static int table_cols(struct rb *rb, struct rb_table *t, MYSQL *my, const char *
     }
     mysql_free_result(res);
     (void)rb;
-    if (t->keycol < 0) {
+    if (t->keycol < 0 || c.failed || h.failed) {
         free(c.p);
         free(h.p);
-        snprintf(err, errlen, "table '%s' has no column '%s'", t->name, t->key);
+        if (t->keycol < 0) {
+            snprintf(err, errlen, "table '%s' has no column '%s'", t->name, t->key);
+        } else {
+            snprintf(err, errlen, "table '%s': out of memory building its column list", t->name);
+        }
         return -1;
     }
     t->cols = c.p;
@@ -319,6 +377,11 @@ static long replace_rows(struct rb_table *t, MYSQL_RES *res, MYSQL *dst, const c
         if (lastkey != NULL) {
             free(*lastkey);
             *lastkey = strndup(row[t->keycol], lens[t->keycol]);
+            if (*lastkey == NULL) { /* no key to go on from: fail the batch */
+                free(b.p);
+                snprintf(err, errlen, "shard '%s': out of memory", shard);
+                return -1;
+            }
         }
         n++;
     }
@@ -766,8 +829,9 @@ static void *mover_main(void *arg)
     struct rb *rb = arg;
     char err[512];
     size_t failed_at = (size_t)-1;
-    gw_info("rebalance of '%s': %zu slot(s) to move (map version %" PRId64 " → %" PRId64 ")",
-            rb->backend, rb->nmoves, rb->from_version, rb->to_version);
+    gw_info("rebalance of '%s': %zu of %zu slot(s) to move (map version %" PRId64 " → %" PRId64 ")",
+            rb->backend, rb->nmoves - rb->done_at_start, rb->nmoves, rb->from_version,
+            rb->to_version);
     /* requests routed by the old map carry no ticket: wait until every
      * worker runs on the live table and those requests have finished */
     set_phase(rb, -1, "waiting for workers");
@@ -1066,12 +1130,12 @@ struct cf_config *gw_rebalance_begin(const char *cfg_path, const struct cf_confi
         }
         MYSQL *my = conn(rb, (int)s, err, sizeof(err));
         for (size_t k = 0; my != NULL && k < rb->ntables; k++) {
-            char q[512];
-            snprintf(q, sizeof(q),
-                     "SELECT COUNT(*) FROM information_schema.tables t WHERE t.table_schema = "
-                     "DATABASE() AND t.table_name = '%s'",
-                     rb->tables[k].name);
-            MYSQL_RES *res = query(my, q, strlen(q), rb->names[s], err, sizeof(err));
+            struct buf q = {0};
+            putf(&q, "SELECT COUNT(*) FROM information_schema.tables t WHERE t.table_schema = "
+                     "DATABASE() AND t.table_name = ");
+            lit(&q, my, rb->tables[k].name, strlen(rb->tables[k].name));
+            MYSQL_RES *res = query(my, q.p, q.len, rb->names[s], err, sizeof(err));
+            free(q.p);
             MYSQL_ROW row = res != NULL ? mysql_fetch_row(res) : NULL;
             int exists = row != NULL && row[0] != NULL && strcmp(row[0], "0") != 0;
             if (res != NULL) {
@@ -1080,8 +1144,10 @@ struct cf_config *gw_rebalance_begin(const char *cfg_path, const struct cf_confi
             if (!exists) {
                 continue;
             }
-            snprintf(q, sizeof(q), "SELECT 1 FROM `%s` LIMIT 1", rb->tables[k].name);
-            res = query(my, q, strlen(q), rb->names[s], err, sizeof(err));
+            q = (struct buf){0};
+            putf(&q, "SELECT 1 FROM `%s` LIMIT 1", rb->tables[k].name);
+            res = query(my, q.p, q.len, rb->names[s], err, sizeof(err));
+            free(q.p);
             int rows = res != NULL && mysql_num_rows(res) > 0;
             if (res != NULL) {
                 mysql_free_result(res);
@@ -1134,6 +1200,10 @@ static int recover_cleanup(struct rb *rb, char *err, size_t errlen)
                 putf(&in, "%s%u", in.len ? ", " : "", m->slot);
             }
         }
+        if (in.failed) {
+            snprintf(err, errlen, "out of memory listing the slots to clean up");
+            return -1;
+        }
         if (in.len == 0) {
             continue;
         }
@@ -1166,16 +1236,23 @@ struct cf_config *gw_rebalance_recover(const char *cfg_path, struct cf_config *c
         if (be->shard_map_path == NULL) {
             continue;
         }
-        char path[4200];
-        snprintf(path, sizeof(path), "%s.rebalance", be->shard_map_path);
+        struct buf pb = {0};
+        putf(&pb, "%s.rebalance", be->shard_map_path);
+        const char *path = pb.p;
         struct stat sb;
+        if (path == NULL) {
+            snprintf(err, errlen, "out of memory");
+            return NULL;
+        }
         if (stat(path, &sb) < 0) {
+            free(pb.p);
             continue;
         }
         char lerr[400];
         struct json_object *st = cf_yaml_load_file(path, lerr, sizeof(lerr));
         if (st == NULL) {
             snprintf(err, errlen, "rebalance state '%s' is unreadable: %s", path, lerr);
+            free(pb.p);
             return NULL;
         }
         struct rb *rb = rb_build(cf, be->name, json_object_object_get(st, "from"),
@@ -1189,8 +1266,10 @@ struct cf_config *gw_rebalance_recover(const char *cfg_path, struct cf_config *c
         json_object_put(st);
         if (rb == NULL) {
             snprintf(err, errlen, "rebalance state '%s': %s", path, lerr);
+            free(pb.p);
             return NULL;
         }
+        free(pb.p);
         gw_info("resuming the rebalance of '%s' (version %" PRId64 " → %" PRId64
                 "): %zu of %zu slot(s) were moved",
                 rb->backend, rb->from_version, rb->to_version, rb->done_at_start, rb->nmoves);
