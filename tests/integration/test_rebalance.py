@@ -670,3 +670,161 @@ def test_default_schema_rows_move_whole():
     finally:
         assert run.stop() == 0
         drop_table(table)
+
+
+class FullWriter:
+    """Creates, patches and deletes orders of the default shape through
+    polygate and keeps the last acknowledged body of each (None: deleted);
+    outcomes it cannot know (a broken connection, a 5xx) are set aside."""
+
+    def __init__(self, tag):
+        self.tag = tag
+        self.acked = {}
+        self.uncertain = set()
+        self.stop = threading.Event()
+        self.ops = 0
+
+    def run(self, seed):
+        rnd = random.Random(seed)
+        h = Http(GW_PORT)
+        mine = []
+        n = 0
+        while not self.stop.is_set():
+            live = [o for o in mine if self.acked.get(o) is not None and o not in self.uncertain]
+            op = rnd.random()
+            if op < 0.5 or len(live) < 10:
+                n += 1
+                o = full_order(n, "dw-%s-%03d" % (self.tag, rnd.randrange(60)))
+                o["order_id"] = "dw-%s-%d-%05d" % (self.tag, seed, n)
+                st, body = h.request("POST", "/v1/orders", o)
+                self.record(o["order_id"], st, 201, body)
+                mine.append(o["order_id"])
+            elif op < 0.85:
+                oid = rnd.choice(live)
+                cust = self.acked[oid]["customer_id"]
+                change = {"status": rnd.choice(STATUSES),
+                          "items": [{"product_id": "P-%d" % rnd.randrange(99), "quantity": 1}],
+                          "total_amount": "%d.%02d" % (rnd.randrange(9999), rnd.randrange(100))}
+                st, body = h.request("PATCH", "/v1/orders/%s?customer_id=%s" % (oid, cust),
+                                     {"set": change})
+                self.record(oid, st, 200, body)
+            else:
+                oid = rnd.choice(live)
+                cust = self.acked[oid]["customer_id"]
+                st, _ = h.request("DELETE", "/v1/orders/%s?customer_id=%s" % (oid, cust))
+                self.record(oid, st, 204, None)
+            self.ops += 1
+        h.close()
+
+    def record(self, oid, st, ok, body):
+        if st == ok:
+            self.acked[oid] = body
+        elif st is None or st >= 500:
+            self.uncertain.add(oid)
+
+
+class Reader:
+    """GETs orders nobody writes during the move: each must answer 200 with
+    the body it was created with, every time."""
+
+    def __init__(self, orders):
+        self.orders = orders
+        self.stop = threading.Event()
+        self.reads = 0
+        self.failures = []
+
+    def run(self):
+        h = Http(GW_PORT)
+        ids = sorted(self.orders)
+        i = 0
+        while not self.stop.is_set():
+            oid = ids[i % len(ids)]
+            body = self.orders[oid]
+            st, got = h.request("GET", "/v1/orders/%s?customer_id=%s" % (oid, body["customer_id"]))
+            if st != 200 or got != body:
+                self.failures.append((oid, st, got))
+            self.reads += 1
+            i += 1
+        h.close()
+
+
+def check_readable(orders):
+    """Every order (order_id → body, None: deleted) reads back whole."""
+    h = Http(GW_PORT)
+    bad = []
+    for oid, body in orders.items():
+        if body is None:
+            continue
+        st, got = h.request("GET", "/v1/orders/%s?customer_id=%s" % (oid, body["customer_id"]))
+        if st != 200 or got != body:
+            bad.append((oid, st, got, body))
+    h.close()
+    assert not bad, "orders not readable as acknowledged: %s" % bad[:3]
+
+
+def test_default_config_adds_and_removes_the_spare_shard_under_traffic():
+    """The README's flow on the default config: `polygatectl shardmap apply`
+    of a map adding orders-4 while orders are written and read; the
+    rebalance completes and every order reads back whole; the map without
+    orders-4 is applied the same way and completes too."""
+    table = "orders_rbflow"
+    run = DefaultRun(table)
+    writer, reader, threads = FullWriter("a"), None, []
+
+    def stop_traffic():
+        writer.stop.set()
+        if reader is not None:
+            reader.stop.set()
+        for t in threads:
+            t.join(timeout=30)
+
+    try:
+        h = Http(GW_PORT)
+        quiet = {}
+        for i in range(200):
+            o = full_order(i, "dq-%03d" % (i % 70))
+            o["order_id"] = "dq-%04d" % i
+            st, body = h.request("POST", "/v1/orders", o)
+            assert st == 201, body
+            quiet[o["order_id"]] = body
+        h.close()
+        reader = Reader(quiet)
+        threads = [threading.Thread(target=writer.run, args=(s,)) for s in (1, 2)]
+        threads.append(threading.Thread(target=reader.run))
+        for t in threads:
+            t.start()
+        doc = default_map_doc()
+        four = doc["shards"]
+        for step, shards in ((1, four + [shard("orders-4")]), (2, four)):
+            ops_before = writer.ops
+            doc = dict(doc, version=doc["version"] + 1, shards=shards)
+            run.apply(doc)
+            status = run.wait_done(timeout=240)
+            assert status["state"] == "done", status
+            assert status["slots_done"] == status["slots_total"] > 600, status
+            _, sm = run.admin("GET", "/admin/shardmap")
+            (b,) = sm["backends"]
+            assert b["version"] == doc["version"] and b["migration"] is None, b
+            assert [s["name"] for s in b["shards"]] == [s["name"] for s in shards], b
+            # traffic went on during the move
+            deadline = time.time() + 10
+            while writer.ops < ops_before + 50 and time.time() < deadline:
+                time.sleep(0.05)
+            assert writer.ops >= ops_before + 50, (step, writer.ops, ops_before)
+        stop_traffic()
+        assert reader.reads > 100 and not reader.failures, (reader.reads, reader.failures[:3])
+        assert len(writer.acked) > 50, len(writer.acked)
+        check_readable(quiet)
+        check_readable({o: b for o, b in writer.acked.items() if o not in writer.uncertain})
+        c = my("orders-4")
+        with c.cursor() as cur:
+            cur.execute("SELECT COUNT(*) FROM `%s`" % table)
+            assert cur.fetchone()[0] == 0, "rows left on the removed shard"
+        c.close()
+    except BaseException:
+        print(run.logtext()[-4000:])
+        raise
+    finally:
+        stop_traffic()
+        assert run.stop() == 0
+        drop_table(table)
