@@ -794,9 +794,12 @@ static void rollback_slot(struct rb *rb, size_t mi)
     }
 }
 
-/* The map after an abort: the union's shards, every slot pinned to the shard
- * that owns it now (override ranges), version = the target's. */
-static struct json_object *materialized_doc(struct rb *rb)
+/* The map after an abort: the union's shards, version = the target's, and
+ * overrides pinning each slot whose owner now differs from the one the ring
+ * of those shards gives (as ranges of one owner; a range may span slots the
+ * ring already gives that owner).  Adding a shard, that is the slots not
+ * moved yet; removing one, the slots moved so far.  *npinned: slots pinned. */
+static struct json_object *materialized_doc(struct rb *rb, int use_ring, size_t *npinned)
 {
     struct json_object *doc = json_object_new_object();
     json_object_object_add(doc, "version", json_object_new_int64(rb->to_version));
@@ -805,21 +808,111 @@ static struct json_object *materialized_doc(struct rb *rb)
                            json_object_get(json_object_object_get(rb->to_doc, "vnodes")));
     json_object_object_add(doc, "shards",
                            json_object_get(json_object_object_get(rb->union_doc, "shards")));
-    struct json_object *ov = json_object_new_object();
+    char merr[256];
+    struct rt_shardmap *ring = use_ring ? rt_shardmap_from_json(doc, merr, sizeof(merr)) : NULL;
     uint32_t n = rt_live_nslots(rb->live);
+    struct json_object *ov = json_object_new_object();
+    *npinned = 0;
     for (uint32_t s = 0; s < n;) {
         int o = rt_live_owner(rb->live, s);
-        uint32_t e = s;
+        if (ring != NULL && rt_shardmap_slot_owner(ring, s) == o) {
+            s++;
+            continue;
+        }
+        uint32_t e = s, last = s; /* last: the last slot of the run the ring gives elsewhere */
         while (e + 1 < n && rt_live_owner(rb->live, e + 1) == o) {
             e++;
+            if (ring == NULL || rt_shardmap_slot_owner(ring, e) != o) {
+                last = e;
+            }
         }
         char range[32];
-        snprintf(range, sizeof(range), "%u-%u", s, e);
+        snprintf(range, sizeof(range), s == last ? "%u" : "%u-%u", s, last);
         json_object_object_add(ov, range, json_object_new_string(rb->names[o]));
-        s = e + 1;
+        for (uint32_t k = s; k <= last; k++) {
+            *npinned += ring == NULL || rt_shardmap_slot_owner(ring, k) != o;
+        }
+        s = last + 1;
     }
+    rt_shardmap_unref(ring);
     json_object_object_add(doc, "overrides", ov);
     return doc;
+}
+
+/* 1 when the map document gives every slot the owner it has now. */
+static int owners_match(struct rb *rb, struct json_object *doc)
+{
+    char merr[256];
+    struct rt_shardmap *m = rt_shardmap_from_json(doc, merr, sizeof(merr));
+    int ok = m != NULL && rt_shardmap_nslots(m) == rt_live_nslots(rb->live);
+    for (uint32_t s = 0; ok && s < rt_live_nslots(rb->live); s++) {
+        int o = rt_live_owner(rb->live, s);
+        ok = strcmp(rt_shardmap_shard_name(m, (size_t)rt_shardmap_slot_owner(m, s)),
+                    rb->names[o]) == 0;
+    }
+    rt_shardmap_unref(m);
+    return ok;
+}
+
+/* The final map file: readable YAML, a header saying what happened, the
+ * previous file kept as <map>.prev. */
+static int write_final_map(struct rb *rb, int aborted, char *err, size_t errlen)
+{
+    char when[32] = "?";
+    time_t t = time(NULL);
+    struct tm tm;
+    if (gmtime_r(&t, &tm) != NULL) {
+        strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", &tm);
+    }
+    pthread_mutex_lock(&g_mu);
+    size_t done = rb->slots_done;
+    pthread_mutex_unlock(&g_mu);
+    const char *base = strrchr(rb->map_path, '/');
+    base = base != NULL ? base + 1 : rb->map_path;
+    size_t npinned = 0;
+    struct json_object *final = NULL;
+    if (aborted) {
+        final = materialized_doc(rb, 1, &npinned);
+        if (!owners_match(rb, final)) { /* never expected: pin every slot instead */
+            gw_warn("rebalance of '%s': the ring-relative map does not match the owners; "
+                    "pinning every slot",
+                    rb->backend);
+            json_object_put(final);
+            final = materialized_doc(rb, 0, &npinned);
+        }
+    } else {
+        final = json_object_get(rb->to_doc);
+    }
+    char *head = NULL;
+    int hl;
+    if (aborted) {
+        hl = asprintf(&head,
+                      "Written by polygate at %s: the rebalance of backend '%s'\n"
+                      "from map version %" PRId64 " to %" PRId64
+                      " was ABORTED after %zu of %zu slot move(s).\n"
+                      "The slots moved stay on their new shard, the others where they were:\n"
+                      "the shards are both maps' shards, and the overrides pin the %zu slot(s)\n"
+                      "whose owner differs from what the ring of these shards gives.  Apply\n"
+                      "the intended map again (with a higher version) to move the rest\n"
+                      "(docs/rebalancing.md).  This file before the rebalance: %s.prev",
+                      when, rb->backend, rb->from_version, rb->to_version, done, rb->nmoves,
+                      npinned, base);
+    } else {
+        hl = asprintf(&head,
+                      "Written by polygate at %s: the rebalance of backend '%s'\n"
+                      "from map version %" PRId64 " to %" PRId64 " is done (%zu slot move(s)).\n"
+                      "This file before the rebalance: %s.prev",
+                      when, rb->backend, rb->from_version, rb->to_version, rb->nmoves, base);
+    }
+    int rc = -1;
+    if (hl < 0) {
+        snprintf(err, errlen, "cannot write '%s': out of memory", rb->map_path);
+    } else {
+        rc = gw_shardmap_replace(rb->map_path, final, head, err, errlen);
+        free(head);
+    }
+    json_object_put(final);
+    return rc;
 }
 
 static const struct cf_backend *backend_of(const struct cf_config *cf, const char *name);
@@ -875,14 +968,11 @@ static void *mover_main(void *arg)
         rollback_slot(rb, failed_at);
     }
     set_phase(rb, -1, "finishing");
-    struct json_object *final = aborted ? materialized_doc(rb) : json_object_get(rb->to_doc);
     int rc;
-    while ((rc = gw_shardmap_write(rb->map_path, final, err, sizeof(err))) < 0 &&
-           !flag(rb, &rb->stop_req)) {
+    while ((rc = write_final_map(rb, aborted, err, sizeof(err))) < 0 && !flag(rb, &rb->stop_req)) {
         rb_error(rb, "writing the final map: %s (retrying)", err);
         nap_ms(1000);
     }
-    json_object_put(final);
     if (rc == 0) {
         unlink(rb->state_path);
     }

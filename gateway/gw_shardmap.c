@@ -297,23 +297,33 @@ struct json_object *gw_shardmap_json(const struct cf_config *cf)
     return doc;
 }
 
-int gw_shardmap_write(const char *path, struct json_object *doc, char *err, size_t errlen)
+/* Write len bytes to path atomically: temp file, fsync, rename, fsync of the
+ * directory.  0, or -1 with err. */
+static int write_atomic(const char *path, const char *text, size_t len, char *err, size_t errlen)
 {
-    size_t plen = strlen(path);
-    char *tmp = malloc(plen + 16);
-    snprintf(tmp, plen + 16, "%s.tmp.%ld", path, (long)getpid());
+    size_t plen = strlen(path) + 32;
+    char *tmp = malloc(plen);
+    if (tmp == NULL) {
+        snprintf(err, errlen, "cannot write '%s': out of memory", path);
+        return -1;
+    }
+    snprintf(tmp, plen, "%s.tmp.%ld", path, (long)getpid());
     int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (fd < 0) {
         snprintf(err, errlen, "cannot write '%s': %s", tmp, strerror(errno));
         free(tmp);
         return -1;
     }
-    const char *head = "# written by polygate (PUT /admin/shardmap); JSON is YAML\n";
-    const char *body = json_object_to_json_string_ext(
-        doc, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_SPACED | JSON_C_TO_STRING_NOSLASHESCAPE);
-    int ok = write(fd, head, strlen(head)) == (ssize_t)strlen(head) &&
-             write(fd, body, strlen(body)) == (ssize_t)strlen(body) && write(fd, "\n", 1) == 1 &&
-             fsync(fd) == 0;
+    int ok = 1;
+    for (size_t off = 0; ok && off < len;) {
+        ssize_t w = write(fd, text + off, len - off);
+        if (w < 0 && errno == EINTR) {
+            continue;
+        }
+        ok = w > 0;
+        off += w > 0 ? (size_t)w : 0;
+    }
+    ok = ok && fsync(fd) == 0;
     int saved = errno;
     close(fd);
     if (!ok || rename(tmp, path) < 0) {
@@ -328,7 +338,7 @@ int gw_shardmap_write(const char *path, struct json_object *doc, char *err, size
     free(tmp);
     /* the rename itself is durable once the directory is synced */
     char *dir = strdup(path);
-    char *slash = strrchr(dir, '/');
+    char *slash = dir != NULL ? strrchr(dir, '/') : NULL;
     if (slash != NULL) {
         *slash = '\0';
         int dfd = open(slash == dir ? "/" : dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -339,6 +349,167 @@ int gw_shardmap_write(const char *path, struct json_object *doc, char *err, size
     }
     free(dir);
     return 0;
+}
+
+int gw_shardmap_write(const char *path, struct json_object *doc, char *err, size_t errlen)
+{
+    const char *head = "# written by polygate (PUT /admin/shardmap); JSON is YAML\n";
+    const char *body = json_object_to_json_string_ext(
+        doc, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_SPACED | JSON_C_TO_STRING_NOSLASHESCAPE);
+    size_t hl = strlen(head), bl = strlen(body);
+    char *text = malloc(hl + bl + 2);
+    if (text == NULL) {
+        snprintf(err, errlen, "cannot write '%s': out of memory", path);
+        return -1;
+    }
+    memcpy(text, head, hl);
+    memcpy(text + hl, body, bl);
+    text[hl + bl] = '\n';
+    int rc = write_atomic(path, text, hl + bl + 1, err, errlen);
+    free(text);
+    return rc;
+}
+
+/* A JSON string literal (also a YAML double-quoted scalar). */
+static const char *quoted(struct json_object *o)
+{
+    return json_object_to_json_string_ext(o,
+                                          JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE);
+}
+
+#define RANGES_PER_LINE 6
+
+char *gw_shardmap_yaml(struct json_object *doc, const char *header, size_t *len)
+{
+    char *text = NULL;
+    size_t n = 0;
+    FILE *f = open_memstream(&text, &n);
+    if (f == NULL) {
+        return NULL;
+    }
+    /* every line of the header is a comment */
+    for (const char *p = header; p != NULL && *p != '\0';) {
+        const char *nl = strchr(p, '\n');
+        size_t l = nl != NULL ? (size_t)(nl - p) : strlen(p);
+        fprintf(f, "# %.*s\n", (int)l, p);
+        p = nl != NULL ? nl + 1 : p + l;
+    }
+    static const char *const scalars[] = {"version", "slots", "vnodes"};
+    for (size_t i = 0; i < sizeof(scalars) / sizeof(scalars[0]); i++) {
+        struct json_object *v = json_object_object_get(doc, scalars[i]);
+        if (v != NULL) {
+            fprintf(f, "%s: %s\n", scalars[i], quoted(v));
+        }
+    }
+    struct json_object *sh = json_object_object_get(doc, "shards");
+    fprintf(f, "shards:\n");
+    for (size_t i = 0; i < json_object_array_length(sh); i++) {
+        struct json_object *so = json_object_array_get_idx(sh, i);
+        fprintf(f, "  - {name: %s, dsn: %s, weight: %s}\n",
+                quoted(json_object_object_get(so, "name")),
+                quoted(json_object_object_get(so, "dsn")),
+                quoted(json_object_object_get(so, "weight")));
+    }
+    struct json_object *ov = json_object_object_get(doc, "overrides");
+    if (ov != NULL && json_object_object_length(ov) > 0) {
+        /* a flow mapping over several lines: a few ranges per line */
+        fprintf(f, "overrides: {");
+        size_t k = 0;
+        json_object_object_foreach(ov, range, owner)
+        {
+            struct json_object *r = json_object_new_string(range);
+            fprintf(f, "%s%s: %s",
+                    k == 0                     ? "\n  "
+                    : k % RANGES_PER_LINE == 0 ? ",\n  "
+                                               : ", ",
+                    quoted(r), quoted(owner));
+            json_object_put(r);
+            k++;
+        }
+        fprintf(f, "\n}\n");
+    }
+    int bad = ferror(f);
+    if (fclose(f) != 0 || bad) {
+        free(text);
+        return NULL;
+    }
+    *len = n;
+    return text;
+}
+
+/* The whole content of a file, or NULL (errno set). */
+static char *slurp(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    if (f == NULL) {
+        return NULL;
+    }
+    char *buf = NULL;
+    size_t n = 0, cap = 0;
+    for (;;) {
+        if (n + 4096 > cap) {
+            cap = cap ? cap * 2 : 8192;
+            char *nb = realloc(buf, cap);
+            if (nb == NULL) {
+                free(buf);
+                fclose(f);
+                errno = ENOMEM;
+                return NULL;
+            }
+            buf = nb;
+        }
+        size_t r = fread(buf + n, 1, cap - n, f);
+        n += r;
+        if (r == 0) {
+            break;
+        }
+    }
+    int bad = ferror(f);
+    fclose(f);
+    if (bad) {
+        free(buf);
+        errno = EIO;
+        return NULL;
+    }
+    *len = n;
+    return buf;
+}
+
+int gw_shardmap_replace(const char *path, struct json_object *doc, const char *header, char *err,
+                        size_t errlen)
+{
+    size_t len = 0, olen = 0;
+    char *text = gw_shardmap_yaml(doc, header, &len);
+    if (text == NULL) {
+        snprintf(err, errlen, "cannot write '%s': out of memory", path);
+        return -1;
+    }
+    char *old = slurp(path, &olen);
+    if (old != NULL) {
+        size_t pl = strlen(path) + 8;
+        char *prev = malloc(pl);
+        int rc = -1;
+        if (prev != NULL) {
+            snprintf(prev, pl, "%s.prev", path);
+            rc = write_atomic(prev, old, olen, err, errlen);
+        } else {
+            snprintf(err, errlen, "cannot write '%s.prev': out of memory", path);
+        }
+        free(prev);
+        free(old);
+        if (rc < 0) {
+            free(text);
+            return -1;
+        }
+    } else if (errno != ENOENT) {
+        snprintf(err, errlen, "cannot read '%s' to keep it as '%s.prev': %s", path, path,
+                 strerror(errno));
+        free(text);
+        return -1;
+    }
+    int rc = write_atomic(path, text, len, err, errlen);
+    free(text);
+    return rc;
 }
 
 struct json_object *gw_shardmap_doc(const struct rt_shardmap *m)

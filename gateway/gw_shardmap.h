@@ -61,4 +61,16 @@ struct json_object *gw_shardmap_json(const struct cf_config *cf);
 int gw_shardmap_write(const char *path, struct json_object *doc, char *err, size_t errlen)
     __attribute__((warn_unused_result));
 
+/* A map document as readable YAML: `header` (may hold several lines) as
+ * comment lines, version/slots/vnodes, one line per shard, and the overrides
+ * as a flow mapping a few ranges per line.  Malloc'd text and *len, or NULL
+ * when out of memory. */
+char *gw_shardmap_yaml(struct json_object *doc, const char *header, size_t *len);
+
+/* Replace the map file at path with doc as gw_shardmap_yaml() text, keeping
+ * the file's previous content as "<path>.prev" (both written atomically,
+ * the .prev first).  0, or -1 with err (the map file is then unchanged). */
+int gw_shardmap_replace(const char *path, struct json_object *doc, const char *header, char *err,
+                        size_t errlen) __attribute__((warn_unused_result));
+
 #endif

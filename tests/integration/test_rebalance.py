@@ -828,3 +828,82 @@ def test_default_config_adds_and_removes_the_spare_shard_under_traffic():
         stop_traffic()
         assert run.stop() == 0
         drop_table(table)
+
+
+def test_abort_writes_a_readable_map_and_keeps_the_previous_file():
+    """After an abort the map file is one an operator can read: a header
+    saying what happened and when, one line per shard, the overrides as
+    ranges several to a line (only the slots the ring of its shards would
+    give elsewhere), and the file as it was beside it as <map>.prev.  A
+    restart on it keeps every slot where the abort left it."""
+    import yaml
+    four = ["orders-0", "orders-1", "orders-2", "orders-3"]
+    run = Run(four)
+    try:
+        with open(run.map) as f:
+            original = f.read()
+        h = Http(GW_PORT)
+        orders = {}
+        for i in range(120):
+            body = {"order_id": "ab-%04d" % i, "customer_id": "ab-c%03d" % (i % 60),
+                    "status": "PENDING", "total_amount": "%d.50" % i, "payment_method": "x"}
+            st, got = h.request("POST", "/v1/orders", body)
+            assert st == 201, got
+            orders[body["order_id"]] = got
+        h.close()
+        st, body = run.admin("PUT", "/admin/shardmap",
+                             {"version": 2, "slots": 4096, "shards": [shard(s) for s in four + ["orders-4"]]})
+        assert st == 202, body
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            _, status = run.admin("GET", "/admin/rebalance")
+            if status["slots_done"] >= 20:
+                break
+            time.sleep(0.02)
+        st, body = run.admin("POST", "/admin/rebalance/abort")
+        assert st == 200, body
+        status = run.wait_done()
+        assert status["state"] == "aborted", status
+        moved = status["slots_done"]
+        assert 20 <= moved < status["slots_total"], status
+        _, sm = run.admin("GET", "/admin/shardmap")
+        slots_before = {s["name"]: s["slots"] for s in sm["backends"][0]["shards"]}
+        assert slots_before["orders-4"] == moved, sm
+        with open(run.map) as f:
+            text = f.read()
+        lines = text.splitlines()
+        assert lines[0].startswith("# Written by polygate at 20"), lines[:3]
+        head = " ".join(l for l in lines if l.startswith("#"))
+        assert "'orders-mysql'" in head and "version 1 to 2 was ABORTED" in head, head
+        assert "after %d of %d slot move(s)" % (moved, status["slots_total"]) in head, head
+        assert "orders.shardmap.yaml.prev" in head, head
+        assert len(lines) < 300, "%d lines" % len(lines)
+        assert sum(1 for l in lines if l.startswith("  - {name: ")) == 5, text[:2000]
+        doc = yaml.safe_load(text)
+        assert doc["version"] == 2 and doc["slots"] == 4096 and len(doc["shards"]) == 5, doc
+        pinned = 0
+        for rng, owner in doc["overrides"].items():
+            a, _, b = str(rng).partition("-")
+            pinned += int(b or a) - int(a) + 1
+            assert owner in slots_before, (rng, owner)
+        # only the slots not moved yet need pinning (adding a shard), not every slot
+        assert pinned < 4096 / 2, pinned
+        with open(run.map + ".prev") as f:
+            assert f.read() == original
+        # the file is the active map: a restart serves the same owners
+        assert run.kill(signal.SIGTERM) == 0
+        run.start()
+        _, sm = run.admin("GET", "/admin/shardmap")
+        (b,) = sm["backends"]
+        assert b["version"] == 2 and b["migration"] is None, b
+        assert {s["name"]: s["slots"] for s in b["shards"]} == slots_before, b
+        h = Http(GW_PORT)
+        for oid, body in orders.items():
+            st, got = h.request("GET", "/v1/orders/%s?customer_id=%s" % (oid, body["customer_id"]))
+            assert st == 200 and got == body, (oid, st, got)
+        h.close()
+    except BaseException:
+        print(run.logtext()[-4000:])
+        raise
+    finally:
+        assert run.stop() == 0
