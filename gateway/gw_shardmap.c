@@ -54,21 +54,31 @@ static int same_map(const struct rt_shardmap *a, const struct rt_shardmap *b)
     return 1;
 }
 
-/* Shards of `a` that `b` does not name, comma separated into buf; count. */
-static size_t missing_names(const struct rt_shardmap *a, const struct rt_shardmap *b, char *buf,
-                            size_t len)
+/* Shards of `a` that `b` does not name: their count, and *list (malloc'd,
+ * "'x', 'y'"; NULL when out of memory) when list is not NULL. */
+static size_t missing_names(const struct rt_shardmap *a, const struct rt_shardmap *b, char **list)
 {
-    size_t k = 0, off = 0;
-    buf[0] = '\0';
+    size_t k = 0, need = 1;
     for (size_t i = 0; i < rt_shardmap_nshards(a); i++) {
         const char *name = rt_shardmap_shard_name(a, i);
         if (rt_shardmap_shard_index(b, name) < 0) {
-            int w = snprintf(buf + off, len - off, "%s'%s'", k ? ", " : "", name);
-            if (w > 0 && (size_t)w < len - off) {
-                off += (size_t)w;
-            }
+            need += strlen(name) + 4;
             k++;
         }
+    }
+    char *buf = list != NULL ? malloc(need) : NULL;
+    if (buf != NULL) {
+        size_t off = 0, j = 0;
+        buf[0] = '\0';
+        for (size_t i = 0; i < rt_shardmap_nshards(a); i++) {
+            const char *name = rt_shardmap_shard_name(a, i);
+            if (rt_shardmap_shard_index(b, name) < 0) {
+                off += (size_t)snprintf(buf + off, need - off, "%s'%s'", j++ ? ", " : "", name);
+            }
+        }
+    }
+    if (list != NULL) {
+        *list = buf;
     }
     return k;
 }
@@ -96,14 +106,17 @@ static int check_backend(const struct cf_backend *old, const struct cf_backend *
                      nb->name, rt_shardmap_nslots(b), rt_shardmap_nslots(a));
         return -1;
     }
-    char added[256], removed[256];
-    size_t nadd = missing_names(b, a, added, sizeof(added));
-    size_t nrem = missing_names(a, b, removed, sizeof(removed));
-    if (nadd > 0 && nrem > 0) {
+    if (missing_names(b, a, NULL) > 0 && missing_names(a, b, NULL) > 0) {
+        char *added = NULL, *removed = NULL;
+        missing_names(b, a, &added);
+        missing_names(a, b, &removed);
         gw_error_set(e, GW_E_BAD_REQUEST, "shards",
                      "backend '%s': the map adds shard(s) %s and removes %s in one change; add "
                      "or remove shards in separate maps",
-                     nb->name, added, removed);
+                     nb->name, added != NULL ? added : "(out of memory)",
+                     removed != NULL ? removed : "(out of memory)");
+        free(added);
+        free(removed);
         return -1;
     }
     /* new shards, and shards that moved to another DSN, must answer */

@@ -212,6 +212,19 @@ def test_polygatectl(mgw, tmp_path):
     assert rc == 2
 
 
+def test_polygatectl_routes_long_keys_whole(mgw):
+    """A key of any length is sent whole (it was cut at a fixed buffer and
+    another key's slot printed)."""
+    import urllib.parse
+    for key in ["k" + "\u00e9" * 300 + "-tail", "x" * 3000, "a b/c?d&e=%f#g"]:
+        rc, out, err = ctl("route", "orders", key)
+        assert rc == 0, (out, err)
+        st, want, _ = mgw.admin("GET", "/admin/route/orders?key=" + urllib.parse.quote(key, safe=""))
+        assert st == 200, want
+        assert out.startswith("orders %s -> slot %d, shard %s " % (key, want["slot"], want["shard"])), (
+            out[-200:], want)
+
+
 def test_sighup_with_a_map_that_moves_slots_rebalances(mgw):
     """Editing the map file and SIGHUP: the same checks, then a rebalance."""
     import pymysql
