@@ -422,6 +422,18 @@ def test_killed_mid_move_resumes_on_restart(sig):
     try:
         fifth = [s for s in b["shards"] if s["name"] == "orders-4"][0]
         assert 4096 / 5 * 0.8 < fifth["slots"] < 4096 / 5 * 1.2, b
+        # the log of the resumed mover counts the slots still to move, not all
+        import re
+        log = run.logtext()
+        resumed = re.search(r"resuming the rebalance of 'orders-mysql' \(version 1 . 2\): "
+                            r"(\d+) of (\d+) slot\(s\) were moved", log)
+        assert resumed, log[-3000:]
+        done, total = int(resumed.group(1)), int(resumed.group(2))
+        assert done >= 100, resumed.group(0)
+        todo = re.search(r"rebalance of 'orders-mysql': (\d+) of (\d+) slot\(s\) to move",
+                         log[resumed.end():])
+        assert todo, log[resumed.end():][:3000]
+        assert (int(todo.group(1)), int(todo.group(2))) == (total - done, total), todo.group(0)
     finally:
         assert run.stop() == 0
 
