@@ -1332,6 +1332,7 @@ struct cf_config *gw_rebalance_recover(const char *cfg_path, struct cf_config *c
         struct stat sb;
         if (path == NULL) {
             snprintf(err, errlen, "out of memory");
+            cf_config_unref(cf);
             return NULL;
         }
         if (stat(path, &sb) < 0) {
@@ -1343,6 +1344,7 @@ struct cf_config *gw_rebalance_recover(const char *cfg_path, struct cf_config *c
         if (st == NULL) {
             snprintf(err, errlen, "rebalance state '%s' is unreadable: %s", path, lerr);
             free(pb.p);
+            cf_config_unref(cf);
             return NULL;
         }
         struct rb *rb = rb_build(cf, be->name, json_object_object_get(st, "from"),
@@ -1357,6 +1359,7 @@ struct cf_config *gw_rebalance_recover(const char *cfg_path, struct cf_config *c
         if (rb == NULL) {
             snprintf(err, errlen, "rebalance state '%s': %s", path, lerr);
             free(pb.p);
+            cf_config_unref(cf);
             return NULL;
         }
         free(pb.p);
@@ -1369,6 +1372,7 @@ struct cf_config *gw_rebalance_recover(const char *cfg_path, struct cf_config *c
             start(rb, done, arg, lerr, sizeof(lerr)) < 0) {
             snprintf(err, errlen, "resuming the rebalance of '%s': %s", rb->backend, lerr);
             cf_config_unref(ncf);
+            cf_config_unref(cf);
             rb_free(rb);
             return NULL;
         }

@@ -924,3 +924,31 @@ def test_abort_writes_a_readable_map_and_keeps_the_previous_file():
         raise
     finally:
         assert run.stop() == 0
+
+
+@pytest.mark.parametrize("content,words", [
+    ("{version: [1, ", "is unreadable"),
+    ('{"backend": "orders-mysql", "to": {"version": 2}, "done": []}', "rebalance state"),
+    ("", "rebalance state"),
+], ids=["not-yaml", "no-from-map", "empty"])
+def test_unreadable_state_file_refuses_to_start(content, words):
+    """A rebalance state file polygate cannot use stops the start-up with a
+    message naming it: serving without it could show stale or partial
+    copies of moved slots."""
+    tmp = tempfile.mkdtemp(prefix="polygate-rbst-")
+    try:
+        mp = os.path.join(tmp, "orders.shardmap.yaml")
+        with open(mp, "w") as f:
+            json.dump({"version": 1, "slots": 4096, "shards": [shard("orders-%d" % i) for i in range(4)]}, f)
+        with open(mp + ".rebalance", "w") as f:
+            f.write(content)
+        cfg = os.path.join(tmp, "polygate.yaml")
+        with open(cfg, "w") as f:
+            f.write(map_gateway_config(GW_PORT, GW_ADMIN, mp, TABLE, 4000))
+        p = subprocess.run([conftest.BIN, "-c", cfg], capture_output=True, text=True, timeout=30)
+        out = p.stdout + p.stderr
+        assert p.returncode != 0, out
+        assert "cannot start" in out and words in out and mp + ".rebalance" in out, out
+        assert os.path.exists(mp + ".rebalance")  # left for the operator to look at
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
