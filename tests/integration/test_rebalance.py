@@ -952,3 +952,100 @@ def test_unreadable_state_file_refuses_to_start(content, words):
         assert os.path.exists(mp + ".rebalance")  # left for the operator to look at
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.mark.parametrize("then", ["fixed", "abort"])
+def test_verify_failure_keeps_the_slot_on_its_source(then):
+    """A copy that does not verify (a trigger on the new shard changes the
+    orders marked 'poison' as they are written there) is never switched:
+    the slot stays on its source, readable and writable there, and is
+    retried.  Once the copy can verify (trigger dropped) the rebalance
+    completes; an abort instead rolls the partial copy back."""
+    four = ["orders-0", "orders-1", "orders-2", "orders-3"]
+    run = Run(four)
+    c4 = None
+    try:
+        customers = ["px-%03d" % i for i in range(40)]
+        writer = Writer(customers)
+        h = Http(GW_PORT)
+        for i, cust in enumerate(customers * 2):
+            oid = "px-%04d" % i
+            st, body = h.request("POST", "/v1/orders", {"order_id": oid, "customer_id": cust,
+                                                         "status": "PENDING", "total_amount": "7.25",
+                                                         "payment_method": "poison"})
+            assert st == 201, body
+            writer.state[oid] = (cust, {"status": "PENDING", "total_amount": "7.25"})
+        # the new shard's table, as the gateway created it, with the trigger
+        c0 = my("orders-0")
+        with c0.cursor() as cur:
+            cur.execute("SHOW CREATE TABLE " + TABLE)
+            ddl = cur.fetchone()[1]
+        c0.close()
+        c4 = my("orders-4")
+        with c4.cursor() as cur:
+            cur.execute(ddl)
+            cur.execute("CREATE TRIGGER %s_poison BEFORE INSERT ON %s FOR EACH ROW SET "
+                        "NEW.total_amount = IF(NEW.payment_method = 'poison', "
+                        "NEW.total_amount + 1, NEW.total_amount)" % (TABLE, TABLE))
+        st, body = run.admin("PUT", "/admin/shardmap",
+                             {"version": 2, "slots": 4096, "shards": [shard(s) for s in four + ["orders-4"]]})
+        assert st == 202, body
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            _, status = run.admin("GET", "/admin/rebalance")
+            failed = [e for e in status["errors"] if "verify of slot" in e]
+            if failed or status["state"] != "running":
+                break
+            time.sleep(0.05)
+        assert failed, status
+        slot = int(failed[0].split("verify of slot ")[1].split(" ")[0])
+        assert "(table %s) failed" % TABLE in failed[0] and "'orders-4' has" in failed[0], failed
+        assert status["state"] == "running" and status["slots_done"] < status["slots_total"], status
+        # the slot stays on its source: its orders read and write there
+        where = {c: None for c in customers}
+        hr = Http(GW_ADMIN)
+        for c in customers:
+            st, r = hr.request("GET", "/admin/route/orders?customer_id=" + c)
+            assert st == 200, r
+            where[c] = (r["slot"], r["shard"])
+        hr.close()
+        stuck = [c for c in customers if where[c][0] == slot]
+        assert stuck and all(where[c][1] != "orders-4" for c in stuck), (slot, where)
+        for oid, (cust, content) in sorted(writer.state.items()):
+            if cust in stuck:
+                st, got = h.request("GET", "/v1/orders/%s?customer_id=%s" % (oid, cust))
+                assert st == 200 and got["total_amount"] == 7.25, got
+                st, got = h.request("PATCH", "/v1/orders/%s?customer_id=%s" % (oid, cust),
+                                    {"set": {"status": "SHIPPED"}})
+                assert st == 200, got
+                writer.state[oid] = (cust, {"status": "SHIPPED", "total_amount": "7.25"})
+        st, body = h.request("POST", "/v1/orders/_aggregate",
+                             {"where": {"payment_method": "poison"}, "aggregates": {"n": {"count": "*"}}})
+        assert st == 200 and body["items"][0]["n"] == 80, body  # the copy on orders-4 is not counted
+        h.close()
+        if then == "fixed":
+            with c4.cursor() as cur:
+                cur.execute("DROP TRIGGER %s_poison" % TABLE)
+            status = run.wait_done(timeout=120)
+            assert status["state"] == "done" and status["slots_done"] == status["slots_total"], status
+        else:
+            st, body = run.admin("POST", "/admin/rebalance/abort")
+            assert st == 200, body
+            status = run.wait_done(timeout=60)
+            assert status["state"] == "aborted", status
+            with c4.cursor() as cur:  # the partial copy is rolled back
+                cur.execute("SELECT COUNT(*) FROM %s WHERE _slot = %%s" % TABLE, (slot,))
+                assert cur.fetchone()[0] == 0
+            _, sm = run.admin("GET", "/admin/shardmap")
+            assert sm["backends"][0]["migration"] is None, sm
+            with c4.cursor() as cur:
+                cur.execute("DROP TRIGGER %s_poison" % TABLE)
+        rows = check_data(run, writer, four + ["orders-4"])
+        assert all(rows[o][0][3] == "7.25" for o in writer.state), "a total changed"
+    except BaseException:
+        print(run.logtext()[-4000:])
+        raise
+    finally:
+        if c4 is not None:
+            c4.close()
+        assert run.stop() == 0
