@@ -383,11 +383,55 @@ int gw_shardmap_write(const char *path, struct json_object *doc, char *err, size
     return rc;
 }
 
-/* A JSON string literal (also a YAML double-quoted scalar). */
-static const char *quoted(struct json_object *o)
+/* A string as a YAML double-quoted scalar in printable ASCII: quote and
+ * backslash escaped, every other byte outside 0x20-0x7e as an escape (a
+ * UTF-8 sequence as its code point, \uXXXX or \UXXXXXXXX; a byte that is not
+ * valid UTF-8 as \xXX), so that no character YAML refuses (C0/C1 controls,
+ * DEL, a byte-order mark) reaches the file. */
+static void yaml_quoted(FILE *f, const char *s, size_t n)
 {
-    return json_object_to_json_string_ext(o,
-                                          JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE);
+    const unsigned char *p = (const unsigned char *)s;
+    fputc('"', f);
+    for (size_t i = 0; i < n;) {
+        unsigned c = p[i];
+        if (c >= 0x20 && c < 0x7f) {
+            if (c == '"' || c == '\\') {
+                fputc('\\', f);
+            }
+            fputc((int)c, f);
+            i++;
+            continue;
+        }
+        size_t len = c >= 0xf0 && c < 0xf5   ? 4
+                     : c >= 0xe0 && c < 0xf0 ? 3
+                     : c >= 0xc2 && c < 0xe0 ? 2
+                                             : 1;
+        uint32_t cp = len == 4 ? c & 0x07 : len == 3 ? c & 0x0f : c & 0x1f;
+        int ok = len > 1 && i + len <= n;
+        for (size_t k = 1; ok && k < len; k++) {
+            ok = (p[i + k] & 0xc0) == 0x80;
+            cp = cp << 6 | (p[i + k] & 0x3f);
+        }
+        ok = ok && !(len == 3 && (cp < 0x800 || (cp >= 0xd800 && cp <= 0xdfff))) &&
+             !(len == 4 && (cp < 0x10000 || cp > 0x10ffff));
+        if (!ok) {
+            fprintf(f, "\\x%02x", c);
+            i++;
+        } else if (cp > 0xffff) {
+            fprintf(f, "\\U%08x", (unsigned)cp);
+            i += len;
+        } else {
+            fprintf(f, "\\u%04x", (unsigned)cp);
+            i += len;
+        }
+    }
+    fputc('"', f);
+}
+
+static void yaml_string(FILE *f, struct json_object *o)
+{
+    const char *s = json_object_get_string(o);
+    yaml_quoted(f, s != NULL ? s : "", s != NULL ? (size_t)json_object_get_string_len(o) : 0);
 }
 
 #define RANGES_PER_LINE 6
@@ -404,24 +448,30 @@ char *gw_shardmap_yaml(struct json_object *doc, const char *header, size_t *len)
     for (const char *p = header; p != NULL && *p != '\0';) {
         const char *nl = strchr(p, '\n');
         size_t l = nl != NULL ? (size_t)(nl - p) : strlen(p);
-        fprintf(f, "# %.*s\n", (int)l, p);
+        fputs("# ", f);
+        for (size_t i = 0; i < l; i++) { /* nothing YAML could take for a line break */
+            fputc(p[i] >= 0x20 && p[i] < 0x7f ? p[i] : '?', f);
+        }
+        fputc('\n', f);
         p = nl != NULL ? nl + 1 : p + l;
     }
     static const char *const scalars[] = {"version", "slots", "vnodes"};
     for (size_t i = 0; i < sizeof(scalars) / sizeof(scalars[0]); i++) {
         struct json_object *v = json_object_object_get(doc, scalars[i]);
         if (v != NULL) {
-            fprintf(f, "%s: %s\n", scalars[i], quoted(v));
+            fprintf(f, "%s: %" PRId64 "\n", scalars[i], json_object_get_int64(v));
         }
     }
     struct json_object *sh = json_object_object_get(doc, "shards");
     fprintf(f, "shards:\n");
     for (size_t i = 0; i < json_object_array_length(sh); i++) {
         struct json_object *so = json_object_array_get_idx(sh, i);
-        fprintf(f, "  - {name: %s, dsn: %s, weight: %s}\n",
-                quoted(json_object_object_get(so, "name")),
-                quoted(json_object_object_get(so, "dsn")),
-                quoted(json_object_object_get(so, "weight")));
+        fputs("  - {name: ", f);
+        yaml_string(f, json_object_object_get(so, "name"));
+        fputs(", dsn: ", f);
+        yaml_string(f, json_object_object_get(so, "dsn"));
+        fprintf(f, ", weight: %" PRId64 "}\n",
+                json_object_get_int64(json_object_object_get(so, "weight")));
     }
     struct json_object *ov = json_object_object_get(doc, "overrides");
     if (ov != NULL && json_object_object_length(ov) > 0) {
@@ -430,13 +480,10 @@ char *gw_shardmap_yaml(struct json_object *doc, const char *header, size_t *len)
         size_t k = 0;
         json_object_object_foreach(ov, range, owner)
         {
-            struct json_object *r = json_object_new_string(range);
-            fprintf(f, "%s%s: %s",
-                    k == 0                     ? "\n  "
-                    : k % RANGES_PER_LINE == 0 ? ",\n  "
-                                               : ", ",
-                    quoted(r), quoted(owner));
-            json_object_put(r);
+            fputs(k == 0 ? "\n  " : k % RANGES_PER_LINE == 0 ? ",\n  " : ", ", f);
+            yaml_quoted(f, range, strlen(range));
+            fputs(": ", f);
+            yaml_string(f, owner);
             k++;
         }
         fprintf(f, "\n}\n");

@@ -62,7 +62,7 @@ int gw_shardmap_write(const char *path, struct json_object *doc, char *err, size
     __attribute__((warn_unused_result));
 
 /* A map document as readable YAML: `header` (may hold several lines) as
- * comment lines, version/slots/vnodes, one line per shard, and the overrides
+ * comment lines (bytes outside printable ASCII shown as '?'), version/slots/vnodes, one line per shard, and the overrides
  * as a flow mapping a few ranges per line.  Malloc'd text and *len, or NULL
  * when out of memory. */
 char *gw_shardmap_yaml(struct json_object *doc, const char *header, size_t *len);
