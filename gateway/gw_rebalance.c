@@ -135,6 +135,24 @@ static int flag(struct rb *rb, int *f)
     return v;
 }
 
+/* While paused (and not stopping): phase "paused" — the mover holds no slot
+ * frozen and writes nothing — then `phase` again (NULL: leave it to the next
+ * step). */
+static void wait_paused(struct rb *rb, int64_t slot, const char *phase)
+{
+    int paused = 0;
+    while (flag(rb, &rb->pause_req) && !flag(rb, &rb->stop_req) && !flag(rb, &rb->abort_req)) {
+        if (!paused) {
+            set_phase(rb, slot, "paused");
+            paused = 1;
+        }
+        nap_ms(50);
+    }
+    if (paused && phase != NULL) {
+        set_phase(rb, slot, phase);
+    }
+}
+
 static void rb_free(struct rb *rb)
 {
     if (rb == NULL) {
@@ -437,9 +455,7 @@ static int copy_slot(struct rb *rb, struct rb_table *t, uint32_t slot, MYSQL *a,
             snprintf(err, errlen, "stopped");
             return -1;
         }
-        while (flag(rb, &rb->pause_req) && !flag(rb, &rb->stop_req) && !flag(rb, &rb->abort_req)) {
-            nap_ms(50);
-        }
+        wait_paused(rb, (int64_t)slot, "copy");
         struct buf q = {0};
         putf(&q, "SELECT %s FROM `%s` WHERE `_slot` = %u", t->cols, t->name, slot);
         if (last != NULL) {
@@ -935,9 +951,7 @@ static void *mover_main(void *arg)
         if (rb->done[i]) {
             continue;
         }
-        while (flag(rb, &rb->pause_req) && !flag(rb, &rb->stop_req) && !flag(rb, &rb->abort_req)) {
-            nap_ms(50);
-        }
+        wait_paused(rb, -1, NULL);
         if (flag(rb, &rb->stop_req) || flag(rb, &rb->abort_req)) {
             break;
         }

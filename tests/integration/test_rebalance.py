@@ -465,11 +465,17 @@ def test_progress_pause_throttle_abort_then_finish():
         assert st == 202, body
         st, body = run.admin("POST", "/admin/rebalance/pause")
         assert st == 200 and body["state"] == "paused", body
-        time.sleep(0.3)
-        _, a = run.admin("GET", "/admin/rebalance")
-        time.sleep(0.5)
+        deadline = time.time() + 10  # the mover stops after the batch or slot it is on
+        while time.time() < deadline:
+            _, a = run.admin("GET", "/admin/rebalance")
+            if a["phase"] == "paused":
+                break
+            time.sleep(0.02)
+        assert a["phase"] == "paused", a
+        time.sleep(0.5)  # an observation window: nothing may move while paused
         _, b = run.admin("GET", "/admin/rebalance")
-        assert b["state"] == "paused" and b["slots_done"] == a["slots_done"], (a, b)
+        assert b["state"] == "paused" and b["phase"] == "paused", b
+        assert (b["slots_done"], b["rows_moved"]) == (a["slots_done"], a["rows_moved"]), (a, b)
         ctl = os.path.join(conftest.ROOT, "polygatectl")
         p = subprocess.run([ctl, "-a", "127.0.0.1:%d" % GW_ADMIN, "rebalance", "status"],
                            capture_output=True, text=True, timeout=5)
