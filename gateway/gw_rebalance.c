@@ -113,13 +113,28 @@ static void set_phase(struct rb *rb, int64_t slot, const char *phase)
     pthread_mutex_unlock(&g_mu);
 }
 
+/* A message cut to its buffer ends on a whole UTF-8 character (it goes out
+ * in the JSON status), with "…" where it was cut. */
+static void cut_utf8(char *msg, size_t size)
+{
+    static const char more[] = "\xe2\x80\xa6"; /* … */
+    size_t end = size - sizeof(more);          /* room for "…" and the NUL */
+    while (end > 0 && ((unsigned char)msg[end] & 0xc0) == 0x80) {
+        end--; /* msg[end] starts a character: cut before it */
+    }
+    memcpy(msg + end, more, sizeof(more));
+}
+
 static void __attribute__((format(printf, 2, 3))) rb_error(struct rb *rb, const char *fmt, ...)
 {
     char msg[256];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(msg, sizeof(msg), fmt, ap);
+    int n = vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
+    if (n >= (int)sizeof(msg)) {
+        cut_utf8(msg, sizeof(msg));
+    }
     gw_warn("rebalance of '%s': %s", rb->backend, msg);
     pthread_mutex_lock(&g_mu);
     snprintf(rb->errors[rb->nerrors % NERRORS], sizeof(rb->errors[0]), "%s", msg);

@@ -1122,3 +1122,57 @@ def test_target_table_that_cannot_take_the_rows_is_retried():
         if c4 is not None:
             c4.close()
         assert run.stop() == 0
+
+
+def test_long_store_errors_stay_valid_utf8_in_the_status():
+    """A store error longer than the status keeps is cut on a whole UTF-8
+    character and marked '…' (the new shard refuses every row with a long
+    non-ASCII message), so GET /admin/rebalance stays valid JSON text."""
+    four = ["orders-0", "orders-1", "orders-2", "orders-3"]
+    run = Run(four)
+    c4 = None
+    try:
+        h = Http(GW_PORT)
+        for i in range(100):
+            st, body = h.request("POST", "/v1/orders", {"order_id": "u8-%04d" % i,
+                                                         "customer_id": "u8-%03d" % i,
+                                                         "status": "PENDING", "total_amount": "1.00"})
+            assert st == 201, body
+        h.close()
+        c0 = my("orders-0")
+        with c0.cursor() as cur:
+            cur.execute("SHOW CREATE TABLE " + TABLE)
+            ddl = cur.fetchone()[1]
+        c0.close()
+        c4 = my("orders-4")
+        with c4.cursor() as cur:
+            cur.execute(ddl)
+            cur.execute("CREATE TRIGGER %s_refuse BEFORE INSERT ON %s FOR EACH ROW SIGNAL SQLSTATE "
+                        "'45000' SET MESSAGE_TEXT = '%s'" % (TABLE, TABLE, "\u20ac" * 120))
+        st, body = run.admin("PUT", "/admin/shardmap",
+                             {"version": 2, "slots": 4096, "shards": [shard(s) for s in four + ["orders-4"]]})
+        assert st == 202, body
+        deadline = time.time() + 60
+        errors = []
+        while time.time() < deadline and not errors:
+            conn = http.client.HTTPConnection("127.0.0.1", GW_ADMIN, timeout=10)
+            conn.request("GET", "/admin/rebalance")
+            raw = conn.getresponse().read()
+            conn.close()
+            status = json.loads(raw.decode("utf-8"))  # strict: fails on a cut character
+            errors = [e for e in status["errors"] if "\u20ac" in e]
+            time.sleep(0.05)
+        assert errors, status
+        assert errors[0].endswith("\u20ac\u2026") and len(errors[0].encode()) <= 255, errors[0]
+        st, body = run.admin("POST", "/admin/rebalance/abort")
+        assert st == 200, body
+        assert run.wait_done(timeout=60)["state"] == "aborted"
+    except BaseException:
+        print(run.logtext()[-4000:])
+        raise
+    finally:
+        if c4 is not None:
+            with c4.cursor() as cur:
+                cur.execute("DROP TRIGGER IF EXISTS %s_refuse" % TABLE)
+            c4.close()
+        assert run.stop() == 0
