@@ -264,6 +264,15 @@ struct buf {
     int failed;
 };
 
+/* Drop the statement: it could not be built whole. */
+static void buf_fail(struct buf *b)
+{
+    free(b->p);
+    b->p = NULL;
+    b->len = b->cap = 0;
+    b->failed = 1;
+}
+
 static int grow(struct buf *b, size_t need)
 {
     if (b->failed) {
@@ -278,10 +287,7 @@ static int grow(struct buf *b, size_t need)
     }
     char *p = realloc(b->p, cap);
     if (p == NULL) {
-        free(b->p);
-        b->p = NULL;
-        b->len = b->cap = 0;
-        b->failed = 1;
+        buf_fail(b);
         return -1;
     }
     b->p = p;
@@ -320,10 +326,7 @@ static void __attribute__((format(printf, 2, 3))) putf(struct buf *b, const char
         return;
     }
     if (n < 0) { /* an encoding error: no statement rather than a wrong one */
-        free(b->p);
-        b->p = NULL;
-        b->len = b->cap = 0;
-        b->failed = 1;
+        buf_fail(b);
         return;
     }
     b->len += (size_t)n;
@@ -342,6 +345,10 @@ static void lit(struct buf *b, MYSQL *my, const char *v, unsigned long len)
     char *at = b->p + b->len;
     at[0] = '\'';
     unsigned long n = mysql_real_escape_string(my, at + 1, v, len);
+    if (n == (unsigned long)-1) { /* cannot escape: no statement rather than a wrong one */
+        buf_fail(b);
+        return;
+    }
     at[n + 1] = '\'';
     b->len += n + 2;
     b->p[b->len] = '\0';
