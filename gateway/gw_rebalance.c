@@ -517,6 +517,14 @@ static int rowsum_cmp(const void *x, const void *y)
     return strcmp(((const struct rowsum *)x)->key, ((const struct rowsum *)y)->key);
 }
 
+static void rowsums_free(struct rowsum *rs, size_t n)
+{
+    for (size_t i = 0; rs != NULL && i < n; i++) {
+        free(rs[i].key);
+    }
+    free(rs);
+}
+
 static struct rowsum *rowsums(struct rb_table *t, uint32_t slot, MYSQL *my, const char *shard,
                               size_t *n, char *err, size_t errlen)
 {
@@ -532,22 +540,24 @@ static struct rowsum *rowsums(struct rb_table *t, uint32_t slot, MYSQL *my, cons
     struct rowsum *rs = calloc(*n + 1, sizeof(*rs));
     MYSQL_ROW row;
     size_t i = 0;
-    while ((row = mysql_fetch_row(res)) != NULL && i < *n) {
-        rs[i].key = strdup(row[0]);
+    while (rs != NULL && i < *n && (row = mysql_fetch_row(res)) != NULL) {
+        rs[i].key = strdup(row[0] != NULL ? row[0] : "");
+        if (rs[i].key == NULL) {
+            rowsums_free(rs, i);
+            rs = NULL;
+            break;
+        }
         snprintf(rs[i].sum, sizeof(rs[i].sum), "%s", row[1] != NULL ? row[1] : "");
         i++;
     }
     mysql_free_result(res);
+    if (rs == NULL) {
+        snprintf(err, errlen, "shard '%s': out of memory reading the rows of slot %u", shard, slot);
+        return NULL;
+    }
+    *n = i;
     qsort(rs, *n, sizeof(*rs), rowsum_cmp);
     return rs;
-}
-
-static void rowsums_free(struct rowsum *rs, size_t n)
-{
-    for (size_t i = 0; rs != NULL && i < n; i++) {
-        free(rs[i].key);
-    }
-    free(rs);
 }
 
 /* Copy (keys given) rows from the source, or delete them at the target. */
@@ -608,6 +618,14 @@ static int catch_up(struct rb *rb, struct rb_table *t, uint32_t slot, MYSQL *a, 
         return -1;
     }
     char **cp = calloc(na + 1, sizeof(*cp)), **del = calloc(nb + 1, sizeof(*del));
+    if (cp == NULL || del == NULL) {
+        free(cp);
+        free(del);
+        rowsums_free(ra, na);
+        rowsums_free(rb_, nb);
+        snprintf(err, errlen, "out of memory comparing the rows of slot %u", slot);
+        return -1;
+    }
     size_t ncp = 0, ndel = 0, i = 0, j = 0;
     while (i < na || j < nb) {
         int c = i >= na ? 1 : j >= nb ? -1 : strcmp(ra[i].key, rb_[j].key);
