@@ -62,9 +62,10 @@ int gw_shardmap_write(const char *path, struct json_object *doc, char *err, size
     __attribute__((warn_unused_result));
 
 /* A map document as readable YAML: `header` (may hold several lines) as
- * comment lines (bytes outside printable ASCII shown as '?'), version/slots/vnodes, one line per shard, and the overrides
- * as a flow mapping a few ranges per line.  Malloc'd text and *len, or NULL
- * when out of memory. */
+ * comment lines (bytes outside printable ASCII shown as '?'), then
+ * version/slots/vnodes, one line per shard, and the overrides as a flow
+ * mapping a few ranges per line; strings in printable ASCII with escapes.
+ * Malloc'd text and *len, or NULL when out of memory. */
 char *gw_shardmap_yaml(struct json_object *doc, const char *header, size_t *len);
 
 /* Replace the map file at path with doc as gw_shardmap_yaml() text, keeping
