@@ -722,7 +722,7 @@ static int save_state(struct rb *rb, char *err, size_t errlen)
     pthread_mutex_lock(&g_mu);
     json_object_object_add(st, "rows_moved", json_object_new_int64((int64_t)rb->rows_moved));
     pthread_mutex_unlock(&g_mu);
-    int rc = gw_shardmap_write(rb->state_path, st, err, errlen);
+    int rc = gw_shardmap_write_json(rb->state_path, st, err, errlen);
     json_object_put(st);
     return rc;
 }

@@ -9,10 +9,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "adapters/ad.h"
 #include "config/cf_config.h"
+#include "config/cf_yaml.h"
 #include "gateway/gw_log.h"
 #include "gateway/gw_rebalance.h"
 #include "routing/rt_live.h"
@@ -364,9 +366,9 @@ static int write_atomic(const char *path, const char *text, size_t len, char *er
     return 0;
 }
 
-int gw_shardmap_write(const char *path, struct json_object *doc, char *err, size_t errlen)
+int gw_shardmap_write_json(const char *path, struct json_object *doc, char *err, size_t errlen)
 {
-    const char *head = "# written by polygate (PUT /admin/shardmap); JSON is YAML\n";
+    const char *head = "# written by polygate; JSON is YAML\n";
     const char *body = json_object_to_json_string_ext(
         doc, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_SPACED | JSON_C_TO_STRING_NOSLASHESCAPE);
     size_t hl = strlen(head), bl = strlen(body);
@@ -470,8 +472,11 @@ char *gw_shardmap_yaml(struct json_object *doc, const char *header, size_t *len)
         yaml_string(f, json_object_object_get(so, "name"));
         fputs(", dsn: ", f);
         yaml_string(f, json_object_object_get(so, "dsn"));
-        fprintf(f, ", weight: %" PRId64 "}\n",
-                json_object_get_int64(json_object_object_get(so, "weight")));
+        struct json_object *w = json_object_object_get(so, "weight");
+        if (w != NULL) {
+            fprintf(f, ", weight: %" PRId64, json_object_get_int64(w));
+        }
+        fputs("}\n", f);
     }
     struct json_object *ov = json_object_object_get(doc, "overrides");
     if (ov != NULL && json_object_object_length(ov) > 0) {
@@ -535,6 +540,31 @@ static char *slurp(const char *path, size_t *len)
     return buf;
 }
 
+/* 1 when the two maps are the same: version, shards, DSNs, weights, vnodes
+ * and the owner of every slot. */
+static int same_doc(const struct rt_shardmap *a, const struct rt_shardmap *b)
+{
+    if (a == NULL || b == NULL || rt_shardmap_version(a) != rt_shardmap_version(b)) {
+        return 0;
+    }
+    return same_map(a, b);
+}
+
+/* The text read back as a map equals doc (a guard: the file must load as
+ * the map that is active). */
+static int reads_back(const char *text, size_t len, struct json_object *doc)
+{
+    char err[256];
+    struct json_object *back = cf_yaml_load_string(text, len, err, sizeof(err));
+    struct rt_shardmap *b = back != NULL ? rt_shardmap_from_json(back, err, sizeof(err)) : NULL;
+    struct rt_shardmap *a = rt_shardmap_from_json(doc, err, sizeof(err));
+    int ok = same_doc(a, b);
+    json_object_put(back);
+    rt_shardmap_unref(a);
+    rt_shardmap_unref(b);
+    return ok;
+}
+
 int gw_shardmap_replace(const char *path, struct json_object *doc, const char *header, char *err,
                         size_t errlen)
 {
@@ -543,6 +573,22 @@ int gw_shardmap_replace(const char *path, struct json_object *doc, const char *h
     if (text == NULL) {
         snprintf(err, errlen, "cannot write '%s': out of memory", path);
         return -1;
+    }
+    if (!reads_back(text, len, doc)) { /* never expected: JSON, which is YAML too */
+        gw_warn("shard map '%s': the YAML form does not read back as the map; writing JSON", path);
+        free(text);
+        const char *body =
+            json_object_to_json_string_ext(doc, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_SPACED |
+                                                    JSON_C_TO_STRING_NOSLASHESCAPE);
+        size_t bl = strlen(body);
+        text = malloc(bl + 2);
+        if (text == NULL) {
+            snprintf(err, errlen, "cannot write '%s': out of memory", path);
+            return -1;
+        }
+        memcpy(text, body, bl);
+        text[bl] = '\n';
+        len = bl + 1;
     }
     char *old = slurp(path, &olen);
     if (old != NULL) {
@@ -600,4 +646,28 @@ struct json_object *gw_shardmap_doc(const struct rt_shardmap *m)
         json_object_object_add(doc, "overrides", ov);
     }
     return doc;
+}
+
+int gw_shardmap_write(const char *path, struct json_object *doc, char *err, size_t errlen)
+{
+    char when[32] = "?";
+    time_t t = time(NULL);
+    struct tm tm;
+    if (gmtime_r(&t, &tm) != NULL) {
+        strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", &tm);
+    }
+    const char *base = strrchr(path, '/');
+    base = base != NULL ? base + 1 : path;
+    char *head = NULL;
+    if (asprintf(&head,
+                 "Written by polygate at %s: map version %" PRId64
+                 " applied by PUT /admin/shardmap.\n"
+                 "This file before: %s.prev",
+                 when, json_object_get_int64(json_object_object_get(doc, "version")), base) < 0) {
+        snprintf(err, errlen, "cannot write '%s': out of memory", path);
+        return -1;
+    }
+    int rc = gw_shardmap_replace(path, doc, head, err, errlen);
+    free(head);
+    return rc;
 }

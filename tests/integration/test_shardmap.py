@@ -138,6 +138,8 @@ def test_good_map_is_applied_persisted_and_traffic_continues(mgw):
                                                             "total_amount": "1.50"})
         assert st == 201, item
         # same owners, new version, overrides that pin slots to their owner
+        with open(mgw.map) as f:
+            previous = f.read()
         st, body, _ = mgw.admin("PUT", "/admin/shardmap", body=map_doc(2))
         assert st == 200, body
         deadline = time.time() + 5
@@ -146,7 +148,17 @@ def test_good_map_is_applied_persisted_and_traffic_continues(mgw):
         assert active(mgw)["version"] == 2
         with open(mgw.map) as f:
             text = f.read()
-        assert '"version": 2' in text
+        # readable YAML with a header, the file as it was kept beside it
+        import yaml
+        assert text.startswith("# Written by polygate at 20"), text[:300]
+        assert "map version 2 applied by PUT /admin/shardmap" in text, text[:300]
+        assert "orders.shardmap.yaml.prev" in text.splitlines()[1], text[:300]
+        written = yaml.safe_load(text)
+        assert written["version"] == 2 and written["slots"] == 4096, written
+        assert [(x["name"], x["dsn"]) for x in written["shards"]] == \
+            [(x["name"], x["dsn"]) for x in SHARDS], written
+        with open(mgw.map + ".prev") as f:
+            assert f.read() == previous
         st, got, _ = c.request("GET", "/v1/orders/%s?customer_id=sm-c1" % item["order_id"])
         assert st == 200, got
         assert got["total_amount"] == 1.5 and got["customer_id"] == "sm-c1", got
