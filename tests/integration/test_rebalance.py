@@ -1,4 +1,4 @@
-"""Online rebalancing (issue 6, docs/rebalancing.md): a writer inserts,
+"""Online rebalancing (docs/rebalancing.md): a writer inserts,
 updates and deletes orders through polygate the whole time and records every
 acknowledged operation, while a new shard map adds a 5th shard / removes one
 (/ and polygate is killed in the middle of the move and restarted).  Then,
@@ -8,7 +8,10 @@ row is on the shard the new map names.  Meanwhile scatter queries never see
 an order twice or miss one.
 
 Private gateway on PORT + 8 / ADMIN_PORT + 8, table orders_rb (dropped on
-the 5 databases before each run), map file in a temp dir."""
+the 5 databases before each run), map file in a temp dir.  The tests of the
+default configuration run polygate on a copy of config/polygate.yaml and its
+shard map (tables orders_rbdef / orders_rbflow); the failure tests put a
+trigger or a narrower table on the new shard to make the mover fail."""
 import http.client
 import json
 import os

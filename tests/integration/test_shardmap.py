@@ -1,4 +1,4 @@
-"""Live shard map changes (issue 6): GET / PUT /admin/shardmap and SIGHUP.
+"""Live shard map changes: GET / PUT /admin/shardmap and SIGHUP.
 
 A private gateway (ports PORT + 7 / ADMIN_PORT + 7) with one sharded MySQL
 domain (table orders_sm) whose shard map is a copy in the gateway's temp dir,
