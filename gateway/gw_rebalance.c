@@ -113,13 +113,28 @@ static void set_phase(struct rb *rb, int64_t slot, const char *phase)
     pthread_mutex_unlock(&g_mu);
 }
 
+/* A message cut to its buffer ends on a whole UTF-8 character (it goes out
+ * in the JSON status), with "…" where it was cut. */
+static void cut_utf8(char *msg, size_t size)
+{
+    static const char more[] = "\xe2\x80\xa6"; /* … */
+    size_t end = size - sizeof(more);          /* room for "…" and the NUL */
+    while (end > 0 && ((unsigned char)msg[end] & 0xc0) == 0x80) {
+        end--; /* msg[end] starts a character: cut before it */
+    }
+    memcpy(msg + end, more, sizeof(more));
+}
+
 static void __attribute__((format(printf, 2, 3))) rb_error(struct rb *rb, const char *fmt, ...)
 {
     char msg[256];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(msg, sizeof(msg), fmt, ap);
+    int n = vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
+    if (n >= (int)sizeof(msg)) {
+        cut_utf8(msg, sizeof(msg));
+    }
     gw_warn("rebalance of '%s': %s", rb->backend, msg);
     pthread_mutex_lock(&g_mu);
     snprintf(rb->errors[rb->nerrors % NERRORS], sizeof(rb->errors[0]), "%s", msg);
@@ -133,6 +148,24 @@ static int flag(struct rb *rb, int *f)
     int v = *f;
     pthread_mutex_unlock(&g_mu);
     return v;
+}
+
+/* While paused (and not stopping): phase "paused" — the mover holds no slot
+ * frozen and writes nothing — then `phase` again (NULL: leave it to the next
+ * step). */
+static void wait_paused(struct rb *rb, int64_t slot, const char *phase)
+{
+    int paused = 0;
+    while (flag(rb, &rb->pause_req) && !flag(rb, &rb->stop_req) && !flag(rb, &rb->abort_req)) {
+        if (!paused) {
+            set_phase(rb, slot, "paused");
+            paused = 1;
+        }
+        nap_ms(50);
+    }
+    if (paused && phase != NULL) {
+        set_phase(rb, slot, phase);
+    }
 }
 
 static void rb_free(struct rb *rb)
@@ -186,6 +219,10 @@ static MYSQL *conn(struct rb *rb, int shard, char *err, size_t errlen)
 
 static int exec(MYSQL *my, const char *sql, size_t len, const char *shard, char *err, size_t errlen)
 {
+    if (sql == NULL) {
+        snprintf(err, errlen, "shard '%s': out of memory building a statement", shard);
+        return -1;
+    }
     if (mysql_real_query(my, sql, (unsigned long)len) != 0) {
         snprintf(err, errlen, "shard '%s': %s", shard, mysql_error(my));
         return -1;
@@ -203,6 +240,10 @@ static int exec(MYSQL *my, const char *sql, size_t len, const char *shard, char 
 static MYSQL_RES *query(MYSQL *my, const char *sql, size_t len, const char *shard, char *err,
                         size_t errlen)
 {
+    if (sql == NULL) {
+        snprintf(err, errlen, "shard '%s': out of memory building a statement", shard);
+        return NULL;
+    }
     if (mysql_real_query(my, sql, (unsigned long)len) != 0) {
         snprintf(err, errlen, "shard '%s': %s", shard, mysql_error(my));
         return NULL;
@@ -214,21 +255,50 @@ static MYSQL_RES *query(MYSQL *my, const char *sql, size_t len, const char *shar
     return res;
 }
 
-/* A growing SQL text. */
+/* A growing SQL text.  A statement is never cut short: when memory runs
+ * out the buffer is dropped (p = NULL, failed = 1), every later put is a
+ * no-op, and exec()/query() refuse a NULL statement with an error. */
 struct buf {
     char *p;
     size_t len, cap;
+    int failed;
 };
+
+/* Drop the statement: it could not be built whole. */
+static void buf_fail(struct buf *b)
+{
+    free(b->p);
+    b->p = NULL;
+    b->len = b->cap = 0;
+    b->failed = 1;
+}
+
+static int grow(struct buf *b, size_t need)
+{
+    if (b->failed) {
+        return -1;
+    }
+    if (need <= b->cap) {
+        return 0;
+    }
+    size_t cap = b->cap ? b->cap : 1024;
+    while (cap < need) {
+        cap *= 2;
+    }
+    char *p = realloc(b->p, cap);
+    if (p == NULL) {
+        buf_fail(b);
+        return -1;
+    }
+    b->p = p;
+    b->cap = cap;
+    return 0;
+}
 
 static void put(struct buf *b, const char *s, size_t n)
 {
-    if (b->len + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 1024;
-        while (cap < b->len + n + 1) {
-            cap *= 2;
-        }
-        b->p = realloc(b->p, cap);
-        b->cap = cap;
+    if (grow(b, b->len + n + 1) < 0) {
+        return;
     }
     memcpy(b->p + b->len, s, n);
     b->len += n;
@@ -237,12 +307,29 @@ static void put(struct buf *b, const char *s, size_t n)
 
 static void __attribute__((format(printf, 2, 3))) putf(struct buf *b, const char *fmt, ...)
 {
-    char tmp[512];
-    va_list ap;
+    if (b->failed) {
+        return;
+    }
+    va_list ap, again;
     va_start(ap, fmt);
-    int n = vsnprintf(tmp, sizeof(tmp), fmt, ap);
+    va_copy(again, ap);
+    size_t room = b->cap - b->len;
+    int n = vsnprintf(b->p != NULL ? b->p + b->len : NULL, room, fmt, ap);
     va_end(ap);
-    put(b, tmp, (size_t)n < sizeof(tmp) ? (size_t)n : sizeof(tmp) - 1);
+    if (n >= 0 && (size_t)n >= room) { /* did not fit: grow to the exact size, format again */
+        if (grow(b, b->len + (size_t)n + 1) == 0) {
+            n = vsnprintf(b->p + b->len, (size_t)n + 1, fmt, again);
+        }
+    }
+    va_end(again);
+    if (b->failed) {
+        return;
+    }
+    if (n < 0) { /* an encoding error: no statement rather than a wrong one */
+        buf_fail(b);
+        return;
+    }
+    b->len += (size_t)n;
 }
 
 /* A value as a quoted literal, escaped on that connection. */
@@ -252,12 +339,19 @@ static void lit(struct buf *b, MYSQL *my, const char *v, unsigned long len)
         put(b, "NULL", 4);
         return;
     }
-    char *tmp = malloc(len * 2 + 3);
-    tmp[0] = '\'';
-    unsigned long n = mysql_real_escape_string(my, tmp + 1, v, len);
-    tmp[n + 1] = '\'';
-    put(b, tmp, n + 2);
-    free(tmp);
+    if (grow(b, b->len + (size_t)len * 2 + 3) < 0) {
+        return;
+    }
+    char *at = b->p + b->len;
+    at[0] = '\'';
+    unsigned long n = mysql_real_escape_string(my, at + 1, v, len);
+    if (n == (unsigned long)-1) { /* cannot escape: no statement rather than a wrong one */
+        buf_fail(b);
+        return;
+    }
+    at[n + 1] = '\'';
+    b->len += n + 2;
+    b->p[b->len] = '\0';
 }
 
 /* Column list of a table, from the source's metadata. */
@@ -287,10 +381,14 @@ static int table_cols(struct rb *rb, struct rb_table *t, MYSQL *my, const char *
     }
     mysql_free_result(res);
     (void)rb;
-    if (t->keycol < 0) {
+    if (t->keycol < 0 || c.failed || h.failed) {
         free(c.p);
         free(h.p);
-        snprintf(err, errlen, "table '%s' has no column '%s'", t->name, t->key);
+        if (t->keycol < 0) {
+            snprintf(err, errlen, "table '%s' has no column '%s'", t->name, t->key);
+        } else {
+            snprintf(err, errlen, "table '%s': out of memory building its column list", t->name);
+        }
         return -1;
     }
     t->cols = c.p;
@@ -319,6 +417,11 @@ static long replace_rows(struct rb_table *t, MYSQL_RES *res, MYSQL *dst, const c
         if (lastkey != NULL) {
             free(*lastkey);
             *lastkey = strndup(row[t->keycol], lens[t->keycol]);
+            if (*lastkey == NULL) { /* no key to go on from: fail the batch */
+                free(b.p);
+                snprintf(err, errlen, "shard '%s': out of memory", shard);
+                return -1;
+            }
         }
         n++;
     }
@@ -374,9 +477,7 @@ static int copy_slot(struct rb *rb, struct rb_table *t, uint32_t slot, MYSQL *a,
             snprintf(err, errlen, "stopped");
             return -1;
         }
-        while (flag(rb, &rb->pause_req) && !flag(rb, &rb->stop_req) && !flag(rb, &rb->abort_req)) {
-            nap_ms(50);
-        }
+        wait_paused(rb, (int64_t)slot, "copy");
         struct buf q = {0};
         putf(&q, "SELECT %s FROM `%s` WHERE `_slot` = %u", t->cols, t->name, slot);
         if (last != NULL) {
@@ -416,6 +517,14 @@ static int rowsum_cmp(const void *x, const void *y)
     return strcmp(((const struct rowsum *)x)->key, ((const struct rowsum *)y)->key);
 }
 
+static void rowsums_free(struct rowsum *rs, size_t n)
+{
+    for (size_t i = 0; rs != NULL && i < n; i++) {
+        free(rs[i].key);
+    }
+    free(rs);
+}
+
 static struct rowsum *rowsums(struct rb_table *t, uint32_t slot, MYSQL *my, const char *shard,
                               size_t *n, char *err, size_t errlen)
 {
@@ -431,22 +540,24 @@ static struct rowsum *rowsums(struct rb_table *t, uint32_t slot, MYSQL *my, cons
     struct rowsum *rs = calloc(*n + 1, sizeof(*rs));
     MYSQL_ROW row;
     size_t i = 0;
-    while ((row = mysql_fetch_row(res)) != NULL && i < *n) {
-        rs[i].key = strdup(row[0]);
+    while (rs != NULL && i < *n && (row = mysql_fetch_row(res)) != NULL) {
+        rs[i].key = strdup(row[0] != NULL ? row[0] : "");
+        if (rs[i].key == NULL) {
+            rowsums_free(rs, i);
+            rs = NULL;
+            break;
+        }
         snprintf(rs[i].sum, sizeof(rs[i].sum), "%s", row[1] != NULL ? row[1] : "");
         i++;
     }
     mysql_free_result(res);
+    if (rs == NULL) {
+        snprintf(err, errlen, "shard '%s': out of memory reading the rows of slot %u", shard, slot);
+        return NULL;
+    }
+    *n = i;
     qsort(rs, *n, sizeof(*rs), rowsum_cmp);
     return rs;
-}
-
-static void rowsums_free(struct rowsum *rs, size_t n)
-{
-    for (size_t i = 0; rs != NULL && i < n; i++) {
-        free(rs[i].key);
-    }
-    free(rs);
 }
 
 /* Copy (keys given) rows from the source, or delete them at the target. */
@@ -507,6 +618,14 @@ static int catch_up(struct rb *rb, struct rb_table *t, uint32_t slot, MYSQL *a, 
         return -1;
     }
     char **cp = calloc(na + 1, sizeof(*cp)), **del = calloc(nb + 1, sizeof(*del));
+    if (cp == NULL || del == NULL) {
+        free(cp);
+        free(del);
+        rowsums_free(ra, na);
+        rowsums_free(rb_, nb);
+        snprintf(err, errlen, "out of memory comparing the rows of slot %u", slot);
+        return -1;
+    }
     size_t ncp = 0, ndel = 0, i = 0, j = 0;
     while (i < na || j < nb) {
         int c = i >= na ? 1 : j >= nb ? -1 : strcmp(ra[i].key, rb_[j].key);
@@ -603,7 +722,7 @@ static int save_state(struct rb *rb, char *err, size_t errlen)
     pthread_mutex_lock(&g_mu);
     json_object_object_add(st, "rows_moved", json_object_new_int64((int64_t)rb->rows_moved));
     pthread_mutex_unlock(&g_mu);
-    int rc = gw_shardmap_write(rb->state_path, st, err, errlen);
+    int rc = gw_shardmap_write_json(rb->state_path, st, err, errlen);
     json_object_put(st);
     return rc;
 }
@@ -731,9 +850,12 @@ static void rollback_slot(struct rb *rb, size_t mi)
     }
 }
 
-/* The map after an abort: the union's shards, every slot pinned to the shard
- * that owns it now (override ranges), version = the target's. */
-static struct json_object *materialized_doc(struct rb *rb)
+/* The map after an abort: the union's shards, version = the target's, and
+ * overrides pinning each slot whose owner now differs from the one the ring
+ * of those shards gives (as ranges of one owner; a range may span slots the
+ * ring already gives that owner).  Adding a shard, that is the slots not
+ * moved yet; removing one, the slots moved so far.  *npinned: slots pinned. */
+static struct json_object *materialized_doc(struct rb *rb, int use_ring, size_t *npinned)
 {
     struct json_object *doc = json_object_new_object();
     json_object_object_add(doc, "version", json_object_new_int64(rb->to_version));
@@ -742,21 +864,111 @@ static struct json_object *materialized_doc(struct rb *rb)
                            json_object_get(json_object_object_get(rb->to_doc, "vnodes")));
     json_object_object_add(doc, "shards",
                            json_object_get(json_object_object_get(rb->union_doc, "shards")));
-    struct json_object *ov = json_object_new_object();
+    char merr[256];
+    struct rt_shardmap *ring = use_ring ? rt_shardmap_from_json(doc, merr, sizeof(merr)) : NULL;
     uint32_t n = rt_live_nslots(rb->live);
+    struct json_object *ov = json_object_new_object();
+    *npinned = 0;
     for (uint32_t s = 0; s < n;) {
         int o = rt_live_owner(rb->live, s);
-        uint32_t e = s;
+        if (ring != NULL && rt_shardmap_slot_owner(ring, s) == o) {
+            s++;
+            continue;
+        }
+        uint32_t e = s, last = s; /* last: the last slot of the run the ring gives elsewhere */
         while (e + 1 < n && rt_live_owner(rb->live, e + 1) == o) {
             e++;
+            if (ring == NULL || rt_shardmap_slot_owner(ring, e) != o) {
+                last = e;
+            }
         }
         char range[32];
-        snprintf(range, sizeof(range), "%u-%u", s, e);
+        snprintf(range, sizeof(range), s == last ? "%u" : "%u-%u", s, last);
         json_object_object_add(ov, range, json_object_new_string(rb->names[o]));
-        s = e + 1;
+        for (uint32_t k = s; k <= last; k++) {
+            *npinned += ring == NULL || rt_shardmap_slot_owner(ring, k) != o;
+        }
+        s = last + 1;
     }
+    rt_shardmap_unref(ring);
     json_object_object_add(doc, "overrides", ov);
     return doc;
+}
+
+/* 1 when the map document gives every slot the owner it has now. */
+static int owners_match(struct rb *rb, struct json_object *doc)
+{
+    char merr[256];
+    struct rt_shardmap *m = rt_shardmap_from_json(doc, merr, sizeof(merr));
+    int ok = m != NULL && rt_shardmap_nslots(m) == rt_live_nslots(rb->live);
+    for (uint32_t s = 0; ok && s < rt_live_nslots(rb->live); s++) {
+        int o = rt_live_owner(rb->live, s);
+        ok = strcmp(rt_shardmap_shard_name(m, (size_t)rt_shardmap_slot_owner(m, s)),
+                    rb->names[o]) == 0;
+    }
+    rt_shardmap_unref(m);
+    return ok;
+}
+
+/* The final map file: readable YAML, a header saying what happened, the
+ * previous file kept as <map>.prev. */
+static int write_final_map(struct rb *rb, int aborted, char *err, size_t errlen)
+{
+    char when[32] = "?";
+    time_t t = time(NULL);
+    struct tm tm;
+    if (gmtime_r(&t, &tm) != NULL) {
+        strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", &tm);
+    }
+    pthread_mutex_lock(&g_mu);
+    size_t done = rb->slots_done;
+    pthread_mutex_unlock(&g_mu);
+    const char *base = strrchr(rb->map_path, '/');
+    base = base != NULL ? base + 1 : rb->map_path;
+    size_t npinned = 0;
+    struct json_object *final = NULL;
+    if (aborted) {
+        final = materialized_doc(rb, 1, &npinned);
+        if (!owners_match(rb, final)) { /* never expected: pin every slot instead */
+            gw_warn("rebalance of '%s': the ring-relative map does not match the owners; "
+                    "pinning every slot",
+                    rb->backend);
+            json_object_put(final);
+            final = materialized_doc(rb, 0, &npinned);
+        }
+    } else {
+        final = json_object_get(rb->to_doc);
+    }
+    char *head = NULL;
+    int hl;
+    if (aborted) {
+        hl = asprintf(&head,
+                      "Written by polygate at %s: the rebalance of backend '%s'\n"
+                      "from map version %" PRId64 " to %" PRId64
+                      " was ABORTED after %zu of %zu slot move(s).\n"
+                      "The slots moved stay on their new shard, the others where they were:\n"
+                      "the shards are both maps' shards, and the overrides pin the %zu slot(s)\n"
+                      "whose owner differs from what the ring of these shards gives.  Apply\n"
+                      "the intended map again (with a higher version) to move the rest\n"
+                      "(docs/rebalancing.md).  This file before the rebalance: %s.prev",
+                      when, rb->backend, rb->from_version, rb->to_version, done, rb->nmoves,
+                      npinned, base);
+    } else {
+        hl = asprintf(&head,
+                      "Written by polygate at %s: the rebalance of backend '%s'\n"
+                      "from map version %" PRId64 " to %" PRId64 " is done (%zu slot move(s)).\n"
+                      "This file before the rebalance: %s.prev",
+                      when, rb->backend, rb->from_version, rb->to_version, rb->nmoves, base);
+    }
+    int rc = -1;
+    if (hl < 0) {
+        snprintf(err, errlen, "cannot write '%s': out of memory", rb->map_path);
+    } else {
+        rc = gw_shardmap_replace(rb->map_path, final, head, err, errlen);
+        free(head);
+    }
+    json_object_put(final);
+    return rc;
 }
 
 static const struct cf_backend *backend_of(const struct cf_config *cf, const char *name);
@@ -766,8 +978,9 @@ static void *mover_main(void *arg)
     struct rb *rb = arg;
     char err[512];
     size_t failed_at = (size_t)-1;
-    gw_info("rebalance of '%s': %zu slot(s) to move (map version %" PRId64 " → %" PRId64 ")",
-            rb->backend, rb->nmoves, rb->from_version, rb->to_version);
+    gw_info("rebalance of '%s': %zu of %zu slot(s) to move (map version %" PRId64 " → %" PRId64 ")",
+            rb->backend, rb->nmoves - rb->done_at_start, rb->nmoves, rb->from_version,
+            rb->to_version);
     /* requests routed by the old map carry no ticket: wait until every
      * worker runs on the live table and those requests have finished */
     set_phase(rb, -1, "waiting for workers");
@@ -778,9 +991,7 @@ static void *mover_main(void *arg)
         if (rb->done[i]) {
             continue;
         }
-        while (flag(rb, &rb->pause_req) && !flag(rb, &rb->stop_req) && !flag(rb, &rb->abort_req)) {
-            nap_ms(50);
-        }
+        wait_paused(rb, -1, NULL);
         if (flag(rb, &rb->stop_req) || flag(rb, &rb->abort_req)) {
             break;
         }
@@ -811,14 +1022,11 @@ static void *mover_main(void *arg)
         rollback_slot(rb, failed_at);
     }
     set_phase(rb, -1, "finishing");
-    struct json_object *final = aborted ? materialized_doc(rb) : json_object_get(rb->to_doc);
     int rc;
-    while ((rc = gw_shardmap_write(rb->map_path, final, err, sizeof(err))) < 0 &&
-           !flag(rb, &rb->stop_req)) {
+    while ((rc = write_final_map(rb, aborted, err, sizeof(err))) < 0 && !flag(rb, &rb->stop_req)) {
         rb_error(rb, "writing the final map: %s (retrying)", err);
         nap_ms(1000);
     }
-    json_object_put(final);
     if (rc == 0) {
         unlink(rb->state_path);
     }
@@ -1066,12 +1274,12 @@ struct cf_config *gw_rebalance_begin(const char *cfg_path, const struct cf_confi
         }
         MYSQL *my = conn(rb, (int)s, err, sizeof(err));
         for (size_t k = 0; my != NULL && k < rb->ntables; k++) {
-            char q[512];
-            snprintf(q, sizeof(q),
-                     "SELECT COUNT(*) FROM information_schema.tables t WHERE t.table_schema = "
-                     "DATABASE() AND t.table_name = '%s'",
-                     rb->tables[k].name);
-            MYSQL_RES *res = query(my, q, strlen(q), rb->names[s], err, sizeof(err));
+            struct buf q = {0};
+            putf(&q, "SELECT COUNT(*) FROM information_schema.tables t WHERE t.table_schema = "
+                     "DATABASE() AND t.table_name = ");
+            lit(&q, my, rb->tables[k].name, strlen(rb->tables[k].name));
+            MYSQL_RES *res = query(my, q.p, q.len, rb->names[s], err, sizeof(err));
+            free(q.p);
             MYSQL_ROW row = res != NULL ? mysql_fetch_row(res) : NULL;
             int exists = row != NULL && row[0] != NULL && strcmp(row[0], "0") != 0;
             if (res != NULL) {
@@ -1080,8 +1288,10 @@ struct cf_config *gw_rebalance_begin(const char *cfg_path, const struct cf_confi
             if (!exists) {
                 continue;
             }
-            snprintf(q, sizeof(q), "SELECT 1 FROM `%s` LIMIT 1", rb->tables[k].name);
-            res = query(my, q, strlen(q), rb->names[s], err, sizeof(err));
+            q = (struct buf){0};
+            putf(&q, "SELECT 1 FROM `%s` LIMIT 1", rb->tables[k].name);
+            res = query(my, q.p, q.len, rb->names[s], err, sizeof(err));
+            free(q.p);
             int rows = res != NULL && mysql_num_rows(res) > 0;
             if (res != NULL) {
                 mysql_free_result(res);
@@ -1134,6 +1344,10 @@ static int recover_cleanup(struct rb *rb, char *err, size_t errlen)
                 putf(&in, "%s%u", in.len ? ", " : "", m->slot);
             }
         }
+        if (in.failed) {
+            snprintf(err, errlen, "out of memory listing the slots to clean up");
+            return -1;
+        }
         if (in.len == 0) {
             continue;
         }
@@ -1166,16 +1380,25 @@ struct cf_config *gw_rebalance_recover(const char *cfg_path, struct cf_config *c
         if (be->shard_map_path == NULL) {
             continue;
         }
-        char path[4200];
-        snprintf(path, sizeof(path), "%s.rebalance", be->shard_map_path);
+        struct buf pb = {0};
+        putf(&pb, "%s.rebalance", be->shard_map_path);
+        const char *path = pb.p;
         struct stat sb;
+        if (path == NULL) {
+            snprintf(err, errlen, "out of memory");
+            cf_config_unref(cf);
+            return NULL;
+        }
         if (stat(path, &sb) < 0) {
+            free(pb.p);
             continue;
         }
         char lerr[400];
         struct json_object *st = cf_yaml_load_file(path, lerr, sizeof(lerr));
         if (st == NULL) {
             snprintf(err, errlen, "rebalance state '%s' is unreadable: %s", path, lerr);
+            free(pb.p);
+            cf_config_unref(cf);
             return NULL;
         }
         struct rb *rb = rb_build(cf, be->name, json_object_object_get(st, "from"),
@@ -1189,8 +1412,11 @@ struct cf_config *gw_rebalance_recover(const char *cfg_path, struct cf_config *c
         json_object_put(st);
         if (rb == NULL) {
             snprintf(err, errlen, "rebalance state '%s': %s", path, lerr);
+            free(pb.p);
+            cf_config_unref(cf);
             return NULL;
         }
+        free(pb.p);
         gw_info("resuming the rebalance of '%s' (version %" PRId64 " → %" PRId64
                 "): %zu of %zu slot(s) were moved",
                 rb->backend, rb->from_version, rb->to_version, rb->done_at_start, rb->nmoves);
@@ -1200,6 +1426,7 @@ struct cf_config *gw_rebalance_recover(const char *cfg_path, struct cf_config *c
             start(rb, done, arg, lerr, sizeof(lerr)) < 0) {
             snprintf(err, errlen, "resuming the rebalance of '%s': %s", rb->backend, lerr);
             cf_config_unref(ncf);
+            cf_config_unref(cf);
             rb_free(rb);
             return NULL;
         }

@@ -44,7 +44,8 @@ struct cf_config *gw_rebalance_begin(const char *cfg_path, const struct cf_confi
 
 /* Start-up, before the workers: resume a rebalance a crash interrupted.
  * Returns cf itself (nothing to resume; no reference change), a new config
- * to run with (cf's reference is then dropped), or NULL with err. */
+ * to run with (cf's reference is then dropped), or NULL with err (cf's
+ * reference dropped too: the caller cannot start). */
 struct cf_config *gw_rebalance_recover(const char *cfg_path, struct cf_config *cf, int nworkers,
                                        gw_rebalance_done_cb done, void *arg, char *err,
                                        size_t errlen);

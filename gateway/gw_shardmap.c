@@ -9,10 +9,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "adapters/ad.h"
 #include "config/cf_config.h"
+#include "config/cf_yaml.h"
 #include "gateway/gw_log.h"
 #include "gateway/gw_rebalance.h"
 #include "routing/rt_live.h"
@@ -54,21 +56,31 @@ static int same_map(const struct rt_shardmap *a, const struct rt_shardmap *b)
     return 1;
 }
 
-/* Shards of `a` that `b` does not name, comma separated into buf; count. */
-static size_t missing_names(const struct rt_shardmap *a, const struct rt_shardmap *b, char *buf,
-                            size_t len)
+/* Shards of `a` that `b` does not name: their count, and *list (malloc'd,
+ * "'x', 'y'"; NULL when out of memory) when list is not NULL. */
+static size_t missing_names(const struct rt_shardmap *a, const struct rt_shardmap *b, char **list)
 {
-    size_t k = 0, off = 0;
-    buf[0] = '\0';
+    size_t k = 0, need = 1;
     for (size_t i = 0; i < rt_shardmap_nshards(a); i++) {
         const char *name = rt_shardmap_shard_name(a, i);
         if (rt_shardmap_shard_index(b, name) < 0) {
-            int w = snprintf(buf + off, len - off, "%s'%s'", k ? ", " : "", name);
-            if (w > 0 && (size_t)w < len - off) {
-                off += (size_t)w;
-            }
+            need += strlen(name) + 4;
             k++;
         }
+    }
+    char *buf = list != NULL ? malloc(need) : NULL;
+    if (buf != NULL) {
+        size_t off = 0, j = 0;
+        buf[0] = '\0';
+        for (size_t i = 0; i < rt_shardmap_nshards(a); i++) {
+            const char *name = rt_shardmap_shard_name(a, i);
+            if (rt_shardmap_shard_index(b, name) < 0) {
+                off += (size_t)snprintf(buf + off, need - off, "%s'%s'", j++ ? ", " : "", name);
+            }
+        }
+    }
+    if (list != NULL) {
+        *list = buf;
     }
     return k;
 }
@@ -96,14 +108,17 @@ static int check_backend(const struct cf_backend *old, const struct cf_backend *
                      nb->name, rt_shardmap_nslots(b), rt_shardmap_nslots(a));
         return -1;
     }
-    char added[256], removed[256];
-    size_t nadd = missing_names(b, a, added, sizeof(added));
-    size_t nrem = missing_names(a, b, removed, sizeof(removed));
-    if (nadd > 0 && nrem > 0) {
+    if (missing_names(b, a, NULL) > 0 && missing_names(a, b, NULL) > 0) {
+        char *added = NULL, *removed = NULL;
+        missing_names(b, a, &added);
+        missing_names(a, b, &removed);
         gw_error_set(e, GW_E_BAD_REQUEST, "shards",
                      "backend '%s': the map adds shard(s) %s and removes %s in one change; add "
                      "or remove shards in separate maps",
-                     nb->name, added, removed);
+                     nb->name, added != NULL ? added : "(out of memory)",
+                     removed != NULL ? removed : "(out of memory)");
+        free(added);
+        free(removed);
         return -1;
     }
     /* new shards, and shards that moved to another DSN, must answer */
@@ -297,23 +312,33 @@ struct json_object *gw_shardmap_json(const struct cf_config *cf)
     return doc;
 }
 
-int gw_shardmap_write(const char *path, struct json_object *doc, char *err, size_t errlen)
+/* Write len bytes to path atomically: temp file, fsync, rename, fsync of the
+ * directory.  0, or -1 with err. */
+static int write_atomic(const char *path, const char *text, size_t len, char *err, size_t errlen)
 {
-    size_t plen = strlen(path);
-    char *tmp = malloc(plen + 16);
-    snprintf(tmp, plen + 16, "%s.tmp.%ld", path, (long)getpid());
+    size_t plen = strlen(path) + 32;
+    char *tmp = malloc(plen);
+    if (tmp == NULL) {
+        snprintf(err, errlen, "cannot write '%s': out of memory", path);
+        return -1;
+    }
+    snprintf(tmp, plen, "%s.tmp.%ld", path, (long)getpid());
     int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (fd < 0) {
         snprintf(err, errlen, "cannot write '%s': %s", tmp, strerror(errno));
         free(tmp);
         return -1;
     }
-    const char *head = "# written by polygate (PUT /admin/shardmap); JSON is YAML\n";
-    const char *body = json_object_to_json_string_ext(
-        doc, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_SPACED | JSON_C_TO_STRING_NOSLASHESCAPE);
-    int ok = write(fd, head, strlen(head)) == (ssize_t)strlen(head) &&
-             write(fd, body, strlen(body)) == (ssize_t)strlen(body) && write(fd, "\n", 1) == 1 &&
-             fsync(fd) == 0;
+    int ok = 1;
+    for (size_t off = 0; ok && off < len;) {
+        ssize_t w = write(fd, text + off, len - off);
+        if (w < 0 && errno == EINTR) {
+            continue;
+        }
+        ok = w > 0;
+        off += w > 0 ? (size_t)w : 0;
+    }
+    ok = ok && fsync(fd) == 0;
     int saved = errno;
     close(fd);
     if (!ok || rename(tmp, path) < 0) {
@@ -328,7 +353,7 @@ int gw_shardmap_write(const char *path, struct json_object *doc, char *err, size
     free(tmp);
     /* the rename itself is durable once the directory is synced */
     char *dir = strdup(path);
-    char *slash = strrchr(dir, '/');
+    char *slash = dir != NULL ? strrchr(dir, '/') : NULL;
     if (slash != NULL) {
         *slash = '\0';
         int dfd = open(slash == dir ? "/" : dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -339,6 +364,258 @@ int gw_shardmap_write(const char *path, struct json_object *doc, char *err, size
     }
     free(dir);
     return 0;
+}
+
+int gw_shardmap_write_json(const char *path, struct json_object *doc, char *err, size_t errlen)
+{
+    const char *head = "# written by polygate; JSON is YAML\n";
+    const char *body = json_object_to_json_string_ext(
+        doc, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_SPACED | JSON_C_TO_STRING_NOSLASHESCAPE);
+    size_t hl = strlen(head), bl = strlen(body);
+    char *text = malloc(hl + bl + 2);
+    if (text == NULL) {
+        snprintf(err, errlen, "cannot write '%s': out of memory", path);
+        return -1;
+    }
+    memcpy(text, head, hl);
+    memcpy(text + hl, body, bl);
+    text[hl + bl] = '\n';
+    int rc = write_atomic(path, text, hl + bl + 1, err, errlen);
+    free(text);
+    return rc;
+}
+
+/* A string as a YAML double-quoted scalar in printable ASCII: quote and
+ * backslash escaped, every other byte outside 0x20-0x7e as an escape (a
+ * UTF-8 sequence as its code point, \uXXXX or \UXXXXXXXX; a byte that is not
+ * valid UTF-8 as \xXX), so that no character YAML refuses (C0/C1 controls,
+ * DEL, a byte-order mark) reaches the file. */
+static void yaml_quoted(FILE *f, const char *s, size_t n)
+{
+    const unsigned char *p = (const unsigned char *)s;
+    fputc('"', f);
+    for (size_t i = 0; i < n;) {
+        unsigned c = p[i];
+        if (c >= 0x20 && c < 0x7f) {
+            if (c == '"' || c == '\\') {
+                fputc('\\', f);
+            }
+            fputc((int)c, f);
+            i++;
+            continue;
+        }
+        size_t len = c >= 0xf0 && c < 0xf5   ? 4
+                     : c >= 0xe0 && c < 0xf0 ? 3
+                     : c >= 0xc2 && c < 0xe0 ? 2
+                                             : 1;
+        uint32_t cp = len == 4 ? c & 0x07 : len == 3 ? c & 0x0f : c & 0x1f;
+        int ok = len > 1 && i + len <= n;
+        for (size_t k = 1; ok && k < len; k++) {
+            ok = (p[i + k] & 0xc0) == 0x80;
+            cp = cp << 6 | (p[i + k] & 0x3f);
+        }
+        ok = ok && !(len == 3 && (cp < 0x800 || (cp >= 0xd800 && cp <= 0xdfff))) &&
+             !(len == 4 && (cp < 0x10000 || cp > 0x10ffff));
+        if (!ok) {
+            fprintf(f, "\\x%02x", c);
+            i++;
+        } else if (cp > 0xffff) {
+            fprintf(f, "\\U%08x", (unsigned)cp);
+            i += len;
+        } else {
+            fprintf(f, "\\u%04x", (unsigned)cp);
+            i += len;
+        }
+    }
+    fputc('"', f);
+}
+
+static void yaml_string(FILE *f, struct json_object *o)
+{
+    const char *s = json_object_get_string(o);
+    yaml_quoted(f, s != NULL ? s : "", s != NULL ? (size_t)json_object_get_string_len(o) : 0);
+}
+
+#define RANGES_PER_LINE 6
+
+char *gw_shardmap_yaml(struct json_object *doc, const char *header, size_t *len)
+{
+    char *text = NULL;
+    size_t n = 0;
+    FILE *f = open_memstream(&text, &n);
+    if (f == NULL) {
+        return NULL;
+    }
+    /* every line of the header is a comment */
+    for (const char *p = header; p != NULL && *p != '\0';) {
+        const char *nl = strchr(p, '\n');
+        size_t l = nl != NULL ? (size_t)(nl - p) : strlen(p);
+        fputs("# ", f);
+        for (size_t i = 0; i < l; i++) { /* nothing YAML could take for a line break */
+            fputc(p[i] >= 0x20 && p[i] < 0x7f ? p[i] : '?', f);
+        }
+        fputc('\n', f);
+        p = nl != NULL ? nl + 1 : p + l;
+    }
+    static const char *const scalars[] = {"version", "slots", "vnodes"};
+    for (size_t i = 0; i < sizeof(scalars) / sizeof(scalars[0]); i++) {
+        struct json_object *v = json_object_object_get(doc, scalars[i]);
+        if (v != NULL) {
+            fprintf(f, "%s: %" PRId64 "\n", scalars[i], json_object_get_int64(v));
+        }
+    }
+    struct json_object *sh = json_object_object_get(doc, "shards");
+    fprintf(f, "shards:\n");
+    for (size_t i = 0; i < json_object_array_length(sh); i++) {
+        struct json_object *so = json_object_array_get_idx(sh, i);
+        fputs("  - {name: ", f);
+        yaml_string(f, json_object_object_get(so, "name"));
+        fputs(", dsn: ", f);
+        yaml_string(f, json_object_object_get(so, "dsn"));
+        struct json_object *w = json_object_object_get(so, "weight");
+        if (w != NULL) {
+            fprintf(f, ", weight: %" PRId64, json_object_get_int64(w));
+        }
+        fputs("}\n", f);
+    }
+    struct json_object *ov = json_object_object_get(doc, "overrides");
+    if (ov != NULL && json_object_object_length(ov) > 0) {
+        /* a flow mapping over several lines: a few ranges per line */
+        fprintf(f, "overrides: {");
+        size_t k = 0;
+        json_object_object_foreach(ov, range, owner)
+        {
+            fputs(k == 0 ? "\n  " : k % RANGES_PER_LINE == 0 ? ",\n  " : ", ", f);
+            yaml_quoted(f, range, strlen(range));
+            fputs(": ", f);
+            yaml_string(f, owner);
+            k++;
+        }
+        fprintf(f, "\n}\n");
+    }
+    int bad = ferror(f);
+    if (fclose(f) != 0 || bad) {
+        free(text);
+        return NULL;
+    }
+    *len = n;
+    return text;
+}
+
+/* The whole content of a file, or NULL (errno set). */
+static char *slurp(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    if (f == NULL) {
+        return NULL;
+    }
+    char *buf = NULL;
+    size_t n = 0, cap = 0;
+    for (;;) {
+        if (n + 4096 > cap) {
+            cap = cap ? cap * 2 : 8192;
+            char *nb = realloc(buf, cap);
+            if (nb == NULL) {
+                free(buf);
+                fclose(f);
+                errno = ENOMEM;
+                return NULL;
+            }
+            buf = nb;
+        }
+        size_t r = fread(buf + n, 1, cap - n, f);
+        n += r;
+        if (r == 0) {
+            break;
+        }
+    }
+    int bad = ferror(f);
+    fclose(f);
+    if (bad) {
+        free(buf);
+        errno = EIO;
+        return NULL;
+    }
+    *len = n;
+    return buf;
+}
+
+/* 1 when the two maps are the same: version, shards, DSNs, weights, vnodes
+ * and the owner of every slot. */
+static int same_doc(const struct rt_shardmap *a, const struct rt_shardmap *b)
+{
+    if (a == NULL || b == NULL || rt_shardmap_version(a) != rt_shardmap_version(b)) {
+        return 0;
+    }
+    return same_map(a, b);
+}
+
+/* The text read back as a map equals doc (a guard: the file must load as
+ * the map that is active). */
+static int reads_back(const char *text, size_t len, struct json_object *doc)
+{
+    char err[256];
+    struct json_object *back = cf_yaml_load_string(text, len, err, sizeof(err));
+    struct rt_shardmap *b = back != NULL ? rt_shardmap_from_json(back, err, sizeof(err)) : NULL;
+    struct rt_shardmap *a = rt_shardmap_from_json(doc, err, sizeof(err));
+    int ok = same_doc(a, b);
+    json_object_put(back);
+    rt_shardmap_unref(a);
+    rt_shardmap_unref(b);
+    return ok;
+}
+
+int gw_shardmap_replace(const char *path, struct json_object *doc, const char *header, char *err,
+                        size_t errlen)
+{
+    size_t len = 0, olen = 0;
+    char *text = gw_shardmap_yaml(doc, header, &len);
+    if (text == NULL) {
+        snprintf(err, errlen, "cannot write '%s': out of memory", path);
+        return -1;
+    }
+    if (!reads_back(text, len, doc)) { /* never expected: JSON, which is YAML too */
+        gw_warn("shard map '%s': the YAML form does not read back as the map; writing JSON", path);
+        free(text);
+        const char *body =
+            json_object_to_json_string_ext(doc, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_SPACED |
+                                                    JSON_C_TO_STRING_NOSLASHESCAPE);
+        size_t bl = strlen(body);
+        text = malloc(bl + 2);
+        if (text == NULL) {
+            snprintf(err, errlen, "cannot write '%s': out of memory", path);
+            return -1;
+        }
+        memcpy(text, body, bl);
+        text[bl] = '\n';
+        len = bl + 1;
+    }
+    char *old = slurp(path, &olen);
+    if (old != NULL) {
+        size_t pl = strlen(path) + 8;
+        char *prev = malloc(pl);
+        int rc = -1;
+        if (prev != NULL) {
+            snprintf(prev, pl, "%s.prev", path);
+            rc = write_atomic(prev, old, olen, err, errlen);
+        } else {
+            snprintf(err, errlen, "cannot write '%s.prev': out of memory", path);
+        }
+        free(prev);
+        free(old);
+        if (rc < 0) {
+            free(text);
+            return -1;
+        }
+    } else if (errno != ENOENT) {
+        snprintf(err, errlen, "cannot read '%s' to keep it as '%s.prev': %s", path, path,
+                 strerror(errno));
+        free(text);
+        return -1;
+    }
+    int rc = write_atomic(path, text, len, err, errlen);
+    free(text);
+    return rc;
 }
 
 struct json_object *gw_shardmap_doc(const struct rt_shardmap *m)
@@ -369,4 +646,28 @@ struct json_object *gw_shardmap_doc(const struct rt_shardmap *m)
         json_object_object_add(doc, "overrides", ov);
     }
     return doc;
+}
+
+int gw_shardmap_write(const char *path, struct json_object *doc, char *err, size_t errlen)
+{
+    char when[32] = "?";
+    time_t t = time(NULL);
+    struct tm tm;
+    if (gmtime_r(&t, &tm) != NULL) {
+        strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", &tm);
+    }
+    const char *base = strrchr(path, '/');
+    base = base != NULL ? base + 1 : path;
+    char *head = NULL;
+    if (asprintf(&head,
+                 "Written by polygate at %s: map version %" PRId64
+                 " applied by PUT /admin/shardmap.\n"
+                 "This file before: %s.prev",
+                 when, json_object_get_int64(json_object_object_get(doc, "version")), base) < 0) {
+        snprintf(err, errlen, "cannot write '%s': out of memory", path);
+        return -1;
+    }
+    int rc = gw_shardmap_replace(path, doc, head, err, errlen);
+    free(head);
+    return rc;
 }

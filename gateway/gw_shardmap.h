@@ -56,9 +56,29 @@ const char *gw_shardmap_backend(const struct cf_config *cf, const char *name, si
  * shards:[{name, dsn (password hidden), weight, slots}], overrides, migration}]}. */
 struct json_object *gw_shardmap_json(const struct cf_config *cf);
 
-/* Write a map document to path atomically (temp file, fsync, rename, fsync
- * of the directory).  0, or -1 with err. */
+/* Write the map a PUT /admin/shardmap applied to the map file: readable YAML
+ * (gw_shardmap_replace) with a header naming the version and the time, the
+ * previous file kept as "<path>.prev".  0, or -1 with err. */
 int gw_shardmap_write(const char *path, struct json_object *doc, char *err, size_t errlen)
     __attribute__((warn_unused_result));
+
+/* Write a JSON document to path atomically (temp file, fsync, rename, fsync
+ * of the directory): the rebalance state file.  0, or -1 with err. */
+int gw_shardmap_write_json(const char *path, struct json_object *doc, char *err, size_t errlen)
+    __attribute__((warn_unused_result));
+
+/* A map document as readable YAML: `header` (may hold several lines) as
+ * comment lines (bytes outside printable ASCII shown as '?'), then
+ * version/slots/vnodes, one line per shard, and the overrides as a flow
+ * mapping a few ranges per line; strings in printable ASCII with escapes.
+ * Malloc'd text and *len, or NULL when out of memory. */
+char *gw_shardmap_yaml(struct json_object *doc, const char *header, size_t *len);
+
+/* Replace the map file at path with doc as gw_shardmap_yaml() text (checked
+ * to read back as the same map; JSON if it ever did not), keeping the
+ * file's previous content as "<path>.prev" (both written atomically, the
+ * .prev first).  0, or -1 with err (the map file is then unchanged). */
+int gw_shardmap_replace(const char *path, struct json_object *doc, const char *header, char *err,
+                        size_t errlen) __attribute__((warn_unused_result));
 
 #endif

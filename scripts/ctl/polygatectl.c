@@ -18,6 +18,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netdb.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -51,14 +52,68 @@ static void usage(void)
     exit(2);
 }
 
+static int write_all(int fd, const char *p, size_t n)
+{
+    while (n > 0) {
+        ssize_t w = write(fd, p, n);
+        if (w < 0 && errno == EINTR) {
+            continue;
+        }
+        if (w <= 0) {
+            return -1;
+        }
+        p += w;
+        n -= (size_t)w;
+    }
+    return 0;
+}
+
+/* s percent-encoded for a URL path segment or query value (malloc'd). */
+static char *url_encode(const char *s)
+{
+    char *out = malloc(strlen(s) * 3 + 1);
+    if (out == NULL) {
+        fprintf(stderr, "polygatectl: out of memory\n");
+        exit(1);
+    }
+    size_t o = 0;
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        if ((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
+            strchr("-_.~", *p) != NULL) {
+            out[o++] = (char)*p;
+        } else {
+            static const char hex[] = "0123456789ABCDEF";
+            out[o++] = '%';
+            out[o++] = hex[*p >> 4];
+            out[o++] = hex[*p & 15];
+        }
+    }
+    out[o] = '\0';
+    return out;
+}
+
+/* A malloc'd path; exits when out of memory. */
+static char *__attribute__((format(printf, 1, 2))) pathf(const char *fmt, ...)
+{
+    char *p = NULL;
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vasprintf(&p, fmt, ap);
+    va_end(ap);
+    if (n < 0) {
+        fprintf(stderr, "polygatectl: out of memory\n");
+        exit(1);
+    }
+    return p;
+}
+
 /* One HTTP/1.1 exchange (Connection: close).  Returns the status (-1 when
  * polygate cannot be reached) and *doc the parsed JSON body (or NULL). */
 static int http(const char *method, const char *path, const char *body, struct json_object **doc)
 {
     *doc = NULL;
-    char host[256];
-    snprintf(host, sizeof(host), "%s", admin_addr);
-    char *colon = strrchr(host, ':');
+    char *host = strdup(admin_addr);
+    char *colon = host != NULL ? strrchr(host, ':') : NULL;
     if (colon == NULL) {
         fprintf(stderr, "polygatectl: -a wants HOST:PORT, not '%s'\n", admin_addr);
         exit(2);
@@ -66,7 +121,9 @@ static int http(const char *method, const char *path, const char *body, struct j
     *colon = '\0';
     struct addrinfo hints = {0}, *ai = NULL;
     hints.ai_socktype = SOCK_STREAM;
-    if (getaddrinfo(host, colon + 1, &hints, &ai) != 0 || ai == NULL) {
+    int gai = getaddrinfo(host, colon + 1, &hints, &ai);
+    free(host);
+    if (gai != 0 || ai == NULL) {
         fprintf(stderr, "polygatectl: cannot resolve '%s'\n", admin_addr);
         return -1;
     }
@@ -82,13 +139,20 @@ static int http(const char *method, const char *path, const char *body, struct j
     }
     freeaddrinfo(ai);
     size_t blen = body != NULL ? strlen(body) : 0;
-    char head[1024];
-    int n = snprintf(head, sizeof(head),
+    char *head = NULL;
+    int n = asprintf(&head,
                      "%s %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n"
                      "Content-Type: application/json\r\nContent-Length: %zu\r\n%s%s%s\r\n",
                      method, path, admin_addr, blen, admin_key ? "Authorization: Bearer " : "",
                      admin_key ? admin_key : "", admin_key ? "\r\n" : "");
-    if (write(fd, head, (size_t)n) != n || (blen > 0 && write(fd, body, blen) != (ssize_t)blen)) {
+    if (n < 0) {
+        fprintf(stderr, "polygatectl: out of memory\n");
+        close(fd);
+        return -1;
+    }
+    int wrote = write_all(fd, head, (size_t)n) == 0 && write_all(fd, body, blen) == 0;
+    free(head);
+    if (!wrote) {
         fprintf(stderr, "polygatectl: write: %s\n", strerror(errno));
         close(fd);
         return -1;
@@ -96,9 +160,18 @@ static int http(const char *method, const char *path, const char *body, struct j
     size_t cap = 65536, len = 0;
     char *buf = malloc(cap);
     for (;;) {
-        if (len + 4096 > cap) {
+        if (buf != NULL && len + 4096 > cap) {
             cap *= 2;
-            buf = realloc(buf, cap);
+            char *nb = realloc(buf, cap);
+            if (nb == NULL) {
+                free(buf);
+            }
+            buf = nb;
+        }
+        if (buf == NULL) {
+            fprintf(stderr, "polygatectl: out of memory\n");
+            close(fd);
+            return -1;
         }
         ssize_t r = read(fd, buf + len, cap - len - 1);
         if (r <= 0) {
@@ -291,16 +364,19 @@ static int shardmap_apply(const char *file, const char *backend, int yes)
     free(moves);
     rt_shardmap_unref(am);
     rt_shardmap_unref(nm);
-    char path[300];
-    snprintf(path, sizeof(path), "/admin/shardmap/%s", str(b, "backend"));
+    char *be = url_encode(str(b, "backend"));
+    char *path = pathf("/admin/shardmap/%s", be);
+    free(be);
     json_object_put(doc);
     if (!yes) {
         printf("not applied: run again with --yes to apply it\n");
         json_object_put(next);
+        free(path);
         return 0;
     }
     st = http("PUT", path, json_object_to_json_string_ext(next, JSON_C_TO_STRING_PLAIN), &doc);
     json_object_put(next);
+    free(path);
     if (st != 200 && st != 202) {
         return failed(st, doc);
     }
@@ -366,20 +442,13 @@ static int rebalance_action(const char *method, const char *path, const char *bo
 
 static int route(const char *domain, const char *key)
 {
-    char path[1024], enc[700];
-    size_t o = 0;
-    for (const unsigned char *p = (const unsigned char *)key; *p && o + 4 < sizeof(enc); p++) {
-        if ((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
-            strchr("-_.~", *p) != NULL) {
-            enc[o++] = (char)*p;
-        } else {
-            o += (size_t)snprintf(enc + o, sizeof(enc) - o, "%%%02X", *p);
-        }
-    }
-    enc[o] = '\0';
-    snprintf(path, sizeof(path), "/admin/route/%s?key=%s", domain, enc);
+    char *dom = url_encode(domain), *enc = url_encode(key);
+    char *path = pathf("/admin/route/%s?key=%s", dom, enc);
+    free(dom);
+    free(enc);
     struct json_object *doc;
     int st = http("GET", path, NULL, &doc);
+    free(path);
     if (st != 200) {
         return failed(st, doc);
     }

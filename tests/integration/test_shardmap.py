@@ -1,4 +1,4 @@
-"""Live shard map changes (issue 6): GET / PUT /admin/shardmap and SIGHUP.
+"""Live shard map changes: GET / PUT /admin/shardmap and SIGHUP.
 
 A private gateway (ports PORT + 7 / ADMIN_PORT + 7) with one sharded MySQL
 domain (table orders_sm) whose shard map is a copy in the gateway's temp dir,
@@ -58,6 +58,17 @@ def mgw():
     assert wait_port(GW_ADMIN)
     yield g
     assert g.stop() == 0
+
+
+def wait_log(g, cond, what, timeout=10):
+    """Poll the gateway's log until cond(text) holds."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if cond(g.gw.logtext()):
+            return
+        time.sleep(0.02)
+    raise AssertionError("%s did not show in the log within %d s:\n%s" % (
+        what, timeout, g.gw.logtext()[-2000:]))
 
 
 def active(g):
@@ -127,6 +138,8 @@ def test_good_map_is_applied_persisted_and_traffic_continues(mgw):
                                                             "total_amount": "1.50"})
         assert st == 201, item
         # same owners, new version, overrides that pin slots to their owner
+        with open(mgw.map) as f:
+            previous = f.read()
         st, body, _ = mgw.admin("PUT", "/admin/shardmap", body=map_doc(2))
         assert st == 200, body
         deadline = time.time() + 5
@@ -135,21 +148,33 @@ def test_good_map_is_applied_persisted_and_traffic_continues(mgw):
         assert active(mgw)["version"] == 2
         with open(mgw.map) as f:
             text = f.read()
-        assert '"version": 2' in text
+        # readable YAML with a header, the file as it was kept beside it
+        import yaml
+        assert text.startswith("# Written by polygate at 20"), text[:300]
+        assert "map version 2 applied by PUT /admin/shardmap" in text, text[:300]
+        assert "orders.shardmap.yaml.prev" in text.splitlines()[1], text[:300]
+        written = yaml.safe_load(text)
+        assert written["version"] == 2 and written["slots"] == 4096, written
+        assert [(x["name"], x["dsn"]) for x in written["shards"]] == \
+            [(x["name"], x["dsn"]) for x in SHARDS], written
+        with open(mgw.map + ".prev") as f:
+            assert f.read() == previous
         st, got, _ = c.request("GET", "/v1/orders/%s?customer_id=sm-c1" % item["order_id"])
-        assert st == 200 and got["total_amount"] == 1.5 or got["total_amount"] == "1.50", got
+        assert st == 200, got
+        assert got["total_amount"] == 1.5 and got["customer_id"] == "sm-c1", got
         # a SIGHUP re-reads the written file: unchanged map, same version, accepted
+        reloads = mgw.gw.logtext().count(" reloaded ")
         mgw.gw.signal(signal.SIGHUP)
-        time.sleep(0.3)
+        wait_log(mgw, lambda t: t.count(" reloaded ") > reloads, "the reload")
+        assert "reload rejected" not in mgw.gw.logtext()
         assert active(mgw)["version"] == 2
         # a map file edited to a lower version is refused on SIGHUP, the active one stays
         with open(mgw.map, "w") as f:
             json.dump(map_doc(1, shards=SHARDS[:2] + [dict(SHARDS[2], dsn=SHARDS[3]["dsn"]),
                                                        SHARDS[3]]), f)
         mgw.gw.signal(signal.SIGHUP)
-        time.sleep(0.3)
+        wait_log(mgw, lambda t: "reload rejected" in t, "the refused reload")
         assert active(mgw)["version"] == 2
-        assert "reload rejected" in mgw.gw.logtext()
         st, got, _ = c.request("DELETE", "/v1/orders/%s?customer_id=sm-c1" % item["order_id"])
         assert st == 204
     finally:
@@ -197,6 +222,19 @@ def test_polygatectl(mgw, tmp_path):
     assert rc == 1 and "no rebalance is running" in err
     rc, out, err = ctl("bogus")
     assert rc == 2
+
+
+def test_polygatectl_routes_long_keys_whole(mgw):
+    """A key of any length is sent whole (it was cut at a fixed buffer and
+    another key's slot printed)."""
+    import urllib.parse
+    for key in ["k" + "\u00e9" * 300 + "-tail", "x" * 3000, "a b/c?d&e=%f#g"]:
+        rc, out, err = ctl("route", "orders", key)
+        assert rc == 0, (out, err)
+        st, want, _ = mgw.admin("GET", "/admin/route/orders?key=" + urllib.parse.quote(key, safe=""))
+        assert st == 200, want
+        assert out.startswith("orders %s -> slot %d, shard %s " % (key, want["slot"], want["shard"])), (
+            out[-200:], want)
 
 
 def test_sighup_with_a_map_that_moves_slots_rebalances(mgw):
