@@ -161,27 +161,51 @@ class Gateway:
 
 
 class Client:
-    def __init__(self, port=PORT):
+    """One keep-alive HTTP/1.1 connection to the gateway.
+
+    A request is sent once, never again: a connection the gateway drops or
+    resets raises (a ConnectionError, or the http.client error that says
+    what broke), so a test sees every dropped connection and a POST is never
+    applied twice by the test client itself.  After that the Client refuses
+    further requests until the test calls reconnect(): a test that means to
+    go on after a drop says so.  (A response that announced
+    `Connection: close` is not a drop: the next request opens a new
+    connection, as HTTP/1.1 intends.)"""
+
+    def __init__(self, port=PORT, timeout=10):
         self.port = port
-        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        self.timeout = timeout
+        self.dropped = None
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+
+    def reconnect(self):
+        """A new connection, after a drop the test expected."""
+        self.conn.close()
+        self.dropped = None
+        self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=self.timeout)
 
     def request(self, method, path, body=None, headers=None, raw=None):
+        if self.dropped is not None:
+            raise ConnectionError("connection to port %d was dropped earlier (%r); call reconnect()"
+                                  % (self.port, self.dropped))
         hdrs = dict(headers or {})
         data = raw
         if body is not None:
             data = json.dumps(body).encode()
             hdrs.setdefault("Content-Type", "application/json")
-        for attempt in range(2):
-            try:
-                self.conn.request(method, path, body=data, headers=hdrs)
-                resp = self.conn.getresponse()
-                payload = resp.read()
-                break
-            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
-                self.conn.close()
-                self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
-                if attempt == 1:
-                    raise
+        try:
+            self.conn.request(method, path, body=data, headers=hdrs)
+            resp = self.conn.getresponse()
+            payload = resp.read()
+        except (OSError, http.client.HTTPException) as exc:
+            self.conn.close()
+            self.dropped = exc
+            if isinstance(exc, OSError):
+                raise
+            # RemoteDisconnected is both; the others (a truncated answer,
+            # a bad status line) become a ConnectionError that tests catching
+            # OSError see as a failed request too
+            raise ConnectionError("%s %s on port %d: %r" % (method, path, self.port, exc)) from exc
         parsed = None
         if payload:
             parsed = json.loads(payload)

@@ -90,10 +90,14 @@ def test_reload_applies_good_config_and_keeps_old_on_bad(gateway, client, rdb):
         assert 590 <= rdb.ttl("session:reload-2") <= 600  # the previous good config is still active
         assert "ttl_s" in gateway.logtext()
     finally:
+        n = gateway.logtext().count("info reloaded ")
         with open(gateway.config, "w") as f:
             f.write(original)
         gateway.signal(signal.SIGHUP)
-        time.sleep(0.3)
+        # the shared gateway is back on the original config before the next test
+        assert wait_until(lambda: gateway.logtext().count("info reloaded ") > n, 10), gateway.logtext()
+    client.request("PUT", "/v1/sessions/reload-3", {"user_id": "u"})
+    assert rdb.ttl("session:reload-3") > 600
 
 
 def test_sigterm_drains_in_flight_requests(gateway):

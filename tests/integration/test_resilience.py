@@ -175,7 +175,8 @@ class LoadLoop:
             try:
                 st, _, _ = c.request(method, path)
             except OSError:
-                st = 0
+                st = 0  # recorded as a failed request; go on on a new connection
+                c.reconnect()
             self.results[name].append((t0, st, time.time() - t0))
             time.sleep(0.01)
         c.close()
@@ -323,7 +324,7 @@ def test_hung_mysql_shard_times_out_opens_circuit_and_heals(gw):
                 fc.request("GET", url_b)
                 flood_counts["n"] += 1
             except OSError:
-                pass
+                fc.reconnect()
         fc.close()
 
     with LoadLoop(targets) as load:
