@@ -278,3 +278,158 @@ def assert_error(body, code, status=None, resp=None):
         assert resp.getheader("Content-Type") == "application/json"
         assert resp.getheader("X-Request-Id") == err["request_id"]
     return err
+
+
+# ---- fault injection: Toxiproxy ------------------------------------------------------
+#
+# scripts/stack.sh runs a Toxiproxy server (HTTP API on POLYGATE_TOXIPROXY_PORT,
+# 8474).  Fault tests never stop or freeze the shared servers: they point a
+# gateway at this run's proxies and fault the proxy (latency, resets, dropped
+# data, a proxy that is down), which touches no other client of the stack.
+# Proxies are named after the port base, so two runs never share one.
+
+TOXIPROXY_PORT = int(os.environ.get("POLYGATE_TOXIPROXY_PORT", "8474"))
+# the servers of the local stack (scripts/stack.sh)
+STORE_PORTS = {"pg": 55432, "mysql-a": 53306, "mysql-b": 53307, "redis": REDIS_PORT, "ferretdb": 57017}
+# this run's proxy listen ports: PORT + 41, 43, … (odd: Linux hands even
+# ephemeral ports to connect(), and a client socket on a port stops a listen)
+PROXY_PORTS = {name: PORT + 41 + 2 * i for i, name in enumerate(STORE_PORTS)}
+
+
+def toxiproxy_api(method, path, body=None):
+    """One call of Toxiproxy's HTTP API: (status, parsed JSON or None)."""
+    conn = http.client.HTTPConnection("127.0.0.1", TOXIPROXY_PORT, timeout=10)
+    try:
+        conn.request(method, path, body=None if body is None else json.dumps(body),
+                     headers={"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        data = resp.read()
+    finally:
+        conn.close()
+    if not data.strip():
+        return resp.status, None
+    try:
+        return resp.status, json.loads(data)
+    except ValueError:
+        return resp.status, data.decode()  # /version answers plain text
+
+
+class Proxy:
+    """One Toxiproxy proxy: 127.0.0.1:port → a store of the local stack."""
+
+    def __init__(self, store):
+        self.store = store
+        self.name = "polygate-p%d-%s" % (PORT, store)
+        self.port = PROXY_PORTS[store]
+        self.upstream = STORE_PORTS[store]
+
+    def _call(self, method, path="", body=None, ok=(200, 201, 204)):
+        st, doc = toxiproxy_api(method, "/proxies/" + self.name + path, body)
+        assert st in ok, "toxiproxy %s %s%s: %s %s" % (method, self.name, path, st, doc)
+        return doc
+
+    def create(self):
+        toxiproxy_api("DELETE", "/proxies/" + self.name)  # left over by a killed run
+        st, doc = toxiproxy_api("POST", "/proxies", {
+            "name": self.name, "listen": "127.0.0.1:%d" % self.port,
+            "upstream": "127.0.0.1:%d" % self.upstream, "enabled": True})
+        assert st == 201, "toxiproxy: cannot create %s on port %d: %s %s" % (self.name, self.port, st, doc)
+
+    def delete(self):
+        self._call("DELETE", ok=(204, 404))
+
+    def toxic(self, kind, stream="downstream", toxicity=1.0, **attributes):
+        """Add a toxic (latency, reset_peer, timeout, …); its name."""
+        name = "%s_%s_%d" % (kind, stream, len(self.toxics()))
+        self._call("POST", "/toxics", {"name": name, "type": kind, "stream": stream,
+                                       "toxicity": toxicity, "attributes": attributes})
+        return name
+
+    def toxics(self):
+        return self._call("GET", "/toxics")
+
+    def remove(self, name):
+        self._call("DELETE", "/toxics/" + name)
+
+    def clear(self):
+        for t in self.toxics():
+            self.remove(t["name"])
+
+    def down(self):
+        """Disable: every connection through the proxy is closed, new ones
+        are refused (a stopped server, seen from the network)."""
+        self._call("POST", "", {"enabled": False})
+
+    def up(self):
+        self._call("POST", "", {"enabled": True})
+
+    def reset(self):
+        self.clear()
+        self.up()
+
+
+@pytest.fixture(scope="session")
+def toxiproxy():
+    """This run's proxies, one per server of the stack, deleted at the end."""
+    try:
+        st, version = toxiproxy_api("GET", "/version")
+    except OSError as exc:
+        pytest.fail("Toxiproxy is not running on port %d (scripts/stack.sh up): %s" % (TOXIPROXY_PORT, exc))
+    assert st == 200, version
+    proxies = {store: Proxy(store) for store in STORE_PORTS}
+    for p in proxies.values():
+        p.create()
+    yield proxies
+    for p in proxies.values():
+        p.delete()
+
+
+@pytest.fixture
+def toxics(toxiproxy):
+    """The proxies, clean (no toxics, enabled) before and after the test."""
+    for p in toxiproxy.values():
+        p.reset()
+    yield toxiproxy
+    for p in toxiproxy.values():
+        p.reset()
+
+
+def via_proxies(config_text, stores=("pg", "redis", "ferretdb")):
+    """config_text with the DSNs of `stores` (pg, redis, ferretdb) pointing at
+    this run's proxies.  Shard map files are rewritten by proxied_shardmap()."""
+    if "pg" in stores:
+        config_text = config_text.replace("port=%d " % STORE_PORTS["pg"], "port=%d " % PROXY_PORTS["pg"])
+    for store in ("redis", "ferretdb"):
+        if store in stores:
+            config_text = config_text.replace("127.0.0.1:%d" % STORE_PORTS[store],
+                                              "127.0.0.1:%d" % PROXY_PORTS[store])
+    return config_text
+
+
+def proxied_shardmap(directory, via=("orders-0",)):
+    """A copy of orders.shardmap.yaml in `directory` whose shards named in
+    `via` reach their MariaDB server through this run's proxy; its path."""
+    with open(os.path.join(os.path.dirname(__file__), "orders.shardmap.yaml")) as f:
+        text = f.read()
+    lines = []
+    for line in text.splitlines():
+        for shard in via:
+            if "name: %s," % shard in line:
+                for server in ("mysql-a", "mysql-b"):
+                    line = line.replace("127.0.0.1:%d/" % STORE_PORTS[server],
+                                        "127.0.0.1:%d/" % PROXY_PORTS[server])
+        lines.append(line)
+    path = os.path.join(directory, "orders.shardmap.yaml")
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return path
+
+
+def poll(pred, timeout=15.0, step=0.05):
+    """pred() until it is true (True) or the deadline passes (False)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if pred():
+            return True
+        time.sleep(step)
+    return False
