@@ -1,10 +1,11 @@
-"""Faults under load against the real stack (issue 9): a hung MariaDB server,
-Redis killed with SIGKILL, PostgreSQL down at start-up — while a load loop
-runs on the other domains — and /metrics scraped and parsed to check that the
-counters move as the requests and faults dictate.
+"""Faults under load: a hung MariaDB server, Redis gone, PostgreSQL down at
+start-up — while a load loop runs on the other domains — and /metrics scraped
+and parsed to check that the counters move as the requests and faults dictate.
 
-Every outage is short (a few seconds) and undone in a `finally`: other
-engineers share the stack.  Ports: PORT + 9 / ADMIN_PORT + 9 (the module's
+The faults are made in this run's Toxiproxy proxies (conftest), which the
+gateways of this module go through for PostgreSQL (users), Redis and the
+MariaDB server of orders-2 and orders-3: the shared servers are never
+stopped or frozen, and every fault is undone in a `finally`.  Ports: PORT + 9 / ADMIN_PORT + 9 (the module's
 gateway) and PORT + 7 / ADMIN_PORT + 7 (the one started with PostgreSQL down):
 odd, because Linux hands out even ephemeral ports to connect(), and a client
 socket on a port makes a later listen() on it fail.
@@ -13,7 +14,9 @@ import http.client
 import json
 import os
 import re
+import shutil
 import signal
+import tempfile
 import threading
 import time
 import urllib.parse
@@ -21,8 +24,8 @@ import uuid
 
 import pytest
 
-from conftest import (ADMIN_PORT, BIN, CONFIG, PORT, ROOT, Client, Gateway, assert_error,
-                      ensure_scatter_dbs, stack)
+from conftest import (ADMIN_PORT, BIN, CONFIG, PORT, Client, Gateway, assert_error, ensure_scatter_dbs,
+                      proxied_shardmap, via_proxies)
 
 GW_PORT, GW_ADMIN = PORT + 9, ADMIN_PORT + 9
 TIMEOUT_MS = 1000       # request deadline of this module's gateway
@@ -30,19 +33,18 @@ BREAKER_FAILURES = 3
 BREAKER_OPEN_MS = 1000
 MAX_CONNECTIONS = 24     # limits.max_connections of this module's gateway
 
-MYSQL_B_PID = os.path.join(ROOT, ".stack", "mysql-b", "mariadbd.pid")
-REDIS_PID = os.path.join(ROOT, ".stack", "redis", "redis.pid")
-
-
-def read_pid(path):
-    with open(path) as f:
-        return int(f.read().strip())
+MAP_DIR = tempfile.mkdtemp(prefix="polygate-resilience-")
 
 
 def config_text(port, admin):
+    """The test config through the proxies: users (PostgreSQL), Redis, and
+    the orders shards of the MariaDB server mysql-b (orders-2, orders-3)."""
     with open(CONFIG) as f:
         text = f.read()
     text = text.replace("18080", str(port)).replace("19090", str(admin))
+    text = text.replace("${POLYGATE_TEST_DIR}/orders.shardmap.yaml",
+                        proxied_shardmap(MAP_DIR, via=("orders-2", "orders-3")))
+    text = via_proxies(text, ("pg", "redis"))
     text = text.replace("request_timeout_ms: 1500", "request_timeout_ms: %d\n  max_connections: %d"
                         % (TIMEOUT_MS, MAX_CONNECTIONS))
     text += "\ncircuit_breaker: {failures: %d, open_ms: %d}\n" % (BREAKER_FAILURES, BREAKER_OPEN_MS)
@@ -121,13 +123,17 @@ def total(samples, name, **labels):
 # ---- fixtures and helpers ------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def gw():
+def gw(toxiproxy):
+    for p in toxiproxy.values():
+        p.reset()
     g = Gateway(config_text(GW_PORT, GW_ADMIN), port=GW_PORT)
     yield g
     for c in _admin.values():
         c.close()
     _admin.clear()
-    assert g.stop() == 0
+    rc = g.stop()
+    shutil.rmtree(MAP_DIR, ignore_errors=True)
+    assert rc == 0
 
 
 def admin_client(port=GW_ADMIN):
@@ -301,10 +307,11 @@ def test_scatter_metrics_count_fanout(gw):
         == doc["shards_queried"] == 4
 
 
-def test_hung_mysql_shard_times_out_opens_circuit_and_heals(gw):
-    """kill -STOP mysql-b (orders-2 and orders-3): requests on it time out
-    within the deadline, the circuit opens (fast 503s), the other shards and
-    domains keep answering, memory stays bounded; kill -CONT heals."""
+def test_hung_mysql_shard_times_out_opens_circuit_and_heals(gw, toxics):
+    """mysql-b (orders-2 and orders-3) hangs (its answers held back in the
+    proxy): requests on it time out within the deadline, the circuit opens
+    (fast 503s), the other shards and domains keep answering, memory stays
+    bounded; once the answers flow again it heals."""
     c = Client(GW_PORT)
     targets = seed(c)
     cust_b = customer_on("orders-2")
@@ -313,7 +320,6 @@ def test_hung_mysql_shard_times_out_opens_circuit_and_heals(gw):
     url_b = "/v1/orders/%s?customer_id=%s" % (order_b["order_id"], cust_b)
     before = scrape()
     rss0 = val(before, "process_resident_memory_bytes")
-    pid = read_pid(MYSQL_B_PID)
     flood_stop = threading.Event()
     flood_counts = {"n": 0}
 
@@ -330,7 +336,7 @@ def test_hung_mysql_shard_times_out_opens_circuit_and_heals(gw):
     with LoadLoop(targets) as load:
         time.sleep(0.3)
         t_stop = time.time()
-        os.kill(pid, signal.SIGSTOP)
+        toxics["mysql-b"].toxic("latency", latency=120000)
         try:
             # the first requests wait for the deadline: 504 naming the shard
             t0 = time.time()
@@ -340,15 +346,16 @@ def test_hung_mysql_shard_times_out_opens_circuit_and_heals(gw):
             assert assert_error(body, "timeout")["shard"] == "orders-2"
             assert TIMEOUT_MS / 1000 * 0.8 <= elapsed < TIMEOUT_MS / 1000 + 1.0
             # … until the circuit opens: then 503 at once, with Retry-After
+            refused = {}
             def fast_503():
                 t = time.time()
                 s, b, r = c.request("GET", url_b)
+                refused.update(status=s, body=b, resp=r)
                 return s == 503 and time.time() - t < 0.2 and "circuit open" in b["error"]["message"] \
                     and r.getheader("Retry-After") is not None
             assert wait_until(fast_503, BREAKER_FAILURES * 2 * TIMEOUT_MS / 1000 + 3)
-            st, body, resp = c.request("GET", url_b)
-            err = assert_error(body, "backend_unavailable", resp=resp) if st == 503 else None
-            assert err is None or (err["shard"] == "orders-2" and "orders-mysql" in err["message"])
+            err = assert_error(refused["body"], "backend_unavailable", resp=refused["resp"])
+            assert err["shard"] == "orders-2" and "orders-mysql" in err["message"], err
             # a flood on the hung shard: fast refusals, not a pile-up
             floods = [threading.Thread(target=flood, daemon=True) for _ in range(4)]
             for t in floods:
@@ -387,7 +394,7 @@ def test_hung_mysql_shard_times_out_opens_circuit_and_heals(gw):
             assert "orders-2" in bad and "orders-0" not in bad and "redis-main" not in bad
             t_cont = time.time()
         finally:
-            os.kill(pid, signal.SIGCONT)
+            toxics["mysql-b"].clear()  # the held answers are delivered
         # heals without a restart: the half-open probe goes through
         def healed():
             s, b, _ = c.request("GET", url_b)
@@ -406,16 +413,18 @@ def test_hung_mysql_shard_times_out_opens_circuit_and_heals(gw):
     c.close()
 
 
-def test_redis_killed_sessions_recover(gw):
+def test_redis_gone_sessions_recover(gw, toxics):
+    """Redis disappears (every connection closed, new ones refused): sessions
+    are refused at once naming the shard, the other domains keep answering,
+    and sessions work again once Redis is back."""
     c = Client(GW_PORT)
     targets = seed(c)
     sess_targets = {k: v for k, v in targets.items() if k != "sessions"}
-    pid = read_pid(REDIS_PID)
     with LoadLoop(sess_targets) as load:
         time.sleep(0.3)
         t_kill = time.time()
         try:
-            os.kill(pid, signal.SIGKILL)
+            toxics["redis"].down()
             def refused_fast():
                 t = time.time()
                 s, b, _ = c.request("GET", "/v1/sessions/res-sess")
@@ -423,8 +432,8 @@ def test_redis_killed_sessions_recover(gw):
             assert wait_until(refused_fast, 10)
             t_up = time.time()
         finally:
-            stack("start", "redis")
-        # sessions recover (Redis keeps nothing on disk here: write, then read)
+            toxics["redis"].up()
+        # sessions recover: write, then read
         def recovered():
             s, _, _ = c.request("PUT", "/v1/sessions/res-sess-2", {"user_id": "u"})
             if s not in (200, 201):
@@ -490,13 +499,13 @@ def test_connection_limit_refuses_with_503_and_recovers(gw):
     assert wait_until(served, 5)
 
 
-def test_postgres_down_at_startup_then_heals():
+def test_postgres_down_at_startup_then_heals(toxics):
     """polygate starts with PostgreSQL stopped: the users domain answers 503
     naming its backend, /ready names it, the rest works; it heals when
     PostgreSQL starts."""
     port, admin = PORT + 7, ADMIN_PORT + 7
-    ensure_scatter_dbs()  # Gateway() would create them: not with PostgreSQL down
-    stack("stop", "pg")
+    ensure_scatter_dbs()
+    toxics["pg"].down()  # users-pg only: the scatter shards are reached directly
     g = None
     try:
         g = Gateway(config_text(port, admin), port=port)
@@ -513,7 +522,7 @@ def test_postgres_down_at_startup_then_heals():
         info = [b for b in ready["backends"] if b["backend"] == "users-pg"][0]
         assert info["error"]
     finally:
-        stack("start", "pg")
+        toxics["pg"].up()
     try:
         uid = "pgheal-" + uuid.uuid4().hex[:8]
         def healed():
