@@ -19,15 +19,14 @@ import urllib.parse
 import pymysql
 import pytest
 
-from conftest import ADMIN_PORT, PORT, stack
+from conftest import ADMIN_PORT, MYSQL_REF_DB, MYSQL_SHARDS, PORT, stack
 
 SEED = 20261123
 N_CUSTOMERS = 500
 N_ORDERS = 5000
 TABLE = "orders_diff"
-REF_DB, REF_TABLE = "orders_ref", "orders_diff_ref"
-SHARDS = {"orders-0": (53306, "orders_0"), "orders-1": (53306, "orders_1"),
-          "orders-2": (53307, "orders_2"), "orders-3": (53307, "orders_3")}
+REF_DB, REF_TABLE = MYSQL_REF_DB, "orders_diff_ref"
+SHARDS = {name: MYSQL_SHARDS[name] for name in ("orders-0", "orders-1", "orders-2", "orders-3")}
 STATUSES = ["PENDING", "PROCESSING", "SHIPPED", "DELIVERED", "CANCELLED"]
 METHODS = ["card", "paypal", "invoice", "Card", None]
 # mixed case, non-ASCII and LIKE metacharacters: code-point order and
