@@ -1,12 +1,14 @@
 """The gateway's own behaviour: routes, errors, limits, request ids, health."""
 import socket
 
-from conftest import PORT, ADMIN_PORT, Client, assert_error
+from conftest import PORT, ADMIN_PORT, Client, assert_error, wait_ready
 
 
 def test_health_and_ready(client):
     st, body, _ = client.request("GET", "/health")
     assert st == 200 and body == {"status": "ok"}
+    # a gateway that just started may still be connecting its pools
+    assert wait_ready(timeout=60), "/ready did not turn 200"
     st, body, _ = client.request("GET", "/ready")
     assert st == 200 and body["ready"] is True
     assert {"backend": "redis", "type": "redis", "shard": "redis-main", "circuit": "closed",
