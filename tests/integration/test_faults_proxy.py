@@ -278,14 +278,6 @@ def test_redis_down_then_up(gw, toxics):
     assert recovers("GET", path), gw.logtext()[-2000:]
 
 
-def test_redis_latency_within_the_deadline_is_served(gw, toxics):
-    path = new_session()
-    toxics["redis"].toxic("latency", latency=DEADLINE_MS // 4)
-    st, doc, _, secs = request("GET", path)
-    assert st == 200 and doc["user_id"] == "u", doc
-    assert secs >= DEADLINE_MS / 4000
-
-
 # ---- FerretDB (catalog) --------------------------------------------------------------
 
 def test_mongo_blackhole_times_out(gw, toxics):
@@ -318,6 +310,55 @@ def test_mongo_down_then_up(gw, toxics):
     assert request("GET", "/v1/sessions/none-such")[0] == 404  # others unaffected
     toxics["ferretdb"].up()
     assert recovers("GET", path), gw.logtext()[-2000:]
+
+
+# ---- every store ----------------------------------------------------------------------
+
+def new_order0():
+    return order_for("orders-0")[0]
+
+
+# store → (its proxy, a path to an item of it, backend, shard)
+STORES = {
+    "users": ("pg", new_user, "users-pg", "users-pg"),
+    "orders-0": ("mysql-a", new_order0, "orders-mysql", "orders-0"),
+    "sessions": ("redis", new_session, "redis", "redis-main"),
+    "catalog": ("ferretdb", new_product, "catalog-mongo", "catalog-mongo"),
+}
+
+
+@pytest.mark.parametrize("domain", sorted(STORES))
+def test_answers_dropped_then_connection_closed(gw, toxics, domain):
+    """The store's answers are dropped and the connection closed 300 ms
+    later (before any deadline): a lost connection, 503 naming the shard."""
+    proxy, make, backend, shard = STORES[domain]
+    path = make()
+    toxics[proxy].toxic("timeout", timeout=300)
+    st, body, resp, _ = request("GET", path)
+    assert_store_error(st, body, resp, 503, backend, shard)
+    toxics[proxy].clear()
+    assert recovers("GET", path), gw.logtext()[-2000:]
+
+
+@pytest.mark.parametrize("domain", sorted(STORES))
+def test_latency_below_the_deadline_is_served(gw, toxics, domain):
+    proxy, make, _, _ = STORES[domain]
+    path = make()
+    toxics[proxy].toxic("latency", latency=DEADLINE_MS // 4)
+    st, doc, _, secs = request("GET", path)
+    assert st == 200, doc
+    assert secs >= DEADLINE_MS / 4000  # the toxic was in the path
+
+
+def test_mysql_shard_down_then_up(gw, toxics):
+    path0, _ = order_for("orders-0")
+    path3, _ = order_for("orders-3")
+    toxics["mysql-a"].down()
+    st, body, resp, _ = request("GET", path0)
+    assert_store_error(st, body, resp, 503, "orders-mysql", "orders-0")
+    assert request("GET", path3)[0] == 200
+    toxics["mysql-a"].up()
+    assert recovers("GET", path0), gw.logtext()[-2000:]
 
 
 # ---- connect timeouts ----------------------------------------------------------------
