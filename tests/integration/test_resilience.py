@@ -197,6 +197,10 @@ class LoadLoop:
         for t in self.threads:
             t.join(15)
 
+    def running(self):
+        """Every target has been answered 200 a few times."""
+        return all(sum(1 for r in res if r[1] == 200) >= 3 for res in self.results.values())
+
     def between(self, name, t0, t1):
         return [r for r in self.results[name] if t0 <= r[0] <= t1]
 
@@ -334,7 +338,7 @@ def test_hung_mysql_shard_times_out_opens_circuit_and_heals(gw, toxics):
         fc.close()
 
     with LoadLoop(targets) as load:
-        time.sleep(0.3)
+        assert wait_until(load.running, 10), "the load loop did not get going"
         t_stop = time.time()
         toxics["mysql-b"].toxic("latency", latency=120000)
         try:
@@ -400,7 +404,6 @@ def test_hung_mysql_shard_times_out_opens_circuit_and_heals(gw, toxics):
             s, b, _ = c.request("GET", url_b)
             return s == 200 and b["order_id"] == order_b["order_id"]
         assert wait_until(healed, 15, 0.2), gw.logtext()[-2000:]
-        time.sleep(0.3)
     # the other shard and the other domains kept answering during the hang
     for name in targets:
         during = load.between(name, t_stop + 0.1, t_cont)
@@ -421,7 +424,7 @@ def test_redis_gone_sessions_recover(gw, toxics):
     targets = seed(c)
     sess_targets = {k: v for k, v in targets.items() if k != "sessions"}
     with LoadLoop(sess_targets) as load:
-        time.sleep(0.3)
+        assert wait_until(load.running, 10), "the load loop did not get going"
         t_kill = time.time()
         try:
             toxics["redis"].down()
