@@ -53,14 +53,14 @@ static int parse_key(struct cf_key *k, size_t idx, struct json_object *spec, cha
     char ctx[160];
     snprintf(ctx, sizeof(ctx), "auth.keys[%zu]", idx);
     if (!json_object_is_type(spec, json_type_object)) {
-        AERR("%s: must be a mapping {name, key or key_sha256, grants, rate}", ctx);
+        AERR("%s: must be a mapping {name, key or key_sha256, grants, rate, max_inflight}", ctx);
     }
     json_object_object_foreach(spec, name, v)
     {
         (void)v;
         if (strcmp(name, "name") != 0 && strcmp(name, "key") != 0 &&
             strcmp(name, "key_sha256") != 0 && strcmp(name, "grants") != 0 &&
-            strcmp(name, "rate") != 0) {
+            strcmp(name, "rate") != 0 && strcmp(name, "max_inflight") != 0) {
             AERR("%s.%s: unknown setting", ctx, name);
         }
     }
@@ -115,6 +115,16 @@ static int parse_key(struct cf_key *k, size_t idx, struct json_object *spec, cha
             return -1;
         }
         i++;
+    }
+    struct json_object *mi = NULL;
+    k->max_inflight = -1;
+    if (json_object_object_get_ex(spec, "max_inflight", &mi)) {
+        if (!json_object_is_type(mi, json_type_int) || json_object_get_int64(mi) < 0 ||
+            json_object_get_int64(mi) > 10000000) {
+            AERR("%s.max_inflight (%s): must be an integer from 0 (no limit) to 10000000", ctx,
+                 k->name);
+        }
+        k->max_inflight = (int)json_object_get_int64(mi);
     }
     struct json_object *rate = NULL;
     if (json_object_object_get_ex(spec, "rate", &rate)) {

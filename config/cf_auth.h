@@ -9,6 +9,7 @@
  *         key_sha256: 5e88…      # or `key: "${CART_KEY}"` (hashed at load)
  *         grants: {carts: [read, write], catalog: [read]}
  *         rate: {per_second: 200, burst: 400}
+ *         max_inflight: 32        # default: limits.max_inflight_per_key
  *       - name: ops
  *         key: "${POLYGATE_ADMIN_KEY}"
  *         grants: {"*": [read, write, admin]}
@@ -38,6 +39,7 @@ struct cf_key {
     size_t ngrants;
     double rate_per_s; /* 0 = unlimited */
     double burst;
+    int max_inflight; /* requests in flight; -1: limits.max_inflight_per_key */
 };
 
 struct cf_auth {

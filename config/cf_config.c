@@ -14,6 +14,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <pthread.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 
 #include "adapters/ad.h"
@@ -52,8 +54,8 @@ static const struct opt top_opts[] = {
     {"shutdown_timeout_ms", OPT_I64, OFF(shutdown_timeout_ms), "10000", 0, 3600000},
     {"log_level", OPT_STR, OFF(log_level), "info", 0, 0},
     {"access_log", OPT_STR, OFF(access_log), "stderr", 0, 0},
-    /* keep in sync with GW_QUERY_DEFAULT_SECRET (gateway/gw_query.h) */
-    {"cursor_secret", OPT_STR, OFF(cursor_secret), "polygate-default-cursor-secret-v1", 0, 0},
+    /* "" (unset): a random secret of this process (process_cursor_secret) */
+    {"cursor_secret", OPT_STR, OFF(cursor_secret), "", 0, 0},
     {NULL, 0, 0, NULL, 0, 0},
 };
 #undef OFF
@@ -73,6 +75,16 @@ static const struct opt limit_opts[] = {
     {"max_header_count", OPT_INT, OFF(max_header_count), "64", 8, 128},
     {"max_inflight", OPT_INT, OFF(max_inflight), "10000", 1, 10000000},
     {"max_connections", OPT_INT, OFF(max_connections), "10000", 1, 10000000},
+    {"max_query_conditions", OPT_INT, OFF(max_query_conditions), "256", 1, 100000},
+    {"max_query_depth", OPT_INT, OFF(max_query_depth), "8", 1, 64},
+    {"max_filter_bytes", OPT_SIZE, OFF(max_filter_bytes), "65536", 64, 1LL << 30},
+    {"max_prefix_conditions", OPT_INT, OFF(max_prefix_conditions), "16", 1, 100000},
+    {"max_prefix_bytes", OPT_SIZE, OFF(max_prefix_bytes), "256", 1, 1 << 20},
+    {"max_output_bytes", OPT_SIZE, OFF(max_output), "1048576", 4096, 1LL << 30},
+    {"output_drain_timeout_s", OPT_I64, OFF(output_drain_timeout_s), "30", 1, 3600},
+    /* one answer's size, and requests in flight per API key (0 = no limit) */
+    {"max_response_bytes", OPT_SIZE, OFF(max_response_bytes), "8388608", 1024, 1LL << 32},
+    {"max_inflight_per_key", OPT_INT, OFF(max_inflight_per_key), "256", 0, 10000000},
     {NULL, 0, 0, NULL, 0, 0},
 };
 #undef OFF
@@ -785,6 +797,41 @@ static void config_free(struct cf_config *cf)
     free(cf);
 }
 
+/* The cursor secret of a config that sets none: 32 random bytes (hex) drawn
+ * once per process, so that reloads keep cursors valid while no two
+ * processes (nor anyone reading the source) share it.  NULL when the kernel
+ * gave no randomness. */
+static char proc_secret[65];
+static int proc_secret_state; /* 0: not drawn, 1: drawn, -1: failed */
+static pthread_once_t proc_secret_once = PTHREAD_ONCE_INIT;
+
+static void draw_secret(void)
+{
+    unsigned char raw[32];
+    size_t got = 0;
+    while (got < sizeof(raw)) {
+        ssize_t n = getrandom(raw + got, sizeof(raw) - got, 0);
+        if (n < 0 && errno == EINTR) {
+            continue;
+        }
+        if (n <= 0) {
+            proc_secret_state = -1;
+            return;
+        }
+        got += (size_t)n;
+    }
+    for (size_t i = 0; i < sizeof(raw); i++) {
+        snprintf(proc_secret + 2 * i, 3, "%02x", raw[i]);
+    }
+    proc_secret_state = 1;
+}
+
+static const char *process_cursor_secret(void)
+{
+    pthread_once(&proc_secret_once, draw_secret);
+    return proc_secret_state == 1 ? proc_secret : NULL;
+}
+
 static int parse_root(struct cf_config *cf, struct json_object *root, char *err, size_t errlen)
 {
     if (!JIS_OBJ(root)) {
@@ -824,6 +871,17 @@ static int parse_root(struct cf_config *cf, struct json_object *root, char *err,
     }
     if (cf->access_log[0] == '\0') {
         CERR("access_log: give \"stderr\", \"off\" or a file path");
+    }
+    if (cf->cursor_secret[0] == '\0') {
+        const char *sec = process_cursor_secret();
+        if (sec == NULL) {
+            CERR("cursor_secret: not set, and no random secret could be generated (getrandom: "
+                 "%s); set one",
+                 strerror(errno));
+        }
+        free(cf->cursor_secret);
+        cf->cursor_secret = strdup(sec);
+        cf->cursor_secret_generated = 1;
     }
     static const char *const levels[] = {"debug", "info", "warn", "error", NULL};
     const char *const *lv = levels;

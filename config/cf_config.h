@@ -122,6 +122,16 @@ struct cf_limits {
     int max_header_count;           /* → 431 */
     int max_inflight;               /* requests in flight in the process → 503 */
     int max_connections;            /* client connections in the process → 503 + close */
+    /* query complexity (_query / _aggregate filters), each → 400 naming it */
+    int max_query_conditions;       /* leaf conditions in one where */
+    int max_query_depth;            /* and/or nesting levels */
+    size_t max_filter_bytes;        /* names and values of one where, summed */
+    int max_prefix_conditions;      /* prefix conditions in one where */
+    size_t max_prefix_bytes;        /* the longest prefix value */
+    size_t max_output;              /* unsent response bytes of a connection: reading stops */
+    int64_t output_drain_timeout_s; /* output above max_output longer than this → close */
+    size_t max_response_bytes;      /* one answer's body → 400 response_too_large */
+    int max_inflight_per_key;       /* requests in flight per API key → 429 (0 = no limit) */
 };
 
 /* circuit_breaker: per backend shard (gateway/gw_breaker.h) */
@@ -152,7 +162,8 @@ struct cf_config {
     struct cf_idempotency idempotency;
     char *tls_cert; /* client listener TLS (both set or both NULL; restart to change) */
     char *tls_key;
-    char *cursor_secret; /* HMAC key material for _query cursors (gw_query.h) */
+    char *cursor_secret;         /* HMAC key material for _query cursors (gw_query.h) */
+    int cursor_secret_generated; /* not configured: random, drawn once per process */
     struct cf_limits limits;
     struct cf_auth auth;
     struct cf_backend *backends;

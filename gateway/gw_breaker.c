@@ -11,6 +11,8 @@ struct breaker {
     int fails;          /* consecutive failures, atomic */
     uint64_t opened_at; /* ms: when it (re)opened, or when the probe went */
     uint64_t opens;
+    uint64_t last_ok;   /* ms: the last success, atomic (gw_breaker_answered_since) */
+    uint64_t last_fail; /* ms: the last failure that counted, atomic */
 };
 
 static struct breaker brk[GW_M_MAX_SHARDS];
@@ -66,6 +68,9 @@ void gw_breaker_record(int id, int ok, uint64_t now_ms, const char *why)
     }
     struct breaker *b = &brk[id];
     if (ok) {
+        if (LOAD(&b->last_ok) < now_ms) {
+            STORE(&b->last_ok, now_ms);
+        }
         if (LOAD(&b->fails) != 0) {
             STORE(&b->fails, 0);
         }
@@ -78,6 +83,7 @@ void gw_breaker_record(int id, int ok, uint64_t now_ms, const char *why)
         }
         return;
     }
+    STORE(&b->last_fail, now_ms);
     int n = __atomic_add_fetch(&b->fails, 1, __ATOMIC_ACQ_REL);
     int threshold = LOAD(&cfg_failures);
     int st = LOAD(&b->state);
@@ -96,6 +102,26 @@ void gw_breaker_record(int id, int ok, uint64_t now_ms, const char *why)
                 gw_metrics_shard_name(id), gw_metrics_shard_backend(id), n, why != NULL ? why : "?",
                 (long long)LOAD(&cfg_open_ms));
     }
+}
+
+int gw_breaker_answered_since(int id, uint64_t since_ms)
+{
+    return valid(id) && LOAD(&brk[id].last_ok) > since_ms;
+}
+
+int gw_breaker_healthy(int id)
+{
+    if (!valid(id)) {
+        return 0;
+    }
+    uint64_t ok = LOAD(&brk[id].last_ok);
+    return ok != 0 && ok >= LOAD(&brk[id].last_fail) && LOAD(&brk[id].state) == GW_BRK_CLOSED;
+}
+
+int gw_breaker_known(int id)
+{
+    return valid(id) && (LOAD(&brk[id].last_ok) != 0 || LOAD(&brk[id].last_fail) != 0 ||
+                         LOAD(&brk[id].state) != GW_BRK_CLOSED);
 }
 
 enum gw_breaker_state gw_breaker_state(int id)

@@ -35,6 +35,8 @@ static const struct {
     [GW_E_TIMEOUT] = {504, "timeout"},
     [GW_E_IDEM_REUSED] = {422, "idempotency_key_reused"},
     [GW_E_IDEM_BUSY] = {409, "idempotency_in_progress"},
+    [GW_E_HTTP_VERSION] = {505, "http_version_not_supported"},
+    [GW_E_RESPONSE_TOO_LARGE] = {400, "response_too_large"},
 };
 
 int gw_err_status(enum gw_err e)

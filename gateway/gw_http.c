@@ -6,7 +6,12 @@
  * is handed to the handler outside the parser → the response is written →
  * parsing resumes with whatever the client pipelined.  Reading is disabled
  * while a request is in flight (backpressure: a client cannot queue an
- * unbounded amount of work on one connection).
+ * unbounded amount of work on one connection), and neither reading nor
+ * parsing goes on while the unsent output is above limits.max_output (a
+ * client that pipelines and never reads cannot grow the output buffer
+ * without bound); output that stays above it for output_drain_timeout_s
+ * closes the connection.  The request read timer runs from the first byte
+ * of a request (blank lines before a request line included) to its end.
  */
 #include "gateway/gw_http.h"
 
@@ -41,6 +46,10 @@ struct gw_http_server {
     TAILQ_HEAD(, gw_conn) conns;
     size_t nconns;
     int closing;
+    size_t nbusy;              /* connections whose request is with the handler */
+    struct event *progress_ev; /* runs progress_cb on the next loop turn */
+    void (*progress_cb)(void *);
+    void *progress_arg;
     SSL_CTX *tls;  /* NULL: plain TCP */
     int max_conns; /* process-wide cap on this kind of connection (0: none) */
 };
@@ -59,7 +68,8 @@ struct gw_conn {
     struct gw_http_server *srv;
     struct bufferevent *bev;
     http_parser parser;
-    struct event *read_timer; /* whole-request read deadline (slow clients) */
+    struct event *read_timer;  /* whole-request read deadline (slow clients) */
+    struct event *drain_timer; /* output above max_output must drain by then */
 
     /* the request being parsed */
     struct gw_http_req *req;
@@ -76,6 +86,8 @@ struct gw_conn {
     struct gw_http_req *busy;  /* with the handler */
     int in_dispatch;
     int close_after; /* close once the output is flushed */
+    int peer_eof;    /* the client half-closed: answer what it sent, then close */
+    int out_blocked; /* output above max_output: not reading or parsing */
     int dead;
     int counted; /* counts in conns_total */
 };
@@ -141,6 +153,12 @@ static void set_error(struct gw_conn *c, enum gw_err e, const char *msg)
     }
 }
 
+static void read_timer_start(struct gw_conn *c)
+{
+    struct timeval tv = {(time_t)c->srv->lim.request_read_timeout_s, 0};
+    evtimer_add(c->read_timer, &tv);
+}
+
 static int on_message_begin(http_parser *p)
 {
     struct gw_conn *c = p->data;
@@ -155,8 +173,10 @@ static int on_message_begin(http_parser *p)
     c->url_off = c->url_len = 0;
     c->nh = 0;
     c->last_was_value = 0;
-    struct timeval tv = {(time_t)c->srv->lim.request_read_timeout_s, 0};
-    evtimer_add(c->read_timer, &tv);
+    /* running already when blank lines came first (read_cb): they count */
+    if (!evtimer_pending(c->read_timer, NULL)) {
+        read_timer_start(c);
+    }
     return 0;
 }
 
@@ -266,10 +286,85 @@ static enum gw_method method_of(unsigned m)
     }
 }
 
+/* RFC 9110 5.6.2: a header name is a token */
+static int is_tchar(unsigned char ch)
+{
+    if ((ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9')) {
+        return 1;
+    }
+    return ch != '\0' && strchr("!#$%&'*+-.^_`|~", ch) != NULL;
+}
+
+/* Headers the gateway reads as one value: a second line would be ignored
+ * (first wins), so a request carrying two is refused instead. */
+static const char *const single_headers[] = {"host", "authorization", "content-type",
+                                             "idempotency-key", "if-match"};
+
+/* A header name for an error message: printable ASCII, at most 48 bytes. */
+static void shown_name(char *out, size_t cap, const char *name, size_t len)
+{
+    size_t o = 0;
+    for (size_t i = 0; i < len && o + 1 < cap && i < 48; i++) {
+        unsigned char ch = (unsigned char)name[i];
+        out[o++] = ch >= 0x20 && ch < 0x7f && ch != '\'' ? (char)ch : '?';
+    }
+    out[o] = '\0';
+}
+
+/* RFC 9112 framing checks on the parsed head (names lower-cased, values
+ * trimmed already): 0, or -1 with the error set. */
+static int check_head(struct gw_conn *c, const struct gw_http_req *r)
+{
+    int nsingle[sizeof(single_headers) / sizeof(single_headers[0])] = {0};
+    for (int i = 0; i < r->nheaders; i++) {
+        const char *name = r->headers[i].name;
+        size_t nlen = strlen(name);
+        int ok = nlen > 0;
+        for (size_t k = 0; k < nlen && ok; k++) {
+            ok = is_tchar((unsigned char)name[k]);
+        }
+        if (!ok) {
+            char shown[64], msg[200];
+            shown_name(shown, sizeof(shown), name, nlen);
+            snprintf(msg, sizeof(msg),
+                     "malformed HTTP request: header name '%s' is not a token (no whitespace "
+                     "inside a name or before its colon)",
+                     shown);
+            set_error(c, GW_E_BAD_REQUEST, msg);
+            return -1;
+        }
+        for (size_t k = 0; k < sizeof(single_headers) / sizeof(single_headers[0]); k++) {
+            if (strcmp(name, single_headers[k]) == 0 && ++nsingle[k] > 1) {
+                char msg[160];
+                snprintf(msg, sizeof(msg),
+                         "malformed HTTP request: more than one '%s' header (it may appear once)",
+                         single_headers[k]);
+                set_error(c, GW_E_BAD_REQUEST, msg);
+                c->err.field = single_headers[k];
+                return -1;
+            }
+        }
+    }
+    if (nsingle[0] == 0 && c->parser.http_minor == 1) {
+        set_error(c, GW_E_BAD_REQUEST,
+                  "malformed HTTP request: an HTTP/1.1 request needs a 'host' header");
+        c->err.field = single_headers[0];
+        return -1;
+    }
+    return 0;
+}
+
 static int on_headers_complete(http_parser *p)
 {
     struct gw_conn *c = p->data;
     struct gw_http_req *r = c->req;
+    if (p->http_major != 1 || p->http_minor > 1) {
+        char msg[120];
+        snprintf(msg, sizeof(msg), "HTTP/%u.%u is not supported: polygate serves HTTP/1.1 and 1.0",
+                 p->http_major, p->http_minor);
+        set_error(c, GW_E_HTTP_VERSION, msg);
+        return -1;
+    }
     /* terminate the last value (or the url when there were no headers) */
     if (hbuf_add(c, "", 1) < 0) {
         return -1;
@@ -308,9 +403,23 @@ static int on_headers_complete(http_parser *p)
                 *s = (char)(*s + 32);
             }
         }
+        /* a value without the whitespace around it (RFC 9110 5.5: OWS) */
+        char *v = r->hblock + c->hoff[i].val;
+        size_t vlen = c->hoff[i].val_len;
+        while (vlen > 0 && (*v == ' ' || *v == '\t')) {
+            v++;
+            vlen--;
+        }
+        while (vlen > 0 && (v[vlen - 1] == ' ' || v[vlen - 1] == '\t')) {
+            vlen--;
+        }
+        v[vlen] = '\0';
         r->headers[i].name = name;
-        r->headers[i].value = r->hblock + c->hoff[i].val;
-        r->headers[i].value_len = c->hoff[i].val_len;
+        r->headers[i].value = v;
+        r->headers[i].value_len = vlen;
+    }
+    if (check_head(c, r) < 0) {
+        return -1;
     }
     r->method = method_of(p->method);
     r->method_name = http_method_str((enum http_method)p->method);
@@ -400,6 +509,8 @@ const char *gw_http_reason(int status)
         return "Service Unavailable";
     case 504:
         return "Gateway Timeout";
+    case 505:
+        return "HTTP Version Not Supported";
     default:
         return "Unknown";
     }
@@ -453,6 +564,22 @@ static void write_response(struct gw_conn *c, int status, const char *ctype, str
     }
 }
 
+/* The request at the handler changes; the server counts connections that
+ * wait for an answer (a drain waits for those only). */
+static void set_busy(struct gw_conn *c, struct gw_http_req *r)
+{
+    if (c->busy == NULL && r != NULL) {
+        c->srv->nbusy++;
+    } else if (c->busy != NULL && r == NULL) {
+        c->srv->nbusy--;
+        if (c->srv->closing && c->srv->progress_ev != NULL) {
+            /* on the next loop turn: the drain may free this server */
+            event_active(c->srv->progress_ev, EV_READ, 0);
+        }
+    }
+    c->busy = r;
+}
+
 void gw_http_respond(struct gw_http_req *req, int status, const char *ctype, struct evbuffer *body,
                      const char *extra)
 {
@@ -464,7 +591,7 @@ void gw_http_respond(struct gw_http_req *req, int status, const char *ctype, str
     int keep = req->keep_alive && !c->srv->closing;
     write_response(c, status, ctype, body, extra, keep && req->http10 ? -1 : keep,
                    req->method == GW_HEAD);
-    c->busy = NULL;
+    set_busy(c, NULL);
     req_destroy(req);
     if (!keep) {
         c->close_after = 1;
@@ -472,8 +599,7 @@ void gw_http_respond(struct gw_http_req *req, int status, const char *ctype, str
         return; /* the write callback closes once flushed */
     }
     if (!c->in_dispatch) {
-        bufferevent_enable(c->bev, EV_READ);
-        conn_process(c);
+        conn_process(c); /* may free c */
     }
 }
 
@@ -493,18 +619,45 @@ static void respond_error(struct gw_conn *c, const struct gw_error *e)
 
 /* ---- connection I/O ------------------------------------------------------ */
 
+/* Whether the unsent output is above limits.max_output.  If so, reading and
+ * parsing stop until the write callback sees it at or below the bound again
+ * (the write low watermark), and the drain timer closes the connection if
+ * that takes longer than output_drain_timeout_s. */
+static int out_full(struct gw_conn *c)
+{
+    size_t max = c->srv->lim.max_output;
+    if (max == 0 || evbuffer_get_length(bufferevent_get_output(c->bev)) <= max) {
+        return 0;
+    }
+    if (!c->out_blocked) {
+        c->out_blocked = 1;
+        bufferevent_setwatermark(c->bev, EV_WRITE, max, 0);
+        struct timeval tv = {(time_t)c->srv->lim.output_drain_timeout_s, 0};
+        evtimer_add(c->drain_timer, &tv);
+    }
+    bufferevent_disable(c->bev, EV_READ);
+    return 1;
+}
+
+/* Parse and dispatch what the input buffer holds, one request at a time.
+ * Reading is enabled again only when the connection waits for more bytes.
+ * Frees c when the client half-closed and everything it sent is answered:
+ * callers must not touch c afterwards. */
 static void conn_process(struct gw_conn *c)
 {
     struct evbuffer *in = bufferevent_get_input(c->bev);
-    while (!c->dead && !c->close_after && c->busy == NULL) {
+    while (!c->close_after && c->busy == NULL) {
         if (c->ready == NULL) {
+            if (c->req == NULL && out_full(c)) {
+                return; /* between requests: the next waits for the output to drain */
+            }
             size_t avail = evbuffer_get_length(in);
             if (avail == 0) {
-                return;
+                break;
             }
             struct evbuffer_iovec v;
             if (evbuffer_peek(in, -1, NULL, &v, 1) < 1) {
-                return;
+                break;
             }
             http_parser_pause(&c->parser, 0);
             size_t used = http_parser_execute(&c->parser, &settings, v.iov_base, v.iov_len);
@@ -527,7 +680,7 @@ static void conn_process(struct gw_conn *c)
             }
             if (c->ready == NULL) {
                 if (used < v.iov_len) {
-                    return; /* should not happen without an error */
+                    break; /* should not happen without an error */
                 }
                 continue;
             }
@@ -539,28 +692,59 @@ static void conn_process(struct gw_conn *c)
             respond_error(c, &c->err);
             return;
         }
-        c->busy = r;
+        set_busy(c, r);
         bufferevent_disable(c->bev, EV_READ);
         c->in_dispatch = 1;
         c->srv->handler(r, c->srv->arg);
         c->in_dispatch = 0;
-        if (c->busy == NULL && !c->close_after && !c->dead) {
-            bufferevent_enable(c->bev, EV_READ);
-        }
     }
+    if (c->busy != NULL || c->close_after) {
+        return;
+    }
+    if (c->peer_eof) {
+        /* every request that arrived before the client's FIN is answered (a
+         * request cut short by the FIN can never complete): close once the
+         * answers are out */
+        c->close_after = 1;
+        if (evbuffer_get_length(bufferevent_get_output(c->bev)) == 0) {
+            conn_free(c);
+        }
+        return;
+    }
+    bufferevent_enable(c->bev, EV_READ);
 }
 
 static void read_cb(struct bufferevent *bev, void *arg)
 {
+    struct gw_conn *c = arg;
     (void)bev;
-    conn_process(arg);
+    /* The request read timer runs from the first byte after the previous
+     * request, not from the request line: blank lines before a request line
+     * (which the parser skips silently) cannot keep a connection open. */
+    if (c->req == NULL && c->busy == NULL && c->ready == NULL &&
+        !evtimer_pending(c->read_timer, NULL)) {
+        read_timer_start(c);
+    }
+    conn_process(c);
 }
 
 static void write_cb(struct bufferevent *bev, void *arg)
 {
     struct gw_conn *c = arg;
-    if (c->close_after && evbuffer_get_length(bufferevent_get_output(bev)) == 0) {
-        conn_free(c);
+    size_t left = evbuffer_get_length(bufferevent_get_output(bev));
+    if (c->close_after) {
+        if (left == 0) {
+            conn_free(c);
+        }
+        return;
+    }
+    if (c->out_blocked && left <= c->srv->lim.max_output) {
+        c->out_blocked = 0;
+        evtimer_del(c->drain_timer);
+        bufferevent_setwatermark(bev, EV_WRITE, 0, 0);
+        if (c->busy == NULL) {
+            conn_process(c); /* may free c */
+        }
     }
 }
 
@@ -569,17 +753,25 @@ static void event_cb(struct bufferevent *bev, short what, void *arg)
     struct gw_conn *c = arg;
     (void)bev;
     if (what & BEV_EVENT_TIMEOUT) {
-        /* idle keep-alive connection: close quietly */
+        /* idle keep-alive connection, or output the client does not read:
+         * close quietly */
         conn_free(c);
         return;
     }
-    if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR)) {
-        if (c->busy != NULL) {
-            /* the handler still owns the request; it answers into the void */
-            c->busy->conn = NULL;
-            c->busy = NULL;
-        }
+    if (what & BEV_EVENT_ERROR) {
+        /* a request at the handler answers into the void (conn_free) */
         conn_free(c);
+        return;
+    }
+    if (what & BEV_EVENT_EOF) {
+        /* The client closed its side.  It may still read (a half-close after
+         * its last request, like `nc -N`): answer every request that arrived
+         * before the FIN, in order, then close.  A client that is really gone
+         * makes the writes fail, which closes the connection as above. */
+        c->peer_eof = 1;
+        if (c->busy == NULL) {
+            conn_process(c); /* may free c */
+        }
     }
 }
 
@@ -588,11 +780,23 @@ static void read_timeout_cb(evutil_socket_t fd, short what, void *arg)
     struct gw_conn *c = arg;
     (void)fd;
     (void)what;
-    if (c->busy == NULL && c->ready == NULL) {
+    if (c->busy == NULL && c->ready == NULL && !c->close_after) {
         struct gw_error e = {0};
         gw_error_set(&e, GW_E_REQ_TIMEOUT, NULL, "the request was not received in time");
         respond_error(c, &e);
     }
+}
+
+static void drain_timeout_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct gw_conn *c = arg;
+    (void)fd;
+    (void)what;
+    gw_debug("closing a connection whose unsent output (%zu bytes) did not drain below "
+             "max_output_bytes (%zu) within %lld s",
+             evbuffer_get_length(bufferevent_get_output(c->bev)), c->srv->lim.max_output,
+             (long long)c->srv->lim.output_drain_timeout_s);
+    conn_free(c);
 }
 
 static void conn_free(struct gw_conn *c)
@@ -603,14 +807,19 @@ static void conn_free(struct gw_conn *c)
     c->dead = 1;
     if (c->busy != NULL) {
         c->busy->conn = NULL;
+        set_busy(c, NULL);
     }
     TAILQ_REMOVE(&c->srv->conns, c, link);
     c->srv->nconns--;
+    if (c->srv->closing && c->srv->progress_ev != NULL) {
+        event_active(c->srv->progress_ev, EV_READ, 0);
+    }
     if (c->counted) {
         __atomic_sub_fetch(&conns_total, 1, __ATOMIC_RELAXED);
     }
     bufferevent_free(c->bev);
     event_free(c->read_timer);
+    event_free(c->drain_timer);
     req_destroy(c->req);
     req_destroy(c->ready);
     free(c->hbuf);
@@ -710,7 +919,8 @@ void gw_http_server_adopt(struct gw_http_server *s, evutil_socket_t fd)
         c->bev = bufferevent_socket_new(s->base, fd, BEV_OPT_CLOSE_ON_FREE);
     }
     c->read_timer = evtimer_new(s->base, read_timeout_cb, c);
-    if (c->bev == NULL || c->read_timer == NULL) {
+    c->drain_timer = evtimer_new(s->base, drain_timeout_cb, c);
+    if (c->bev == NULL || c->read_timer == NULL || c->drain_timer == NULL) {
         if (c->bev != NULL) {
             bufferevent_free(c->bev);
         } else {
@@ -719,14 +929,24 @@ void gw_http_server_adopt(struct gw_http_server *s, evutil_socket_t fd)
         if (c->read_timer != NULL) {
             event_free(c->read_timer);
         }
+        if (c->drain_timer != NULL) {
+            event_free(c->drain_timer);
+        }
+        if (c->counted) {
+            __atomic_sub_fetch(&conns_total, 1, __ATOMIC_RELAXED);
+        }
         free(c);
         return;
     }
     http_parser_init(&c->parser, HTTP_REQUEST);
     c->parser.data = c;
     bufferevent_setcb(c->bev, read_cb, write_cb, event_cb, c);
+    /* read: an idle keep-alive connection; write: output that makes no
+     * progress at all (also below max_output, e.g. a last answer before
+     * closing that the client never reads) */
     struct timeval idle = {(time_t)s->lim.idle_timeout_s, 0};
-    bufferevent_set_timeouts(c->bev, &idle, NULL);
+    struct timeval stuck = {(time_t)s->lim.output_drain_timeout_s, 0};
+    bufferevent_set_timeouts(c->bev, &idle, s->lim.output_drain_timeout_s > 0 ? &stuck : NULL);
     bufferevent_enable(c->bev, EV_READ | EV_WRITE);
     TAILQ_INSERT_TAIL(&s->conns, c, link);
     s->nconns++;
@@ -738,6 +958,16 @@ static void accept_error_cb(struct evconnlistener *lis, void *arg)
     (void)arg;
     int e = EVUTIL_SOCKET_ERROR();
     gw_warn("accept failed: %s", evutil_socket_error_to_string(e));
+}
+
+static void progress_ev_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct gw_http_server *s = arg;
+    (void)fd;
+    (void)what;
+    if (s->progress_cb != NULL) {
+        s->progress_cb(s->progress_arg);
+    }
 }
 
 struct gw_http_server *gw_http_server_new(struct event_base *base, struct evconnlistener *lis,
@@ -764,6 +994,11 @@ struct gw_http_server *gw_http_server_new(struct event_base *base, struct evconn
     s->lim = *lim;
     s->handler = h;
     s->arg = arg;
+    s->progress_ev = event_new(base, -1, 0, progress_ev_cb, s);
+    if (s->progress_ev == NULL) {
+        free(s);
+        return NULL;
+    }
     TAILQ_INIT(&s->conns);
     if (lis != NULL) {
         evconnlistener_set_cb(lis, accept_cb, s);
@@ -844,15 +1079,28 @@ size_t gw_http_server_nconns(const struct gw_http_server *s)
     return s->nconns;
 }
 
+size_t gw_http_server_nbusy(const struct gw_http_server *s)
+{
+    return s->nbusy;
+}
+
+void gw_http_server_set_progress_cb(struct gw_http_server *s, void (*cb)(void *), void *arg)
+{
+    s->progress_cb = cb;
+    s->progress_arg = arg;
+}
+
 void gw_http_server_free(struct gw_http_server *s)
 {
     if (s == NULL) {
         return;
     }
     gw_http_server_stop_accepting(s);
+    s->progress_cb = NULL;
     while (!TAILQ_EMPTY(&s->conns)) {
         conn_free(TAILQ_FIRST(&s->conns));
     }
+    event_free(s->progress_ev);
     free(s);
 }
 

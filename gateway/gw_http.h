@@ -60,6 +60,8 @@ struct gw_http_limits {
     int max_nheaders;
     int64_t idle_timeout_s;         /* keep-alive idle connections are closed */
     int64_t request_read_timeout_s; /* a request must arrive whole within it (slowloris) */
+    size_t max_output;              /* unsent response bytes above which reading stops (0: none) */
+    int64_t output_drain_timeout_s; /* output above max_output must drain within it, or close */
 };
 
 struct gw_http_server *gw_http_server_new(struct event_base *base, struct evconnlistener *lis,
@@ -80,6 +82,11 @@ void gw_http_server_stop_accepting(struct gw_http_server *s);
 void gw_http_server_close_idle(struct gw_http_server *s);
 void gw_http_server_set_limits(struct gw_http_server *s, const struct gw_http_limits *lim);
 size_t gw_http_server_nconns(const struct gw_http_server *s);
+/* Requests handed to the handler and not answered yet. */
+size_t gw_http_server_nbusy(const struct gw_http_server *s);
+/* Called (on the loop) while the server is closing, each time a request was
+ * answered or a connection closed: a drain checks whether it is done. */
+void gw_http_server_set_progress_cb(struct gw_http_server *s, void (*cb)(void *), void *arg);
 /* Cap the connections of every server given the same cap, process-wide
  * (limits.max_connections, client listener): beyond it a connection gets a
  * 503 and is closed at once.  0: no cap. */

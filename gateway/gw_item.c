@@ -11,6 +11,7 @@
 #include <time.h>
 
 #include "config/cf_config.h"
+#include "gateway/gw_json.h"
 #include "gateway/gw_util.h"
 
 int gw_key_check(const char *key, size_t len, struct gw_error *e)
@@ -25,9 +26,17 @@ int gw_key_check(const char *key, size_t len, struct gw_error *e)
     }
     for (size_t i = 0; i < len; i++) {
         if ((unsigned char)key[i] < 0x20 || key[i] == 0x7f) {
-            gw_error_set(e, GW_E_BAD_REQUEST, NULL, "the item key contains a control character");
+            gw_error_set(e, GW_E_BAD_REQUEST, NULL,
+                         "the item key contains a control character (byte %zu)", i);
             return -1;
         }
+    }
+    /* as strings in a body: a key that is not UTF-8 would be changed by one
+     * store (U+FFFD), refused by another, or sent back as invalid JSON */
+    size_t ok = gw_utf8_check(key, len);
+    if (ok != len) {
+        gw_error_set(e, GW_E_BAD_REQUEST, NULL, "the item key is not valid UTF-8 (byte %zu)", ok);
+        return -1;
     }
     return 0;
 }
@@ -147,9 +156,11 @@ static int digits_at(const char *s, int n)
 }
 
 /* Accepts RFC 3339 (YYYY-MM-DDTHH:MM:SS[.frac](Z|±HH:MM)), writes UTC with
- * the fraction kept (up to microseconds): YYYY-MM-DDTHH:MM:SS[.ffffff]Z.
- * Years 0001–9999, before and after the offset is applied. */
-static int ts_normalise(const char *s, char *out, size_t outlen)
+ * exactly six fraction digits: YYYY-MM-DDTHH:MM:SS.ffffffZ (digits past
+ * the microsecond are dropped).  One width for every timestamp the gateway
+ * writes or a store returns, so their text sorts in time order.  Years
+ * 0001–9999, before and after the offset is applied. */
+int gw_ts_normalise(const char *s, char *out, size_t outlen)
 {
     if (strlen(s) < 20 || s[4] != '-' || s[7] != '-' || s[13] != ':' || s[16] != ':' ||
         (s[10] != 'T' && s[10] != 't' && s[10] != ' ')) {
@@ -162,7 +173,7 @@ static int ts_normalise(const char *s, char *out, size_t outlen)
         return -1;
     }
     const char *p = s + 19;
-    char frac[8] = "";
+    char frac[8] = "000000";
     if (*p == '.') {
         p++;
         int k = 0;
@@ -175,7 +186,6 @@ static int ts_normalise(const char *s, char *out, size_t outlen)
         if (k == 0) {
             return -1;
         }
-        frac[k] = '\0';
     }
     int off = 0;
     if (*p == 'Z' || *p == 'z') {
@@ -211,17 +221,19 @@ static int ts_normalise(const char *s, char *out, size_t outlen)
     if (gmtime_r(&t, &u) == NULL || u.tm_year + 1900 < 1 || u.tm_year + 1900 > 9999) {
         return -1;
     }
-    int n = snprintf(out, outlen, "%04d-%02d-%02dT%02d:%02d:%02d", u.tm_year + 1900, u.tm_mon + 1,
-                     u.tm_mday, u.tm_hour, u.tm_min, u.tm_sec);
-    if (frac[0] != '\0') {
-        snprintf(out + n, outlen - (size_t)n, ".%sZ", frac);
-    } else {
-        snprintf(out + n, outlen - (size_t)n, "Z");
-    }
+    snprintf(out, outlen, "%04d-%02d-%02dT%02d:%02d:%02d.%sZ", u.tm_year + 1900, u.tm_mon + 1,
+             u.tm_mday, u.tm_hour, u.tm_min, u.tm_sec, frac);
     return 0;
 }
 
 /* ---- values ---------------------------------------------------------------- */
+
+/* An int object holds its value exactly as an int64 (json-c keeps values
+ * above INT64_MAX as uint64, and json_object_get_int64 clamps them). */
+static int int64_exact(struct json_object *v)
+{
+    return json_object_get_int64(v) != INT64_MAX || json_object_get_uint64(v) == INT64_MAX;
+}
 
 static int check_value(const struct cf_field *f, const struct cf_limits *lim,
                        struct json_object *parent, const char *key, struct json_object *v,
@@ -273,10 +285,12 @@ static int check_value(const struct cf_field *f, const struct cf_limits *lim,
             gw_error_set(e, GW_E_BAD_REQUEST, f->name, "field '%s' must be an integer", f->name);
             return -1;
         }
-        /* json-c clamps out-of-range integers to the int64/uint64 bounds */
-        int64_t n = json_object_get_int64(v);
-        if (n == INT64_MAX || n == INT64_MIN) {
-            gw_error_set(e, GW_E_BAD_REQUEST, f->name, "field '%s' is out of the 64-bit range",
+        /* gw_json_parse refuses integers beyond int64 (json-c would clamp
+         * them); one above INT64_MAX built another way is a uint64 here */
+        if (!int64_exact(v)) {
+            gw_error_set(e, GW_E_BAD_REQUEST, f->name,
+                         "field '%s' is out of the 64-bit range (-9223372036854775808 to "
+                         "9223372036854775807)",
                          f->name);
             return -1;
         }
@@ -287,8 +301,7 @@ static int check_value(const struct cf_field *f, const struct cf_limits *lim,
         if (t == json_type_double || t == json_type_string) {
             text = json_object_get_string(v);
         } else if (t == json_type_int) {
-            int64_t n = json_object_get_int64(v);
-            if (n == INT64_MAX || n == INT64_MIN) {
+            if (!int64_exact(v)) {
                 gw_error_set(e, GW_E_BAD_REQUEST, f->name,
                              "field '%s' is too large; send it as a string", f->name);
                 return -1;
@@ -332,7 +345,7 @@ static int check_value(const struct cf_field *f, const struct cf_limits *lim,
     case CF_T_TIMESTAMP: {
         char norm[48];
         if (t != json_type_string ||
-            ts_normalise(json_object_get_string(v), norm, sizeof(norm)) < 0) {
+            gw_ts_normalise(json_object_get_string(v), norm, sizeof(norm)) < 0) {
             gw_error_set(e, GW_E_BAD_REQUEST, f->name,
                          "field '%s' must be an RFC 3339 timestamp like 2026-01-31T12:00:00Z",
                          f->name);
@@ -361,6 +374,12 @@ static int check_value(const struct cf_field *f, const struct cf_limits *lim,
         if (t != json_type_object) {
             gw_error_set(e, GW_E_BAD_REQUEST, f->name,
                          "field '%s' must be an object of name → non-negative integer", f->name);
+            return -1;
+        }
+        if (json_object_object_length(v) > GW_MAX_COUNTER_OPS) {
+            gw_error_set(e, GW_E_BAD_REQUEST, f->name,
+                         "field '%s' has %d members: at most %d in one write", f->name,
+                         json_object_object_length(v), GW_MAX_COUNTER_OPS);
             return -1;
         }
         json_object_object_foreach(v, k, cv)
@@ -446,7 +465,7 @@ int gw_item_check(const struct cf_domain *d, const struct cf_limits *lim, enum g
         }
         if (f->auto_created) {
             char now[40];
-            gw_now_rfc3339(now, sizeof(now));
+            gw_now_ts(now, sizeof(now));
             json_object_object_add(item, f->name, json_object_new_string(now));
         } else if (f->required) {
             gw_error_set(e, GW_E_BAD_REQUEST, f->name, "field '%s' is required", f->name);
@@ -646,6 +665,13 @@ int gw_patch_check(const struct cf_domain *d, const struct cf_limits *lim,
     }
     if (nops == 0) {
         gw_error_set(e, GW_E_BAD_REQUEST, NULL, "the patch changes nothing");
+        return -1;
+    }
+    if (nops > GW_MAX_COUNTER_OPS) {
+        gw_error_set(e, GW_E_BAD_REQUEST, NULL,
+                     "the patch has %d operations (set, inc and unset entries): at most %d in "
+                     "one write",
+                     nops, GW_MAX_COUNTER_OPS);
         return -1;
     }
     return 0;

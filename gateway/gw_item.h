@@ -20,6 +20,13 @@ struct cf_domain;
 struct cf_field;
 struct cf_limits;
 
+/* The most members a counters field takes in one PUT, and the most
+ * set / inc / unset entries in one patch.  A store applies one write at
+ * once (Redis: one script, which holds the server while it runs): 1 000
+ * members take about 3 ms of Redis time, 10 000 about 19 ms, during which
+ * every other client of that Redis waits.  Over it → 400. */
+#define GW_MAX_COUNTER_OPS 1000
+
 enum gw_item_mode {
     GW_ITEM_PUT,    /* whole item; the key comes from the path */
     GW_ITEM_INSERT, /* whole item; the key from the body or generated */
@@ -47,7 +54,14 @@ int gw_value_check(const struct cf_field *f, const struct cf_limits *lim,
                    struct json_object *parent, const char *key, struct json_object *v,
                    struct gw_error *e);
 
-/* A valid key (path id): non-empty, ≤ 512 bytes, no control characters. */
+/* An RFC 3339 timestamp (any offset, any fraction) → UTC with exactly six
+ * fraction digits, "2026-01-31T12:00:00.500000Z" (the one width of every
+ * timestamp in items: its text sorts in time order).  0, or -1 when s is
+ * not such a timestamp. */
+int gw_ts_normalise(const char *s, char *out, size_t outlen);
+
+/* A valid key (path id, envelope id): non-empty, ≤ 512 bytes, no control
+ * characters, valid UTF-8 (as a string in a body must be). */
 int gw_key_check(const char *key, size_t len, struct gw_error *e);
 
 /* Exact decimal arithmetic on text: a + b with `scale` digits after the

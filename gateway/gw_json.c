@@ -23,6 +23,12 @@ struct jv {
     enum gw_json_status st;
     char *msg;
     size_t msglen;
+    /* gw_json_parse only: integers must fit in int64 (json-c clamps the
+     * others to the bounds, silently), and the member names leading to the
+     * value being read ("set.stock"), to name a refused one */
+    int int64_only;
+    char path[128];
+    size_t pathlen;
 };
 
 static int jv_fail(struct jv *v, enum gw_json_status st, const char *what)
@@ -39,14 +45,15 @@ static void jv_ws(struct jv *v)
     }
 }
 
-/* One UTF-8 sequence starting at v->p (a byte >= 0x80): well-formed, shortest
- * form, no surrogates, at most U+10FFFF. */
-static int jv_utf8(struct jv *v)
+/* The length of the well-formed UTF-8 sequence at p (lead byte >= 0x80):
+ * shortest form, no surrogates, at most U+10FFFF; 0 when it is not one
+ * (*truncated set when the bytes end inside it). */
+static size_t utf8_seq(const unsigned char *p, const unsigned char *end, int *truncated)
 {
-    const unsigned char *p = v->p;
     unsigned c = *p;
     int n;
     unsigned cp, min;
+    *truncated = 0;
     if (c >= 0xc2 && c <= 0xdf) {
         n = 1, cp = c & 0x1f, min = 0x80;
     } else if (c >= 0xe0 && c <= 0xef) {
@@ -54,21 +61,65 @@ static int jv_utf8(struct jv *v)
     } else if (c >= 0xf0 && c <= 0xf4) {
         n = 3, cp = c & 0x07, min = 0x10000;
     } else {
-        return jv_fail(v, GW_JSON_UTF8, "invalid UTF-8");
+        return 0;
     }
-    if (v->end - p <= n) {
-        return jv_fail(v, GW_JSON_UTF8, "invalid UTF-8 (truncated sequence)");
+    if (end - p <= n) {
+        *truncated = 1;
+        return 0;
     }
     for (int i = 1; i <= n; i++) {
         if ((p[i] & 0xc0) != 0x80) {
-            return jv_fail(v, GW_JSON_UTF8, "invalid UTF-8");
+            return 0;
         }
         cp = (cp << 6) | (p[i] & 0x3f);
     }
     if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) {
-        return jv_fail(v, GW_JSON_UTF8, "invalid UTF-8 (overlong, surrogate or out of range)");
+        return 0;
     }
-    v->p += n + 1;
+    return (size_t)n + 1;
+}
+
+size_t gw_utf8_check(const char *s, size_t len)
+{
+    const unsigned char *p = (const unsigned char *)s, *end = p + len;
+    while (p < end) {
+        if (*p < 0x80) {
+            p++;
+            continue;
+        }
+        int truncated;
+        size_t n = utf8_seq(p, end, &truncated);
+        if (n == 0) {
+            return (size_t)(p - (const unsigned char *)s);
+        }
+        p += n;
+    }
+    return len;
+}
+
+static int jv_utf8(struct jv *v)
+{
+    int truncated;
+    size_t n = utf8_seq(v->p, v->end, &truncated);
+    if (n == 0) {
+        if (truncated) {
+            return jv_fail(v, GW_JSON_UTF8, "invalid UTF-8 (truncated sequence)");
+        }
+        unsigned c = *v->p;
+        if (c >= 0xc2 && c <= 0xf4) { /* a lead byte: its sequence is bad */
+            int cont = 1;
+            size_t need = c <= 0xdf ? 1 : c <= 0xef ? 2 : 3;
+            for (size_t i = 1; i <= need; i++) {
+                cont &= (v->p[i] & 0xc0) == 0x80;
+            }
+            if (cont) {
+                return jv_fail(v, GW_JSON_UTF8,
+                               "invalid UTF-8 (overlong, surrogate or out of range)");
+            }
+        }
+        return jv_fail(v, GW_JSON_UTF8, "invalid UTF-8");
+    }
+    v->p += n;
     return 0;
 }
 
@@ -94,8 +145,11 @@ static int jv_hex4(struct jv *v, unsigned *out)
     return 0;
 }
 
-static int jv_string(struct jv *v)
+/* A string; a member name (key != 0) may not contain \u0000: json-c keeps
+ * names as C strings and would cut the name at the NUL, silently. */
+static int jv_string(struct jv *v, int key)
 {
+    const unsigned char *open = v->p;
     v->p++; /* the opening quote */
     while (v->p < v->end) {
         unsigned char c = *v->p;
@@ -131,6 +185,22 @@ static int jv_string(struct jv *v)
                     }
                 } else if (u >= 0xdc00 && u <= 0xdfff) {
                     return jv_fail(v, GW_JSON_UTF8, "unpaired surrogate in a \\u escape");
+                } else if (u == 0 && key) {
+                    /* name it by its text before the NUL (at most 40 bytes,
+                     * cut at a character boundary) and its position */
+                    const unsigned char *name = open + 1;
+                    size_t before = (size_t)(v->p - 6 - name);
+                    if (before > 40) {
+                        before = 40;
+                        while (before > 0 && (name[before] & 0xc0) == 0x80) {
+                            before--;
+                        }
+                    }
+                    v->st = GW_JSON_SYNTAX;
+                    snprintf(v->msg, v->msglen,
+                             "member name \"%.*s\\u0000…\" at byte %zu contains a NUL character",
+                             (int)before, (const char *)name, (size_t)(open - v->start));
+                    return -1;
                 }
             } else if (strchr("\"\\/bfnrt", c) == NULL || c == '\0') {
                 v->p--;
@@ -158,8 +228,22 @@ static int jv_digits(struct jv *v)
     return v->p > s ? 0 : -1;
 }
 
+/* An integer literal s..end (optional '-', digits) within int64? */
+static int int64_fits(const unsigned char *s, const unsigned char *end)
+{
+    static const char max[] = "9223372036854775807", min[] = "9223372036854775808";
+    int neg = *s == '-';
+    s += neg;
+    size_t n = (size_t)(end - s), lim = sizeof(max) - 1;
+    if (n != lim) {
+        return n < lim;
+    }
+    return memcmp(s, neg ? min : max, lim) <= 0;
+}
+
 static int jv_number(struct jv *v)
 {
+    const unsigned char *num = v->p;
     if (*v->p == '-') {
         v->p++;
     }
@@ -170,6 +254,17 @@ static int jv_number(struct jv *v)
         }
     } else if (jv_digits(v) < 0) {
         return jv_fail(v, GW_JSON_SYNTAX, "malformed JSON: a value is expected");
+    }
+    if (v->int64_only && (v->p >= v->end || (*v->p != '.' && (*v->p | 0x20) != 'e')) &&
+        !int64_fits(num, v->p)) {
+        v->st = GW_JSON_SYNTAX;
+        snprintf(v->msg, v->msglen,
+                 "%s%.*s%sthe integer %.*s at byte %zu is out of the 64-bit range "
+                 "(-9223372036854775808 to 9223372036854775807)",
+                 v->pathlen ? "'" : "", (int)v->pathlen, v->path, v->pathlen ? "': " : "",
+                 (int)(v->p - num > 40 ? 40 : v->p - num), (const char *)num,
+                 (size_t)(num - v->start));
+        return -1;
     }
     if (v->p < v->end && *v->p == '.') {
         v->p++;
@@ -198,6 +293,24 @@ static int jv_literal(struct jv *v, const char *lit)
     }
     v->p += n;
     return 0;
+}
+
+/* path += ".name", as far as it fits, cut at a character boundary */
+static void jv_path_push(struct jv *v, const unsigned char *name, size_t len)
+{
+    size_t room = sizeof(v->path) - 1 - v->pathlen;
+    if (v->pathlen > 0 && room > 0) {
+        v->path[v->pathlen++] = '.';
+        room--;
+    }
+    if (len > room) {
+        len = room;
+        while (len > 0 && (name[len] & 0xc0) == 0x80) {
+            len--;
+        }
+    }
+    memcpy(v->path + v->pathlen, name, len);
+    v->pathlen += len;
 }
 
 static int jv_value(struct jv *v)
@@ -230,16 +343,24 @@ static int jv_value(struct jv *v)
                     return jv_fail(v, GW_JSON_SYNTAX,
                                    "malformed JSON: a quoted member name is expected");
                 }
-                if (jv_string(v) < 0) {
+                const unsigned char *name = v->p + 1;
+                if (jv_string(v, 1) < 0) {
                     return -1;
+                }
+                size_t saved = v->pathlen;
+                if (v->int64_only) {
+                    jv_path_push(v, name, (size_t)(v->p - 1 - name));
                 }
                 jv_ws(v);
                 if (v->p >= v->end || *v->p != ':') {
                     return jv_fail(v, GW_JSON_SYNTAX, "malformed JSON: ':' is expected");
                 }
                 v->p++;
-            }
-            if (jv_value(v) < 0) {
+                if (jv_value(v) < 0) {
+                    return -1;
+                }
+                v->pathlen = saved;
+            } else if (jv_value(v) < 0) {
                 return -1;
             }
             jv_ws(v);
@@ -258,7 +379,7 @@ static int jv_value(struct jv *v)
         }
     }
     case '"':
-        return jv_string(v);
+        return jv_string(v, 0);
     case 't':
         return jv_literal(v, "true");
     case 'f':
@@ -273,15 +394,16 @@ static int jv_value(struct jv *v)
     }
 }
 
-enum gw_json_status gw_json_validate(const char *buf, size_t len, int max_depth, char *msg,
-                                     size_t msglen)
+static enum gw_json_status validate(const char *buf, size_t len, int max_depth, int int64_only,
+                                    char *msg, size_t msglen)
 {
     struct jv v = {.p = (const unsigned char *)buf,
                    .end = (const unsigned char *)buf + len,
                    .start = (const unsigned char *)buf,
                    .max_depth = max_depth,
                    .msg = msg,
-                   .msglen = msglen};
+                   .msglen = msglen,
+                   .int64_only = int64_only};
     jv_ws(&v);
     if (v.p == v.end) {
         snprintf(msg, msglen, "the request body is empty; a JSON document is expected");
@@ -298,11 +420,17 @@ enum gw_json_status gw_json_validate(const char *buf, size_t len, int max_depth,
     return GW_JSON_OK;
 }
 
-enum gw_json_status gw_json_parse(const char *buf, size_t len, int max_depth,
-                                  struct json_object **out, char *msg, size_t msglen)
+enum gw_json_status gw_json_validate(const char *buf, size_t len, int max_depth, char *msg,
+                                     size_t msglen)
+{
+    return validate(buf, len, max_depth, 0, msg, msglen);
+}
+
+static enum gw_json_status parse(const char *buf, size_t len, int max_depth, int int64_only,
+                                 struct json_object **out, char *msg, size_t msglen)
 {
     *out = NULL;
-    enum gw_json_status st = gw_json_validate(buf, len, max_depth, msg, msglen);
+    enum gw_json_status st = validate(buf, len, max_depth, int64_only, msg, msglen);
     if (st != GW_JSON_OK) {
         return st;
     }
@@ -315,14 +443,37 @@ enum gw_json_status gw_json_parse(const char *buf, size_t len, int max_depth,
     json_tokener_set_flags(tok, JSON_TOKENER_STRICT);
     struct json_object *o = json_tokener_parse_ex(tok, buf, (int)len);
     enum json_tokener_error jerr = json_tokener_get_error(tok);
+    if (jerr == json_tokener_continue) {
+        /* a top-level literal or number ("true", "5") is complete only once
+         * json-c sees what follows it: the terminating NUL says "no more" */
+        o = json_tokener_parse_ex(tok, "", 1);
+        jerr = json_tokener_get_error(tok);
+    }
     json_tokener_free(tok);
     if (jerr != json_tokener_success) {
         json_object_put(o);
         snprintf(msg, msglen, "malformed JSON: %s", json_tokener_error_desc(jerr));
         return GW_JSON_SYNTAX;
     }
+    if (o == NULL) { /* the document is `null`: json-c's NULL reads as "no document" */
+        snprintf(msg, msglen,
+                 "the body is JSON null: a JSON object is expected (an array for _batch)");
+        return GW_JSON_NULL;
+    }
     *out = o;
     return GW_JSON_OK;
+}
+
+enum gw_json_status gw_json_parse(const char *buf, size_t len, int max_depth,
+                                  struct json_object **out, char *msg, size_t msglen)
+{
+    return parse(buf, len, max_depth, 1, out, msg, msglen);
+}
+
+enum gw_json_status gw_json_parse_stored(const char *buf, size_t len, int max_depth,
+                                         struct json_object **out, char *msg, size_t msglen)
+{
+    return parse(buf, len, max_depth, 0, out, msg, msglen);
 }
 
 static int raw_to_json(struct json_object *o, struct printbuf *pb, int level, int flags)

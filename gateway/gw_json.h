@@ -11,17 +11,39 @@
 
 struct evbuffer;
 
-enum gw_json_status { GW_JSON_OK, GW_JSON_SYNTAX, GW_JSON_DEPTH, GW_JSON_UTF8, GW_JSON_EMPTY };
+enum gw_json_status {
+    GW_JSON_OK,
+    GW_JSON_SYNTAX,
+    GW_JSON_DEPTH,
+    GW_JSON_UTF8,
+    GW_JSON_EMPTY,
+    GW_JSON_NULL, /* gw_json_parse: the document is `null` */
+};
 
 /* Parse a whole document (trailing garbage is an error).  On failure `msg`
- * says where and why. */
+ * says where and why.  Member names may not contain \u0000 (json-c keeps
+ * names as C strings: the name would be cut short).  A document that is
+ * just `null` is refused (GW_JSON_NULL): every document the gateway parses
+ * is an object or an array, and json-c's NULL would read as "no body". */
 enum gw_json_status gw_json_parse(const char *buf, size_t len, int max_depth,
                                   struct json_object **out, char *msg, size_t msglen);
 
+/* The same for a document a store returns: its integers are not checked
+ * against int64 (another writer may have stored any number; json-c clamps
+ * one beyond int64, as it always did). */
+enum gw_json_status gw_json_parse_stored(const char *buf, size_t len, int max_depth,
+                                         struct json_object **out, char *msg, size_t msglen);
+
 /* Check that buf is one JSON document within max_depth (as gw_json_parse
- * does, and with its messages) without building anything. */
+ * does, and with its messages; `null` is valid here) without building
+ * anything. */
 enum gw_json_status gw_json_validate(const char *buf, size_t len, int max_depth, char *msg,
                                      size_t msglen);
+
+/* The length of the longest prefix of s that is well-formed UTF-8 (shortest
+ * form, no surrogates, at most U+10FFFF — what gw_json_parse accepts in a
+ * string): len when all of s is. */
+size_t gw_utf8_check(const char *s, size_t len);
 
 /* A json-c value that serializes as the JSON text given, verbatim: a string
  * object with its own serializer.  Documents a store returns (JSON columns)

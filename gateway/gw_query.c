@@ -29,8 +29,79 @@ struct pctx {
     const struct cf_domain *d;
     const struct cf_limits *lim;
     struct gw_error *e;
-    int nodes;
+    int nodes;     /* leaf conditions so far (limits.max_query_conditions) */
+    int nprefix;   /* prefix conditions so far (limits.max_prefix_conditions) */
+    size_t nbytes; /* names and values so far (limits.max_filter_bytes) */
 };
+
+/* Query complexity: a limit of 0 (a cf_limits not filled by the config
+ * loader) means the documented default. */
+#define LIM(c, name, def) ((c)->lim->name > 0 ? (c)->lim->name : (def))
+
+/* Count n bytes of names/values of the filter against max_filter_bytes. */
+static int charge(struct pctx *c, size_t n)
+{
+    size_t max = LIM(c, max_filter_bytes, (size_t)65536);
+    c->nbytes += n;
+    if (c->nbytes > max) {
+        gw_error_set(c->e, GW_E_BAD_REQUEST, NULL,
+                     "the filter is larger than limits.max_filter_bytes (%zu bytes of names and "
+                     "values)",
+                     max);
+        return -1;
+    }
+    return 0;
+}
+
+/* What a value costs against max_filter_bytes: a string its bytes, any
+ * other scalar 8, a list the sum of its members. */
+static size_t value_cost(struct json_object *v)
+{
+    switch (json_object_get_type(v)) {
+    case json_type_string:
+        return (size_t)json_object_get_string_len(v);
+    case json_type_array: {
+        size_t n = 0, len = json_object_array_length(v);
+        for (size_t i = 0; i < len; i++) {
+            n += value_cost(json_object_array_get_idx(v, i));
+        }
+        return n;
+    }
+    default:
+        return 8;
+    }
+}
+
+/* One segment of a dotted path (below the top-level field): not empty, no
+ * leading '$' (an operator to MongoDB), no leading or trailing space (stores
+ * disagree on them), no control character or NUL.  `whole` is the path as
+ * given, for the message. */
+static int check_segment(struct pctx *c, const struct cf_field *f, const char *whole,
+                         const char *seg, size_t len, const char *what)
+{
+    const char *why = NULL;
+    if (len == 0) {
+        why = "an empty segment";
+    } else if (seg[0] == '$') {
+        why = "a segment that starts with '$'";
+    } else if (isspace((unsigned char)seg[0]) || isspace((unsigned char)seg[len - 1])) {
+        why = "a segment with a leading or trailing space";
+    } else {
+        for (size_t i = 0; i < len; i++) {
+            unsigned char ch = (unsigned char)seg[i];
+            if (ch < 0x20 || ch == 0x7f) {
+                why = "a control character or NUL";
+                break;
+            }
+        }
+    }
+    if (why != NULL) {
+        gw_error_set(c->e, GW_E_BAD_REQUEST, f->name, "%s'%.128s': the path has %s", what, whole,
+                     why);
+        return -1;
+    }
+    return 0;
+}
 
 /* ---- freeing ------------------------------------------------------------------ */
 
@@ -151,9 +222,13 @@ static struct gw_qnode *leaf(struct pctx *c, const struct cf_field *f, char **pa
                      opname, f->name);
         return NULL;
     }
-    if (++c->nodes > GW_QUERY_MAX_NODES) {
-        gw_error_set(e, GW_E_BAD_REQUEST, NULL, "the filter has more than %d conditions",
-                     GW_QUERY_MAX_NODES);
+    int maxc = LIM(c, max_query_conditions, GW_QUERY_MAX_NODES);
+    if (++c->nodes > maxc) {
+        gw_error_set(e, GW_E_BAD_REQUEST, NULL,
+                     "the filter has more than limits.max_query_conditions (%d) conditions", maxc);
+        return NULL;
+    }
+    if (charge(c, value_cost(v)) < 0) {
         return NULL;
     }
     struct gw_qnode *n = calloc(1, sizeof(*n));
@@ -214,8 +289,9 @@ static struct gw_qnode *leaf(struct pctx *c, const struct cf_field *f, char **pa
         size_t len = json_object_is_type(v, json_type_array) ? json_object_array_length(v) : 0;
         if (len == 0 || len > (size_t)c->lim->max_in) {
             gw_error_set(e, GW_E_BAD_REQUEST, f->name,
-                         "operator '%s' on field '%s' takes a list of 1 to %d values", opname,
-                         f->name, c->lim->max_in);
+                         "operator '%s' on field '%s' takes a list of 1 to %d values "
+                         "(limits.max_in_items)",
+                         opname, f->name, c->lim->max_in);
             goto fail;
         }
         n->value = json_object_new_array_ext((int)len);
@@ -264,6 +340,24 @@ static struct gw_qnode *leaf(struct pctx *c, const struct cf_field *f, char **pa
                 NULL) {
             gw_error_set(e, GW_E_BAD_REQUEST, f->name,
                          "operator 'prefix' on field '%s' takes a non-empty string", f->name);
+            goto fail;
+        }
+        /* a prefix is a scan over an index range (or a regex on MongoDB):
+         * bound how many and how long */
+        size_t maxp = LIM(c, max_prefix_bytes, (size_t)256);
+        if ((size_t)json_object_get_string_len(v) > maxp) {
+            gw_error_set(e, GW_E_BAD_REQUEST, f->name,
+                         "operator 'prefix' on field '%s': the prefix is longer than "
+                         "limits.max_prefix_bytes (%zu)",
+                         f->name, maxp);
+            goto fail;
+        }
+        int maxn = LIM(c, max_prefix_conditions, 16);
+        if (++c->nprefix > maxn) {
+            gw_error_set(e, GW_E_BAD_REQUEST, f->name,
+                         "the filter has more than limits.max_prefix_conditions (%d) prefix "
+                         "conditions",
+                         maxn);
             goto fail;
         }
         n->value = json_object_get(v);
@@ -316,6 +410,9 @@ static struct gw_qnode *parse_member(struct pctx *c, const char *name, struct js
         return g;
     }
     /* field[.path…] */
+    if (charge(c, strlen(name)) < 0) {
+        return NULL;
+    }
     char buf[512];
     if (strlen(name) >= sizeof(buf)) {
         gw_error_set(e, GW_E_BAD_REQUEST, NULL, "field path too long");
@@ -345,16 +442,16 @@ static struct gw_qnode *parse_member(struct pctx *c, const char *name, struct js
         return NULL;
     }
     if (nseg > 1) {
-        if (!is_doc_type(f->type)) {
+        /* arrays: the path reaches into their elements (an element matches) */
+        if (!is_doc_type(f->type) && f->type != CF_T_ARRAY) {
             gw_error_set(e, GW_E_BAD_REQUEST, f->name,
-                         "'%.128s': dotted paths apply only to object or json fields, and '%s' is "
-                         "a %s",
+                         "'%.128s': dotted paths apply only to object, json or array fields, and "
+                         "'%s' is a %s",
                          name, f->name, cf_type_name(f->type));
             return NULL;
         }
         for (size_t i = 1; i < nseg; i++) {
-            if (segs[i][0] == '\0') {
-                gw_error_set(e, GW_E_BAD_REQUEST, f->name, "'%.128s': empty path segment", name);
+            if (check_segment(c, f, name, segs[i], strlen(segs[i]), "") < 0) {
                 return NULL;
             }
         }
@@ -397,8 +494,10 @@ static struct gw_qnode *parse_where(struct pctx *c, struct json_object *w, int d
         gw_error_set(c->e, GW_E_BAD_REQUEST, NULL, "'where' must be an object of conditions");
         return NULL;
     }
-    if (depth > 16) {
-        gw_error_set(c->e, GW_E_BAD_REQUEST, NULL, "'where' nests and/or too deeply");
+    int maxd = LIM(c, max_query_depth, 8);
+    if (depth > maxd) {
+        gw_error_set(c->e, GW_E_BAD_REQUEST, NULL,
+                     "'where' nests and/or deeper than limits.max_query_depth (%d)", maxd);
         return NULL;
     }
     struct gw_qnode *g = group(GW_QOP_AND);
@@ -477,13 +576,15 @@ static const struct cf_field *group_key(struct pctx *c, struct json_object *v, c
                      s, f->name, cf_type_name(f->type));
         return NULL;
     }
+    if (strlen(s) != (size_t)json_object_get_string_len(v)) {
+        gw_error_set(c->e, GW_E_BAD_REQUEST, f->name, "group_by: '%.128s': the path has a NUL", s);
+        return NULL;
+    }
     size_t nseg = 1;
     for (const char *p = dot;; nseg++) { /* p: the dot before a segment */
         const char *seg = p + 1, *next = strchr(seg, '.');
         size_t len = next != NULL ? (size_t)(next - seg) : strlen(seg);
-        if (len == 0 || seg[0] == '$') {
-            gw_error_set(c->e, GW_E_BAD_REQUEST, f->name,
-                         "group_by: '%.128s': a path segment is empty or starts with '$'", s);
+        if (check_segment(c, f, s, seg, len, "group_by: ") < 0) {
             return NULL;
         }
         if (next == NULL) {
@@ -826,6 +927,24 @@ const struct gw_query *gw_query_of(struct json_object *body)
     return body != NULL ? json_object_get_userdata(body) : NULL;
 }
 
+/* The cursor MAC key: SHA-256 of a fixed label and the whole secret (no
+ * length cap: a long secret is hashed whole, never cut). */
+static int cursor_key(const char *secret, unsigned char key[32])
+{
+    static const char label[] = "polygate-cursor-v1:";
+    if (secret == NULL || secret[0] == '\0') {
+        return -1;
+    }
+    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+    unsigned int n = 0;
+    int ok = ctx != NULL && EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) == 1 &&
+             EVP_DigestUpdate(ctx, label, sizeof(label) - 1) == 1 &&
+             EVP_DigestUpdate(ctx, secret, strlen(secret)) == 1 &&
+             EVP_DigestFinal_ex(ctx, key, &n) == 1 && n == 32;
+    EVP_MD_CTX_free(ctx);
+    return ok ? 0 : -1;
+}
+
 int gw_query_parse(const struct cf_domain *d, const struct cf_limits *lim, const char *secret,
                    int aggregate, struct json_object *body, struct gw_query **out,
                    struct gw_error *e)
@@ -866,10 +985,10 @@ int gw_query_parse(const struct cf_domain *d, const struct cf_limits *lim, const
     }
     struct gw_query *q = calloc(1, sizeof(*q));
     q->aggregate = aggregate;
-    const char *sec = secret != NULL ? secret : GW_QUERY_DEFAULT_SECRET;
-    char material[512];
-    snprintf(material, sizeof(material), "polygate-cursor-v1:%s", sec);
-    SHA256((const unsigned char *)material, strlen(material), q->mac_key);
+    if (cursor_key(secret, q->mac_key) < 0) {
+        gw_error_set(e, GW_E_INTERNAL, NULL, "cannot derive the cursor key");
+        goto fail;
+    }
     struct json_object *v;
     if (json_object_object_get_ex(body, "partial", &v)) {
         if (!json_object_is_type(v, json_type_boolean)) {

@@ -15,7 +15,8 @@
  *   {"total":{"gte":100,"lt":500}}            several operators AND-ed
  *   {"sku":{"in":[…]}}  {"x":{"exists":true}}  {"name":{"prefix":"Jo"}}
  *   {"or":[{…},{…}]}  {"and":[{…},{…}]}       members of one object are AND-ed
- *   {"category.id":"c1"}                      dotted paths only into object/json
+ *   {"category.id":"c1"}                      dotted paths into object/json fields
+ *   {"items.product_id":"P1"}                 … and into arrays: some element matches
  *   {"last_name":null}                        eq null = IS NULL, ne null = IS NOT NULL
  * operators: eq ne gt gte lt lte in nin exists prefix.
  * {"search_tags":{"in":["a","b"]}} on an array field: some element is listed
@@ -50,11 +51,9 @@ struct cf_limits;
 
 #define GW_QUERY_MAX_ORDER 8
 #define GW_QUERY_MAX_PATH 8
-#define GW_QUERY_MAX_NODES 256
+#define GW_QUERY_MAX_NODES 256 /* default of limits.max_query_conditions */
 #define GW_QUERY_MAX_AGGS 32
 #define GW_QUERY_DEFAULT_LIMIT 100
-/* The built-in cursor secret, used when the config sets no `cursor_secret`. */
-#define GW_QUERY_DEFAULT_SECRET "polygate-default-cursor-secret-v1"
 
 enum gw_qop {
     GW_QOP_EQ,
@@ -129,7 +128,9 @@ struct gw_query {
     unsigned char mac_key[32];
 };
 
-/* Parse and validate a body.  `secret` NULL = the built-in default.
+/* Parse and validate a body.  `secret` signs cursors: the config's
+ * `cursor_secret`, or the random one drawn per process when it is unset
+ * (there is no built-in constant).
  * 0 with *out (free with gw_query_free), or -1 with e (400 naming the
  * field or operator). */
 int gw_query_parse(const struct cf_domain *d, const struct cf_limits *lim, const char *secret,

@@ -87,13 +87,19 @@ struct gw_req {
     struct gw_req *guarded;
     int found_shard;
     /* observability (gw_metrics.h, gw_breaker.h, gw_accesslog.h) */
-    uint64_t t0_us;       /* top-level: when the request was parsed */
-    int mop;              /* enum gw_mop of the top-level request */
-    int mid;              /* interned shard id once submitted, else -1 */
-    int submitted;        /* handed to the adapter (counts as a shard touched) */
-    int retry_after_s;    /* > 0: a Retry-After header with the error */
-    const char *errcode;  /* code of the error answered, for the access log */
-    struct gw_idem *idem; /* Idempotency-Key held by this request */
+    uint64_t t0_us;           /* top-level: when the request was parsed */
+    int mop;                  /* enum gw_mop of the top-level request */
+    int mid;                  /* interned shard id once submitted, else -1 */
+    int submitted;            /* handed to the adapter (counts as a shard touched) */
+    uint64_t sub_ms;          /* when it was handed to the adapter */
+    int retry_after_s;        /* > 0: a Retry-After header with the error */
+    const char *errcode;      /* code of the error answered, for the access log */
+    struct gw_idem *idem;     /* Idempotency-Key held by this request */
+    struct gw_inflight *held; /* counts in its API key's operations in flight */
+    int nheld;                /* how many: 1, a _batch's operations */
+    int detailed;             /* /ready on the admin listener: every shard's state */
+    int ready_late;           /* /ready past READY_WAIT_MS, waiting for unknown shards */
+    size_t resp_bytes;        /* batch: bytes of the answers collected so far */
     /* issue 6: a backend being rebalanced (routing/rt_live.h, live_gate()) */
     struct rt_live *live;
     struct rt_live_ticket ticket;
@@ -143,6 +149,8 @@ static void req_free(struct gw_req *r)
     if (r->idem != NULL) { /* never answered: the key is free again */
         gw_idem_release(r->idem);
     }
+    /* only now: a request answered 504 still holds a store connection */
+    gw_auth_inflight_release(r->held, r->nheld);
     json_object_put(r->body);
     json_object_put(r->results);
     json_object_put(r->found);
@@ -309,6 +317,45 @@ static int ok_status(const struct gw_req *r, const struct ad_res *res)
     }
 }
 
+/* The error a client sees for a failed adapter result.  A shard that is
+ * unavailable is named (backend, shard), never described in the store's or
+ * driver's words, which name hosts and ports: those go to the log with the
+ * request id (backend_outcome), and to the admin listener's /ready. */
+static void res_error(const struct gw_req *r, const struct ad_res *res, const char *field,
+                      struct gw_error *e)
+{
+    int ready = r->parent != NULL && r->parent->kind == REQ_READY;
+    if (res->status == AD_UNAVAILABLE && !ready && r->rt != NULL &&
+        (size_t)r->ad.shard < r->rt->be->nshards) {
+        const struct cf_backend *be = r->rt->be;
+        gw_error_set(e, GW_E_UNAVAILABLE, NULL,
+                     "backend '%s' (shard '%s') is unavailable; the cause is logged under this "
+                     "request id",
+                     be->name, be->shards[r->ad.shard].name);
+        return;
+    }
+    gw_error_set(e, err_of(res->status), field, "%s", res->message);
+}
+
+/* A read whose answer body is longer than limits.max_response_bytes:
+ * answered with response_too_large instead (1), or 0. */
+static int response_too_large(struct gw_req *r, struct evbuffer *b)
+{
+    size_t max = r->cf->limits.max_response_bytes, len = evbuffer_get_length(b);
+    enum ad_op op = r->ad.op;
+    if (len <= max || !(op == AD_GET || op == AD_QUERY || op == AD_AGGREGATE)) {
+        return 0; /* a write is answered: it was applied (its echo is bounded by max_body) */
+    }
+    struct gw_error e = {0};
+    int q = r->ad.op == AD_QUERY || r->ad.op == AD_AGGREGATE;
+    gw_error_set(&e, GW_E_RESPONSE_TOO_LARGE, q ? "limit" : NULL,
+                 "the answer would be %zu bytes, more than limits.max_response_bytes (%zu)%s", len,
+                 max, q ? ": ask for a smaller page (limit) or fewer fields" : "");
+    e.domain = r->ad.domain != NULL ? r->ad.domain->name : NULL;
+    respond_error(r, &e, NULL);
+    return 1;
+}
+
 /* ---- completing --------------------------------------------------------------- */
 
 static void parent_child_done(struct gw_req *child, int status, struct json_object *entry);
@@ -348,7 +395,7 @@ static void deliver(struct gw_req *r, const struct ad_res *res, const struct gw_
             if (ge != NULL) {
                 e = *ge;
             } else {
-                gw_error_set(&e, err_of(res->status), res->field, "%s", res->message);
+                res_error(r, res, res->field, &e);
                 e.shard = res->shard;
             }
             e.domain = r->ad.domain != NULL ? r->ad.domain->name : NULL;
@@ -364,7 +411,7 @@ static void deliver(struct gw_req *r, const struct ad_res *res, const struct gw_
     }
     if (res->status != AD_DONE) {
         struct gw_error e = {0};
-        gw_error_set(&e, err_of(res->status), res->field, "%s", res->message);
+        res_error(r, res, res->field, &e);
         e.domain = r->ad.domain != NULL ? r->ad.domain->name : NULL;
         e.shard =
             res->status == AD_UNAVAILABLE || res->status == AD_TIMEOUT || res->status == AD_INTERNAL
@@ -383,6 +430,10 @@ static void deliver(struct gw_req *r, const struct ad_res *res, const struct gw_
         } else {
             evbuffer_add(b, "{}", 2);
         }
+    }
+    if (response_too_large(r, b)) {
+        evbuffer_free(b);
+        return;
     }
     char etag[96];
     char *p = etag;
@@ -437,7 +488,21 @@ static void backend_outcome(struct gw_req *r, enum ad_status st, const char *mes
         break;
     }
     gw_metrics_backend_outcome(r->w->id, r->mid, what);
-    gw_breaker_record(r->mid, ok, gw_now_ms(), message);
+    /* Only what says the shard is unhealthy opens its circuit, never one
+     * caller's expensive request (docs/design.md, "Circuit breakers"): a
+     * _query / _aggregate that runs out of time is its own cost, and a
+     * timeout while the shard answers other requests is load, not an
+     * outage.  A refused or lost connection counts, unless it ended an
+     * expensive request while the shard kept answering others. */
+    int counts = 1;
+    if (!ok) {
+        int expensive = r->ad.op == AD_QUERY || r->ad.op == AD_AGGREGATE;
+        int alive = gw_breaker_answered_since(r->mid, r->sub_ms);
+        counts = st == AD_TIMEOUT ? !expensive && !alive : !(expensive && alive);
+    }
+    if (counts) {
+        gw_breaker_record(r->mid, ok, gw_now_ms(), message);
+    }
     if (what != GW_MBE_OK) {
         const struct cf_backend *be = r->rt != NULL ? r->rt->be : NULL;
         int lv = r->ad.op == AD_PING ? GW_LOG_DEBUG : GW_LOG_WARN;
@@ -575,6 +640,7 @@ static void req_submit(struct gw_req *r)
     }
     r->pending = 1;
     r->submitted = 1;
+    r->sub_ms = now;
     if (r->parent != NULL) {
         r->parent->submitted = 1;
     }
@@ -828,6 +894,74 @@ static int method_allowed(struct gw_req *r, const struct cf_domain *d, enum ad_o
 static void scatter_finish(struct gw_req *p);
 static void guard_finish(struct gw_req *g);
 
+/* /ready waits this long for the shards' pings; a shard that has not
+ * answered by then is judged from what is known (gw_breaker_healthy), so a
+ * backend that is down (a connect that hangs, a server selection that waits)
+ * cannot hold the answer.  Only a shard nothing is known about yet (no
+ * outcome since start) is waited for, up to its ping's deadline. */
+#define READY_WAIT_MS 100
+
+static void parent_finish(struct gw_req *p);
+
+/* Judge the shards whose pings are still out from their known state. */
+static void ready_verdict(struct gw_req *p)
+{
+    size_t n = json_object_array_length(p->results);
+    for (size_t i = 0; i < n; i++) {
+        struct json_object *slot = json_object_array_get_idx(p->results, i);
+        if (json_object_object_get_ex(slot, "ok", NULL)) {
+            continue;
+        }
+        struct json_object *mid = json_object_object_get(slot, "_mid");
+        int id = mid != NULL ? json_object_get_int(mid) : -1;
+        int ok = gw_breaker_healthy(id);
+        json_object_object_add(slot, "ok", json_object_new_boolean(ok));
+        if (!ok) {
+            char msg[128];
+            snprintf(msg, sizeof(msg), "no answer to a ping within %d ms, and %s", READY_WAIT_MS,
+                     gw_breaker_state(id) == GW_BRK_OPEN ? "its circuit is open"
+                     : gw_breaker_failures(id) > 0       ? "its last request failed"
+                                                         : "no earlier success is known");
+            json_object_object_add(slot, "error", json_object_new_string(msg));
+            p->nfail++;
+        }
+    }
+    for (size_t i = 0; i < n; i++) {
+        json_object_object_del(json_object_array_get_idx(p->results, i), "_mid");
+    }
+}
+
+/* 1 when a shard whose ping is still out has no known state. */
+static int ready_unknown_pending(struct gw_req *p)
+{
+    size_t n = json_object_array_length(p->results);
+    for (size_t i = 0; i < n; i++) {
+        struct json_object *slot = json_object_array_get_idx(p->results, i);
+        struct json_object *mid = json_object_object_get(slot, "_mid");
+        if (!json_object_object_get_ex(slot, "ok", NULL) &&
+            !gw_breaker_known(mid != NULL ? json_object_get_int(mid) : -1)) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+static void ready_timeout(evutil_socket_t fd, short what, void *arg)
+{
+    struct gw_req *p = arg;
+    (void)fd;
+    (void)what;
+    p->timer_set = 0;
+    if (p->answered || p->abandoned) {
+        return;
+    }
+    if (ready_unknown_pending(p)) {
+        p->ready_late = 1; /* parent_child_done() answers once every such shard is known */
+        return;
+    }
+    parent_finish(p); /* the pings still out complete later, unanswered */
+}
+
 static void parent_finish(struct gw_req *p)
 {
     if (p->kind == REQ_SCATTER) {
@@ -846,9 +980,12 @@ static void parent_finish(struct gw_req *p)
         json_object_put(doc);
         respond(p, 200, b, NULL);
     } else {
+        ready_verdict(p);
         struct json_object *doc = json_object_new_object();
         json_object_object_add(doc, "ready", json_object_new_boolean(p->nfail == 0));
-        json_object_object_add(doc, "backends", json_object_get(p->results));
+        if (p->detailed) { /* backends, shards, errors: the admin listener only */
+            json_object_object_add(doc, "backends", json_object_get(p->results));
+        }
         gw_json_write(b, doc);
         json_object_put(doc);
         respond(p, p->nfail == 0 ? 200 : 503, b, NULL);
@@ -864,17 +1001,62 @@ static void parent_step(struct gw_req *p)
 {
     p->ndone++;
     if (p->ndone == p->nchild) {
-        if (!p->abandoned || p->kind == REQ_GUARD) { /* a guard always hands its write back */
+        /* a /ready answered at READY_WAIT_MS is done; a guard always hands
+         * its write back */
+        int answered_ready = p->kind == REQ_READY && p->answered;
+        if (!answered_ready && (!p->abandoned || p->kind == REQ_GUARD)) {
             parent_finish(p);
         }
         req_release(p);
     }
 }
 
+/* A batch keeps each item's answer as the JSON text it will send, counted
+ * against limits.max_response_bytes as it arrives: a read whose answer
+ * would carry the batch past the bound is answered response_too_large in
+ * its slot instead, so the batch never holds more than the bound (plus the
+ * short answers of writes, which are always reported: they were applied). */
+static void batch_entry(struct gw_req *p, struct gw_req *child, int status,
+                        struct json_object *entry)
+{
+    json_object_object_add(entry, "status", json_object_new_int(status));
+    struct evbuffer *tmp = evbuffer_new();
+    gw_json_write(tmp, entry);
+    size_t len = evbuffer_get_length(tmp);
+    size_t max = p->cf->limits.max_response_bytes;
+    enum ad_op op = child->ad.op;
+    int read = op == AD_GET || op == AD_QUERY || op == AD_AGGREGATE;
+    if (read && p->resp_bytes + len > max) {
+        struct gw_error e = {0};
+        gw_error_set(&e, GW_E_RESPONSE_TOO_LARGE, NULL,
+                     "batch item %d: its answer (%zu bytes) would carry the batch past "
+                     "limits.max_response_bytes (%zu); ask for it in another request",
+                     child->index, len, max);
+        e.domain = child->ad.domain != NULL ? child->ad.domain->name : NULL;
+        json_object_put(entry);
+        entry = json_object_new_object();
+        json_object_object_add(entry, "error", gw_error_json(&e, p->rid));
+        json_object_object_add(entry, "status", json_object_new_int(gw_err_status(e.err)));
+        evbuffer_drain(tmp, len);
+        gw_json_write(tmp, entry);
+        len = evbuffer_get_length(tmp);
+    }
+    p->resp_bytes += len;
+    json_object_put(entry);
+    json_object_array_put_idx(p->results, (size_t)child->index,
+                              gw_json_raw((const char *)evbuffer_pullup(tmp, -1), len));
+    evbuffer_free(tmp);
+}
+
 static void parent_child_done(struct gw_req *child, int status, struct json_object *entry)
 {
     struct gw_req *p = child->parent;
     if (p->kind == REQ_READY) {
+        if (p->answered) { /* judged already; this outcome updated the breaker */
+            json_object_put(entry);
+            parent_step(p);
+            return;
+        }
         struct json_object *slot = json_object_array_get_idx(p->results, (size_t)child->index);
         json_object_object_add(slot, "ok", json_object_new_boolean(status < 300));
         struct json_object *err = NULL;
@@ -887,9 +1069,12 @@ static void parent_child_done(struct gw_req *child, int status, struct json_obje
         if (status >= 300) {
             p->nfail++;
         }
+        if (p->ready_late && p->ndone + 1 < p->nchild && !p->abandoned &&
+            !ready_unknown_pending(p)) {
+            parent_finish(p); /* the rest is known: do not wait for their pings */
+        }
     } else {
-        json_object_object_add(entry, "status", json_object_new_int(status));
-        json_object_array_put_idx(p->results, (size_t)child->index, entry);
+        batch_entry(p, child, status, entry);
     }
     parent_step(p);
 }
@@ -963,7 +1148,7 @@ static struct json_object *res_doc(const struct ad_res *res)
     if (res->raw == NULL) {
         return json_object_get(res->item);
     }
-    if (gw_json_parse(res->raw, res->rawlen, 1000, &doc, msg, sizeof(msg)) != GW_JSON_OK) {
+    if (gw_json_parse_stored(res->raw, res->rawlen, 1000, &doc, msg, sizeof(msg)) != GW_JSON_OK) {
         return NULL;
     }
     return doc;
@@ -1044,7 +1229,7 @@ static void guard_child_done(struct gw_req *c, const struct ad_res *res, const s
         if (ge != NULL) {
             e = *ge;
         } else {
-            gw_error_set(&e, err_of(res->status), NULL, "%s", res->message);
+            res_error(c, res, NULL, &e);
         }
         if (!g->have_ferr) {
             g->ferr = e;
@@ -1198,7 +1383,7 @@ static void scatter_child_done(struct gw_req *c, const struct ad_res *res,
             e = *ge;
         } else {
             const struct cf_field *f = res->field != NULL ? cf_field_find(d, res->field) : NULL;
-            gw_error_set(&e, err_of(res->status), f != NULL ? f->name : NULL, "%s", res->message);
+            res_error(c, res, f != NULL ? f->name : NULL, &e);
         }
         e.domain = d->name;
         e.shard = is_server_error(e.err) ? shard : NULL;
@@ -1270,6 +1455,10 @@ static void scatter_finish(struct gw_req *p)
         }
     }
     json_object_put(doc);
+    if (response_too_large(p, b)) {
+        evbuffer_free(b);
+        return;
+    }
     if (version >= 0) {
         size_t l = strlen(hdr);
         snprintf(hdr + l, sizeof(hdr) - l, "ETag: \"%" PRId64 "\"\r\n", version);
@@ -1342,8 +1531,13 @@ static void batch_child(struct gw_req *p, int index, struct json_object *env)
                          "batch item %d: 'shard_key' must be the shard key's value", index);
             goto fail;
         }
-        c->skey = strdup(json_object_get_string(v));
-        c->skeylen = strlen(c->skey);
+        /* by its length: a string may hold \u0000 (gw_route_text refuses it) */
+        const char *sk = json_object_get_string(v);
+        c->skeylen = json_object_is_type(v, json_type_string)
+                         ? (size_t)json_object_get_string_len(v)
+                         : strlen(sk);
+        c->skey = malloc(c->skeylen + 1);
+        memcpy(c->skey, sk, c->skeylen + 1);
     }
     if (json_object_object_get_ex(env, "if_match", &v)) {
         if (!json_object_is_type(v, json_type_int) || json_object_get_int64(v) < 0) {
@@ -1399,22 +1593,57 @@ fail:
     req_release(c);
 }
 
+/* A _batch pays its rate-limit tokens here (authenticate() took none): one
+ * per operation, or one for a batch refused before it ran.  0, or -1 when
+ * answered 429. */
+static int batch_charge(struct gw_req *r, size_t cost)
+{
+    struct gw_error e = {0};
+    int64_t retry = 0;
+    if (gw_auth_charge(r->caller, (double)cost, &e, &retry) == 0) {
+        return 0;
+    }
+    char hdr[48];
+    snprintf(hdr, sizeof(hdr), "Retry-After: %lld\r\n", (long long)retry);
+    fail_now(r, &e, hdr);
+    return -1;
+}
+
 static void handle_batch(struct gw_req *r, struct json_object *doc)
 {
     struct gw_error e = {0};
+    size_t n = json_object_is_type(doc, json_type_array) ? json_object_array_length(doc) : 0;
+    int valid = n > 0 && n <= (size_t)r->cf->limits.max_batch;
+    if (batch_charge(r, valid ? n : 1) < 0) {
+        json_object_put(doc);
+        return;
+    }
     if (!json_object_is_type(doc, json_type_array)) {
         gw_error_set(&e, GW_E_BAD_REQUEST, NULL, "_batch expects a JSON array of envelopes");
         json_object_put(doc);
         fail_now(r, &e, NULL);
         return;
     }
-    size_t n = json_object_array_length(doc);
-    if (n == 0 || n > (size_t)r->cf->limits.max_batch) {
+    if (!valid) {
         gw_error_set(&e, n == 0 ? GW_E_BAD_REQUEST : GW_E_TOO_LARGE, NULL,
                      "_batch takes 1 to %d envelopes, got %zu", r->cf->limits.max_batch, n);
         json_object_put(doc);
         fail_now(r, &e, NULL);
         return;
+    }
+    if (r->held != NULL && n > 1) { /* one operation in flight each, all or nothing */
+        struct gw_inflight *more = NULL;
+        gw_auth_inflight_release(r->held, r->nheld);
+        r->held = NULL;
+        r->nheld = 0;
+        if (gw_auth_inflight_acquire(r->caller, r->cf->limits.max_inflight_per_key, (int)n, &more,
+                                     &e) < 0) {
+            json_object_put(doc);
+            fail_now(r, &e, "Retry-After: 1\r\n");
+            return;
+        }
+        r->held = more;
+        r->nheld = (int)n;
     }
     r->kind = REQ_BATCH;
     r->mop = GW_MOP_BATCH;
@@ -1429,9 +1658,10 @@ static void handle_batch(struct gw_req *r, struct json_object *doc)
 
 /* ---- readiness ---------------------------------------------------------------- */
 
-static void handle_ready(struct gw_req *r)
+static void handle_ready(struct gw_req *r, int detailed)
 {
     r->kind = REQ_READY;
+    r->detailed = detailed;
     r->mop = GW_MOP_READY;
     r->results = json_object_new_array();
     int n = 0;
@@ -1451,6 +1681,7 @@ static void handle_ready(struct gw_req *r)
             json_object_object_add(
                 slot, "circuit",
                 json_object_new_string(gw_breaker_state_name(gw_breaker_state(mid))));
+            json_object_object_add(slot, "_mid", json_object_new_int(mid)); /* ready_verdict */
             json_object_array_add(r->results, slot);
         }
     }
@@ -1468,6 +1699,12 @@ static void handle_ready(struct gw_req *r)
             }
             req_submit(c);
         }
+    }
+    if (r->ndone + 1 < r->nchild) { /* pings are out: answer by READY_WAIT_MS at the latest */
+        event_assign(&r->timer, r->w->base, -1, 0, ready_timeout, r);
+        struct timeval tv = {0, READY_WAIT_MS * 1000};
+        event_add(&r->timer, &tv);
+        r->timer_set = 1;
     }
     parent_step(r);
 }
@@ -1633,13 +1870,17 @@ static void handle_data(struct gw_req *r, struct gw_http_req *hr)
     const char *rest = hr->path + 4; /* after "/v1/" */
     if (strcmp(rest, "_batch") == 0) {
         if (hr->method != GW_POST) {
-            gw_error_set(&e, GW_E_METHOD, NULL, "_batch takes POST");
-            fail_now(r, &e, "Allow: POST\r\n");
+            if (batch_charge(r, 1) == 0) {
+                gw_error_set(&e, GW_E_METHOD, NULL, "_batch takes POST");
+                fail_now(r, &e, "Allow: POST\r\n");
+            }
             return;
         }
         struct json_object *doc;
         if (parse_body(r, hr, &doc, &e) < 0) {
-            fail_now(r, &e, NULL);
+            if (batch_charge(r, 1) == 0) {
+                fail_now(r, &e, NULL);
+            }
             return;
         }
         handle_batch(r, doc);
@@ -1648,10 +1889,12 @@ static void handle_data(struct gw_req *r, struct gw_http_req *hr)
     const char *slash = strchr(rest, '/');
     size_t dlen = slash != NULL ? (size_t)(slash - rest) : strlen(rest);
     const struct cf_domain *d = cf_domain_find(r->cf, rest, dlen);
-    if (d == NULL && r->caller != NULL) {
+    if (r->caller != NULL) {
+        /* before any check that depends on the domain (methods, routes):
+         * a caller without a grant on it learns nothing about it */
         char dn[72];
         snprintf(dn, sizeof(dn), "%.*s", (int)(dlen > 64 ? 64 : dlen), rest);
-        if (!gw_auth_allows(r->caller, dn, CF_PERM_READ, 0, &e)) {
+        if (!gw_auth_sees(r->caller, dn, d != NULL, &e)) {
             fail_now(r, &e, NULL);
             return;
         }
@@ -1788,7 +2031,9 @@ static int authenticate(struct gw_req *r, struct gw_http_req *hr, unsigned need_
 {
     struct gw_error e = {0};
     int64_t retry = 0;
-    if (gw_auth_check(r->cf, hr, &r->caller, &e, &retry) < 0) {
+    /* a _batch pays one token per operation once its size is known */
+    double cost = need_perm == 0 && strcmp(hr->path, "/v1/_batch") == 0 ? 0 : 1;
+    if (gw_auth_check(r->cf, hr, cost, &r->caller, &e, &retry) < 0) {
         char hdr[64];
         if (e.err == GW_E_RATE_LIMITED) {
             snprintf(hdr, sizeof(hdr), "Retry-After: %lld\r\n", (long long)retry);
@@ -1803,6 +2048,12 @@ static int authenticate(struct gw_req *r, struct gw_http_req *hr, unsigned need_
         fail_now(r, &e, NULL);
         return -1;
     }
+    if (need_perm == 0 && gw_auth_inflight_acquire(r->caller, r->cf->limits.max_inflight_per_key, 1,
+                                                   &r->held, &e) < 0) {
+        fail_now(r, &e, "Retry-After: 1\r\n");
+        return -1;
+    }
+    r->nheld = 1;
     return 0;
 }
 
@@ -1829,7 +2080,7 @@ void gw_request_handle(struct gw_http_req *hr, void *arg)
         r->mop = GW_MOP_HEALTH;
         simple_json(r, 200, "{\"status\":\"ok\"}");
     } else if (strcmp(hr->path, "/ready") == 0) {
-        handle_ready(r);
+        handle_ready(r, 0);
     } else {
         not_found(r, hr);
     }
@@ -2007,7 +2258,7 @@ void gw_admin_handle(struct gw_http_req *hr, void *arg)
         r->mop = GW_MOP_HEALTH;
         simple_json(r, 200, "{\"status\":\"ok\"}");
     } else if (strcmp(hr->path, "/ready") == 0) {
-        handle_ready(r);
+        handle_ready(r, 1);
     } else if (strcmp(hr->path, "/metrics") == 0 && hr->method == GW_GET) {
         r->mop = GW_MOP_METRICS;
         struct evbuffer *b = evbuffer_new();

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "config/cf_config.h"
+#include "gateway/gw_json.h"
 #include "gateway/gw_query.h"
 #include "routing/rt_live.h"
 #include "routing/rt_shardmap.h"
@@ -57,6 +58,19 @@ int gw_route_text(const struct cf_domain *d, const char *v, size_t len, struct g
     }
     if (len == 0) {
         gw_error_set(e, GW_E_BAD_REQUEST, f->name, "shard key '%s' is empty", f->name);
+        return -1;
+    }
+    /* what a string in a body may hold (gw_item.c): a query-string value is
+     * percent-decoded bytes, checked here as the body's value would be */
+    if (memchr(v, '\0', len) != NULL) {
+        gw_error_set(e, GW_E_BAD_REQUEST, f->name, "shard key '%s' contains a NUL character",
+                     f->name);
+        return -1;
+    }
+    size_t ok = gw_utf8_check(v, len);
+    if (ok != len) {
+        gw_error_set(e, GW_E_BAD_REQUEST, f->name, "shard key '%s' is not valid UTF-8 (byte %zu)",
+                     f->name, ok);
         return -1;
     }
     route_bytes(d, v, len, out);

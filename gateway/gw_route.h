@@ -38,7 +38,8 @@ struct gw_route {
 };
 
 /* Route a shard-key value given as text (query string).  Ints are checked
- * and canonicalised ("007" → "7").  -1 with a 400 naming the field. */
+ * and canonicalised ("007" → "7"); strings must be what a body's string
+ * may be (valid UTF-8, no NUL).  -1 with a 400 naming the field. */
 int gw_route_text(const struct cf_domain *d, const char *v, size_t len, struct gw_route *out,
                   struct gw_error *e) __attribute__((warn_unused_result));
 

@@ -343,6 +343,11 @@ int gw_server_run(const char *path)
                 "domain and the admin API",
                 path);
     }
+    if (s.cf->cursor_secret_generated) {
+        gw_warn("cursor_secret is not set in %s: _query cursors are signed with a random secret "
+                "of this process; gateways behind one load balancer need a shared cursor_secret",
+                path);
+    }
     http_parser_set_max_header_size((uint32_t)s.cf->limits.max_headers);
     gw_metrics_set_workers(s.nworkers);
     void *tls = NULL;

@@ -26,6 +26,17 @@ void gw_now_rfc3339(char *buf, size_t len)
     snprintf(buf, len, "%s.%03ldZ", tmp, ts.tv_nsec / 1000000L);
 }
 
+void gw_now_ts(char *buf, size_t len)
+{
+    struct timespec ts;
+    struct tm tm;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    gmtime_r(&ts.tv_sec, &tm);
+    char tmp[32];
+    strftime(tmp, sizeof(tmp), "%Y-%m-%dT%H:%M:%S", &tm);
+    snprintf(buf, len, "%s.%06ldZ", tmp, ts.tv_nsec / 1000L);
+}
+
 static _Thread_local uint64_t rng[4];
 static _Thread_local int rng_seeded;
 

@@ -13,6 +13,10 @@ uint64_t gw_now_ms(void);
 /* Wall-clock time as RFC 3339 UTC with milliseconds ("2026-11-23T10:00:00.123Z"). */
 void gw_now_rfc3339(char *buf, size_t len);
 
+/* The same with microseconds ("2026-11-23T10:00:00.123456Z"): the one
+ * width of every timestamp in items (gw_item.c). */
+void gw_now_ts(char *buf, size_t len);
+
 /* Per-thread xoshiro256** seeded from getrandom(). */
 uint64_t gw_rand64(void);
 /* A random 128-bit id as 32 lowercase hex characters + NUL (buf >= 33). */

@@ -26,6 +26,8 @@ static void limits_of(const struct cf_config *cf, struct gw_http_limits *l)
     l->max_nheaders = cf->limits.max_header_count;
     l->idle_timeout_s = cf->limits.idle_timeout_s;
     l->request_read_timeout_s = cf->limits.request_read_timeout_s;
+    l->max_output = cf->limits.max_output;
+    l->output_drain_timeout_s = cf->limits.output_drain_timeout_s;
 }
 
 /* The last reference went: shut the adapter down and free the runtime. */
@@ -168,6 +170,8 @@ static void finish(struct gw_worker *w)
      * completion would call back into finish() through
      * gw_worker_request_done(): the flag makes that a no-op. */
     w->finishing = 1;
+    evtimer_del(w->drain_timer);
+    evtimer_del(w->flush_timer);
     if (w->stats_timer != NULL) {
         event_del(w->stats_timer); /* it reads w->rt, which goes away now */
     }
@@ -184,33 +188,74 @@ static void finish(struct gw_worker *w)
     event_base_loopbreak(w->base);
 }
 
-static void drain_timeout_cb(evutil_socket_t fd, short what, void *arg)
+/* Requests received and not answered yet: only these hold a drain (a request
+ * answered 504 whose store never replied is not waited for). */
+static size_t unanswered(const struct gw_worker *w)
+{
+    return gw_http_server_nbusy(w->http) + (w->admin != NULL ? gw_http_server_nbusy(w->admin) : 0);
+}
+
+static size_t open_conns(const struct gw_worker *w)
+{
+    return gw_http_server_nconns(w->http) +
+           (w->admin != NULL ? gw_http_server_nconns(w->admin) : 0);
+}
+
+static void drain_deadline_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct gw_worker *w = arg;
     (void)fd;
     (void)what;
-    gw_warn("worker %d: drain deadline reached with %zu request(s) in flight", w->id, w->ninflight);
+    gw_warn("worker %d: drain deadline (shutdown_timeout_ms) reached with %zu request(s) "
+            "unanswered; they get no answer",
+            w->id, unanswered(w));
     finish(w);
+}
+
+static void drain_flush_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct gw_worker *w = arg;
+    (void)fd;
+    (void)what;
+    size_t n = open_conns(w);
+    if (n > 0) {
+        gw_info("worker %d: every request answered; closing %zu connection(s) whose client has "
+                "not read its last response",
+                w->id, n);
+    }
+    finish(w);
+}
+
+/* While draining: once every request received is answered, close the
+ * connections (each after its last response is flushed, for at most
+ * GW_DRAIN_FLUSH_MS) and stop. */
+#define GW_DRAIN_FLUSH_MS 250
+
+static void drain_check(struct gw_worker *w)
+{
+    if (!w->draining || w->finishing || unanswered(w) > 0) {
+        return;
+    }
+    gw_http_server_close_idle(w->http);
+    if (w->admin != NULL) {
+        gw_http_server_close_idle(w->admin);
+    }
+    if (open_conns(w) == 0) {
+        finish(w);
+    } else if (!evtimer_pending(w->flush_timer, NULL)) {
+        struct timeval tv = {0, GW_DRAIN_FLUSH_MS * 1000};
+        evtimer_add(w->flush_timer, &tv);
+    }
+}
+
+static void drain_progress(void *arg)
+{
+    drain_check(arg);
 }
 
 void gw_worker_request_done(struct gw_worker *w)
 {
-    if (w->draining && !w->finishing && w->ninflight == 0) {
-        /* let the last response flush before closing connections */
-        gw_http_server_close_idle(w->http);
-        if (w->admin != NULL) {
-            gw_http_server_close_idle(w->admin);
-        }
-        if (gw_http_server_nconns(w->http) == 0 &&
-            (w->admin == NULL || gw_http_server_nconns(w->admin) == 0)) {
-            finish(w);
-        } else {
-            struct timeval tv = {0, 50000};
-            evtimer_del(w->drain_timer);
-            evtimer_assign(w->drain_timer, w->base, drain_timeout_cb, w);
-            evtimer_add(w->drain_timer, &tv);
-        }
-    }
+    drain_check(w);
 }
 
 static void start_drain(struct gw_worker *w)
@@ -230,7 +275,7 @@ static void start_drain(struct gw_worker *w)
     int64_t ms = w->cf->shutdown_timeout_ms;
     struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)((ms % 1000) * 1000)};
     evtimer_add(w->drain_timer, &tv);
-    gw_worker_request_done(w);
+    drain_check(w);
 }
 
 static void stats_cb(evutil_socket_t fd, short what, void *arg)
@@ -296,7 +341,8 @@ int gw_worker_init(struct gw_worker *w, int id, struct cf_config *cf, void *tls,
         return -1;
     }
     w->ctl_ev = event_new(w->base, -1, 0, ctl_cb, w);
-    w->drain_timer = evtimer_new(w->base, drain_timeout_cb, w);
+    w->drain_timer = evtimer_new(w->base, drain_deadline_cb, w);
+    w->flush_timer = evtimer_new(w->base, drain_flush_cb, w);
     w->stats_timer = event_new(w->base, -1, EV_PERSIST, stats_cb, w);
     struct timeval second = {1, 0};
     event_add(w->stats_timer, &second);
@@ -308,6 +354,12 @@ int gw_worker_init(struct gw_worker *w, int id, struct cf_config *cf, void *tls,
     struct gw_http_limits lim;
     limits_of(cf, &lim);
     w->http = gw_http_server_new(w->base, lis, &lim, gw_request_handle, w);
+    if (w->http == NULL) {
+        evconnlistener_free(lis);
+        snprintf(err, errlen, "cannot create the HTTP server");
+        return -1;
+    }
+    gw_http_server_set_progress_cb(w->http, drain_progress, w);
     if (w->tls != NULL) {
         gw_http_server_set_tls(w->http, w->tls);
     }
@@ -319,6 +371,12 @@ int gw_worker_init(struct gw_worker *w, int id, struct cf_config *cf, void *tls,
             return -1;
         }
         w->admin = gw_http_server_new(w->base, alis, &lim, gw_admin_handle, w);
+        if (w->admin == NULL) {
+            evconnlistener_free(alis);
+            snprintf(err, errlen, "cannot create the admin HTTP server");
+            return -1;
+        }
+        gw_http_server_set_progress_cb(w->admin, drain_progress, w);
     }
     w->cf = NULL;
     sync_backends(w, cf);
@@ -363,6 +421,9 @@ void gw_worker_destroy(struct gw_worker *w)
     }
     if (w->drain_timer != NULL) {
         event_free(w->drain_timer);
+    }
+    if (w->flush_timer != NULL) {
+        event_free(w->flush_timer);
     }
     if (w->stats_timer != NULL) {
         event_free(w->stats_timer);

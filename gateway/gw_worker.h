@@ -56,8 +56,9 @@ struct gw_worker {
     int pending_drain;
 
     int draining;
-    int finishing; /* finish() runs: completions must not re-enter it */
-    struct event *drain_timer;
+    int finishing;             /* finish() runs: completions must not re-enter it */
+    struct event *drain_timer; /* shutdown_timeout_ms: stop even with requests unanswered */
+    struct event *flush_timer; /* all answered: last responses get a moment to flush */
     int exit_code;
     struct event *stats_timer; /* samples the pools for /metrics (gw_metrics.h) */
 

@@ -424,12 +424,23 @@ static void fail(struct mg_call *c, const bson_error_t *e)
     case 57: /* DottedFieldName */
         c->status = AD_BAD_REQUEST;
         break;
-    default:
+    default: {
+        /* the store's own words (FerretDB adds stack frames) stay in the
+         * log: the client learns which shard failed and the call id */
+        unsigned long long id = c->req != NULL ? (unsigned long long)c->req->id : 0;
         c->status = AD_INTERNAL;
-        gw_warn("mongo shard '%s': %s (domain %u, code %u)", sh, e->message, e->domain, e->code);
+        gw_warn("mongo backend '%s' shard '%s' call %llu (%s): %s (domain %u, code %u)", be, sh, id,
+                ad_op_name(c->op), e->message, e->domain, e->code);
+        snprintf(c->message, sizeof(c->message),
+                 "backend '%s' shard '%s' failed the %s (the store's error is logged as call %llu)",
+                 be, sh, ad_op_name(c->op), id);
+        return;
     }
-    snprintf(c->message, sizeof(c->message), "mongo backend '%s' (shard '%s'): %.150s", be, sh,
-             e->message);
+    }
+    /* a known refusal or time limit: its first line, which names the problem */
+    size_t line = strcspn(e->message, "\r\n");
+    snprintf(c->message, sizeof(c->message), "mongo backend '%s' (shard '%s'): %.*s", be, sh,
+             (int)(line < 150 ? line : 150), e->message);
 }
 
 /* Read the item by key alone (after a write matched nothing). 1 found, 0 not, -1 error. */

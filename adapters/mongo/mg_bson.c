@@ -198,14 +198,19 @@ struct json_object *mg_iter_to_json(bson_iter_t *it)
     }
     case BSON_TYPE_BOOL:
         return json_object_new_boolean(bson_iter_bool(it));
-    case BSON_TYPE_DATE_TIME: {
+    case BSON_TYPE_DATE_TIME: { /* milliseconds, in the gateway's width of six digits */
         int64_t ms = bson_iter_date_time(it);
-        time_t t = (time_t)(ms / 1000);
+        int64_t sec = ms / 1000, rem = ms % 1000;
+        if (rem < 0) { /* before 1970: floor, the fraction counts forward */
+            sec--;
+            rem += 1000;
+        }
+        time_t t = (time_t)sec;
         struct tm tm;
         char buf[48], out[64];
         gmtime_r(&t, &tm);
         strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%S", &tm);
-        snprintf(out, sizeof(out), "%s.%03dZ", buf, (int)(ms % 1000 < 0 ? 0 : ms % 1000));
+        snprintf(out, sizeof(out), "%s.%03d000Z", buf, (int)rem);
         return json_object_new_string(out);
     }
     case BSON_TYPE_INT32:
@@ -232,6 +237,15 @@ struct json_object *mg_field_to_json(bson_iter_t *it, const struct cf_field *f)
     if (f != NULL && f->type == CF_T_DECIMAL && BSON_ITER_HOLDS_UTF8(it)) {
         const char *s = bson_iter_utf8(it, NULL);
         return json_object_new_double_s(strtod(s, NULL), s);
+    }
+    if (f != NULL && f->type == CF_T_TIMESTAMP && BSON_ITER_HOLDS_UTF8(it)) {
+        /* stored as the gateway wrote it; a value written before timestamps
+         * had one width ("…:02.3Z") is answered in today's width */
+        char norm[48];
+        const char *s = bson_iter_utf8(it, NULL);
+        if (gw_ts_normalise(s, norm, sizeof(norm)) == 0 && strcmp(norm, s) != 0) {
+            return json_object_new_string(norm);
+        }
     }
     return mg_iter_to_json(it);
 }

@@ -412,9 +412,17 @@ static void error_result(struct my_call *call, unsigned int no, const char *sqls
         ad_res_error(res, AD_BAD_REQUEST, NULL, "MySQL refused the value: %s", msg);
         return;
     }
-    gw_warn("mysql shard '%s': %s (error %u, SQLSTATE %s)", sh->cfs->name, msg, no, sqlstate);
-    ad_res_error(res, AD_INTERNAL, sh->cfs->name, "MySQL error on shard '%s': %s", sh->cfs->name,
-                 msg);
+    /* the store's own words stay in the log: the client learns which shard
+     * failed and the call id to find them by */
+    const struct ad_req *req = call->b.req;
+    unsigned long long id = req != NULL ? (unsigned long long)req->id : 0;
+    gw_warn("mysql backend '%s' shard '%s' call %llu (%s): %s (error %u, SQLSTATE %s)",
+            sh->pool->be->name, sh->cfs->name, id, req != NULL ? ad_op_name(req->op) : "?", msg, no,
+            sqlstate);
+    ad_res_error(res, AD_INTERNAL, sh->cfs->name,
+                 "backend '%s' shard '%s' failed the %s (the store's error is logged as call %llu)",
+                 sh->pool->be->name, sh->cfs->name, req != NULL ? ad_op_name(req->op) : "request",
+                 id);
 }
 
 /* ---- a script's results ------------------------------------------------------------ */

@@ -336,9 +336,16 @@ static void error_result(struct pg_call *pc, const PGresult *r, struct ad_res *r
                      "backend '%s' (PostgreSQL shard '%s') is unavailable: %s", sh->pool->be->name,
                      sh->cfs->name, msg);
     } else {
-        gw_warn("pg shard '%s': %s (SQLSTATE %s)", sh->cfs->name, msg, state);
-        ad_res_error(res, AD_INTERNAL, sh->cfs->name, "PostgreSQL error on shard '%s': %s",
-                     sh->cfs->name, msg);
+        /* the store's own words stay in the log: the client learns which
+         * shard failed and the call id to find them by */
+        unsigned long long id = req != NULL ? (unsigned long long)req->id : 0;
+        gw_warn("pg backend '%s' shard '%s' call %llu (%s): %s (SQLSTATE %s)", sh->pool->be->name,
+                sh->cfs->name, id, req != NULL ? ad_op_name(req->op) : "?", msg, state);
+        ad_res_error(res, AD_INTERNAL, sh->cfs->name,
+                     "backend '%s' shard '%s' failed the %s (the store's error is logged as "
+                     "call %llu)",
+                     sh->pool->be->name, sh->cfs->name,
+                     req != NULL ? ad_op_name(req->op) : "request", id);
     }
 }
 

@@ -163,8 +163,16 @@ struct rd_call {
     int script;  /* script of the last EVALSHA, for the NOSCRIPT fallback */
     char key[600];
     size_t keylen;
-    char *argbuf;             /* owned command arguments (script args) */
-    struct json_object *item; /* owned: the item being written (PATCH) */
+    /* The last EVALSHA, kept whole for a NOSCRIPT resend: argv[i] / argl[i]
+     * (lengths, never terminators: arguments may be empty).  The strings
+     * are static, or live in the call: key, ver, ttl, argbuf. */
+    const char **argv;
+    size_t *argl;
+    int argc, argcap;
+    const char *argv_in[8]; /* argv / argl when argcap <= 8 (nearly always) */
+    size_t argl_in[8];
+    char ver[24], ttl[24];
+    char *argbuf; /* owned script arguments (item text, counter ops) */
 };
 
 static int dsn_parse(struct rd_shard *sh, const char *dsn, char *err, size_t errlen)
@@ -348,8 +356,11 @@ static void conn_start(struct rd_conn *c)
 
 static void call_free(struct rd_call *call)
 {
+    if (call->argv != call->argv_in) {
+        free(call->argv);
+        free(call->argl);
+    }
     free(call->argbuf);
-    json_object_put(call->item);
     free(call);
 }
 
@@ -363,13 +374,29 @@ static void call_done(struct rd_call *call, struct ad_res *res)
     call_free(call);
 }
 
-static void call_fail(struct rd_call *call, enum ad_status st, const char *what, const char *detail)
+/* A failure the client hears of by backend and shard names only: the
+ * store's address and its own error text go to the log. */
+static void call_fail(struct rd_call *call, enum ad_status st, const char *what)
 {
     struct ad_res res;
     ad_res_init(&res);
-    ad_res_error(&res, st, call->sh->cfs->name, "%s redis shard '%s'%s%s", what,
-                 call->sh->cfs->name, detail[0] ? ": " : "", detail);
+    ad_res_error(&res, st, call->sh->cfs->name, "backend '%s' (redis shard '%s') %s",
+                 call->st->be->name, call->sh->cfs->name, what);
     call_done(call, &res);
+}
+
+/* Error replies that say the server cannot serve now (it will again). */
+static int error_is_transient(const char *msg)
+{
+    static const char *const prefixes[] = {"LOADING",  "BUSY",     "MASTERDOWN",  "READONLY",
+                                           "TRYAGAIN", "OOM",      "CLUSTERDOWN", "NOREPLICAS",
+                                           "NOAUTH",   "WRONGPASS"};
+    for (size_t i = 0; i < sizeof(prefixes) / sizeof(prefixes[0]); i++) {
+        if (strncmp(msg, prefixes[i], strlen(prefixes[i])) == 0) {
+            return 1;
+        }
+    }
+    return 0;
 }
 
 /* The version is the item's last member: ..."version":N} */
@@ -406,38 +433,69 @@ static int reply_failed(struct rd_call *call, redisReply *rep)
     if (call->conn != NULL) {
         call->conn->pending--;
     }
-    if (rep == NULL) {
-        call_fail(call, AD_UNAVAILABLE, "lost the connection to", "");
+    if (rep == NULL) { /* shard_note_down logged the outage */
+        call_fail(call, AD_UNAVAILABLE, "is unavailable: the connection was lost");
         return 1;
     }
     if (rep->type == REDIS_REPLY_ERROR) {
-        gw_warn("redis shard '%s': %s", call->sh->cfs->name, rep->str);
-        call_fail(call, AD_INTERNAL, "an error from", rep->str);
+        gw_warn("redis shard '%s' (%s:%d) answered an error: %s", call->sh->cfs->name,
+                call->sh->host, call->sh->port, rep->str);
+        if (error_is_transient(rep->str)) {
+            call_fail(call, AD_UNAVAILABLE, "cannot serve the request now (details in the log)");
+        } else {
+            call_fail(call, AD_INTERNAL, "answered an error (details in the log)");
+        }
         return 1;
     }
     return 0;
 }
 
-static int eval(struct rd_call *call, int script, redisCallbackFn *fn, int nargs, const char **args,
-                const size_t *lens)
+/* Start the call's EVALSHA of `script` on its key with room for nargs
+ * script arguments (argv_push); -1 when out of memory. */
+static int eval_begin(struct rd_call *call, int script, int nargs)
 {
-    const char *argv[32];
-    size_t argl[32];
-    char nkeys[] = "1";
-    argv[0] = "EVALSHA";
-    argl[0] = 7;
-    argv[1] = script_sha[script];
-    argl[1] = 40;
-    argv[2] = nkeys;
-    argl[2] = 1;
-    argv[3] = call->key;
-    argl[3] = call->keylen;
-    for (int i = 0; i < nargs; i++) {
-        argv[4 + i] = args[i];
-        argl[4 + i] = lens[i];
+    int need = 4 + nargs;
+    if (call->argv != call->argv_in) {
+        free(call->argv);
+        free(call->argl);
+    }
+    call->argv = call->argv_in;
+    call->argl = call->argl_in;
+    call->argcap = (int)(sizeof(call->argv_in) / sizeof(call->argv_in[0]));
+    if (need > call->argcap) {
+        call->argv = malloc((size_t)need * sizeof(*call->argv));
+        call->argl = malloc((size_t)need * sizeof(*call->argl));
+        if (call->argv == NULL || call->argl == NULL) {
+            free(call->argv);
+            free(call->argl);
+            call->argv = call->argv_in;
+            call->argl = call->argl_in;
+            return -1;
+        }
+        call->argcap = need;
     }
     call->script = script;
-    return call_send(call, fn, 4 + nargs, argv, argl);
+    call->argc = 0;
+    static const char nkeys[] = "1";
+    const char *head[4] = {"EVALSHA", script_sha[script], nkeys, call->key};
+    size_t headl[4] = {7, 40, 1, call->keylen};
+    for (int i = 0; i < 4; i++) {
+        call->argv[call->argc] = head[i];
+        call->argl[call->argc++] = headl[i];
+    }
+    return 0;
+}
+
+static void argv_push(struct rd_call *call, const char *arg, size_t len)
+{
+    call->argv[call->argc] = arg;
+    call->argl[call->argc++] = len;
+}
+
+/* Send the EVALSHA built by eval_begin / argv_push. */
+static int eval_send(struct rd_call *call, redisCallbackFn *fn)
+{
+    return call_send(call, fn, call->argc, call->argv, call->argl);
 }
 
 /* NOSCRIPT: the server lost its script cache (restart, SCRIPT FLUSH).  Load
@@ -457,16 +515,20 @@ static void script_loaded(redisAsyncContext *ac, void *r, void *priv)
 static int send_argv(redisAsyncContext *ac, redisCallbackFn *fn, void *priv, int argc,
                      const char **argv, const size_t *argvlen);
 
-static int resend_after_load(struct rd_call *call, redisAsyncContext *ac, redisCallbackFn *fn,
-                             const char **argv, const size_t *argl, int argc)
+/* SCRIPT LOAD, then the call's last EVALSHA again, every argument as it was
+ * sent, pipelined on the same connection. */
+static int resend_after_load(struct rd_call *call, redisAsyncContext *ac, redisCallbackFn *fn)
 {
-    /* SCRIPT LOAD then the same EVALSHA, pipelined on the same connection */
-    if (redisAsyncCommand(ac, script_loaded, NULL, "SCRIPT LOAD %s", scripts[call->script]) !=
-        REDIS_OK) {
+    const char *load[3] = {"SCRIPT", "LOAD", scripts[call->script]};
+    size_t loadl[3] = {6, 4, strlen(scripts[call->script])};
+    if (send_argv(ac, script_loaded, NULL, 3, load, loadl) != REDIS_OK) {
+        return -1;
+    }
+    if (send_argv(ac, fn, call, call->argc, call->argv, call->argl) != REDIS_OK) {
         return -1;
     }
     call->conn->pending++;
-    return send_argv(ac, fn, call, argc, argv, argl) == REDIS_OK ? 0 : -1;
+    return 0;
 }
 
 /* ---- value domains ------------------------------------------------------------ */
@@ -520,14 +582,19 @@ static int value_put(struct rd_call *call, struct json_object *item, const char 
     if (call->argbuf == NULL) {
         return -1;
     }
-    char ver[24] = "", ttl[24];
+    call->ver[0] = '\0';
     if (expect >= 0) {
-        snprintf(ver, sizeof(ver), "%lld", (long long)expect);
+        snprintf(call->ver, sizeof(call->ver), "%lld", (long long)expect);
     }
-    snprintf(ttl, sizeof(ttl), "%lld", (long long)call->req->domain->ttl_s);
-    const char *args[4] = {mode, ver, call->argbuf, ttl};
-    size_t lens[4] = {strlen(mode), strlen(ver), plen, strlen(ttl)};
-    return eval(call, SC_PUT, reply_put, 4, args, lens);
+    snprintf(call->ttl, sizeof(call->ttl), "%lld", (long long)call->req->domain->ttl_s);
+    if (eval_begin(call, SC_PUT, 4) < 0) {
+        return -1;
+    }
+    argv_push(call, mode, strlen(mode));
+    argv_push(call, call->ver, strlen(call->ver));
+    argv_push(call, call->argbuf, plen);
+    argv_push(call, call->ttl, strlen(call->ttl));
+    return eval_send(call, reply_put);
 }
 
 static void reply_put(redisAsyncContext *ac, void *r, void *priv)
@@ -536,23 +603,7 @@ static void reply_put(redisAsyncContext *ac, void *r, void *priv)
     redisReply *rep = r;
     if (noscript(rep)) {
         call->conn->pending--;
-        size_t plen = strlen(call->argbuf);
-        char ver[24] = "", ttl[24];
-        const char *mode = call->req->op == AD_INSERT ? "insert" : "put";
-        snprintf(ttl, sizeof(ttl), "%lld", (long long)call->req->domain->ttl_s);
-        if (call->stage == 1) {
-            mode = "cas";
-        }
-        int64_t expect = call->stage == 1
-                             ? json_object_get_int64(json_object_object_get(call->item, "version"))
-                             : call->req->if_match;
-        if (expect >= 0) {
-            snprintf(ver, sizeof(ver), "%lld", (long long)expect);
-        }
-        const char *argv[8] = {"EVALSHA", script_sha[SC_PUT], "1", call->key, mode,
-                               ver,       call->argbuf,       ttl};
-        size_t argl[8] = {7, 40, 1, call->keylen, strlen(mode), strlen(ver), plen, strlen(ttl)};
-        if (resend_after_load(call, ac, reply_put, argv, argl, 8) == 0) {
+        if (resend_after_load(call, ac, reply_put) == 0) {
             return;
         }
         call->conn->pending++;
@@ -581,8 +632,6 @@ static void reply_put(redisAsyncContext *ac, void *r, void *priv)
             call->stage = 0;
             const char *argv[2] = {"GET", call->key};
             size_t argl[2] = {3, call->keylen};
-            json_object_put(call->item);
-            call->item = NULL;
             if (call_send(call, patch_read_reply, 2, argv, argl) == 0) {
                 return;
             }
@@ -630,7 +679,7 @@ static void patch_read_reply(redisAsyncContext *ac, void *r, void *priv)
     struct json_object *item = NULL;
     char msg[128];
     if (rep->type != REDIS_REPLY_STRING ||
-        gw_json_parse(rep->str, rep->len, 1000, &item, msg, sizeof(msg)) != GW_JSON_OK ||
+        gw_json_parse_stored(rep->str, rep->len, 1000, &item, msg, sizeof(msg)) != GW_JSON_OK ||
         !json_object_is_type(item, json_type_object)) {
         json_object_put(item);
         ad_res_error(&res, AD_INTERNAL, NULL, "redis shard '%s': stored item is not a JSON object",
@@ -657,15 +706,16 @@ static void patch_read_reply(redisAsyncContext *ac, void *r, void *priv)
         return;
     }
     json_object_object_del(item, "version");
-    call->item = item;
     call->stage = 1;
-    /* remember the version we read in the item we keep (for a NOSCRIPT resend) */
-    if (value_put(call, item, "cas", cur) < 0) {
+    /* value_put keeps the item's text and the version read (a NOSCRIPT
+     * resend sends them again) */
+    int rc = value_put(call, item, "cas", cur);
+    json_object_put(item);
+    if (rc < 0) {
         ad_res_error(&res, AD_UNAVAILABLE, NULL, "redis shard '%s' is unavailable",
                      call->sh->cfs->name);
         call_done(call, &res);
     }
-    json_object_object_add(item, "version", json_object_new_int64(cur));
 }
 
 static void reply_del(redisAsyncContext *ac, void *r, void *priv)
@@ -674,13 +724,7 @@ static void reply_del(redisAsyncContext *ac, void *r, void *priv)
     redisReply *rep = r;
     if (noscript(rep)) {
         call->conn->pending--;
-        char ver[24] = "";
-        if (call->req->if_match >= 0) {
-            snprintf(ver, sizeof(ver), "%lld", (long long)call->req->if_match);
-        }
-        const char *argv[5] = {"EVALSHA", script_sha[SC_DEL], "1", call->key, ver};
-        size_t argl[5] = {7, 40, 1, call->keylen, strlen(ver)};
-        if (resend_after_load(call, ac, reply_del, argv, argl, 5) == 0) {
+        if (resend_after_load(call, ac, reply_del) == 0) {
             return;
         }
         call->conn->pending++;
@@ -714,25 +758,7 @@ static void reply_counters(redisAsyncContext *ac, void *r, void *priv)
     redisReply *rep = r;
     if (noscript(rep)) {
         call->conn->pending--;
-        /* argbuf holds the NUL-separated script args; rebuild argv */
-        const char *argv[32];
-        size_t argl[32];
-        int argc = 0;
-        argv[argc] = "EVALSHA";
-        argl[argc++] = 7;
-        argv[argc] = script_sha[SC_COUNTERS];
-        argl[argc++] = 40;
-        argv[argc] = "1";
-        argl[argc++] = 1;
-        argv[argc] = call->key;
-        argl[argc++] = call->keylen;
-        const char *p = call->argbuf;
-        while (*p != '\0' && argc < 32) {
-            argv[argc] = p;
-            argl[argc] = strlen(p);
-            p += argl[argc++] + 1;
-        }
-        if (resend_after_load(call, ac, reply_counters, argv, argl, argc) == 0) {
+        if (resend_after_load(call, ac, reply_counters) == 0) {
             return;
         }
         call->conn->pending++;
@@ -776,65 +802,87 @@ static void reply_counters(redisAsyncContext *ac, void *r, void *priv)
     json_object_put(item);
 }
 
-/* Build the counters script's args: ttl then (op, member, n) triples, as
- * NUL-separated strings in call->argbuf (kept for a NOSCRIPT resend). */
-static int counters_args(struct rd_call *call, struct json_object *patch, int replace,
-                         const char **args, size_t *lens, int max)
+/* The counters script's arguments, as an EVALSHA ready to send
+ * (eval_begin / argv_push): ttl, then (op, member, n) triples.  The texts
+ * live in call->argbuf, one after the other, each with its length (a
+ * member or an op's placeholder may be empty).  Their number has no cap of
+ * its own: gw_item.c bounds the members of one write (GW_MAX_COUNTER_OPS). */
+struct ops_buf {
+    char *buf;
+    size_t len, cap;
+    size_t *off; /* off[2i] = offset, off[2i+1] = length of argument i */
+    int n, ncap;
+};
+
+static int ops_push(struct ops_buf *b, const char *s, size_t len)
+{
+    if (b->len + len > b->cap) {
+        size_t cap = b->cap != 0 ? b->cap : 256;
+        while (b->len + len > cap) {
+            cap *= 2;
+        }
+        char *nb = realloc(b->buf, cap);
+        if (nb == NULL) {
+            return -1;
+        }
+        b->buf = nb;
+        b->cap = cap;
+    }
+    if (b->n == b->ncap) {
+        int ncap = b->ncap != 0 ? b->ncap * 2 : 32;
+        size_t *no = realloc(b->off, (size_t)ncap * 2 * sizeof(*no));
+        if (no == NULL) {
+            return -1;
+        }
+        b->off = no;
+        b->ncap = ncap;
+    }
+    memcpy(b->buf + b->len, s, len);
+    b->off[2 * b->n] = b->len;
+    b->off[2 * b->n + 1] = len;
+    b->n++;
+    b->len += len;
+    return 0;
+}
+
+static int ops_triple(struct ops_buf *b, const char *op, const char *member, size_t mlen, int64_t n)
+{
+    char num[24];
+    int nl = snprintf(num, sizeof(num), "%lld", (long long)n);
+    if (ops_push(b, op, 1) < 0 || ops_push(b, member, mlen) < 0) {
+        return -1;
+    }
+    return ops_push(b, num, (size_t)nl);
+}
+
+static int counters_args(struct rd_call *call, struct json_object *patch, int replace)
 {
     const struct cf_domain *d = call->req->domain;
     size_t cl = strlen(d->counters_field);
-    size_t cap = 64, n = 0;
-    char *buf = malloc(cap);
-    int nargs = 0;
-    if (buf == NULL) {
-        return -1;
-    }
-#define PUSH(s, l)                                                                                 \
-    do {                                                                                           \
-        size_t l_ = (l);                                                                           \
-        while (n + l_ + 2 > cap) {                                                                 \
-            cap *= 2;                                                                              \
-            char *nb_ = realloc(buf, cap);                                                         \
-            if (nb_ == NULL) {                                                                     \
-                free(buf);                                                                         \
-                return -1;                                                                         \
-            }                                                                                      \
-            buf = nb_;                                                                             \
-        }                                                                                          \
-        memcpy(buf + n, (s), l_);                                                                  \
-        n += l_;                                                                                   \
-        buf[n++] = '\0';                                                                           \
-        nargs++;                                                                                   \
-    } while (0)
+    struct ops_buf b = {0};
+    int rc = 0;
     char num[24];
-    snprintf(num, sizeof(num), "%lld", (long long)d->ttl_s);
-    PUSH(num, strlen(num));
+    int nl = snprintf(num, sizeof(num), "%lld", (long long)d->ttl_s);
+    rc |= ops_push(&b, num, (size_t)nl);
     struct json_object *ops;
     if (replace) {
-        PUSH("c", 1);
-        PUSH("", 0);
-        PUSH("0", 1);
+        rc |= ops_triple(&b, "c", "", 0, 0);
         struct json_object *members = NULL;
         json_object_object_get_ex(patch, d->counters_field, &members);
         json_object_object_foreach(members, k, v)
         {
-            snprintf(num, sizeof(num), "%lld", (long long)json_object_get_int64(v));
-            PUSH("s", 1);
-            PUSH(k, strlen(k));
-            PUSH(num, strlen(num));
+            rc |= ops_triple(&b, "s", k, strlen(k), json_object_get_int64(v));
         }
     } else {
         if (json_object_object_get_ex(patch, "unset", &ops)) {
             for (size_t i = 0; i < json_object_array_length(ops); i++) {
-                const char *f = json_object_get_string(json_object_array_get_idx(ops, i));
+                struct json_object *fo = json_object_array_get_idx(ops, i);
+                const char *f = json_object_get_string(fo);
+                size_t fl = (size_t)json_object_get_string_len(fo);
                 if (strcmp(f, d->counters_field) == 0) {
-                    PUSH("c", 1);
-                    PUSH("", 0);
-                    PUSH("0", 1);
+                    rc |= ops_triple(&b, "c", "", 0, 0);
                 } else {
-                    PUSH("d", 1);
-                    PUSH(f + cl + 1, strlen(f + cl + 1));
-                    PUSH("0", 1);
+                    rc |= ops_triple(&b, "d", f + cl + 1, fl - cl - 1, 0);
                 }
             }
         }
@@ -845,27 +893,25 @@ static int counters_args(struct rd_call *call, struct json_object *patch, int re
             }
             json_object_object_foreach(ops, k, v)
             {
-                snprintf(num, sizeof(num), "%lld", (long long)json_object_get_int64(v));
-                PUSH(kind == 0 ? "s" : "i", 1);
-                PUSH(k + cl + 1, strlen(k + cl + 1));
-                PUSH(num, strlen(num));
+                rc |= ops_triple(&b, kind == 0 ? "s" : "i", k + cl + 1, strlen(k + cl + 1),
+                                 json_object_get_int64(v));
             }
         }
     }
-#undef PUSH
-    buf[n] = '\0'; /* an empty string ends the list for the NOSCRIPT resend */
-    if (nargs > max) {
-        free(buf);
-        return -2;
+    if (rc == 0) {
+        rc = eval_begin(call, SC_COUNTERS, b.n);
     }
-    call->argbuf = buf;
-    const char *p = buf;
-    for (int i = 0; i < nargs; i++) {
-        args[i] = p;
-        lens[i] = strlen(p);
-        p += lens[i] + 1;
+    if (rc == 0) {
+        free(call->argbuf);
+        call->argbuf = b.buf; /* the arguments point into it from here on */
+        b.buf = NULL;
+        for (int i = 0; i < b.n; i++) {
+            argv_push(call, call->argbuf + b.off[2 * i], b.off[2 * i + 1]);
+        }
     }
-    return nargs;
+    free(b.buf);
+    free(b.off);
+    return rc < 0 ? -1 : 0;
 }
 
 /* ---- submit ---------------------------------------------------------------------- */
@@ -981,8 +1027,6 @@ static int rd_submit(void *state, const struct ad_req *req, ad_done_cb cb, void 
     }
     int rc = AD_EINVAL;
     char ttl[24];
-    const char *args[32];
-    size_t lens[32];
     switch (req->op) {
     case AD_PING: {
         const char *argv[1] = {"PING"};
@@ -1009,20 +1053,14 @@ static int rd_submit(void *state, const struct ad_req *req, ad_done_cb cb, void 
     case AD_PUT:
     case AD_INSERT:
         if (d->kind == CF_KIND_HASH) {
-            int n = counters_args(call, req->body, 1, args, lens, 28);
-            rc = n == -2 ? AD_EINVAL
-                 : n < 0 ? AD_EFULL
-                         : eval(call, SC_COUNTERS, reply_counters, n, args, lens);
+            rc = counters_args(call, req->body, 1) < 0 ? AD_EFULL : eval_send(call, reply_counters);
         } else {
             rc = value_put(call, req->body, req->op == AD_INSERT ? "insert" : "put", req->if_match);
         }
         break;
     case AD_PATCH:
         if (d->kind == CF_KIND_HASH) {
-            int n = counters_args(call, req->body, 0, args, lens, 28);
-            rc = n == -2 ? AD_EINVAL
-                 : n < 0 ? AD_EFULL
-                         : eval(call, SC_COUNTERS, reply_counters, n, args, lens);
+            rc = counters_args(call, req->body, 0) < 0 ? AD_EFULL : eval_send(call, reply_counters);
         } else {
             const char *argv[2] = {"GET", call->key};
             size_t argl[2] = {3, call->keylen};
@@ -1035,13 +1073,15 @@ static int rd_submit(void *state, const struct ad_req *req, ad_done_cb cb, void 
             size_t argl[2] = {3, call->keylen};
             rc = call_send(call, reply_del, 2, argv, argl);
         } else {
-            char ver[24] = "";
             if (req->if_match >= 0) {
-                snprintf(ver, sizeof(ver), "%lld", (long long)req->if_match);
+                snprintf(call->ver, sizeof(call->ver), "%lld", (long long)req->if_match);
             }
-            const char *a[1] = {ver};
-            size_t l[1] = {strlen(ver)};
-            rc = eval(call, SC_DEL, reply_del, 1, a, l);
+            if (eval_begin(call, SC_DEL, 1) < 0) {
+                rc = AD_EFULL;
+            } else {
+                argv_push(call, call->ver, strlen(call->ver));
+                rc = eval_send(call, reply_del);
+            }
         }
         break;
     default:

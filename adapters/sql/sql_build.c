@@ -228,45 +228,60 @@ static void limit_clause(struct sql_stmt *st, int n)
     param_s(st, lim);
 }
 
-/* A placeholder for a document parameter, cast where the dialect needs it. */
+/* A placeholder for a document parameter (PostgreSQL: jsonb). */
 static void doc_param(struct sql_stmt *st, const char *json_text)
 {
-    if (st->dialect == SQL_PG) {
-        param_s(st, json_text);
-        puts_(st, "::jsonb");
-    } else {
-        puts_(st, "CAST(");
-        param_s(st, json_text);
-        puts_(st, " AS JSON)");
-    }
+    param_s(st, json_text); /* PostgreSQL only: MariaDB uses JSON_EQUALS */
+    puts_(st, "::jsonb");
 }
 
 /* ---- where --------------------------------------------------------------------- */
 
-/* The expression of a leaf's operand: a column, or a path into a document. */
+/* The expression of a leaf's operand: a column (paths go through
+ * path_leaf below). */
+static const char *cmp_sql(enum gw_qop op);
+
 static void operand(struct sql_stmt *st, const struct gw_qnode *n, int as_text)
 {
-    if (n->npath == 0) {
-        ident(st, n->field->name);
-        return;
-    }
-    if (st->dialect == SQL_PG) {
-        puts_(st, as_text ? "jsonb_extract_path_text(" : "jsonb_extract_path(");
-        ident(st, n->field->name);
-        for (size_t i = 0; i < n->npath; i++) {
-            puts_(st, ", ");
-            param_s(st, n->path[i]);
-            puts_(st, "::text");
-        }
-        puts_(st, ")");
-        return;
-    }
-    /* MySQL: '$."a"."b"' as a parameter */
-    size_t cap = 8;
+    (void)as_text;
+    ident(st, n->field->name);
+}
+
+/* ---- paths into documents and arrays ------------------------------------------------
+ *
+ * A leaf on a dotted path (`shipping_address.city`, `items.product_id`) or
+ * an in/nin on a whole array field matches when SOME value found at the
+ * path matches (an array on the way matches through any element); ne, nin,
+ * `eq null` and `exists false` are the negations (no value at the path
+ * matches).  Comparisons are typed: a string matches only strings (code-point
+ * order), a number only numbers (numerically), a boolean only booleans.
+ *
+ * PostgreSQL: jsonb_path_exists(col, $n::jsonpath, $m::jsonb) in lax mode,
+ * which walks arrays on the path by itself; the jsonpath is a parameter
+ * built from the validated segments (each a double-quoted jsonpath string,
+ * `"` and `\` escaped) and the value travels in the vars document, never in
+ * the path.  MariaDB: EXISTS over JSON_TABLE(col, '$[*]' for an array field
+ * or '$', COLUMNS (v JSON PATH '$."a"."b"')), the paths parameters too;
+ * arrays are walked at the array field (not inside object members). */
+
+static int path_elems(const struct gw_qnode *n)
+{
+    return n->npath > 0 ||
+           (n->field->type == CF_T_ARRAY && (n->op == GW_QOP_IN || n->op == GW_QOP_NIN));
+}
+
+/* '$' followed by ."seg" for each segment (quotes and backslashes escaped:
+ * the same syntax in jsonpath and MariaDB JSON paths).  malloc'd. */
+static char *json_path_text(const struct gw_qnode *n, size_t extra)
+{
+    size_t cap = 2 + extra;
     for (size_t i = 0; i < n->npath; i++) {
         cap += strlen(n->path[i]) * 2 + 3;
     }
     char *path = malloc(cap), *o = path;
+    if (path == NULL) {
+        return NULL;
+    }
     *o++ = '$';
     for (size_t i = 0; i < n->npath; i++) {
         *o++ = '.';
@@ -280,12 +295,183 @@ static void operand(struct sql_stmt *st, const struct gw_qnode *n, int as_text)
         *o++ = '"';
     }
     *o = '\0';
-    puts_(st, as_text ? "JSON_UNQUOTE(JSON_EXTRACT(" : "JSON_EXTRACT(");
+    return path;
+}
+
+/* Is the leaf a negation of "some value at the path matches"? */
+static int path_negated(const struct gw_qnode *n)
+{
+    switch (n->op) {
+    case GW_QOP_NE: /* ne null: some value is not null */
+        return n->value != NULL;
+    case GW_QOP_NIN:
+        return 1;
+    case GW_QOP_EQ:
+        return n->value == NULL;
+    case GW_QOP_EXISTS:
+        return !json_object_get_boolean(n->value);
+    default:
+        return 0;
+    }
+}
+
+/* The leaf asks only for a non-null value at the path (exists, eq/ne null). */
+static int path_nonnull(const struct gw_qnode *n)
+{
+    return n->op == GW_QOP_EXISTS ||
+           ((n->op == GW_QOP_EQ || n->op == GW_QOP_NE) && n->value == NULL);
+}
+
+static void pg_path_leaf(struct sql_stmt *st, const struct gw_qnode *n)
+{
+    const char *filter;
+    switch (n->op) {
+    case GW_QOP_GT:
+        filter = " ? (@ > $v)";
+        break;
+    case GW_QOP_GTE:
+        filter = " ? (@ >= $v)";
+        break;
+    case GW_QOP_LT:
+        filter = " ? (@ < $v)";
+        break;
+    case GW_QOP_LTE:
+        filter = " ? (@ <= $v)";
+        break;
+    case GW_QOP_PREFIX:
+        filter = " ? (@ starts with $v)";
+        break;
+    default: /* eq ne in nin (lax mode: $v a list compares with each member) */
+        filter = " ? (@ == $v)";
+        break;
+    }
+    int nonnull = path_nonnull(n);
+    if (nonnull) {
+        filter = " ? (@ != null)";
+    }
+    char *path = json_path_text(n, strlen(filter));
+    if (path == NULL) {
+        st->oom = 1;
+        return;
+    }
+    strcat(path, filter);
+    puts_(st, path_negated(n) ? "NOT COALESCE(jsonb_path_exists(" : "COALESCE(jsonb_path_exists(");
     ident(st, n->field->name);
     puts_(st, ", ");
     param_s(st, path);
-    puts_(st, as_text ? "))" : ")");
+    puts_(st, "::jsonpath");
     free(path);
+    if (!nonnull) {
+        struct json_object *vars = json_object_new_object();
+        json_object_object_add(vars, "v", json_object_get(n->value));
+        puts_(st, ", ");
+        param_s(st, json_object_to_json_string_ext(vars, JSON_C_TO_STRING_PLAIN));
+        puts_(st, "::jsonb");
+        json_object_put(vars);
+    }
+    puts_(st, "), false)");
+}
+
+#define MY_PV "`_pgjt`.`_pgv`" /* the value found at the path, as JSON */
+
+/* MariaDB: `v` (a scalar) compared with the JSON value MY_PV, typed. */
+static void my_cmp(struct sql_stmt *st, struct json_object *v, enum gw_qop op)
+{
+    const char *cmp = op == GW_QOP_PREFIX ? " LIKE " : cmp_sql(op);
+    switch (json_object_get_type(v)) {
+    case json_type_string:
+        puts_(st, "(JSON_TYPE(" MY_PV ") = 'STRING' AND CAST(JSON_UNQUOTE(" MY_PV ") AS BINARY)");
+        puts_(st, cmp);
+        if (op == GW_QOP_PREFIX) {
+            const char *s = json_object_get_string(v);
+            size_t len = (size_t)json_object_get_string_len(v);
+            char *buf = malloc(len * 2 + 2), *o = buf;
+            if (buf == NULL) {
+                st->oom = 1;
+                return;
+            }
+            for (size_t i = 0; i < len; i++) {
+                if (s[i] == '%' || s[i] == '_' || s[i] == '\\') {
+                    *o++ = '\\';
+                }
+                *o++ = s[i];
+            }
+            *o++ = '%';
+            puts_(st, "CAST(");
+            param(st, buf, (size_t)(o - buf));
+            puts_(st, " AS BINARY) ESCAPE '\\\\')");
+            free(buf);
+            return;
+        }
+        puts_(st, "CAST(");
+        param(st, json_object_get_string(v), (size_t)json_object_get_string_len(v));
+        puts_(st, " AS BINARY))");
+        return;
+    case json_type_int:
+    case json_type_double:
+        /* the number's own text (json-c keeps a parsed number's digits) */
+        puts_(st, "(JSON_TYPE(" MY_PV ") IN ('INTEGER', 'UNSIGNED INTEGER', 'DOUBLE', 'DECIMAL') "
+                  "AND CAST(" MY_PV " AS DECIMAL(65,30))");
+        puts_(st, cmp);
+        puts_(st, "CAST(");
+        param_s(st, json_object_to_json_string_ext(v, JSON_C_TO_STRING_PLAIN));
+        puts_(st, " AS DECIMAL(65,30)))");
+        return;
+    case json_type_boolean:
+        puts_(st, "(JSON_TYPE(" MY_PV ") = 'BOOLEAN' AND " MY_PV);
+        puts_(st, cmp);
+        puts_(st, json_object_get_boolean(v) ? "'true')" : "'false')");
+        return;
+    default: /* not reached: the parser admits scalars only */
+        puts_(st, "1=0");
+        return;
+    }
+}
+
+static void my_path_leaf(struct sql_stmt *st, const struct gw_qnode *n)
+{
+    char *path = json_path_text(n, 0);
+    if (path == NULL) {
+        st->oom = 1;
+        return;
+    }
+    puts_(st, path_negated(n) ? "NOT EXISTS (SELECT 1 FROM JSON_TABLE("
+                              : "EXISTS (SELECT 1 FROM "
+                                "JSON_TABLE(");
+    ident(st, n->field->name);
+    puts_(st, ", ");
+    param_s(st, n->field->type == CF_T_ARRAY ? "$[*]" : "$");
+    puts_(st, " COLUMNS (`_pgv` JSON PATH ");
+    param_s(st, path);
+    free(path);
+    puts_(st, ")) AS `_pgjt` WHERE ");
+    if (path_nonnull(n)) {
+        puts_(st, MY_PV " IS NOT NULL AND JSON_TYPE(" MY_PV ") <> 'NULL')");
+        return;
+    }
+    if (n->op == GW_QOP_IN || n->op == GW_QOP_NIN) {
+        size_t len = json_object_array_length(n->value);
+        puts_(st, "(");
+        for (size_t i = 0; i < len; i++) {
+            if (i > 0) {
+                puts_(st, " OR ");
+            }
+            my_cmp(st, json_object_array_get_idx(n->value, i), GW_QOP_EQ);
+        }
+        puts_(st, "))");
+        return;
+    }
+    my_cmp(st, n->value, n->op == GW_QOP_NE ? GW_QOP_EQ : n->op);
+    puts_(st, ")");
+}
+
+static void path_leaf(struct sql_stmt *st, const struct gw_qnode *n)
+{
+    if (st->dialect == SQL_PG) {
+        pg_path_leaf(st, n);
+    } else {
+        my_path_leaf(st, n);
+    }
 }
 
 static const char *cmp_sql(enum gw_qop op)
@@ -331,6 +517,10 @@ static void like_prefix(struct sql_stmt *st, const char *s, size_t len)
 
 static void where_node(struct sql_stmt *st, const struct gw_qnode *n)
 {
+    if (n->op != GW_QOP_AND && n->op != GW_QOP_OR && path_elems(n)) {
+        path_leaf(st, n);
+        return;
+    }
     switch (n->op) {
     case GW_QOP_AND:
     case GW_QOP_OR:
@@ -363,6 +553,16 @@ static void where_node(struct sql_stmt *st, const struct gw_qnode *n)
         if (n->value == NULL) {
             operand(st, n, 0);
             puts_(st, ne ? " IS NOT NULL" : " IS NULL");
+            return;
+        }
+        if (st->dialect == SQL_MYSQL && is_doc(n->field)) {
+            /* a whole document: MariaDB compares JSON values with JSON_EQUALS
+             * (object members in any order); NULL columns are "not equal" */
+            puts_(st, "COALESCE(JSON_EQUALS(");
+            operand(st, n, 0);
+            puts_(st, ", ");
+            param_s(st, json_object_to_json_string_ext(n->value, JSON_C_TO_STRING_PLAIN));
+            puts_(st, ne ? "), 0) = 0" : "), 0) = 1");
             return;
         }
         if (!ne) {

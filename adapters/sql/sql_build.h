@@ -30,10 +30,16 @@
  *
  * MySQL parameters: `?` placeholders, every one a quoted string literal once
  * the adapter escapes it; where the column type matters for exactness the
- * builder casts (ints: CAST(? AS SIGNED), decimals: CAST(? AS DECIMAL(65,s)),
- * documents: CAST(? AS JSON)) — a bare string compared with a number would
- * be compared as a double.  LIMIT is written as an integer the builder
- * formats itself (MySQL refuses a quoted LIMIT).
+ * builder casts (ints: CAST(? AS SIGNED), decimals: CAST(? AS DECIMAL(65,s)))
+ * — a bare string compared with a number would be compared as a double;
+ * whole documents compare with JSON_EQUALS (MariaDB).  LIMIT is written as an
+ * integer the builder formats itself (MySQL refuses a quoted LIMIT).
+ *
+ * Dotted paths into object/json fields and into arrays of objects (and
+ * in/nin on array fields) match when some value at the path matches, typed
+ * (strings with strings, numbers numerically, booleans): PostgreSQL through
+ * jsonb_path_exists with a parameterised jsonpath and vars, MariaDB through
+ * EXISTS over JSON_TABLE (see sql_build.c, "paths into documents").
  *
  * Sharded domains (shard_key set) carry an indexed `_slot` column, written
  * from st->slot on insert/upsert (-1: NULL).

@@ -13,7 +13,14 @@
 
 size_t sql_ts_rfc3339(const char *v, size_t len, char *buf, size_t buflen)
 {
-    size_t n = len < buflen - 2 ? len : buflen - 2; /* room for 'Z' and NUL */
+    /* room for ".000000Z" and the NUL after the text */
+    if (buflen < 10) {
+        if (buflen > 0) {
+            buf[0] = '\0';
+        }
+        return 0;
+    }
+    size_t n = len + 9 <= buflen ? len : buflen - 9;
     memcpy(buf, v, n);
     if (n > 10 && buf[10] == ' ') {
         buf[10] = 'T';
@@ -21,14 +28,19 @@ size_t sql_ts_rfc3339(const char *v, size_t len, char *buf, size_t buflen)
     if (n > 3 && memcmp(buf + n - 3, "+00", 3) == 0) {
         n -= 3; /* PostgreSQL, TimeZone=UTC */
     }
+    /* exactly six fraction digits (PostgreSQL trims trailing zeros and the
+     * point, MySQL prints the column's precision): text that sorts in time
+     * order, the width the gateway writes (gw_item.c) */
     const char *dot = memchr(buf, '.', n);
-    if (dot != NULL) { /* MySQL pads the fraction: "….500000" → "….5" */
-        while (n > 0 && buf[n - 1] == '0') {
-            n--;
-        }
-        if (buf + n - 1 == dot) {
-            n--;
-        }
+    size_t frac = dot != NULL ? n - (size_t)(dot + 1 - buf) : 0;
+    if (dot == NULL) {
+        buf[n++] = '.';
+    }
+    if (frac > 6) {
+        n -= frac - 6;
+    }
+    for (; frac < 6; frac++) {
+        buf[n++] = '0';
     }
     buf[n++] = 'Z';
     buf[n] = '\0';

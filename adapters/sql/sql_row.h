@@ -27,8 +27,10 @@ void sql_row_write(struct evbuffer *out, const struct sql_stmt *st, const char *
                    const unsigned long *lens, size_t nvals, int64_t *version);
 
 /* A store's timestamp text ("2026-01-31 10:00:00.500000", PostgreSQL's
- * "2026-01-31 10:00:00.5+00") → "2026-01-31T10:00:00.5Z" in buf (NUL
- * terminated); the length written. */
+ * "2026-01-31 10:00:00.5+00" or "2026-01-31 10:00:00+00") →
+ * "2026-01-31T10:00:00.500000Z" in buf (NUL terminated; always six
+ * fraction digits); the length written.  The text is cut to fit buf; a
+ * buf of fewer than 10 bytes gets "". */
 size_t sql_ts_rfc3339(const char *v, size_t len, char *buf, size_t buflen);
 
 #endif

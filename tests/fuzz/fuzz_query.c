@@ -71,7 +71,7 @@ static void parse_and_build(const struct cf_domain *d, int aggregate, struct jso
     struct gw_error e;
     memset(&e, 0, sizeof(e));
     struct gw_query *q = NULL;
-    if (gw_query_parse(d, &cf->limits, NULL, aggregate, body, &q, &e) == 0) {
+    if (gw_query_parse(d, &cf->limits, cf->cursor_secret, aggregate, body, &q, &e) == 0) {
         build_all(d, q);
         gw_query_free(q);
     }
@@ -110,7 +110,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     struct gw_error e;
     memset(&e, 0, sizeof(e));
     struct gw_query *q = NULL;
-    if (gw_query_parse(d, &cf->limits, NULL, 0, base, &q, &e) != 0) {
+    if (gw_query_parse(d, &cf->limits, cf->cursor_secret, 0, base, &q, &e) != 0) {
         abort(); /* the fixed body is valid */
     }
     char *cursor = json_object_is_type(v, json_type_array) ? gw_query_cursor_make(q, v) : NULL;

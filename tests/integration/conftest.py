@@ -157,7 +157,8 @@ _NS_RULES = [
     (re.compile(r"(mongodb://[^/\s\"']+/)(polygate_test|polygate)(?=[\s\"',}?]|$)", re.M), r"\g<1>\g<2>" + NS),
 ]
 _REDIS_DSN = re.compile(r"(redis://[^/\s\"']+)(/\d+)?(?=[\s\"',}]|$)", re.M)
-_SHARD_MAP = re.compile(r"^(\s*shard_map:\s*)(\S+)\s*$", re.M)
+# `shard_map: PATH` in YAML, `"shard_map": "PATH"` in a config written as JSON
+_SHARD_MAP = re.compile(r"^(\s*shard_map:\s*)(\S+)\s*$|(\"shard_map\":\s*\")([^\"]+)(?=\")", re.M)
 
 
 def namespaced(text, directory=None):
@@ -172,7 +173,8 @@ def namespaced(text, directory=None):
         return text
 
     def shard_map(m):
-        path = m.group(2).strip("\"'").replace("${POLYGATE_TEST_DIR}", os.environ["POLYGATE_TEST_DIR"])
+        lead, path = (m.group(1), m.group(2)) if m.group(1) is not None else (m.group(3), m.group(4))
+        path = path.strip("\"'").replace("${POLYGATE_TEST_DIR}", os.environ["POLYGATE_TEST_DIR"])
         try:
             with open(path) as f:
                 orig = f.read()
@@ -184,7 +186,7 @@ def namespaced(text, directory=None):
         copy = os.path.join(directory, "ns-%d-%s" % (len(os.listdir(directory)), os.path.basename(path)))
         with open(copy, "w") as f:
             f.write(text)
-        return m.group(1) + copy
+        return lead + copy
     return _SHARD_MAP.sub(shard_map, text)
 
 
@@ -408,9 +410,9 @@ def assert_error(body, code, status=None, resp=None):
 TOXIPROXY_PORT = int(os.environ.get("POLYGATE_TOXIPROXY_PORT", "8474"))
 # the servers of the local stack (scripts/stack.sh)
 STORE_PORTS = {"pg": 55432, "mysql-a": 53306, "mysql-b": 53307, "redis": REDIS_PORT, "ferretdb": 57017}
-# this run's proxy listen ports: PORT + 41, 43, … (odd: Linux hands even
+# this run's proxy listen ports: PORT + 61, 63, … (odd: Linux hands even
 # ephemeral ports to connect(), and a client socket on a port stops a listen)
-PROXY_PORTS = {name: PORT + 41 + 2 * i for i, name in enumerate(STORE_PORTS)}
+PROXY_PORTS = {name: PORT + 61 + 2 * i for i, name in enumerate(STORE_PORTS)}
 
 
 def toxiproxy_api(method, path, body=None):

@@ -11,7 +11,7 @@ import pytest
 from bson.int64 import Int64
 from pymongo import MongoClient
 
-from conftest import MONGO_DB, PORT, Client, assert_error, stack
+from conftest import ADMIN_PORT, MONGO_DB, PORT, Client, assert_error, stack
 
 MONGO_URI = "mongodb://127.0.0.1:57017/?serverSelectionTimeoutMS=3000"
 DB = MONGO_DB  # polygate_test of tests/integration/polygate.test.yaml, this run's
@@ -277,7 +277,7 @@ def test_ferretdb_down_then_recovery(client):
         err = assert_error(body, "backend_unavailable", resp=resp)
         assert "catalog-mongo" in err["message"] and err["shard"] == "catalog-mongo"
         assert elapsed < 1.5 + 0.5  # within the request deadline (1500 ms)
-        st, body, _ = client.request("GET", "/ready")
+        st, body, _ = Client(ADMIN_PORT).request("GET", "/ready")  # details: admin listener
         assert st == 503 and body["ready"] is False and mongo_ready(body) is False
     finally:
         stack("start", "ferretdb")
@@ -290,9 +290,10 @@ def test_ferretdb_down_then_recovery(client):
     assert st == 200 and item["name"] == "Phone X", "polygate did not recover after FerretDB came back"
     # every worker's client pool reconnects on its own (the probe may hit another worker)
     deadline = time.time() + 20
-    while time.time() < deadline and not mongo_ready(client.request("GET", "/ready")[1]):
+    admin = Client(ADMIN_PORT)
+    while time.time() < deadline and not mongo_ready(admin.request("GET", "/ready")[1]):
         time.sleep(0.2)
-    assert mongo_ready(client.request("GET", "/ready")[1])
+    assert mongo_ready(admin.request("GET", "/ready")[1])
 
 
 # ---- _query / _aggregate -----------------------------------------------------------

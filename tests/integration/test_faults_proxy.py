@@ -3,7 +3,7 @@ and servers that are down, per store, between one gateway and the real servers
 of the local stack — without stopping or freezing anything that other clients
 of the stack use.
 
-The module's gateway (PORT + 31 / ADMIN_PORT + 31) reaches PostgreSQL (users),
+The module's gateway (PORT + 51 / ADMIN_PORT + 51) reaches PostgreSQL (users),
 Redis (sessions), FerretDB (catalog) and ONE MariaDB orders shard (orders-0)
 through this run's proxies (conftest.toxiproxy); the other orders shards are
 direct, so a scatter query shows what one failed shard does to the others.
@@ -27,7 +27,7 @@ import pytest
 from conftest import (ADMIN_PORT, CONFIG, PORT, PROXY_PORTS, Client, Gateway, assert_error, poll,
                       proxied_shardmap, via_proxies)
 
-GW_PORT, GW_ADMIN = PORT + 31, ADMIN_PORT + 31
+GW_PORT, GW_ADMIN = PORT + 51, ADMIN_PORT + 51
 DEADLINE_MS = 2000          # limits.request_timeout_ms
 CATALOG_DEADLINE_MS = 5000  # the catalog domain's timeout_ms
 
@@ -396,7 +396,7 @@ def test_connect_timeouts_are_honoured(toxics):
     answers its hello.  Each pool gives up at its connect timeout: requests
     are answered 503 naming the shard (the request deadline would be a 504),
     the log says "connect timeout", and the stores that come back are used."""
-    port, admin = PORT + 33, ADMIN_PORT + 33
+    port, admin = PORT + 53, ADMIN_PORT + 53
     for store in ("pg", "mysql-a", "ferretdb"):
         toxics[store].toxic("timeout", stream="upstream", timeout=0)
         toxics[store].toxic("timeout", stream="downstream", timeout=0)

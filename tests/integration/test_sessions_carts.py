@@ -1,4 +1,6 @@
 """Sessions and carts on the real Redis of the local stack, through HTTP."""
+import re
+import time
 import uuid
 
 from conftest import assert_error
@@ -17,7 +19,9 @@ def test_session_round_trip(client, rdb):
     assert item["data"] == {"theme": "dark", "n": 3}
     assert item["version"] == 1
     assert resp.getheader("ETag") == '"1"'
-    assert item["created_at"].endswith("Z")
+    # six fraction digits, the width of every timestamp (it was three here
+    # and up to six elsewhere, so the text did not sort in time order)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", item["created_at"]), item
     st, got, resp = client.request("GET", "/v1/sessions/" + key)
     assert st == 200 and got == item
     # the stored value is the item itself, in Redis, under the prefix
@@ -48,7 +52,7 @@ def test_session_post_generates_id_and_conflicts(client):
     assert st == 201 and len(item["session_id"]) == 32
     st, body, _ = client.request("POST", "/v1/sessions", {"user_id": "u9", "session_id": item["session_id"]})
     assert st == 409
-    assert_error(body, "conflict")["field"] == "session_id"
+    assert assert_error(body, "conflict")["field"] == "session_id"
 
 
 def test_session_if_match(client):
@@ -197,3 +201,170 @@ def test_batch_where_every_item_fails_before_reaching_a_store(client):
     assert st == 400
     st, body, _ = client.request("POST", "/v1/_batch", {"op": "get"})
     assert st == 400
+
+
+def test_session_timestamps_have_one_width(client):
+    key = sid()
+    st, item, _ = client.request("PUT", "/v1/sessions/" + key,
+                                 {"user_id": "u1", "created_at": "2026-01-31T00:08:02.3Z"})
+    assert st == 201 and item["created_at"] == "2026-01-31T00:08:02.300000Z"
+    st, got, _ = client.request("GET", "/v1/sessions/" + key)
+    assert got["created_at"] == "2026-01-31T00:08:02.300000Z"
+    st, item, _ = client.request("PATCH", "/v1/sessions/" + key,
+                                 {"set": {"created_at": "2026-01-31T01:08:02+01:00"}})
+    assert st == 200 and item["created_at"] == "2026-01-31T00:08:02.000000Z"
+
+
+def test_session_patch_if_match(client):
+    key = sid()
+    st, item, resp = client.request("PUT", "/v1/sessions/" + key, {"user_id": "u1", "data": {"a": 1}})
+    assert st == 201 and resp.getheader("ETag") == '"1"'
+    # the current version: applied
+    st, item, resp = client.request("PATCH", "/v1/sessions/" + key, {"set": {"data": {"a": 2}}},
+                                    headers={"If-Match": '"1"'})
+    assert st == 200, item
+    assert item["version"] == 2 and item["data"] == {"a": 2}
+    assert resp.getheader("ETag") == '"2"'
+    # a stale version: 412, nothing written
+    st, body, _ = client.request("PATCH", "/v1/sessions/" + key, {"set": {"data": {"a": 3}}},
+                                 headers={"If-Match": '"1"'})
+    assert st == 412
+    assert "version 1" in assert_error(body, "precondition_failed")["message"]
+    st, got, _ = client.request("GET", "/v1/sessions/" + key)
+    assert got["version"] == 2 and got["data"] == {"a": 2}
+    # an item that does not exist: 412, not 404, under If-Match
+    st, body, _ = client.request("PATCH", "/v1/sessions/" + sid(), {"set": {"data": {}}},
+                                 headers={"If-Match": '"1"'})
+    assert st == 412
+    assert_error(body, "precondition_failed")
+
+
+def test_cart_put_and_patch_with_many_items(client, rdb):
+    # carts of more than 8 items were refused ("cannot serve this request")
+    user = "u-" + uuid.uuid4().hex
+    items = {"SKU-%03d" % i: i % 7 + 1 for i in range(200)}
+    st, cart, _ = client.request("PUT", "/v1/carts/" + user, {"items": items})
+    assert st in (200, 201), cart
+    assert cart["items"] == items
+    assert rdb.hgetall("cart:" + user) == {k: str(v) for k, v in items.items()}
+    # a PATCH setting many members at once, with inc and unset beside it
+    patch = {"set": {"items.NEW-%03d" % i: 3 for i in range(150)},
+             "inc": {"items.SKU-%03d" % i: 10 for i in range(50)},
+             "unset": ["items.SKU-%03d" % i for i in range(150, 200)]}
+    st, cart, _ = client.request("PATCH", "/v1/carts/" + user, patch)
+    assert st == 200, cart
+    want = {k: v for k, v in items.items() if int(k[4:]) < 150}
+    for i in range(50):
+        want["SKU-%03d" % i] += 10
+    want.update({"NEW-%03d" % i: 3 for i in range(150)})
+    assert cart["items"] == want
+    assert rdb.hgetall("cart:" + user) == {k: str(v) for k, v in want.items()}
+
+
+def test_ids_must_be_utf8(client, rdb):
+    # "%ff" decodes to the byte 0xff: refused like a string in a body, not
+    # stored and sent back as invalid JSON
+    for path in ("/v1/sessions/s-%ff", "/v1/carts/u-%C3", "/v1/sessions/%ED%A0%80"):
+        for method, body in (("GET", None), ("PUT", {"user_id": "u1", "items": {}}), ("DELETE", None)):
+            st, err, _ = client.request(method, path, body)
+            assert st == 400, (method, path, err)
+            assert "not valid UTF-8" in assert_error(err, "bad_request")["message"]
+    assert rdb.keys("session:s-*\xff*") == []
+    st, item, _ = client.request("PUT", "/v1/sessions/s-%C3%A9-" + uuid.uuid4().hex, {"user_id": "u1"})
+    assert st == 201 and item["session_id"].startswith("s-\u00e9-")
+
+
+def flushed(rdb):
+    """SCRIPT FLUSH on the stack's Redis: the next EVALSHA of every client
+    answers NOSCRIPT, and the gateway must load the script and send the
+    same command again, whole."""
+    rdb.script_flush()
+    assert rdb.script_exists("0" * 40) == [False]
+
+
+def test_cart_writes_after_script_flush(client, rdb):
+    user = "u-" + uuid.uuid4().hex
+    client.request("PATCH", "/v1/carts/" + user, {"inc": {"items.OLD": 1}})
+    # a replace: its arguments hold an empty one (the clear's placeholder),
+    # where the resend used to stop, dropping every member after it
+    flushed(rdb)
+    items = {"A": 2, "B": 3, "C": 1}
+    st, cart, _ = client.request("PUT", "/v1/carts/" + user, {"items": items})
+    assert st in (200, 201), cart
+    assert cart["items"] == items
+    assert rdb.hgetall("cart:" + user) == {k: str(v) for k, v in items.items()}
+    # and a large one (its arguments no longer fit the first buffer)
+    flushed(rdb)
+    items = {"P%03d" % i: i + 1 for i in range(120)}
+    st, cart, _ = client.request("PUT", "/v1/carts/" + user, {"items": items})
+    assert st in (200, 201) and cart["items"] == items, cart
+    assert rdb.hgetall("cart:" + user) == {k: str(v) for k, v in items.items()}
+    # a clear and new members in one patch
+    flushed(rdb)
+    st, cart, _ = client.request("PATCH", "/v1/carts/" + user,
+                                 {"unset": ["items"], "set": {"items.X": 2}, "inc": {"items.Y": 1}})
+    assert st == 200, cart
+    assert cart["items"] == {"X": 2, "Y": 1}
+    assert rdb.hgetall("cart:" + user) == {"X": "2", "Y": "1"}
+    # a plain clear
+    flushed(rdb)
+    st, cart, _ = client.request("PATCH", "/v1/carts/" + user, {"unset": ["items"]})
+    assert st == 200 and cart["items"] == {}
+    assert rdb.exists("cart:" + user) == 0
+
+
+def test_session_writes_after_script_flush(client, rdb):
+    key = sid()
+    flushed(rdb)
+    st, item, _ = client.request("PUT", "/v1/sessions/" + key, {"user_id": "u1", "data": {"k": ""}})
+    assert st == 201 and item["version"] == 1 and item["data"] == {"k": ""}
+    flushed(rdb)
+    # a PATCH: read, then compare-and-set with the version read
+    st, item, _ = client.request("PATCH", "/v1/sessions/" + key, {"set": {"data": {"k": "v"}}})
+    assert st == 200 and item["version"] == 2 and item["data"] == {"k": "v"}
+    flushed(rdb)
+    # an If-Match write: the expected version travels in the resend
+    st, body, _ = client.request("PUT", "/v1/sessions/" + key, {"user_id": "u2"}, headers={"If-Match": '"1"'})
+    assert st == 412, body
+    flushed(rdb)
+    st, item, _ = client.request("PUT", "/v1/sessions/" + key, {"user_id": "u2"}, headers={"If-Match": '"2"'})
+    assert st == 200 and item["version"] == 3 and item["user_id"] == "u2"
+    st, got, _ = client.request("GET", "/v1/sessions/" + key)
+    assert got == item
+    flushed(rdb)
+    st, _, _ = client.request("DELETE", "/v1/sessions/" + key, headers={"If-Match": '"3"'})
+    assert st == 204
+    assert rdb.exists("session:" + key) == 0
+
+
+def test_store_error_text_stays_in_the_log(client, rdb):
+    # a key of another type makes Redis answer an error (WRONGTYPE): the
+    # client hears of the backend and shard, never Redis' own text
+    key = sid()
+    rdb.hset("session:" + key, "x", "1")
+    try:
+        st, body, _ = client.request("GET", "/v1/sessions/" + key)
+        assert st == 500, body
+        err = assert_error(body, "internal")
+        assert "redis-main" in err["message"] and "backend 'redis'" in err["message"]
+        assert "WRONGTYPE" not in err["message"] and "wrong kind" not in err["message"]
+        assert "56379" not in err["message"] and "127.0.0.1" not in err["message"]
+    finally:
+        rdb.delete("session:" + key)
+
+
+def test_cart_write_limit_is_named(client, rdb):
+    # one write is one Redis script, which holds the server: 1 000 members
+    user = "u-" + uuid.uuid4().hex
+    items = {"S%04d" % i: 1 for i in range(1000)}
+    st, cart, _ = client.request("PUT", "/v1/carts/" + user, {"items": items})
+    assert st in (200, 201) and len(cart["items"]) == 1000
+    items["S1000"] = 1
+    st, body, _ = client.request("PUT", "/v1/carts/" + user, {"items": items})
+    assert st == 400
+    err = assert_error(body, "bad_request")
+    assert err["field"] == "items" and "at most 1000 in one write" in err["message"], err
+    st, body, _ = client.request("PATCH", "/v1/carts/" + user, {"set": {"items.N%04d" % i: 2 for i in range(1001)}})
+    assert st == 400 and "at most 1000 in one write" in assert_error(body, "bad_request")["message"]
+    assert rdb.hlen("cart:" + user) == 1000  # nothing written by the refused ones
+    rdb.delete("cart:" + user)

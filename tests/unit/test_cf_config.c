@@ -237,6 +237,23 @@ static void test_defaults(void **state)
     assert_int_equal(f->max_len, 0);
     assert_false(f->required);
     assert_false(f->auto_created);
+
+    assert_int_equal(cf->limits.max_response_bytes, 8388608);
+    assert_int_equal(cf->limits.max_inflight_per_key, 256);
+    /* no cursor_secret: a random one of this process, never a constant */
+    assert_true(cf->cursor_secret_generated);
+    assert_int_equal(strlen(cf->cursor_secret), 64);
+    assert_null(strstr(cf->cursor_secret, "polygate"));
+    char first[65];
+    snprintf(first, sizeof(first), "%s", cf->cursor_secret);
+    cf_config_unref(cf);
+    cf = cf_config_load(path, err, sizeof(err)); /* a reload keeps it: cursors stay valid */
+    assert_non_null(cf);
+    assert_string_equal(cf->cursor_secret, first);
+    cf_config_unref(cf);
+    cf = load_ok("cursor_secret: fleet-wide-secret-0123\n" MINIMAL);
+    assert_string_equal(cf->cursor_secret, "fleet-wide-secret-0123");
+    assert_false(cf->cursor_secret_generated);
     cf_config_unref(cf);
 
     /* one limit given: the others keep their defaults */
@@ -322,6 +339,13 @@ static const struct bad_case bad_cases[] = {
     /* limits */
     {"unknown limits key", "limits: {max_bodyy: 10}\n", "limits.max_bodyy: unknown setting"},
     {"limits not a mapping", "limits: 5\n", "limits: must be a mapping"},
+    {"response bound below range", "limits: {max_response_bytes: 10}\n",
+     "limits.max_response_bytes: 10 is out of range"},
+    {"negative per-key in-flight limit", "limits: {max_inflight_per_key: -1}\n",
+     "limits.max_inflight_per_key: -1 is out of range"},
+    {"negative max_inflight of a key",
+     "auth: {keys: [{name: a, key: 0123456789abcdefgh, grants: {x: [read]}, max_inflight: -2}]}\n",
+     "auth.keys[0].max_inflight (a): must be an integer from 0"},
     {"limit below range", "limits: {max_json_depth: 1}\n",
      "limits.max_json_depth: 1 is out of range [2, 1000]"},
     {"limit above range", "limits: {max_body_bytes: 2147483648}\n",

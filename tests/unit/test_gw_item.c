@@ -266,12 +266,18 @@ static const struct item_case item_cases[] = {
     /* integers */
     {"int64 max - 1", GW_ITEM_PUT, "k", "{" EM ",\"n\":9223372036854775806}", 0, NULL, NULL, "n",
      "9223372036854775806"},
+    {"int64 max exactly", GW_ITEM_PUT, "k", "{" EM ",\"n\":9223372036854775807}", 0, NULL, NULL,
+     "n", "9223372036854775807"},
+    {"int64 min exactly", GW_ITEM_PUT, "k", "{" EM ",\"n\":-9223372036854775808}", 0, NULL, NULL,
+     "n", "-9223372036854775808"},
+    {"int64 max + 1 (json-c holds it as a uint64)", GW_ITEM_PUT, "k",
+     "{" EM ",\"n\":9223372036854775808}", -1, "n", "'n' is out of the 64-bit range", NULL, NULL},
     {"huge integer", GW_ITEM_PUT, "k", "{" EM ",\"n\":99999999999999999999}", -1, "n",
-     "out of the 64-bit range", NULL, NULL},
-    {"huge negative integer", GW_ITEM_PUT, "k", "{" EM ",\"n\":-99999999999999999999}", -1, "n",
      "out of the 64-bit range", NULL, NULL},
     {"uint64 range integer", GW_ITEM_PUT, "k", "{" EM ",\"n\":18446744073709551615}", -1, "n",
      "out of the 64-bit range", NULL, NULL},
+    /* (below INT64_MIN: json-c clamps to INT64_MIN, so gw_json_parse refuses
+     * the text before any tree is built — test_gw_json.c) */
     /* decimals (scale 2) */
     {"decimal string 12.345", GW_ITEM_PUT, "k", "{" EM ",\"price\":\"12.345\"}", -1, "price",
      "more than 2 decimal places", NULL, NULL},
@@ -307,21 +313,25 @@ static const struct item_case item_cases[] = {
      -1, "price", "too large; send it as a string", NULL, NULL},
     /* timestamps */
     {"timestamp offset → UTC", GW_ITEM_PUT, "k", "{" EM ",\"at\":\"2026-01-31T12:00:00+02:00\"}", 0,
-     NULL, NULL, "at", "\"2026-01-31T10:00:00Z\""},
+     NULL, NULL, "at", "\"2026-01-31T10:00:00.000000Z\""},
     {"timestamp negative offset", GW_ITEM_PUT, "k", "{" EM ",\"at\":\"2026-01-31T22:00:00-05:30\"}",
-     0, NULL, NULL, "at", "\"2026-02-01T03:30:00Z\""},
+     0, NULL, NULL, "at", "\"2026-02-01T03:30:00.000000Z\""},
     {"timestamp offset crosses the year", GW_ITEM_PUT, "k",
      "{" EM ",\"at\":\"2026-01-01T00:30:00+01:00\"}", 0, NULL, NULL, "at",
-     "\"2025-12-31T23:30:00Z\""},
+     "\"2025-12-31T23:30:00.000000Z\""},
     {"timestamp UTC unchanged", GW_ITEM_PUT, "k", "{" EM ",\"at\":\"2026-01-31T12:00:00Z\"}", 0,
-     NULL, NULL, "at", "\"2026-01-31T12:00:00Z\""},
+     NULL, NULL, "at", "\"2026-01-31T12:00:00.000000Z\""},
     {"timestamp lower-case t and z", GW_ITEM_PUT, "k", "{" EM ",\"at\":\"2026-01-31t12:00:00z\"}",
-     0, NULL, NULL, "at", "\"2026-01-31T12:00:00Z\""},
-    {"timestamp fraction kept", GW_ITEM_PUT, "k", "{" EM ",\"at\":\"2026-01-31T12:00:00.123Z\"}", 0,
-     NULL, NULL, "at", "\"2026-01-31T12:00:00.123Z\""},
+     0, NULL, NULL, "at", "\"2026-01-31T12:00:00.000000Z\""},
+    {"timestamp fraction kept, six digits", GW_ITEM_PUT, "k",
+     "{" EM ",\"at\":\"2026-01-31T12:00:00.123Z\"}", 0, NULL, NULL, "at",
+     "\"2026-01-31T12:00:00.123000Z\""},
+    {"timestamp fraction of one digit", GW_ITEM_PUT, "k",
+     "{" EM ",\"at\":\"2026-01-31T12:00:00.3Z\"}", 0, NULL, NULL, "at",
+     "\"2026-01-31T12:00:00.300000Z\""},
     {"timestamp fraction with offset", GW_ITEM_PUT, "k",
      "{" EM ",\"at\":\"2026-01-31T12:00:00.5+01:00\"}", 0, NULL, NULL, "at",
-     "\"2026-01-31T11:00:00.5Z\""},
+     "\"2026-01-31T11:00:00.500000Z\""},
     {"timestamp fraction cut to microseconds", GW_ITEM_PUT, "k",
      "{" EM ",\"at\":\"2026-01-31T12:00:00.1234567Z\"}", 0, NULL, NULL, "at",
      "\"2026-01-31T12:00:00.123456Z\""},
@@ -336,9 +346,10 @@ static const struct item_case item_cases[] = {
     {"timestamp Feb 29 of 1900", GW_ITEM_PUT, "k", "{" EM ",\"at\":\"1900-02-29T00:00:00Z\"}", -1,
      "at", "RFC 3339", NULL, NULL},
     {"timestamp Feb 29 of a leap year", GW_ITEM_PUT, "k",
-     "{" EM ",\"at\":\"2024-02-29T00:00:00Z\"}", 0, NULL, NULL, "at", "\"2024-02-29T00:00:00Z\""},
+     "{" EM ",\"at\":\"2024-02-29T00:00:00Z\"}", 0, NULL, NULL, "at",
+     "\"2024-02-29T00:00:00.000000Z\""},
     {"timestamp Feb 29 of 2000", GW_ITEM_PUT, "k", "{" EM ",\"at\":\"2000-02-29T00:00:00Z\"}", 0,
-     NULL, NULL, "at", "\"2000-02-29T00:00:00Z\""},
+     NULL, NULL, "at", "\"2000-02-29T00:00:00.000000Z\""},
     {"timestamp April 31", GW_ITEM_PUT, "k", "{" EM ",\"at\":\"2026-04-31T00:00:00Z\"}", -1, "at",
      "RFC 3339", NULL, NULL},
     {"timestamp month 13", GW_ITEM_PUT, "k", "{" EM ",\"at\":\"2026-13-01T00:00:00Z\"}", -1, "at",
@@ -376,7 +387,7 @@ static const struct item_case item_cases[] = {
     /* auto: created */
     {"auto created kept when given", GW_ITEM_PUT, "k",
      "{" EM ",\"created\":\"2020-01-01T00:00:00+01:00\"}", 0, NULL, NULL, "created",
-     "\"2019-12-31T23:00:00Z\""},
+     "\"2019-12-31T23:00:00.000000Z\""},
 };
 
 static void run_item_case(const struct cf_domain *d, const struct item_case *c, int *failed)
@@ -476,19 +487,18 @@ static void test_item_auto_created(void **state)
     time_t after = time(NULL);
     const char *s = json_object_get_string(json_object_object_get(item, "created"));
     assert_non_null(s);
-    /* YYYY-MM-DDTHH:MM:SS[.fff]Z, UTC, and now */
+    /* YYYY-MM-DDTHH:MM:SS.ffffffZ, UTC, and now: six fraction digits, the
+     * width of every timestamp (it had three, beside client values' six) */
     struct tm tm = {0};
     const char *end = strptime(s, "%Y-%m-%dT%H:%M:%S", &tm);
     if (end == NULL || s[4] != '-' || s[10] != 'T' || s[strlen(s) - 1] != 'Z') {
         fail_msg("created is not RFC 3339 UTC: %s", s);
     }
-    if (*end == '.') {
-        end++;
-        while (*end >= '0' && *end <= '9') {
-            end++;
-        }
+    assert_int_equal(*end, '.');
+    for (int i = 1; i <= 6; i++) {
+        assert_true(end[i] >= '0' && end[i] <= '9');
     }
-    assert_string_equal(end, "Z");
+    assert_string_equal(end + 7, "Z");
     time_t t = timegm(&tm);
     if (t < before - 1 || t > after + 1) {
         fail_msg("created %s is not now", s);
@@ -579,16 +589,16 @@ static void test_timestamp_lenient(void **state)
         const char *in;
         const char *want;
     } cases[] = {
-        {"2026-01-31T-1:00:00Z", NULL},                   /* accepted as 2026-01-30T23:00:00Z */
-        {"2026-01-31T12:-5:00Z", NULL},                   /* accepted as …T11:55:00Z */
-        {"2026-01-31T12:00:-1Z", NULL},                   /* accepted as …T11:59:59Z */
-        {"2026-+1-31T12:00:00Z", NULL},                   /* accepted as 2026-01-31… */
-        {"2026-01- 1T12:00:00Z", NULL},                   /* accepted as 2026-01-01… */
-        {" 202-01-31T12:00:00Z", NULL},                   /* accepted as "202-01-31…" */
-        {"-001-01-01T00:00:00Z", NULL},                   /* accepted as "-1-01-01…" */
-        {"9999-12-31T23:59:59-01:00", NULL},              /* accepted as "10000-01-01…" */
-        {"0999-01-01T00:00:00Z", "0999-01-01T00:00:00Z"}, /* gives "999-…" */
-        {"0001-01-01T00:00:00+01:00", NULL},              /* year 0: before 0001, refused */
+        {"2026-01-31T-1:00:00Z", NULL},      /* accepted as 2026-01-30T23:00:00Z */
+        {"2026-01-31T12:-5:00Z", NULL},      /* accepted as …T11:55:00Z */
+        {"2026-01-31T12:00:-1Z", NULL},      /* accepted as …T11:59:59Z */
+        {"2026-+1-31T12:00:00Z", NULL},      /* accepted as 2026-01-31… */
+        {"2026-01- 1T12:00:00Z", NULL},      /* accepted as 2026-01-01… */
+        {" 202-01-31T12:00:00Z", NULL},      /* accepted as "202-01-31…" */
+        {"-001-01-01T00:00:00Z", NULL},      /* accepted as "-1-01-01…" */
+        {"9999-12-31T23:59:59-01:00", NULL}, /* accepted as "10000-01-01…" */
+        {"0999-01-01T00:00:00Z", "0999-01-01T00:00:00.000000Z"}, /* gave "999-…" */
+        {"0001-01-01T00:00:00+01:00", NULL},                     /* year 0: before 0001, refused */
     };
     int failed = 0;
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
@@ -816,7 +826,8 @@ static void test_patch_check_normalises(void **state)
     struct json_object *p =
         parse("{\"set\":{\"at\":\"2026-01-31T12:00:00+02:00\",\"price\":\"12.30\"}}");
     assert_int_equal(gw_patch_check(things, &cf->limits, p, &e), 0);
-    assert_string_equal(plain(p), "{\"set\":{\"at\":\"2026-01-31T10:00:00Z\",\"price\":12.30}}");
+    assert_string_equal(plain(p),
+                        "{\"set\":{\"at\":\"2026-01-31T10:00:00.000000Z\",\"price\":12.30}}");
     json_object_put(p);
 }
 
@@ -978,6 +989,47 @@ static void test_decimal_add(void **state)
 
 /* ---- gw_key_check ------------------------------------------------------------------------ */
 
+/* A cart of more than GW_MAX_COUNTER_OPS members, or a patch of more
+ * entries, is refused naming the limit; up to it is accepted (the Redis
+ * adapter had a fixed argument array: 9 members were refused). */
+static void test_counters_limit(void **state)
+{
+    (void)state;
+    for (int n = GW_MAX_COUNTER_OPS; n <= GW_MAX_COUNTER_OPS + 1; n++) {
+        struct json_object *members = json_object_new_object();
+        struct json_object *set = json_object_new_object();
+        for (int i = 0; i < n; i++) {
+            char name[32];
+            snprintf(name, sizeof(name), "P%d", i);
+            json_object_object_add(members, name, json_object_new_int(1));
+            snprintf(name, sizeof(name), "items.P%d", i);
+            json_object_object_add(set, name, json_object_new_int(2));
+        }
+        struct json_object *item = json_object_new_object();
+        json_object_object_add(item, "items", members);
+        struct json_object *patch = json_object_new_object();
+        json_object_object_add(patch, "set", set);
+        struct gw_error e = {0};
+        int rc = gw_item_check(carts, &cf->limits, GW_ITEM_PUT, "u1", item, &e);
+        struct gw_error pe = {0};
+        int prc = gw_patch_check(carts, &cf->limits, patch, &pe);
+        if (n <= GW_MAX_COUNTER_OPS) {
+            assert_int_equal(rc, 0);
+            assert_int_equal(prc, 0);
+        } else {
+            char want[64];
+            snprintf(want, sizeof(want), "at most %d in one write", GW_MAX_COUNTER_OPS);
+            assert_int_equal(rc, -1);
+            assert_string_equal(e.field, "items");
+            assert_non_null(strstr(e.message, want));
+            assert_int_equal(prc, -1);
+            assert_non_null(strstr(pe.message, want));
+        }
+        json_object_put(item);
+        json_object_put(patch);
+    }
+}
+
 static void test_key_check(void **state)
 {
     (void)state;
@@ -1001,6 +1053,14 @@ static void test_key_check(void **state)
         {"a\0b", 3, -1, "control character"},
         {"\xc3\xa9t\xc3\xa9", 5, 0, NULL}, /* UTF-8 is fine */
         {"a/b c:d", 7, 0, NULL},
+        /* not UTF-8 (a path id "%ff" decodes to the byte 0xff): checked like a
+         * string in a body, or the catalog stored U+FFFD instead */
+        {"sku-\xff", 5, -1, "not valid UTF-8 (byte 4)"},
+        {"\xc3", 1, -1, "not valid UTF-8 (byte 0)"},      /* truncated */
+        {"a\xc0\xaf", 3, -1, "not valid UTF-8 (byte 1)"}, /* overlong '/' */
+        {"\xed\xa0\x80", 3, -1, "not valid UTF-8"},       /* a surrogate */
+        {"\xf4\x90\x80\x80", 4, -1, "not valid UTF-8"},   /* above U+10FFFF */
+        {"\xf0\x9f\x90\x8e", 4, 0, NULL},                 /* U+1F40E */
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         struct gw_error e = {0};
@@ -1022,19 +1082,13 @@ static void test_key_check(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_item_table),
-        cmocka_unit_test(test_item_generated_key),
-        cmocka_unit_test(test_item_auto_created),
-        cmocka_unit_test(test_item_counters),
-        cmocka_unit_test(test_patch_check_table),
-        cmocka_unit_test(test_patch_check_normalises),
-        cmocka_unit_test(test_patch_apply_table),
-        cmocka_unit_test(test_patch_apply_exact_sum),
-        cmocka_unit_test(test_decimal_add),
-        cmocka_unit_test(test_key_check),
-        cmocka_unit_test(test_decimal_string_not_json),
-        cmocka_unit_test(test_decimal_overflow),
-        cmocka_unit_test(test_timestamp_lenient),
+        cmocka_unit_test(test_item_table),        cmocka_unit_test(test_item_generated_key),
+        cmocka_unit_test(test_item_auto_created), cmocka_unit_test(test_item_counters),
+        cmocka_unit_test(test_patch_check_table), cmocka_unit_test(test_patch_check_normalises),
+        cmocka_unit_test(test_patch_apply_table), cmocka_unit_test(test_patch_apply_exact_sum),
+        cmocka_unit_test(test_decimal_add),       cmocka_unit_test(test_key_check),
+        cmocka_unit_test(test_counters_limit),    cmocka_unit_test(test_decimal_string_not_json),
+        cmocka_unit_test(test_decimal_overflow),  cmocka_unit_test(test_timestamp_lenient),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -77,8 +77,8 @@ static enum gw_json_status parse(const char *text, int depth, struct json_object
 
 static const char *status_name(enum gw_json_status st)
 {
-    static const char *const names[] = {"OK", "SYNTAX", "DEPTH", "UTF8", "EMPTY"};
-    return (unsigned)st < 5 ? names[st] : "?";
+    static const char *const names[] = {"OK", "SYNTAX", "DEPTH", "UTF8", "EMPTY", "NULL"};
+    return (unsigned)st < 6 ? names[st] : "?";
 }
 
 struct parse_case {
@@ -200,6 +200,117 @@ static void test_parse_nul(void **state)
     assert_int_equal(json_object_get_string_len(a), 3);
     assert_memory_equal(json_object_get_string(a), "x\0y", 3);
     json_object_put(v);
+}
+
+/* A body of `null` was answered "malformed JSON: continue" (json-c waits
+ * for more input after a top-level literal or number); so were `true` and
+ * `5`.  A top-level null is refused with its own message: json-c's NULL
+ * would read as "no body" to every caller. */
+static void test_parse_top_level_scalars(void **state)
+{
+    (void)state;
+    struct json_object *v = NULL;
+    char msg[256];
+    assert_int_equal(gw_json_parse("null", 4, 32, &v, msg, sizeof(msg)), GW_JSON_NULL);
+    assert_null(v);
+    assert_non_null(strstr(msg, "JSON null"));
+    assert_null(strstr(msg, "continue"));
+    assert_int_equal(gw_json_parse(" null \n", 7, 32, &v, msg, sizeof(msg)), GW_JSON_NULL);
+    assert_int_equal(parse("true", 32, &v, msg, sizeof(msg)), GW_JSON_OK);
+    assert_true(json_object_get_boolean(v));
+    json_object_put(v);
+    assert_int_equal(parse("5", 32, &v, msg, sizeof(msg)), GW_JSON_OK);
+    assert_int_equal(json_object_get_int64(v), 5);
+    json_object_put(v);
+    assert_int_equal(parse("-1.25 ", 32, &v, msg, sizeof(msg)), GW_JSON_OK);
+    assert_string_equal(json_object_to_json_string(v), "-1.25");
+    json_object_put(v);
+    /* null inside a document is a value like any other */
+    assert_int_equal(parse("[null]", 32, &v, msg, sizeof(msg)), GW_JSON_OK);
+    json_object_put(v);
+    /* gw_json_validate (documents a store returns) takes a null document */
+    assert_int_equal(gw_json_validate("null", 4, 32, msg, sizeof(msg)), GW_JSON_OK);
+}
+
+/* A \u0000 in a member name was accepted and json-c cut the name at the
+ * NUL: {"a\u0000b":1} became {"a":1}.  Refused, naming the member. */
+static void test_parse_nul_in_member_name(void **state)
+{
+    (void)state;
+    struct json_object *v = NULL;
+    char msg[256];
+    assert_int_equal(parse("{\"a\\u0000b\":1}", 32, &v, msg, sizeof(msg)), GW_JSON_SYNTAX);
+    assert_non_null(strstr(msg, "member name \"a\\u0000"));
+    assert_non_null(strstr(msg, "NUL"));
+    assert_int_equal(parse("{\"o\":{\"x\":[{\"\\u0000\":true}]}}", 32, &v, msg, sizeof(msg)),
+                     GW_JSON_SYNTAX);
+    assert_non_null(strstr(msg, "at byte 12"));
+    /* a long name is named by its first 40 bytes, cut at a character */
+    char doc[200];
+    snprintf(doc, sizeof(doc), "{\"%s\xc3\xa9\\u0000\":1}",
+             "0123456789012345678901234567890123456789");
+    assert_int_equal(parse(doc, 32, &v, msg, sizeof(msg)), GW_JSON_SYNTAX);
+    assert_non_null(strstr(msg, "0123456789012345678901234567890123456789\\u0000"));
+    /* in a value it is a character like any other (test_parse_nul) */
+    assert_int_equal(parse("{\"a\":\"\\u0000\"}", 32, &v, msg, sizeof(msg)), GW_JSON_OK);
+    json_object_put(v);
+    assert_int_equal(parse("{\"a\\u0001\":1}", 32, &v, msg, sizeof(msg)), GW_JSON_OK);
+    json_object_put(v);
+}
+
+/* json-c clamps integers beyond int64 to its bounds (below INT64_MIN to
+ * INT64_MIN, silently; above, to a uint64): the bounds themselves parse
+ * exactly, anything past them is refused naming the member path. */
+static void test_parse_int64_bounds(void **state)
+{
+    (void)state;
+    struct json_object *v = NULL;
+    char msg[256];
+    assert_int_equal(
+        parse("{\"n\":9223372036854775807,\"m\":-9223372036854775808}", 32, &v, msg, sizeof(msg)),
+        GW_JSON_OK);
+    assert_int_equal(json_object_get_int64(json_object_object_get(v, "n")), INT64_MAX);
+    assert_int_equal(json_object_get_int64(json_object_object_get(v, "m")), INT64_MIN);
+    json_object_put(v);
+    static const struct {
+        const char *text, *msg;
+    } bad[] = {
+        {"{\"n\":9223372036854775808}", "'n': the integer 9223372036854775808"},
+        {"{\"n\":-9223372036854775809}", "'n': the integer -9223372036854775809"},
+        {"{\"set\":{\"stock\":-99999999999999999999}}", "'set.stock': the integer"},
+        {"{\"a\":[1,{\"b\":2},18446744073709551616]}", "'a': the integer 18446744073709551616"},
+        {"[100000000000000000000]", "the integer 100000000000000000000 at byte 1"},
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        assert_int_equal(parse(bad[i].text, 32, &v, msg, sizeof(msg)), GW_JSON_SYNTAX);
+        if (strstr(msg, bad[i].msg) == NULL) {
+            fail_msg("%s: message \"%s\" lacks \"%s\"", bad[i].text, msg, bad[i].msg);
+        }
+        assert_non_null(strstr(msg, "out of the 64-bit range"));
+    }
+    /* a fraction or an exponent makes it a number json-c keeps as text */
+    assert_int_equal(parse("[9223372036854775808.0,1e400]", 32, &v, msg, sizeof(msg)), GW_JSON_OK);
+    json_object_put(v);
+    /* documents a store returns are only checked, and may hold any number */
+    assert_int_equal(gw_json_validate("[99999999999999999999]", 22, 32, msg, sizeof(msg)),
+                     GW_JSON_OK);
+    assert_int_equal(
+        gw_json_parse_stored("{\"n\":-99999999999999999999}", 27, 32, &v, msg, sizeof(msg)),
+        GW_JSON_OK);
+    json_object_put(v);
+}
+
+static void test_utf8_check(void **state)
+{
+    (void)state;
+    assert_int_equal(gw_utf8_check("abc", 3), 3);
+    assert_int_equal(gw_utf8_check("\xc3\xa9t\xc3\xa9", 5), 5);
+    assert_int_equal(gw_utf8_check("ab\xff", 3), 2);
+    assert_int_equal(gw_utf8_check("a\xe2\x82", 3), 1);        /* truncated */
+    assert_int_equal(gw_utf8_check("\xc0\xaf", 2), 0);         /* overlong '/' */
+    assert_int_equal(gw_utf8_check("x\xed\xa0\x80", 4), 1);    /* surrogate */
+    assert_int_equal(gw_utf8_check("\xf4\x90\x80\x80", 4), 0); /* above U+10FFFF */
+    assert_int_equal(gw_utf8_check("\xf0\x9f\x98\x80", 4), 4);
 }
 
 /* The configured default depth works at its edge too. */
@@ -604,6 +715,10 @@ int main(void)
         cmocka_unit_test(test_parse_valid),
         cmocka_unit_test(test_parse_table),
         cmocka_unit_test(test_parse_nul),
+        cmocka_unit_test(test_parse_top_level_scalars),
+        cmocka_unit_test(test_parse_nul_in_member_name),
+        cmocka_unit_test(test_parse_int64_bounds),
+        cmocka_unit_test(test_utf8_check),
         cmocka_unit_test(test_parse_depth_32),
         cmocka_unit_test(test_parse_decimal_digits),
         cmocka_unit_test(test_write_string_escapes),

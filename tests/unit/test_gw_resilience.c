@@ -101,6 +101,34 @@ static void test_breaker_disabled(void **state)
     gw_breaker_configure(5, 2000);
 }
 
+/* What /ready and the failure rule of gw_request.c read: when the shard
+ * last answered, and whether its last outcome was a success. */
+static void test_breaker_known_state(void **state)
+{
+    (void)state;
+    int id = gw_metrics_shard_id("be-known", "s0");
+    gw_breaker_configure(3, 1000);
+    assert_false(gw_breaker_healthy(id)); /* nothing known yet: not proven healthy */
+    assert_false(gw_breaker_known(id));
+    assert_false(gw_breaker_answered_since(id, 0));
+    gw_breaker_record(id, 1, 500, NULL);
+    assert_true(gw_breaker_known(id));
+    assert_true(gw_breaker_healthy(id));
+    assert_true(gw_breaker_answered_since(id, 499));  /* sent before: others were answered */
+    assert_false(gw_breaker_answered_since(id, 500)); /* sent after: nothing answered since */
+    gw_breaker_record(id, 0, 600, "connection refused");
+    assert_false(gw_breaker_healthy(id)); /* the last outcome failed */
+    gw_breaker_record(id, 1, 700, NULL);
+    assert_true(gw_breaker_healthy(id));
+    gw_breaker_record(id, 0, 800, "x");
+    gw_breaker_record(id, 0, 800, "x");
+    gw_breaker_record(id, 0, 800, "x");
+    assert_int_equal(gw_breaker_state(id), GW_BRK_OPEN);
+    assert_false(gw_breaker_healthy(id));
+    assert_false(gw_breaker_healthy(-1));
+    gw_breaker_configure(5, 2000);
+}
+
 /* ---- Idempotency-Key store --------------------------------------------------- */
 
 static void fp_of(const char *body, uint64_t fp[2])
@@ -261,6 +289,7 @@ int main(void)
         cmocka_unit_test(test_breaker_success_resets_the_count),
         cmocka_unit_test(test_breaker_half_open_probe),
         cmocka_unit_test(test_breaker_disabled),
+        cmocka_unit_test(test_breaker_known_state),
         cmocka_unit_test(test_idem_replay_mismatch_busy),
         cmocka_unit_test(test_idem_failure_releases_and_ttl_expires),
         cmocka_unit_test(test_idem_bounded_entries),

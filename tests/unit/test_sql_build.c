@@ -86,11 +86,18 @@ static const struct row rows[] = {
      "\"ok\":true}}",
      SEL_ALL " WHERE (\"bal\" > $1 AND \"at\" < $2 AND \"ok\" = $3) ORDER BY \"id\" ASC NULLS "
              "LAST LIMIT $4",
-     "10.50|2026-01-01T00:00:00Z|true|101"},
+     "10.50|2026-01-01T00:00:00.000000Z|true|101"},
+    /* a path into a document: a jsonpath and vars, both parameters */
     {"dotted path", SQL_PG, 0, "{\"where\":{\"meta.a.b\":7}}",
-     SEL_ALL " WHERE jsonb_extract_path(\"meta\", $1::text, $2::text) = $3::jsonb ORDER BY \"id\" "
-             "ASC NULLS LAST LIMIT $4",
-     "a|b|7|101"},
+     SEL_ALL " WHERE COALESCE(jsonb_path_exists(\"meta\", $1::jsonpath, $2::jsonb), false) "
+             "ORDER BY \"id\" ASC NULLS LAST LIMIT $3",
+     "$.\"a\".\"b\" ? (@ == $v)|{\"v\":7}|101"},
+    {"dotted ne null quote", SQL_PG, 0,
+     "{\"where\":{\"meta.k\\\"\":{\"ne\":\"v\"},\"meta.z\":null}}",
+     SEL_ALL " WHERE (NOT COALESCE(jsonb_path_exists(\"meta\", $1::jsonpath, $2::jsonb), false) "
+             "AND NOT COALESCE(jsonb_path_exists(\"meta\", $3::jsonpath), false)) ORDER BY "
+             "\"id\" ASC NULLS LAST LIMIT $4",
+     "$.\"k\\\"\" ? (@ == $v)|{\"v\":\"v\"}|$.\"z\" ? (@ != null)|101"},
     {"order projection", SQL_PG, 0, "{\"order_by\":[\"-age\"],\"fields\":[\"email\"]}",
      "SELECT \"email\", \"id\", \"version\", \"age\" FROM \"users\" ORDER BY \"age\" DESC NULLS "
      "FIRST, \"id\" ASC NULLS LAST LIMIT $1",
@@ -100,12 +107,14 @@ static const struct row rows[] = {
      "\"order_by\":[\"-age\"],\"fields\":[\"id\"]}",
      "SELECT `id`, `version`, `age` FROM `users` WHERE (`name` LIKE ? ESCAPE '\\\\' AND `at` >= "
      "?) ORDER BY `age` IS NULL DESC, `age` DESC, `id` IS NULL, `id` ASC LIMIT 101",
-     "a%|2026-01-01 00:00:00.5"},
+     "a%|2026-01-01 00:00:00.500000"},
+    /* MariaDB: EXISTS over JSON_TABLE, typed comparisons, paths as parameters */
     {"mysql dotted ne", SQL_MYSQL, 0, "{\"where\":{\"meta.k\\\"\":{\"ne\":\"v\"}}}",
      "SELECT `id`, `email`, `name`, `age`, `bal`, `at`, `ok`, `meta`, `version` FROM `users` "
-     "WHERE NOT (JSON_EXTRACT(`meta`, ?) <=> CAST(? AS JSON)) ORDER BY `id` IS NULL, `id` ASC "
-     "LIMIT 101",
-     "$.\"k\\\"\"|\"v\""},
+     "WHERE NOT EXISTS (SELECT 1 FROM JSON_TABLE(`meta`, ? COLUMNS (`_pgv` JSON PATH ?)) AS "
+     "`_pgjt` WHERE (JSON_TYPE(`_pgjt`.`_pgv`) = 'STRING' AND CAST(JSON_UNQUOTE(`_pgjt`.`_pgv`) "
+     "AS BINARY) = CAST(? AS BINARY))) ORDER BY `id` IS NULL, `id` ASC LIMIT 101",
+     "$|$.\"k\\\"\"|v"},
     /* numbers are cast: a quoted literal would be compared as a double */
     {"mysql exact numbers", SQL_MYSQL, 0,
      "{\"where\":{\"age\":{\"in\":[1,2]},\"bal\":{\"gte\":\"10.05\"},\"ok\":false},\"limit\":5,"
@@ -130,6 +139,36 @@ static const struct row rows[] = {
      "SELECT MIN(`at`) FROM `users`", ""},
 };
 
+/* domains[1]: orders on MariaDB / PostgreSQL, with the array field `items` */
+static const struct row orders_rows[] = {
+    {"mysql array path", SQL_MYSQL, 0,
+     "{\"where\":{\"items.p\":{\"in\":[\"a\",2]},\"items.q\":{\"gte\":1.5}},"
+     "\"fields\":[\"order_id\"]}",
+     "SELECT `order_id`, `version` FROM `orders` WHERE (EXISTS (SELECT 1 FROM JSON_TABLE("
+     "`items`, ? COLUMNS (`_pgv` JSON PATH ?)) AS `_pgjt` WHERE ((JSON_TYPE(`_pgjt`.`_pgv`) = "
+     "'STRING' AND CAST(JSON_UNQUOTE(`_pgjt`.`_pgv`) AS BINARY) = CAST(? AS BINARY)) OR "
+     "(JSON_TYPE(`_pgjt`.`_pgv`) IN ('INTEGER', 'UNSIGNED INTEGER', 'DOUBLE', 'DECIMAL') AND "
+     "CAST(`_pgjt`.`_pgv` AS DECIMAL(65,30)) = CAST(? AS DECIMAL(65,30))))) AND EXISTS (SELECT "
+     "1 FROM JSON_TABLE(`items`, ? COLUMNS (`_pgv` JSON PATH ?)) AS `_pgjt` WHERE "
+     "(JSON_TYPE(`_pgjt`.`_pgv`) IN ('INTEGER', 'UNSIGNED INTEGER', 'DOUBLE', 'DECIMAL') AND "
+     "CAST(`_pgjt`.`_pgv` AS DECIMAL(65,30)) >= CAST(? AS DECIMAL(65,30))))) ORDER BY "
+     "`order_id` IS NULL, `order_id` ASC LIMIT 101",
+     "$[*]|$.\"p\"|a|2|$[*]|$.\"q\"|1.5"},
+    {"mysql whole document", SQL_MYSQL, 0,
+     "{\"where\":{\"items\":[1],\"or\":[{\"items\":{\"ne\":[]}}]},\"fields\":[\"order_id\"]}",
+     "SELECT `order_id`, `version` FROM `orders` WHERE (COALESCE(JSON_EQUALS(`items`, ?), 0) = 1 "
+     "AND (COALESCE(JSON_EQUALS(`items`, ?), 0) = 0)) ORDER BY `order_id` IS NULL, `order_id` ASC "
+     "LIMIT 101",
+     "[1]|[]"},
+    {"pg array in", SQL_PG, 0,
+     "{\"where\":{\"items\":{\"nin\":[\"x\"]},\"items.p\":{\"prefix\":\"S\"}},"
+     "\"fields\":[\"order_id\"]}",
+     "SELECT \"order_id\", \"version\" FROM \"orders\" WHERE (NOT COALESCE(jsonb_path_exists("
+     "\"items\", $1::jsonpath, $2::jsonb), false) AND COALESCE(jsonb_path_exists(\"items\", "
+     "$3::jsonpath, $4::jsonb), false)) ORDER BY \"order_id\" ASC NULLS LAST LIMIT $5",
+     "$ ? (@ == $v)|{\"v\":[\"x\"]}|$.\"p\" ? (@ starts with $v)|{\"v\":\"S\"}|101"},
+};
+
 static char *join_params(const struct sql_stmt *st)
 {
     static char buf[4096];
@@ -142,31 +181,36 @@ static char *join_params(const struct sql_stmt *st)
     return buf;
 }
 
-static struct gw_query *parse(const char *body, int aggregate, struct gw_error *e)
+static struct gw_query *parse_in(int dom, const char *body, int aggregate, struct gw_error *e)
 {
     struct json_object *b = json_tokener_parse(body);
     assert_non_null(b);
     struct gw_query *q = NULL;
-    int rc = gw_query_parse(&cf->domains[0], &cf->limits, NULL, aggregate, b, &q, e);
+    int rc = gw_query_parse(&cf->domains[dom], &cf->limits, cf->cursor_secret, aggregate, b, &q, e);
     json_object_put(b);
     return rc == 0 ? q : NULL;
 }
 
-static void test_rows(void **state)
+static struct gw_query *parse(const char *body, int aggregate, struct gw_error *e)
 {
-    (void)state;
-    for (size_t i = 0; i < sizeof(rows) / sizeof(rows[0]); i++) {
-        const struct row *r = &rows[i];
+    return parse_in(0, body, aggregate, e);
+}
+
+static void run_rows(const struct row *table, size_t n, int dom)
+{
+    for (size_t i = 0; i < n; i++) {
+        const struct row *r = &table[i];
         struct gw_error e = {0};
-        struct gw_query *q = parse(r->body, r->aggregate, &e);
+        struct gw_query *q = parse_in(dom, r->body, r->aggregate, &e);
         if (q == NULL) {
             fail_msg("%s: parse failed: %s", r->name, e.message);
         }
         struct sql_stmt st;
         char err[128];
         sql_stmt_init(&st, r->dialect);
-        int rc = r->aggregate ? sql_build_aggregate(&st, &cf->domains[0], q, err, sizeof(err))
-                              : sql_build_query(&st, &cf->domains[0], q, err, sizeof(err));
+        const struct cf_domain *d = &cf->domains[dom];
+        int rc = r->aggregate ? sql_build_aggregate(&st, d, q, err, sizeof(err))
+                              : sql_build_query(&st, d, q, err, sizeof(err));
         assert_int_equal(rc, 0);
         if (strcmp(st.text, r->sql) != 0) {
             fail_msg("%s:\n got  %s\n want %s", r->name, st.text, r->sql);
@@ -177,6 +221,13 @@ static void test_rows(void **state)
         sql_stmt_free(&st);
         gw_query_free(q);
     }
+}
+
+static void test_rows(void **state)
+{
+    (void)state;
+    run_rows(rows, sizeof(rows) / sizeof(rows[0]), 0);
+    run_rows(orders_rows, sizeof(orders_rows) / sizeof(orders_rows[0]), 1);
 }
 
 /* Bad filters: 400 naming the field or operator. */
@@ -199,6 +250,16 @@ static void test_errors(void **state)
         {0, "{\"extra\":1}", "extra"},
         {1, "{\"aggregates\":{\"x\":{\"sum\":\"name\"}}}", "sum"},
         {1, "{\"aggregates\":{\"1x\":{\"count\":\"*\"}}}", "1x"},
+        /* path segments every store would read differently (or fail on) */
+        {0, "{\"where\":{\"meta. \":1}}", "leading or trailing space"},
+        {0, "{\"where\":{\"meta.a \":1}}", "'meta.a '"},
+        {0, "{\"where\":{\"meta.$gt\":1}}", "'$'"},
+        {0, "{\"where\":{\"meta..a\":1}}", "empty segment"},
+        {0, "{\"where\":{\"meta.a\\u0001\":1}}", "control character"},
+        {1, "{\"group_by\":[\"meta.id \"],\"aggregates\":{\"n\":{\"count\":\"*\"}}}",
+         "leading or trailing space"},
+        {1, "{\"group_by\":[\"meta. id\"],\"aggregates\":{\"n\":{\"count\":\"*\"}}}", "group_by"},
+        {1, "{\"group_by\":[\"meta.a\\u0000b\"],\"aggregates\":{\"n\":{\"count\":\"*\"}}}", "NUL"},
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         struct gw_error e = {0};
@@ -448,12 +509,98 @@ static int teardown(void **state)
     return 0;
 }
 
+/* A where of n copies of `cond` (JSON text) under "and", nested `depth`
+ * levels deep: {"and":[{"and":[… {"and":[cond, cond, …]}]}]}. */
+static struct gw_query *parse_shape(int n, const char *cond, int depth, struct gw_error *e)
+{
+    size_t cap = (size_t)n * (strlen(cond) + 1) + (size_t)depth * 16 + 64;
+    char *body = malloc(cap), *o = body;
+    o += sprintf(o, "{\"where\":");
+    for (int i = 0; i < depth; i++) {
+        o += sprintf(o, "{\"and\":[");
+    }
+    o += sprintf(o, "{\"and\":[");
+    for (int i = 0; i < n; i++) {
+        o += sprintf(o, "%s%s", i ? "," : "", cond);
+    }
+    o += sprintf(o, "]}");
+    for (int i = 0; i < depth; i++) {
+        o += sprintf(o, "]}");
+    }
+    sprintf(o, "}");
+    struct gw_query *q = parse(body, 0, e);
+    free(body);
+    return q;
+}
+
+static void accepted(struct gw_query *q, const struct gw_error *e)
+{
+    if (q == NULL) {
+        fail_msg("refused: %s", e->message);
+    }
+    gw_query_free(q);
+}
+
+static void expect_limit(struct gw_query *q, const struct gw_error *e, const char *needle)
+{
+    if (q != NULL) {
+        fail_msg("accepted beyond %s", needle);
+    }
+    assert_int_equal(e->err, GW_E_BAD_REQUEST);
+    if (strstr(e->message, needle) == NULL) {
+        fail_msg("message '%s' does not name '%s'", e->message, needle);
+    }
+}
+
+/* Query complexity: each limit is accepted at its value and refused (400
+ * naming the limit and its value) one above it; defaults from the config
+ * loader. */
+static void test_complexity_limits(void **state)
+{
+    (void)state;
+    struct gw_error e = {0};
+    assert_int_equal(cf->limits.max_query_conditions, 256);
+    assert_int_equal(cf->limits.max_query_depth, 8);
+    assert_int_equal(cf->limits.max_prefix_conditions, 16);
+    assert_int_equal((int)cf->limits.max_prefix_bytes, 256);
+    assert_int_equal((int)cf->limits.max_filter_bytes, 65536);
+
+    accepted(parse_shape(256, "{\"age\":1}", 0, &e), &e);
+    expect_limit(parse_shape(257, "{\"age\":1}", 0, &e), &e, "max_query_conditions (256)");
+
+    accepted(parse_shape(1, "{\"age\":1}", 7, &e), &e);
+    assert_null(parse_shape(1, "{\"age\":1}", 8, &e));
+    expect_limit(NULL, &e, "max_query_depth (8)");
+
+    accepted(parse_shape(16, "{\"name\":{\"prefix\":\"ab\"}}", 0, &e), &e);
+    expect_limit(parse_shape(17, "{\"name\":{\"prefix\":\"ab\"}}", 0, &e), &e,
+                 "max_prefix_conditions (16)");
+
+    char cond[400];
+    snprintf(cond, sizeof(cond), "{\"name\":{\"prefix\":\"%0256d\"}}", 0);
+    struct gw_query *q = parse_shape(1, cond, 0, &e);
+    assert_non_null(q);
+    gw_query_free(q);
+    snprintf(cond, sizeof(cond), "{\"name\":{\"prefix\":\"%0257d\"}}", 0);
+    expect_limit(parse_shape(1, cond, 0, &e), &e, "max_prefix_bytes (256)");
+
+    /* 200 values of 400 bytes: 80,000 bytes > 65,536 */
+    char big[420];
+    snprintf(big, sizeof(big), "{\"name\":\"%0400d\"}", 0);
+    expect_limit(parse_shape(200, big, 0, &e), &e, "max_filter_bytes (65536");
+    accepted(parse_shape(150, big, 0, &e), &e); /* 60,000 bytes */
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_rows),         cmocka_unit_test(test_errors),
-        cmocka_unit_test(test_cursor),       cmocka_unit_test(test_writes_and_migration),
-        cmocka_unit_test(test_mysql_writes), cmocka_unit_test(test_mysql_migration),
+        cmocka_unit_test(test_rows),
+        cmocka_unit_test(test_errors),
+        cmocka_unit_test(test_cursor),
+        cmocka_unit_test(test_writes_and_migration),
+        cmocka_unit_test(test_mysql_writes),
+        cmocka_unit_test(test_mysql_migration),
+        cmocka_unit_test(test_complexity_limits),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

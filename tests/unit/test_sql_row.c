@@ -81,11 +81,11 @@ static void test_postgres_text_forms(void **state)
     (void)state;
     const char *const vals[] = {
         "a\"b", "-12", "10.50", "t", "2026-01-31 12:00:00.5+00", "{\"k\": [1, 2]}", "[]", "3"};
-    check(
-        SQL_PG, vals,
-        "{\"id\":\"a\\\"b\",\"n\":-12,\"amt\":10.50,\"ok\":true,\"at\":\"2026-01-31T12:00:00.5Z\","
-        "\"meta\":{\"k\": [1, 2]},\"tags\":[],\"version\":3}",
-        3);
+    check(SQL_PG, vals,
+          "{\"id\":\"a\\\"b\",\"n\":-12,\"amt\":10.50,\"ok\":true,\"at\":\"2026-01-31T12:00:00."
+          "500000Z\","
+          "\"meta\":{\"k\": [1, 2]},\"tags\":[],\"version\":3}",
+          3);
 }
 
 static void test_mysql_text_forms(void **state)
@@ -94,7 +94,7 @@ static void test_mysql_text_forms(void **state)
     const char *const vals[] = {"x",         "7",        "0.05", "0", "2026-01-31 10:00:00.500000",
                                 "{\"k\":1}", "not json", "12"};
     check(SQL_MYSQL, vals,
-          "{\"id\":\"x\",\"n\":7,\"amt\":0.05,\"ok\":false,\"at\":\"2026-01-31T10:00:00.5Z\","
+          "{\"id\":\"x\",\"n\":7,\"amt\":0.05,\"ok\":false,\"at\":\"2026-01-31T10:00:00.500000Z\","
           "\"meta\":{\"k\":1},\"tags\":\"not json\",\"version\":12}",
           12);
 }
@@ -105,18 +105,26 @@ static void test_null_leaves_the_field_out(void **state)
     const char *const vals[] = {"x",  NULL, NULL, "1", "2026-01-31 10:00:00.000000",
                                 NULL, NULL, "1"};
     check(SQL_MYSQL, vals,
-          "{\"id\":\"x\",\"ok\":true,\"at\":\"2026-01-31T10:00:00Z\",\"version\":1}", 1);
+          "{\"id\":\"x\",\"ok\":true,\"at\":\"2026-01-31T10:00:00.000000Z\",\"version\":1}", 1);
 }
 
+/* Every timestamp comes out with exactly six fraction digits, whatever
+ * the store printed: PostgreSQL trims trailing zeros ("….3+00") and drops
+ * a zero fraction, MySQL prints the column's precision.  Trimmed text did
+ * not sort in time order ("….3Z" after "….212Z"). */
 static void test_timestamps(void **state)
 {
     (void)state;
     static const char *const cases[][2] = {
-        {"2026-01-31 10:00:00.500000", "2026-01-31T10:00:00.5Z"},
-        {"2026-01-31 10:00:00.000000", "2026-01-31T10:00:00Z"},
-        {"2026-01-31 10:00:00", "2026-01-31T10:00:00Z"},
+        {"2026-01-31 10:00:00.500000", "2026-01-31T10:00:00.500000Z"},
+        {"2026-01-31 10:00:00.000000", "2026-01-31T10:00:00.000000Z"},
+        {"2026-01-31 10:00:00", "2026-01-31T10:00:00.000000Z"},
         {"2026-01-31 10:00:00.123456+00", "2026-01-31T10:00:00.123456Z"},
-        {"2026-01-31 10:00:00+00", "2026-01-31T10:00:00Z"},
+        {"2026-01-31 10:00:00+00", "2026-01-31T10:00:00.000000Z"},
+        {"2026-01-31 00:08:02.3+00", "2026-01-31T00:08:02.300000Z"},
+        {"2026-01-31 00:08:02.212+00", "2026-01-31T00:08:02.212000Z"},
+        {"2026-01-31 10:00:00.500", "2026-01-31T10:00:00.500000Z"},     /* DATETIME(3) */
+        {"2026-01-31 10:00:00.1234567", "2026-01-31T10:00:00.123456Z"}, /* never wider */
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         char buf[64];
@@ -124,9 +132,17 @@ static void test_timestamps(void **state)
         assert_string_equal(buf, cases[i][1]);
         assert_int_equal(n, strlen(cases[i][1]));
     }
-    char small[8]; /* never past the buffer */
-    assert_int_equal(sql_ts_rfc3339("2026-01-31 10:00:00", 19, small, sizeof(small)), 7);
-    assert_string_equal(small, "2026-0Z");
+    /* the text of one instant sorts before the text of a later one */
+    char a[64], b[64];
+    sql_ts_rfc3339("2026-01-31 00:08:02.3+00", 24, a, sizeof(a));
+    sql_ts_rfc3339("2026-01-31 00:08:02.212+00", 26, b, sizeof(b));
+    assert_true(strcmp(b, a) < 0);
+    char small[16]; /* never past the buffer */
+    assert_int_equal(sql_ts_rfc3339("2026-01-31 10:00:00", 19, small, sizeof(small)), 15);
+    assert_string_equal(small, "2026-01.000000Z");
+    char tiny[8];
+    assert_int_equal(sql_ts_rfc3339("2026-01-31 10:00:00", 19, tiny, sizeof(tiny)), 0);
+    assert_string_equal(tiny, "");
 }
 
 int main(void)
