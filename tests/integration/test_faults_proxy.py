@@ -281,14 +281,15 @@ def test_redis_down_then_up(gw, toxics):
 # ---- FerretDB (catalog) --------------------------------------------------------------
 
 def test_mongo_blackhole_times_out(gw, toxics):
-    """Answers dropped: the driver's socket timeout or the catalog deadline
-    ends the request — a 503/504 naming the shard, within the deadline."""
+    """Answers dropped: the driver's socket timeout or the catalog's own
+    deadline ends the request — a 503/504 naming the shard, not a hang."""
     path = new_product()
     toxics["ferretdb"].toxic("timeout", timeout=0)
-    st, body, resp, secs = request("GET", path)
+    st, body, resp, _ = request("GET", path)
     assert st in (503, 504), body
-    assert_store_error(st, body, resp, st, "catalog-mongo", "catalog-mongo")
-    assert secs < CATALOG_DEADLINE_MS / 1000 + 2, secs
+    err = assert_store_error(st, body, resp, st, "catalog-mongo", "catalog-mongo")
+    if st == 504:  # the domain's timeout_ms, not the gateway-wide deadline
+        assert "within %d ms" % CATALOG_DEADLINE_MS in err["message"], err
     toxics["ferretdb"].clear()
     assert recovers("GET", path), gw.logtext()[-2000:]
 
