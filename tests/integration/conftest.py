@@ -132,7 +132,11 @@ def redis_db():
 def namespace():
     """The run's databases exist before any test; its Redis claim is
     released at the end."""
-    ensure_namespace()
+    try:
+        ensure_namespace()
+    except Exception as exc:  # psycopg2, pymysql and redis errors alike
+        pytest.fail("cannot create this run's databases; is the local stack up (scripts/stack.sh "
+                    "status)? %s: %s" % (type(exc).__name__, exc))
     yield
     r = redislib.Redis(host="127.0.0.1", port=REDIS_PORT, db=REDIS_DB, decode_responses=True)
     try:
