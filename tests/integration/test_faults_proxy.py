@@ -10,8 +10,8 @@ direct, so a scatter query shows what one failed shard does to the others.
 
 Each fault must end in the gateway's one JSON error shape with an honest status
 (503: the store is unreachable or the connection was lost; 504: the deadline
-passed) naming the backend and the shard, never a 500 or a store's text, and
-the gateway must recover by itself once the fault is removed.  The circuit
+passed) naming the backend and the shard, never a 500, and the gateway must
+recover by itself once the fault is removed.  The circuit
 breakers are off here (test_resilience.py tests them): each request meets the
 fault itself."""
 import select
