@@ -234,6 +234,33 @@ def test_mysql_scatter_with_one_shard_faulted(gw, toxics):
         sorted([order0["order_id"], order2["order_id"]])
 
 
+def test_answer_cut_mid_stream_is_an_error_not_a_short_answer(gw, toxics):
+    """The connection is closed after the first bytes of a many-row answer
+    (limit_data): the gateway must answer 503 for that shard — never 200
+    with the rows that had arrived — and with "partial" name it missing."""
+    path0, order0 = order_for("orders-0")
+    cust = order0["customer_id"]
+    for i in range(20):
+        st, doc, _, _ = request("POST", "/v1/orders", {"customer_id": cust, "status": "SHIPPED",
+                                                       "total_amount": "1.00", "items": [],
+                                                       "payment_method": "x" * 200})
+        assert st == 201, doc
+    q = {"where": {"customer_id": cust}, "limit": 100}
+    st, doc, _, _ = request("POST", "/v1/orders/_query", q)
+    assert st == 200 and len(doc["items"]) == 21, doc
+    toxics["mysql-a"].toxic("limit_data", bytes=600)  # a few rows' worth
+    st, body, resp, _ = request("POST", "/v1/orders/_query", q)
+    assert_store_error(st, body, resp, 503, "orders-mysql", "orders-0")
+    st, doc, _, _ = request("POST", "/v1/orders/_query", {"where": {"status": "SHIPPED"}, "limit": 1000,
+                                                          "partial": True})
+    assert st == 200 and doc["missing_shards"] == ["orders-0"], doc
+    assert not any(o["customer_id"] == cust for o in doc["items"]), "rows of the cut shard were returned"
+    toxics["mysql-a"].clear()
+    assert recovers("POST", "/v1/orders/_query", q), gw.logtext()[-2000:]
+    st, doc, _, _ = request("POST", "/v1/orders/_query", q)
+    assert len(doc["items"]) == 21
+
+
 def test_mysql_latency_beyond_the_deadline_then_heals(gw, toxics):
     path0, order0 = order_for("orders-0")
     toxics["mysql-a"].toxic("latency", latency=DEADLINE_MS * 3)
