@@ -7,7 +7,7 @@
 #   scripts/stack.sh down          stop what up started (data is kept)
 #   scripts/stack.sh status        one line per server: name port up|down pid
 #                                  (exit 1 if any server is down)
-#   scripts/stack.sh stop NAME     stop one server  (pg mysql-a mysql-b redis ferretdb)
+#   scripts/stack.sh stop NAME     stop one server  (pg mysql-a mysql-b redis ferretdb toxiproxy)
 #   scripts/stack.sh start NAME    start one server again (fast: no apt, no build)
 #   scripts/stack.sh restart NAME  stop + start
 #   scripts/stack.sh reset         down, then delete all stack data
@@ -18,6 +18,9 @@
 #   mysql-b   MariaDB 10.11   POLYGATE_MYSQL_B_PORT=53307  orders_2 orders_3   (root, no password)
 #   redis     Redis 7         POLYGATE_REDIS_PORT=56379    no persistence
 #   ferretdb  FerretDB 1.24   POLYGATE_FERRETDB_PORT=57017 MongoDB wire, SQLite backend
+#   toxiproxy Toxiproxy 2.5   POLYGATE_TOXIPROXY_PORT=8474 fault-injection TCP proxy (HTTP API);
+#                             the integration tests put their own proxies in front of the
+#                             servers above and drive latency, resets, timeouts through it
 #
 # Everything (data, logs, sockets, pid files) lives under $ROOT/.stack
 # (POLYGATE_STACK_DIR overrides it).  Each server is started detached from the
@@ -28,7 +31,8 @@
 #
 # Other knobs: POLYGATE_STACK_WAIT (seconds to wait for each server, 60),
 # POLYGATE_SKIP_DEPS=1 (up skips scripts/ci-deps.sh),
-# POLYGATE_FERRETDB_BIN (/usr/local/bin/ferretdb), POLYGATE_PG_BIN.
+# POLYGATE_FERRETDB_BIN (/usr/local/bin/ferretdb), POLYGATE_PG_BIN,
+# POLYGATE_TOXIPROXY_BIN (/usr/local/bin/toxiproxy-server).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
@@ -40,6 +44,7 @@ MYSQL_A_PORT=${POLYGATE_MYSQL_A_PORT:-53306}
 MYSQL_B_PORT=${POLYGATE_MYSQL_B_PORT:-53307}
 REDIS_PORT=${POLYGATE_REDIS_PORT:-56379}
 FERRETDB_PORT=${POLYGATE_FERRETDB_PORT:-57017}
+TOXIPROXY_PORT=${POLYGATE_TOXIPROXY_PORT:-8474}
 WAIT_SECS=${POLYGATE_STACK_WAIT:-60}
 
 PG_BIN=${POLYGATE_PG_BIN:-/usr/lib/postgresql/15/bin}
@@ -48,13 +53,16 @@ MYSQL_A_DBS=(orders_0 orders_1 orders_4 orders_ref)
 MYSQL_B_DBS=(orders_2 orders_3)
 FERRETDB_VERSION=v1.24.0
 FERRETDB_BIN=${POLYGATE_FERRETDB_BIN:-/usr/local/bin/ferretdb}
+TOXIPROXY_VERSION=v2.5.0
+TOXIPROXY_MODULE=github.com/Shopify/toxiproxy/v2
+TOXIPROXY_BIN=${POLYGATE_TOXIPROXY_BIN:-/usr/local/bin/toxiproxy-server}
 PYTHON=/usr/bin/python3
 
 export PATH=/usr/local/go/bin:$PATH
 # Never let `go` fetch another toolchain (nothing outside is reachable).
 export GOTOOLCHAIN=local
 
-SERVERS=(pg mysql-a mysql-b redis ferretdb)
+SERVERS=(pg mysql-a mysql-b redis ferretdb toxiproxy)
 MARKER=.polygate-stack # marks a directory this script created (reset checks it)
 
 # ---------------------------------------------------------------- helpers ---
@@ -482,6 +490,64 @@ ferretdb_start() {
 
 ferretdb_stop() { stop_pidfile ferretdb "$FERRETDB_DIR/ferretdb.pid" ferretdb; }
 
+# -------------------------------------------------------------- Toxiproxy ---
+#
+# Toxiproxy's server: a TCP proxy whose proxies and faults ("toxics": latency,
+# reset_peer, timeout, …) are created through its HTTP API on
+# $HOST:$TOXIPROXY_PORT.  It starts with no proxies; each test run creates its
+# own (named after its port base) and removes them again.
+#   $STACK/toxiproxy/  toxiproxy.pid  toxiproxy.log
+#
+# Installed to $TOXIPROXY_BIN once, outside the repo, with `go install` from
+# the Go module proxy (the module's main package is cmd/server; the version
+# string is set at link time so that an installed binary can be checked).
+# /proc/PID/stat cuts a command name to 15 characters: toxiproxy-serve.
+
+TOXIPROXY_DIR=$STACK/toxiproxy
+TOXIPROXY_COMM=toxiproxy-serve
+toxiproxy_pid() { pidfile_pid "$TOXIPROXY_DIR/toxiproxy.pid" "$TOXIPROXY_COMM"; }
+toxiproxy_alive() { toxiproxy_pid >/dev/null; }
+toxiproxy_ready() { curl -sf -o /dev/null --max-time 2 "http://$HOST:$TOXIPROXY_PORT/version"; }
+
+toxiproxy_installed() {
+	[[ -x $TOXIPROXY_BIN ]] &&
+		[[ $("$TOXIPROXY_BIN" -version 2>/dev/null) == *" version $TOXIPROXY_VERSION" ]]
+}
+
+toxiproxy_install() {
+	toxiproxy_installed && return 0
+	command -v go >/dev/null ||
+		die "toxiproxy: Go is needed to build Toxiproxy (expected /usr/local/go/bin/go)"
+	local tmp t0=$SECONDS
+	tmp=$(mktemp -d /tmp/polygate-toxiproxy-build.XXXXXX)
+	log "toxiproxy: building $TOXIPROXY_VERSION into $TOXIPROXY_BIN (log $tmp/build.log)"
+	(cd "$tmp" && GOBIN="$tmp/bin" GOFLAGS=-mod=mod go install -trimpath \
+		-ldflags "-X $TOXIPROXY_MODULE.Version=$TOXIPROXY_VERSION" \
+		"$TOXIPROXY_MODULE/cmd/server@$TOXIPROXY_VERSION") >"$tmp/build.log" 2>&1 ||
+		die_with_log "$tmp/build.log" "toxiproxy: go install failed"
+	install -D -m 0755 "$tmp/bin/server" "$TOXIPROXY_BIN"
+	rm -rf "$tmp"
+	toxiproxy_installed || die "toxiproxy: $TOXIPROXY_BIN -version does not report $TOXIPROXY_VERSION"
+	log "toxiproxy: built in $((SECONDS - t0))s"
+}
+
+toxiproxy_start() {
+	toxiproxy_install
+	mkdir -p "$TOXIPROXY_DIR"
+	if toxiproxy_alive; then
+		already_running toxiproxy "$TOXIPROXY_PORT" "$(toxiproxy_pid)"
+	else
+		require_port_free toxiproxy "$TOXIPROXY_PORT" POLYGATE_TOXIPROXY_PORT
+		log "toxiproxy: starting on $HOST:$TOXIPROXY_PORT"
+		record_port toxiproxy "$TOXIPROXY_PORT"
+		spawn "$TOXIPROXY_DIR/toxiproxy.pid" "$TOXIPROXY_DIR/toxiproxy.log" \
+			"$TOXIPROXY_BIN" -host "$HOST" -port "$TOXIPROXY_PORT"
+	fi
+	wait_ready toxiproxy "$TOXIPROXY_DIR/toxiproxy.log" toxiproxy_alive toxiproxy_ready
+}
+
+toxiproxy_stop() { stop_pidfile toxiproxy "$TOXIPROXY_DIR/toxiproxy.pid" "$TOXIPROXY_COMM"; }
+
 # --------------------------------------------------------------- dispatch ---
 
 check_name() {
@@ -496,6 +562,7 @@ server_start() {
 	mysql-a | mysql-b) mysql_start "$1" ;;
 	redis) redis_start ;;
 	ferretdb) ferretdb_start ;;
+	toxiproxy) toxiproxy_start ;;
 	esac
 }
 
@@ -505,6 +572,7 @@ server_stop() {
 	mysql-a | mysql-b) mysql_stop "$1" ;;
 	redis) redis_stop ;;
 	ferretdb) ferretdb_stop ;;
+	toxiproxy) toxiproxy_stop ;;
 	esac
 }
 
@@ -514,6 +582,7 @@ server_pid() {
 	mysql-a | mysql-b) mysql_pid "$1" ;;
 	redis) redis_pid ;;
 	ferretdb) ferretdb_pid ;;
+	toxiproxy) toxiproxy_pid ;;
 	esac
 }
 
@@ -523,6 +592,7 @@ server_port() {
 	mysql-a | mysql-b) mysql_port "$1" ;;
 	redis) echo "$REDIS_PORT" ;;
 	ferretdb) echo "$FERRETDB_PORT" ;;
+	toxiproxy) echo "$TOXIPROXY_PORT" ;;
 	esac
 }
 
@@ -537,7 +607,7 @@ cmd_status() {
 			pid=-
 		fi
 		[[ $state == up ]] || rc=1
-		printf '%-8s  %-5s  %-4s  %s\n' "$s" "$(server_port "$s")" "$state" "$pid"
+		printf '%-9s  %-5s  %-4s  %s\n' "$s" "$(server_port "$s")" "$state" "$pid"
 	done
 	return $rc
 }
@@ -548,6 +618,7 @@ cmd_up() {
 		"$ROOT/scripts/ci-deps.sh" 9>&-
 	fi
 	ferretdb_install
+	toxiproxy_install
 	local s
 	for s in "${SERVERS[@]}"; do server_start "$s"; done
 	log "up in $((SECONDS - t0))s"
@@ -572,7 +643,7 @@ cmd_reset() {
 }
 
 usage() {
-	sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//' >&2
+	sed -n '2,34p' "$0" | sed 's/^# \{0,1\}//' >&2
 	exit 2
 }
 

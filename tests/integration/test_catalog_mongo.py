@@ -11,10 +11,10 @@ import pytest
 from bson.int64 import Int64
 from pymongo import MongoClient
 
-from conftest import ADMIN_PORT, PORT, Client, assert_error, stack
+from conftest import ADMIN_PORT, MONGO_DB, PORT, Client, assert_error, stack
 
 MONGO_URI = "mongodb://127.0.0.1:57017/?serverSelectionTimeoutMS=3000"
-DB = "polygate_test"  # tests/integration/polygate.test.yaml
+DB = MONGO_DB  # polygate_test of tests/integration/polygate.test.yaml, this run's
 
 
 @pytest.fixture(scope="module")

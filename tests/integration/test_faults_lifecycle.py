@@ -1,36 +1,57 @@
-"""Redis failure and recovery, deadlines, reload and drain — against real processes."""
-import os
+"""Redis failure and recovery, deadlines, reload and drain — against real
+processes.  Redis faults go through this run's Toxiproxy proxy (conftest):
+the shared Redis server is never stopped or frozen."""
+import http.client
 import signal
-import subprocess
+import socket
 import threading
-import time
 
 import pytest
 
+from conftest import ADMIN_PORT as BASE_ADMIN
+from conftest import CONFIG
 from conftest import PORT as BASE
-from conftest import ROOT, Client, Gateway, assert_error, stack, wait_ready
+from conftest import Client, Gateway, assert_error, poll, via_proxies
 
-REDIS_PID = os.path.join(ROOT, ".stack", "redis", "redis.pid")
-
-
-def redis_pid():
-    with open(REDIS_PID) as f:
-        return int(f.read().strip())
+# a gateway whose Redis is reached through the proxy: PORT + 5 / ADMIN_PORT + 5;
+# the one that is drained: PORT + 1 / ADMIN_PORT + 1
+RGW_PORT, RGW_ADMIN = BASE + 5, BASE_ADMIN + 5
+DRAIN_PORT, DRAIN_ADMIN = BASE + 1, BASE_ADMIN + 1
 
 
 def wait_until(pred, timeout=15.0):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if pred():
-            return True
-        time.sleep(0.1)
-    return False
+    return poll(pred, timeout, 0.1)
 
 
-def test_redis_down_then_recovery(client):
+def proxied_config(port, admin, request_timeout_ms=1500):
+    with open(CONFIG) as f:
+        text = f.read()
+    text = text.replace("18080", str(port)).replace("19090", str(admin))
+    text = text.replace("request_timeout_ms: 1500", "request_timeout_ms: %d" % request_timeout_ms)
+    return via_proxies(text, ("redis",))
+
+
+@pytest.fixture(scope="module")
+def rgw(toxiproxy):
+    toxiproxy["redis"].reset()
+    g = Gateway(proxied_config(RGW_PORT, RGW_ADMIN), port=RGW_PORT)
+    yield g
+    assert g.stop() == 0
+
+
+def ready(admin):
+    c = Client(admin)
+    try:
+        return c.request("GET", "/ready")
+    finally:
+        c.close()
+
+
+def test_redis_down_then_recovery(rgw, toxics):
+    client = Client(RGW_PORT)
     st, _, _ = client.request("PUT", "/v1/sessions/fault-1", {"user_id": "u"})
     assert st in (200, 201)
-    stack("stop", "redis")
+    toxics["redis"].down()  # the connections are closed, new ones refused
     try:
         def down():
             st, body, _ = client.request("GET", "/v1/sessions/fault-1")
@@ -39,36 +60,33 @@ def test_redis_down_then_recovery(client):
         st, body, resp = client.request("GET", "/v1/sessions/fault-1")
         err = assert_error(body, "backend_unavailable", resp=resp)
         assert "redis" in err["message"] and err["shard"] == "redis-main"
-        st, body, _ = client.request("GET", "/ready")
+        st, body, _ = ready(RGW_ADMIN)
         assert st == 503 and body["ready"] is False
     finally:
-        stack("start", "redis")
-    # the data set lives in memory only: write again once Redis is back
+        toxics["redis"].up()
     def up():
-        st, _, _ = client.request("PUT", "/v1/sessions/fault-1", {"user_id": "u"})
+        st, _, _ = client.request("PUT", "/v1/sessions/fault-1", {"user_id": "u2"})
         return st in (200, 201)
     assert wait_until(up, 15), "polygate did not recover after Redis came back"
     st, item, _ = client.request("GET", "/v1/sessions/fault-1")
-    assert st == 200 and item["user_id"] == "u"
-    assert wait_ready(), "not every worker reconnected to Redis"
+    assert st == 200 and item["user_id"] == "u2"
+    assert wait_until(lambda: all(ready(RGW_ADMIN)[0] == 200 for _ in range(10)), 15), \
+        "not every worker reconnected to Redis"
+    client.close()
 
 
-def test_hung_redis_times_out_with_504(client):
-    assert wait_ready()
-    client.request("PUT", "/v1/sessions/hang-1", {"user_id": "u"})
-    pid = redis_pid()
-    os.kill(pid, signal.SIGSTOP)
-    try:
-        t0 = time.time()
-        st, body, _ = client.request("GET", "/v1/sessions/hang-1")
-        elapsed = time.time() - t0
-        assert st == 504
-        err = assert_error(body, "timeout")
-        assert err["shard"] == "redis-main"
-        assert 1.0 <= elapsed < 4.0  # request_timeout_ms is 1500 in the test config
-    finally:
-        os.kill(pid, signal.SIGCONT)
+def test_hung_redis_times_out_with_504(rgw, toxics):
+    client = Client(RGW_PORT)
+    st, _, _ = client.request("PUT", "/v1/sessions/hang-1", {"user_id": "u"})
+    assert st in (200, 201)
+    toxics["redis"].toxic("latency", latency=60000)  # answers held back: a hung server
+    st, body, _ = client.request("GET", "/v1/sessions/hang-1")
+    assert st == 504  # request_timeout_ms 1500: the deadline, not the 60 s
+    err = assert_error(body, "timeout")
+    assert err["shard"] == "redis-main" and "1500 ms" in err["message"]
+    toxics["redis"].clear()  # the held answers are delivered, late
     assert wait_until(lambda: client.request("GET", "/v1/sessions/hang-1")[0] == 200, 10)
+    client.close()
 
 
 def test_reload_applies_good_config_and_keeps_old_on_bad(gateway, client, rdb):
@@ -84,56 +102,57 @@ def test_reload_applies_good_config_and_keeps_old_on_bad(gateway, client, rdb):
         assert wait_until(applied, 5), gateway.logtext()
         with open(gateway.config, "w") as f:
             f.write(original.replace("ttl_s: 86400", "ttl_s: -5"))
+        rejected = gateway.logtext().count("reload rejected")
         gateway.signal(signal.SIGHUP)
-        assert wait_until(lambda: "reload rejected" in gateway.logtext(), 5)
+        assert wait_until(lambda: gateway.logtext().count("reload rejected") > rejected, 5)
         client.request("PUT", "/v1/sessions/reload-2", {"user_id": "u"})
         assert 590 <= rdb.ttl("session:reload-2") <= 600  # the previous good config is still active
         assert "ttl_s" in gateway.logtext()
     finally:
+        n = gateway.logtext().count("info reloaded ")
         with open(gateway.config, "w") as f:
             f.write(original)
         gateway.signal(signal.SIGHUP)
-        time.sleep(0.3)
+        # the shared gateway is back on the original config before the next test
+        assert wait_until(lambda: gateway.logtext().count("info reloaded ") > n, 10), gateway.logtext()
+    client.request("PUT", "/v1/sessions/reload-3", {"user_id": "u"})
+    assert rdb.ttl("session:reload-3") > 600
 
 
-def test_sigterm_drains_in_flight_requests(gateway):
-    # a second gateway would collide on the ports: use a config on others
-    with open(gateway.config) as f:
-        text = f.read().replace(str(BASE), str(BASE + 1)).replace(str(BASE + 1010), str(BASE + 1011)).replace(
-            "request_timeout_ms: 1500", "request_timeout_ms: 8000")
-    gw = Gateway.__new__(Gateway)
-    import tempfile, shutil
-    gw.dir = tempfile.mkdtemp(prefix="polygate-drain-")
-    gw.config = os.path.join(gw.dir, "polygate.yaml")
-    with open(gw.config, "w") as f:
-        f.write(text)
-    gw.log = open(os.path.join(gw.dir, "polygate.log"), "w+")
-    gw.proc = subprocess.Popen([os.environ.get("POLYGATE_BIN", os.path.join(ROOT, "polygate")), "-c", gw.config],
-                               stdout=gw.log, stderr=subprocess.STDOUT)
-    from conftest import wait_port
-    assert wait_port(BASE + 1)
-    c = Client(BASE + 1)
-    c.request("PUT", "/v1/sessions/drain-1", {"user_id": "u"})
-    pid = redis_pid()
-    result = {}
-    def slow():
-        result["r"] = Client(BASE + 1).request("GET", "/v1/sessions/drain-1")
-    os.kill(pid, signal.SIGSTOP)
+def test_sigterm_drains_in_flight_requests(toxics):
+    """SIGTERM with a request in flight at a hung Redis: the gateway stops
+    accepting, keeps running until the request is answered, then exits 0."""
+    gw = Gateway(proxied_config(DRAIN_PORT, DRAIN_ADMIN, request_timeout_ms=8000), port=DRAIN_PORT)
     try:
+        c = Client(DRAIN_PORT)
+        st, _, _ = c.request("PUT", "/v1/sessions/drain-1", {"user_id": "u"})
+        assert st in (200, 201)
+        c.close()
+        toxics["redis"].toxic("latency", latency=60000)
+        result = {}
+        def slow():
+            result["r"] = Client(DRAIN_PORT).request("GET", "/v1/sessions/drain-1")
         th = threading.Thread(target=slow)
         th.start()
-        time.sleep(0.5)
-        gw.proc.send_signal(signal.SIGTERM)
-        time.sleep(0.5)
-        assert gw.proc.poll() is None, "polygate exited with a request in flight"
-        # no new connections are accepted while draining
+        def in_flight():
+            m = http.client.HTTPConnection("127.0.0.1", DRAIN_ADMIN, timeout=10)
+            try:
+                m.request("GET", "/metrics")
+                text = m.getresponse().read().decode()
+            finally:
+                m.close()
+            return any(l.startswith("polygate_inflight_requests ") and float(l.split()[1]) >= 1
+                       for l in text.splitlines())
+        assert wait_until(in_flight, 10), gw.logtext()[-2000:]
+        gw.signal(signal.SIGTERM)
+        assert wait_until(lambda: "draining" in gw.logtext(), 10), gw.logtext()[-2000:]
+        # draining: no new connections, the process waits for the request
         with pytest.raises(OSError):
-            import socket
-            socket.create_connection(("127.0.0.1", BASE + 1), timeout=1).recv(1)
+            socket.create_connection(("127.0.0.1", DRAIN_PORT), timeout=1).recv(1)
+        assert gw.proc.poll() is None and th.is_alive(), "polygate exited with a request in flight"
+        toxics["redis"].clear()  # the held answer is delivered
+        th.join(10)
+        assert result["r"][0] == 200 and result["r"][1]["user_id"] == "u", result
+        assert gw.proc.wait(10) == 0
     finally:
-        os.kill(pid, signal.SIGCONT)
-    th.join(10)
-    assert result["r"][0] == 200 and result["r"][1]["user_id"] == "u"
-    assert gw.proc.wait(10) == 0
-    gw.log.close()
-    shutil.rmtree(gw.dir, ignore_errors=True)
+        gw.stop()

@@ -1,12 +1,14 @@
 """The gateway's own behaviour: routes, errors, limits, request ids, health."""
 import socket
 
-from conftest import PORT, ADMIN_PORT, Client, assert_error
+from conftest import PORT, ADMIN_PORT, Client, assert_error, wait_ready
 
 
 def test_health_and_ready(client):
     st, body, _ = client.request("GET", "/health")
     assert st == 200 and body == {"status": "ok"}
+    # a gateway that just started may still be connecting its pools
+    assert wait_ready(timeout=60), "/ready did not turn 200"
     st, body, _ = client.request("GET", "/ready")
     assert st == 200 and body == {"ready": True}  # the client listener tells no more
     admin = Client(ADMIN_PORT)
@@ -131,3 +133,26 @@ def test_http10_keep_alive_is_announced_and_kept(gateway):
         data += chunk
     assert data.startswith(b"HTTP/1.1 200") and b"connection: close" in data.lower()
     s.close()
+
+
+def test_the_run_uses_its_own_databases(gateway):
+    """Every database the suite's gateway uses is this run's (named after
+    POLYGATE_TEST_PORT_BASE; a Redis database the run claimed), in the config
+    and in the shard maps it names: two runs never share a table."""
+    import re
+    import conftest
+    with open(gateway.config) as f:
+        text = f.read()
+    maps = re.findall(r"^\s*shard_map:\s*(\S+)\s*$", text, re.M)
+    assert len(maps) == 2
+    for path in maps:
+        with open(path) as f:
+            text += f.read()
+    names = re.findall(r"dbname=(\w+)", text) + re.findall(r"(?:mysql|mongodb)://[^/\s\"]+/(\w+)", text)
+    assert len(names) == 1 + 4 + 4 + 1, names  # users, scatter-0…3, orders-0…3, catalog
+    assert all(n.endswith(conftest.NS) for n in names), names
+    assert set(re.findall(r"redis://[^/\s\"]+/(\d+)", text)) == {str(conftest.redis_db())}
+    r = conftest.redislib.Redis(host="127.0.0.1", port=conftest.REDIS_PORT, db=conftest.redis_db(),
+                                decode_responses=True)
+    assert r.get(conftest.REDIS_OWNER_KEY) == conftest.NS
+    r.close()

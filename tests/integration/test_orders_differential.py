@@ -30,15 +30,14 @@ import pymysql
 import pytest
 import yaml
 
-from conftest import ADMIN_PORT, PORT, ROOT, Gateway, stack, wait_port
+from conftest import ADMIN_PORT, MYSQL_SHARDS, PORT, ROOT, Gateway, stack, wait_port
 
 SEED = 20261207
 N_CUSTOMERS = 300
 N_ORDERS = 3000
 TABLE = "orders_dflt"
 GW_PORT, GW_ADMIN = PORT + 22, ADMIN_PORT + 22
-SHARDS = {"orders-0": (53306, "orders_0"), "orders-1": (53306, "orders_1"),
-          "orders-2": (53307, "orders_2"), "orders-3": (53307, "orders_3")}
+SHARDS = {name: MYSQL_SHARDS[name] for name in ("orders-0", "orders-1", "orders-2", "orders-3")}
 STATUSES = ["PENDING", "PROCESSING", "SHIPPED", "DELIVERED", "CANCELLED"]
 METHODS = ["card", "paypal", "invoice", "Card", None]
 # mixed case, non-ASCII and LIKE metacharacters: code-point order and

@@ -15,11 +15,10 @@ import uuid
 import pymysql
 import pytest
 
-from conftest import ADMIN_PORT, Client, assert_error, stack
+from conftest import ADMIN_PORT, MYSQL_SHARDS, Client, assert_error, stack
 
 TABLE = "orders_test"
-SHARDS = [("orders-0", 53306, "orders_0"), ("orders-1", 53306, "orders_1"),
-          ("orders-2", 53307, "orders_2"), ("orders-3", 53307, "orders_3")]
+SHARDS = [(name,) + MYSQL_SHARDS[name] for name in ("orders-0", "orders-1", "orders-2", "orders-3")]
 SERVER_OF = {"orders-0": "mysql-a", "orders-1": "mysql-a", "orders-2": "mysql-b", "orders-3": "mysql-b"}
 
 

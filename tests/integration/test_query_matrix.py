@@ -38,7 +38,7 @@ import psycopg2
 import pymysql
 import pytest
 
-from conftest import ADMIN_PORT, PORT, Gateway, wait_port
+from conftest import ADMIN_PORT, MYSQL_SHARDS, PG_DB, PORT, Gateway, wait_port
 
 D = decimal.Decimal
 RUN = "qm" + uuid.uuid4().hex[:10]  # every id of this run starts with it
@@ -780,13 +780,13 @@ def private():
         c.close()
         rc = gw.stop()
         shutil.rmtree(tmp, ignore_errors=True)
-        for port, db in ((53306, "orders_0"), (53307, "orders_2")):
+        for port, db in (MYSQL_SHARDS["orders-0"], MYSQL_SHARDS["orders-2"]):
             conn = pymysql.connect(host="127.0.0.1", port=port, user="root", database=db,
                                    autocommit=True)
             with conn.cursor() as cur:
                 cur.execute("DROP TABLE IF EXISTS " + PRIV_TABLE)
             conn.close()
-        conn = psycopg2.connect(host="127.0.0.1", port=55432, user="postgres", dbname="polygate")
+        conn = psycopg2.connect(host="127.0.0.1", port=55432, user="postgres", dbname=PG_DB)
         conn.autocommit = True
         with conn.cursor() as cur:
             cur.execute('DROP TABLE IF EXISTS "%s"' % PRIV_USERS)
@@ -856,12 +856,12 @@ def test_unexpected_store_error_is_a_clean_500(private):
                 if private_route("%s-ec%d" % (RUN, i)) == "orders-2")
     st, doc, _ = c.call("POST", "/v1/orders", {"customer_id": cust, "status": "X", "note": "n"})
     assert st == 201, doc
-    conn = psycopg2.connect(host="127.0.0.1", port=55432, user="postgres", dbname="polygate")
+    conn = psycopg2.connect(host="127.0.0.1", port=55432, user="postgres", dbname=PG_DB)
     conn.autocommit = True
     with conn.cursor() as cur:
         cur.execute('ALTER TABLE "%s" DROP COLUMN nick' % PRIV_USERS)
     conn.close()
-    conn = pymysql.connect(host="127.0.0.1", port=53307, user="root", database="orders_2",
+    conn = pymysql.connect(host="127.0.0.1", port=53307, user="root", database=MYSQL_SHARDS["orders-2"][1],
                            autocommit=True)
     with conn.cursor() as cur:
         cur.execute("ALTER TABLE %s DROP COLUMN note" % PRIV_TABLE)

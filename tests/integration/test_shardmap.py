@@ -96,7 +96,7 @@ def test_get_shows_version_shards_and_slot_counts(mgw):
     (map_doc(5, shards=SHARDS + [{"name": "orders-4", "dsn": "mysql://root@127.0.0.1:1/orders_4"}]),
      "backend_unavailable", "shard 'orders-4' is not reachable"),
     (map_doc(5, shards=SHARDS[:3] + [{"name": "orders-4",
-                                      "dsn": "mysql://root@127.0.0.1:53306/orders_4"}]),
+                                      "dsn": mysql_shard("orders-4")["dsn"]}]),
      "bad_request", "adds shard(s) 'orders-4' and removes 'orders-3'"),
     (map_doc(5, bogus=1), "bad_request", "bogus"),
     ({"version": 5}, "bad_request", "shards"),
@@ -205,7 +205,7 @@ def test_polygatectl(mgw, tmp_path):
     f = tmp_path / "five.yaml"
     shards = "".join('  - {name: %s, dsn: "%s"}\n' % (s["name"], s["dsn"]) for s in SHARDS)
     f.write_text("version: 50\nslots: 4096\nshards:\n" + shards +
-                 '  - {name: orders-4, dsn: "mysql://root@127.0.0.1:53306/orders_4"}\n')
+                 '  - {name: orders-4, dsn: "%s"}\n' % mysql_shard("orders-4")["dsn"])
     rc, out, err = ctl("shardmap", "apply", str(f))
     assert rc == 0, err
     assert "slot(s) move" in out and "-> orders-4" in out and "not applied" in out, out
@@ -240,7 +240,8 @@ def test_polygatectl_routes_long_keys_whole(mgw):
 def test_sighup_with_a_map_that_moves_slots_rebalances(mgw):
     """Editing the map file and SIGHUP: the same checks, then a rebalance."""
     import pymysql
-    c = pymysql.connect(host="127.0.0.1", port=53306, user="root", password="", database="orders_4",
+    c = pymysql.connect(host="127.0.0.1", port=53306, user="root", password="",
+                        database=conftest.MYSQL_SHARDS["orders-4"][1],
                         autocommit=True)
     with c.cursor() as cur:
         cur.execute("DROP TABLE IF EXISTS orders_sm")  # a new shard holds no rows
@@ -255,7 +256,7 @@ def test_sighup_with_a_map_that_moves_slots_rebalances(mgw):
                                                                  "total_amount": "2.00"})
             assert st == 201, item
             ids.append((item["order_id"], run + str(i)))
-        five = SHARDS + [{"name": "orders-4", "dsn": "mysql://root@127.0.0.1:53306/orders_4"}]
+        five = SHARDS + [mysql_shard("orders-4")]
         with open(mgw.map, "w") as f:
             f.write("# edited by hand\n")
             json.dump(map_doc(10, shards=five), f)

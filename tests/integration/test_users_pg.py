@@ -6,9 +6,9 @@ import uuid
 import psycopg2
 import pytest
 
-from conftest import assert_error, stack
+from conftest import PG_DB, assert_error, stack
 
-PG_DSN = "host=127.0.0.1 port=55432 dbname=polygate user=postgres"
+PG_DSN = "host=127.0.0.1 port=55432 dbname=%s user=postgres" % PG_DB
 TABLE = "users_test"
 
 

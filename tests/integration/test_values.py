@@ -9,7 +9,7 @@ import uuid
 import pytest
 from pymongo import MongoClient
 
-from conftest import ADMIN_PORT, Client, assert_error
+from conftest import ADMIN_PORT, MONGO_DB, Client, assert_error
 
 MONGO_URI = "mongodb://127.0.0.1:57017/?serverSelectionTimeoutMS=3000"
 INT64_MAX = 2 ** 63 - 1
@@ -24,7 +24,7 @@ def uid(prefix):
 @pytest.fixture(scope="module")
 def products():
     mc = MongoClient(MONGO_URI)
-    coll = mc["polygate_test"]["products"]
+    coll = mc[MONGO_DB]["products"]
     made = []
     yield coll, made
     coll.delete_many({"sku": {"$in": made}})
