@@ -573,7 +573,10 @@ class DefaultRun(Run):
         drop_table(table)
         self.tmp = tempfile.mkdtemp(prefix="polygate-rbdef-")
         self.map = os.path.join(self.tmp, "orders.shardmap.yaml")
-        shutil.copy(DEFAULT_MAP, self.map)
+        with open(DEFAULT_MAP) as f:
+            text = f.read()
+        with open(self.map, "w") as f:
+            f.write(conftest.namespaced(text))  # this run's databases
         self.proc = None
         self.start()
 
@@ -588,7 +591,7 @@ class DefaultRun(Run):
             text, n = re.subn(pat, rep, text)
             assert n == 1, "config/polygate.yaml no longer has one line matching %r" % pat
         assert "shard_map: orders.shardmap.yaml" in text  # relative: the copy beside it
-        return text
+        return conftest.namespaced(text)  # this run's databases
 
     def ctl(self, *args, timeout=30):
         p = subprocess.run([os.path.join(conftest.ROOT, "polygatectl"), "-a",
@@ -613,7 +616,7 @@ class DefaultRun(Run):
 def default_map_doc():
     import yaml
     with open(DEFAULT_MAP) as f:
-        return yaml.safe_load(f)
+        return yaml.safe_load(conftest.namespaced(f.read()))
 
 
 def full_order(i, cust):
