@@ -15,7 +15,8 @@ uint64_t gw_now_ms(void)
     return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
 }
 
-void gw_now_rfc3339(char *buf, size_t len)
+/* The wall clock as RFC 3339 UTC with `digits` fraction digits (3 or 6). */
+static void now_text(char *buf, size_t len, int digits)
 {
     struct timespec ts;
     struct tm tm;
@@ -23,18 +24,18 @@ void gw_now_rfc3339(char *buf, size_t len)
     gmtime_r(&ts.tv_sec, &tm);
     char tmp[32];
     strftime(tmp, sizeof(tmp), "%Y-%m-%dT%H:%M:%S", &tm);
-    snprintf(buf, len, "%s.%03ldZ", tmp, ts.tv_nsec / 1000000L);
+    long frac = digits == 3 ? ts.tv_nsec / 1000000L : ts.tv_nsec / 1000L;
+    snprintf(buf, len, "%s.%0*ldZ", tmp, digits, frac);
+}
+
+void gw_now_rfc3339(char *buf, size_t len)
+{
+    now_text(buf, len, 3);
 }
 
 void gw_now_ts(char *buf, size_t len)
 {
-    struct timespec ts;
-    struct tm tm;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    gmtime_r(&ts.tv_sec, &tm);
-    char tmp[32];
-    strftime(tmp, sizeof(tmp), "%Y-%m-%dT%H:%M:%S", &tm);
-    snprintf(buf, len, "%s.%06ldZ", tmp, ts.tv_nsec / 1000L);
+    now_text(buf, len, 6);
 }
 
 static _Thread_local uint64_t rng[4];
