@@ -381,7 +381,7 @@ def test_shard_server_down_is_503_naming_the_shard_then_recovers(mysql_b_proxied
         assert st == 200 and got["order_id"] == item_a["order_id"]
         create(client, cust_a)
         # …but a key the client chose cannot be proven unused: 503 naming a
-        # shard of the stopped server
+        # shard of the server that is down
         st, body, resp = client.request("PUT", "/v1/orders/own-" + uuid.uuid4().hex[:8],
                                         new_order(cust_a))
         assert st == 503, body
