@@ -11,7 +11,7 @@ import pytest
 from bson.int64 import Int64
 from pymongo import MongoClient
 
-from conftest import ADMIN_PORT, MONGO_DB, PORT, Client, assert_error, stack
+from conftest import ADMIN_PORT, CONFIG, MONGO_DB, PORT, Client, Gateway, assert_error, via_proxies
 
 MONGO_URI = "mongodb://127.0.0.1:57017/?serverSelectionTimeoutMS=3000"
 DB = MONGO_DB  # polygate_test of tests/integration/polygate.test.yaml, this run's
@@ -264,11 +264,36 @@ def mongo_ready(body):
     return [b["ok"] for b in body["backends"] if b["backend"] == "catalog-mongo"] == [True]
 
 
-def test_ferretdb_down_then_recovery(client):
+# the gateway of the FerretDB-down test: the catalog through this run's proxy
+DOWN_PORT, DOWN_ADMIN = PORT + 73, ADMIN_PORT + 73
+
+
+@pytest.fixture
+def mongo_proxied(toxics):
+    """A private gateway whose catalog-mongo reaches FerretDB through this
+    run's proxy (toxics: enabled, clean before and after), so that the test
+    faults the proxy, never the server other runs share; (client, proxy)."""
+    with open(CONFIG) as f:
+        text = f.read()
+    text = text.replace("18080", str(DOWN_PORT)).replace("19090", str(DOWN_ADMIN))
+    g = Gateway(via_proxies(text, ("ferretdb",)), port=DOWN_PORT)
+    c = Client(DOWN_PORT)
+    yield c, toxics["ferretdb"]
+    c.close()
+    rc = g.stop()
+    assert rc == 0, "polygate did not exit cleanly on SIGTERM (rc=%s)" % rc
+
+
+def test_ferretdb_down_then_recovery(mongo_proxied):
+    """FerretDB unreachable (its proxy disabled: open connections closed, new
+    ones refused, as when the server stops) is a 503 naming catalog-mongo
+    within the deadline and /ready says so; once it is reachable again every
+    worker serves without a restart."""
+    client, proxy = mongo_proxied
     k = sku()
     st, _, _ = client.request("PUT", "/v1/catalog/" + k, product())
     assert st == 201
-    stack("stop", "ferretdb")
+    proxy.down()
     try:
         t0 = time.time()
         st, body, resp = client.request("GET", "/v1/catalog/" + k)
@@ -277,10 +302,10 @@ def test_ferretdb_down_then_recovery(client):
         err = assert_error(body, "backend_unavailable", resp=resp)
         assert "catalog-mongo" in err["message"] and err["shard"] == "catalog-mongo"
         assert elapsed < 1.5 + 0.5  # within the request deadline (1500 ms)
-        st, body, _ = Client(ADMIN_PORT).request("GET", "/ready")  # details: admin listener
+        st, body, _ = Client(DOWN_ADMIN).request("GET", "/ready")  # details: admin listener
         assert st == 503 and body["ready"] is False and mongo_ready(body) is False
     finally:
-        stack("start", "ferretdb")
+        proxy.up()
     deadline = time.time() + 20
     while time.time() < deadline:
         st, item, _ = client.request("GET", "/v1/catalog/" + k)
@@ -290,7 +315,7 @@ def test_ferretdb_down_then_recovery(client):
     assert st == 200 and item["name"] == "Phone X", "polygate did not recover after FerretDB came back"
     # every worker's client pool reconnects on its own (the probe may hit another worker)
     deadline = time.time() + 20
-    admin = Client(ADMIN_PORT)
+    admin = Client(DOWN_ADMIN)
     while time.time() < deadline and not mongo_ready(admin.request("GET", "/ready")[1]):
         time.sleep(0.2)
     assert mongo_ready(admin.request("GET", "/ready")[1])

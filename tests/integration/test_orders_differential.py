@@ -30,7 +30,7 @@ import pymysql
 import pytest
 import yaml
 
-from conftest import ADMIN_PORT, MYSQL_SHARDS, PORT, ROOT, Gateway, stack, wait_port
+from conftest import ADMIN_PORT, MYSQL_SHARDS, PORT, ROOT, Gateway, proxied_shardmap, wait_port
 
 SEED = 20261207
 N_CUSTOMERS = 300
@@ -352,15 +352,14 @@ def rand_order(rnd):
 
 # ---- fixtures --------------------------------------------------------------------------------
 
-def gateway_config():
+def gateway_config(map_path):
     cfg = {
         "listen": "127.0.0.1:%d" % GW_PORT, "admin_listen": "127.0.0.1:%d" % GW_ADMIN,
         "workers": 2, "shutdown_timeout_ms": 5000, "auth": {"enabled": False},
         "limits": {"request_timeout_ms": 5000},
         "backends": {"orders-mysql": {
             "type": "mysql",
-            "shard_map": os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                                      "orders.shardmap.yaml"),
+            "shard_map": map_path,
             "pool": {"min": 1, "max": 4, "connect_timeout_ms": 1000, "queue_max": 1024,
                      "backoff_min_ms": 20, "backoff_max_ms": 300}}},
         "domains": {"orders": DOMAIN},
@@ -377,14 +376,21 @@ def drop_tables():
 
 
 @pytest.fixture(scope="module")
-def gw():
+def gw(toxiproxy):
+    """The module's gateway; the shards of mysql-b (orders-2, orders-3) are
+    reached through this run's proxy, which the server-down test disables
+    (the shared server keeps running for everyone else)."""
     drop_tables()  # the schema is the shipped config's: recreated by auto_migrate
-    g = Gateway(config_text=gateway_config(), port=GW_PORT)
+    toxiproxy["mysql-b"].reset()
+    tmp = tempfile.mkdtemp(prefix="polygate-diff-")
+    g = Gateway(config_text=gateway_config(proxied_shardmap(tmp, via=("orders-2", "orders-3"))),
+                port=GW_PORT)
     try:
         assert wait_port(GW_ADMIN)
         yield g
     finally:
         rc = g.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
         drop_tables()
         assert rc == 0
 
@@ -600,14 +606,19 @@ def test_random_aggregates_match_the_reference(api, orders):
         assert got == want, (i, body)
 
 
-def test_shard_server_stopped_other_shards_serve_scatter_503_or_partial(api, orders):
+def test_shard_server_stopped_other_shards_serve_scatter_503_or_partial(api, orders, toxics):
+    """mysql-b unreachable (its proxy disabled: open connections closed, new
+    ones refused, as when the server stops): single-shard requests on mysql-a
+    still answer, orders-2 is a 503 naming it, a scatter query is a 503/504
+    naming a shard of mysql-b, or with `partial` the rows of mysql-a's shards
+    exactly; once mysql-b is reachable again the full answer comes back."""
     by_shard = {}
     for o in orders[:N_CUSTOMERS]:
         by_shard.setdefault(route(o["customer_id"])["shard"], o)
     assert set(by_shard) == set(SHARDS)
     where = {"status": "PENDING", "items.product_id": {"prefix": "SKU-1"}}
     body = {"where": where, "order_by": ["order_id"], "limit": 1000}
-    stack("stop", "mysql-b")  # orders-2 and orders-3
+    toxics["mysql-b"].down()  # orders-2 and orders-3
     try:
         for name in ("orders-0", "orders-1"):  # single-shard requests on mysql-a still work
             o = by_shard[name]
@@ -626,7 +637,7 @@ def test_shard_server_stopped_other_shards_serve_scatter_503_or_partial(api, ord
         on_a = [o for o in orders if route_cache(o["customer_id"]) in ("orders-0", "orders-1")]
         assert [norm(x) for x in doc["items"]] == ref_rows(on_a, where, ["order_id"], 1000)
     finally:
-        stack("start", "mysql-b")
+        toxics["mysql-b"].up()
     # healed without restarting polygate (each worker reconnects after backoff)
     deadline = time.time() + 20
     while True:

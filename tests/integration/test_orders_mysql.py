@@ -1,13 +1,16 @@
 """Orders on the real MariaDB servers of the local stack (4 shards, table
 orders_test, tests/integration/orders.shardmap.yaml), through HTTP: the MySQL
 adapter (adapters/mysql/ad_mysql.c) — CRUD, versions, exact decimals, JSON
-documents, auto_migrate on every shard, injection strings, a stopped server.
+documents, auto_migrate on every shard, injection strings, a server that is
+down (through this run's Toxiproxy proxy: the shared server keeps running).
 
 Single-item requests name the shard key (?customer_id=…); where a test needs
 to know the shard, it asks GET /admin/route/orders on the admin listener."""
 import decimal
 import http.client
 import json
+import shutil
+import tempfile
 import time
 import urllib.parse
 import uuid
@@ -15,11 +18,14 @@ import uuid
 import pymysql
 import pytest
 
-from conftest import ADMIN_PORT, MYSQL_SHARDS, Client, assert_error, stack
+from conftest import (ADMIN_PORT, CONFIG, MYSQL_SHARDS, PORT, Client, Gateway, assert_error,
+                      proxied_shardmap)
 
 TABLE = "orders_test"
 SHARDS = [(name,) + MYSQL_SHARDS[name] for name in ("orders-0", "orders-1", "orders-2", "orders-3")]
 SERVER_OF = {"orders-0": "mysql-a", "orders-1": "mysql-a", "orders-2": "mysql-b", "orders-3": "mysql-b"}
+# the gateway of the server-down test: mysql-b's shards through this run's proxy
+DOWN_PORT, DOWN_ADMIN = PORT + 75, ADMIN_PORT + 75
 
 
 def my(port, db):
@@ -34,8 +40,8 @@ def shard_db(name):
     raise KeyError(name)
 
 
-def route(customer):
-    admin = Client(port=ADMIN_PORT)
+def route(customer, admin_port=ADMIN_PORT):
+    admin = Client(port=admin_port)
     try:
         st, doc, _ = admin.request("GET", "/admin/route/orders?customer_id=" + urllib.parse.quote(customer))
     finally:
@@ -44,11 +50,11 @@ def route(customer):
     return doc
 
 
-def customer_on(shards):
+def customer_on(shards, admin_port=ADMIN_PORT):
     """A fresh customer id whose orders live on one of `shards`."""
     for _ in range(1000):
         cust = "cust-" + uuid.uuid4().hex[:12]
-        if route(cust)["shard"] in shards:
+        if route(cust, admin_port)["shard"] in shards:
             return cust
     raise AssertionError("no customer routes to %s" % (shards,))
 
@@ -330,13 +336,39 @@ def test_injection_strings_stored_verbatim(client):
         assert rows[oid] == (s, s if len(s) < 1000 else s[:100])
 
 
-def test_shard_server_down_is_503_naming_the_shard_then_recovers(client):
-    cust_b = customer_on({"orders-2", "orders-3"})  # on mysql-b
-    cust_a = customer_on({"orders-0", "orders-1"})  # on mysql-a
-    shard_b = route(cust_b)["shard"]
+@pytest.fixture
+def mysql_b_proxied(toxics):
+    """A private gateway whose shards on mysql-b (orders-2, orders-3) reach it
+    through this run's proxy (toxics: enabled, clean before and after), so
+    that the test faults the proxy, never the server other runs share;
+    (client, proxy)."""
+    tmp = tempfile.mkdtemp(prefix="polygate-mysql-down-")
+    with open(CONFIG) as f:
+        text = f.read()
+    text = text.replace("18080", str(DOWN_PORT)).replace("19090", str(DOWN_ADMIN))
+    text = text.replace("${POLYGATE_TEST_DIR}/orders.shardmap.yaml",
+                        proxied_shardmap(tmp, via=("orders-2", "orders-3")))
+    g = Gateway(text, port=DOWN_PORT)
+    c = Client(DOWN_PORT)
+    yield c, toxics["mysql-b"]
+    c.close()
+    rc = g.stop()
+    shutil.rmtree(tmp, ignore_errors=True)
+    assert rc == 0, "polygate did not exit cleanly on SIGTERM (rc=%s)" % rc
+
+
+def test_shard_server_down_is_503_naming_the_shard_then_recovers(mysql_b_proxied):
+    """mysql-b unreachable (its proxy disabled: open connections closed, new
+    ones refused, as when the server stops) is a 503 naming its shard for
+    reads and writes while the shards of mysql-a serve; once it is reachable
+    again every worker serves it without a restart."""
+    client, proxy = mysql_b_proxied
+    cust_b = customer_on({"orders-2", "orders-3"}, DOWN_ADMIN)  # on mysql-b
+    cust_a = customer_on({"orders-0", "orders-1"}, DOWN_ADMIN)  # on mysql-a
+    shard_b = route(cust_b, DOWN_ADMIN)["shard"]
     item_b = create(client, cust_b)
     item_a = create(client, cust_a)
-    stack("stop", "mysql-b")
+    proxy.down()
     try:
         body = wait_status(client, "GET", path(item_b["order_id"], cust_b), 503)
         err = assert_error(body, "backend_unavailable")
@@ -349,18 +381,18 @@ def test_shard_server_down_is_503_naming_the_shard_then_recovers(client):
         assert st == 200 and got["order_id"] == item_a["order_id"]
         create(client, cust_a)
         # …but a key the client chose cannot be proven unused: 503 naming a
-        # shard of the stopped server
+        # shard of the server that is down
         st, body, resp = client.request("PUT", "/v1/orders/own-" + uuid.uuid4().hex[:8],
                                         new_order(cust_a))
         assert st == 503, body
         err = assert_error(body, "backend_unavailable", resp=resp)
         assert err["shard"] in ("orders-2", "orders-3") and "cannot check" in err["message"], err
     finally:
-        stack("start", "mysql-b")
+        proxy.up()
     got = wait_status(client, "GET", path(item_b["order_id"], cust_b), 200)
     assert got["order_id"] == item_b["order_id"]
     for _ in range(10):  # every worker's pool is back, without a restart
-        c = Client()
+        c = Client(DOWN_PORT)
         try:
             st, doc, _ = c.request("POST", "/v1/orders", new_order(cust_b))
             if st == 503:  # a worker still in its reconnect backoff

@@ -6,10 +6,12 @@ import uuid
 import psycopg2
 import pytest
 
-from conftest import PG_DB, assert_error, stack
+from conftest import ADMIN_PORT, CONFIG, PG_DB, PORT, Client, Gateway, assert_error, via_proxies
 
 PG_DSN = "host=127.0.0.1 port=55432 dbname=%s user=postgres" % PG_DB
 TABLE = "users_test"
+# the gateway of the PostgreSQL-down test: users through this run's proxy
+DOWN_PORT, DOWN_ADMIN = PORT + 71, ADMIN_PORT + 71
 
 
 @pytest.fixture
@@ -302,9 +304,29 @@ def test_aggregate_errors_are_400(client):
     assert "prefs.lang" in err["message"] and "pg" in err["message"]
 
 
-def test_pg_down_is_503_then_recovers(client):
+@pytest.fixture
+def pg_proxied_client(toxics):
+    """A client of a private gateway whose users-pg reaches PostgreSQL through
+    this run's proxy (toxics: enabled, clean before and after), so that the
+    test faults the proxy, never the server other runs share."""
+    with open(CONFIG) as f:
+        text = f.read()
+    text = text.replace("18080", str(DOWN_PORT)).replace("19090", str(DOWN_ADMIN))
+    g = Gateway(via_proxies(text, ("pg",)), port=DOWN_PORT)
+    c = Client(DOWN_PORT)
+    yield c, toxics["pg"]
+    c.close()
+    rc = g.stop()
+    assert rc == 0, "polygate did not exit cleanly on SIGTERM (rc=%s)" % rc
+
+
+def test_pg_down_is_503_then_recovers(pg_proxied_client):
+    """PostgreSQL unreachable (its proxy disabled: open connections closed,
+    new ones refused, as when the server stops) is a 503 naming users-pg;
+    once it is reachable again the same gateway serves without a restart."""
+    client, proxy = pg_proxied_client
     item = create(client)
-    stack("stop", "pg")
+    proxy.down()
     try:
         deadline = time.time() + 10
         while True:
@@ -316,7 +338,7 @@ def test_pg_down_is_503_then_recovers(client):
         err = assert_error(body, "backend_unavailable")
         assert "users-pg" in err["message"]
     finally:
-        stack("start", "pg")
+        proxy.up()
     deadline = time.time() + 15
     while True:
         st, got, _ = client.request("GET", "/v1/users/" + item["id"])
