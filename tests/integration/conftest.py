@@ -385,11 +385,6 @@ def wait_ready(timeout=15.0, streak=20):
     return False
 
 
-def stack(*args):
-    subprocess.run([os.path.join(ROOT, "scripts", "stack.sh"), *args], check=True,
-                   stdout=subprocess.DEVNULL)
-
-
 def assert_error(body, code, status=None, resp=None):
     """The one error shape: {"error":{"code","message","request_id",…}}."""
     assert isinstance(body, dict) and set(body) == {"error"}, body

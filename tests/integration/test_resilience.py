@@ -207,7 +207,7 @@ class LoadLoop:
 
 
 def stack_ready(timeout=30.0):
-    """The shared stack may be mid-restart (other engineers' fault tests):
+    """The shared stack may be mid-restart (another run on the same stack):
     start from a gateway whose every shard answers."""
     def ready():
         try:
