@@ -591,6 +591,39 @@ static void test_complexity_limits(void **state)
     accepted(parse_shape(150, big, 0, &e), &e); /* 60,000 bytes */
 }
 
+/* Index names are <table>_<field>_idx built whole, however long the names
+ * (they were cut at 511 bytes: a wrong, possibly clashing, index name).
+ * The MySQL adapter refuses such names in the config; PostgreSQL's own
+ * identifier limit is the server's to apply. */
+static void test_long_identifiers(void **state)
+{
+    (void)state;
+    char table[41], field[481]; /* the adapters allow tables of 40 bytes */
+    memset(table, 't', 40);
+    table[40] = '\0';
+    memset(field, 'f', 480);
+    field[480] = '\0';
+    char json[1024];
+    snprintf(
+        json, sizeof(json),
+        "{\"backends\":{\"p\":{\"type\":\"pg\",\"shards\":[{\"name\":\"p\",\"dsn\":\"host=x\"}]}},"
+        "\"domains\":{\"a\":{\"backend\":\"p\",\"table\":\"%s\",\"key\":\"id\",\"fields\":{"
+        "\"id\":\"string\",\"%s\":{\"type\":\"string\",\"index\":true}}}}}",
+        table, field);
+    struct cf_config *lc = unit_config(json);
+    assert_non_null(lc);
+    char want[1024];
+    char err[128];
+    struct sql_stmt st;
+    sql_stmt_init(&st, SQL_PG);
+    assert_int_equal(sql_build_migrate(&st, cf_domain_find(lc, "a", 1), err, sizeof(err)), 0);
+    snprintf(want, sizeof(want), "INDEX IF NOT EXISTS \"%s_%s_idx\" ON \"%s\"", table, field,
+             table);
+    assert_non_null(strstr(st.text, want));
+    sql_stmt_free(&st);
+    cf_config_unref(lc);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -601,6 +634,7 @@ int main(void)
         cmocka_unit_test(test_mysql_writes),
         cmocka_unit_test(test_mysql_migration),
         cmocka_unit_test(test_complexity_limits),
+        cmocka_unit_test(test_long_identifiers),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
