@@ -407,14 +407,18 @@ static __thread struct {
 static int load_shard_map(struct cf_backend *be, const char *path, const char *cfg_path,
                           const char *ctx, char *err, size_t errlen)
 {
-    char full[4096];
     const char *slash = cfg_path != NULL ? strrchr(cfg_path, '/') : NULL;
-    if (path[0] == '/' || slash == NULL) {
-        snprintf(full, sizeof(full), "%s", path);
-    } else {
-        snprintf(full, sizeof(full), "%.*s/%s", (int)(slash - cfg_path), cfg_path, path);
+    size_t dirlen = path[0] == '/' || slash == NULL ? 0 : (size_t)(slash - cfg_path) + 1;
+    size_t plen = strlen(path);
+    char *full = malloc(dirlen + plen + 1); /* joined whole, whatever the lengths */
+    if (full == NULL) {
+        CERR("%s.shard_map: out of memory", ctx);
     }
-    be->shard_map_path = strdup(full);
+    if (dirlen > 0) {
+        memcpy(full, cfg_path, dirlen); /* the directory with its '/' */
+    }
+    memcpy(full + dirlen, path, plen + 1);
+    be->shard_map_path = full; /* freed with the backend */
     char lerr[400];
     struct json_object *doc = NULL;
     if (map_override.backend != NULL && strcmp(map_override.backend, be->name) == 0) {

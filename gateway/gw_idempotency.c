@@ -16,6 +16,8 @@
 
 #include <xxhash.h>
 
+#include "gateway/gw_log.h"
+
 struct gw_idem {
     struct gw_idem *next; /* bucket chain */
     TAILQ_ENTRY(gw_idem) age;
@@ -28,7 +30,7 @@ struct gw_idem {
     int status;
     char *body;
     size_t bodylen;
-    char headers[160];
+    char headers[GW_IDEM_MAX_HEADERS];
 };
 
 #define NBUCKETS 65536u
@@ -188,6 +190,15 @@ void gw_idem_complete(struct gw_idem *e, int status, const void *body, size_t bo
         gw_idem_release(e);
         return;
     }
+    size_t hl = headers != NULL ? strlen(headers) : 0;
+    if (hl >= sizeof(e->headers)) {
+        /* a replay must carry the header lines whole: forget the key (the
+         * retry runs again) rather than keep a cut header line */
+        gw_warn("Idempotency-Key answer not kept: its header lines (%zu bytes) exceed %d bytes", hl,
+                GW_IDEM_MAX_HEADERS - 1);
+        gw_idem_release(e);
+        return;
+    }
     char *copy = malloc(bodylen + 1);
     pthread_mutex_lock(&mu);
     if (copy == NULL || nbytes + bodylen > max_bytes) {
@@ -206,7 +217,7 @@ void gw_idem_complete(struct gw_idem *e, int status, const void *body, size_t bo
     e->body = copy;
     e->bodylen = bodylen;
     e->status = status;
-    snprintf(e->headers, sizeof(e->headers), "%s", headers != NULL ? headers : "");
+    memcpy(e->headers, headers != NULL ? headers : "", hl + 1);
     e->busy = 0;
     e->expires = now_ms + (uint64_t)ttl_ms;
     nbytes += bodylen;

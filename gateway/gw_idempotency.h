@@ -43,11 +43,16 @@ enum gw_idem_rc {
     GW_IDEM_FULL,     /* the store is full of requests in progress */
 };
 
+/* Header lines kept with an answer, NUL included.  An answer whose lines
+ * are longer is not kept (the key is released, a warning logged): a replay
+ * never carries a cut header line. */
+#define GW_IDEM_MAX_HEADERS 160
+
 struct gw_idem_replay {
     int status;
     char *body; /* malloc'd; the caller frees */
     size_t bodylen;
-    char headers[160]; /* ETag / X-Shards-Queried lines as first sent */
+    char headers[GW_IDEM_MAX_HEADERS]; /* ETag / X-Shards-Queried lines as first sent */
 };
 
 void gw_idem_configure(int64_t ttl_s, size_t max_entries, size_t max_bytes);

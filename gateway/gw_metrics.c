@@ -6,6 +6,7 @@
 #include <dirent.h>
 #include <inttypes.h>
 #include <pthread.h>
+#include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -46,13 +47,15 @@ const char *gw_mop_name(enum gw_mop op)
     return (unsigned)op < GW_MOP_N ? mop_names[op] : "other";
 }
 
-/* Interned names: append-only, published with a release store of the count. */
+/* Interned names: append-only, published with a release store of the count.
+ * Copied whole (the config does not bound name lengths, and a cut name
+ * would never match its lookup); kept for the life of the process. */
 static pthread_mutex_t intern_mu = PTHREAD_MUTEX_INITIALIZER;
-static char dom_names[GW_M_MAX_DOMAINS][64] = {"_none"};
+static const char *dom_names[GW_M_MAX_DOMAINS] = {"_none"};
 static int ndom = 1;
 static struct {
-    char backend[64];
-    char shard[64];
+    const char *backend;
+    const char *shard;
 } shard_names[GW_M_MAX_SHARDS];
 static int nshard;
 
@@ -116,8 +119,7 @@ int gw_metrics_domain_id(const char *name)
     }
     pthread_mutex_lock(&intern_mu);
     id = gw_metrics_domain_lookup(name);
-    if (id == 0 && ndom < GW_M_MAX_DOMAINS) {
-        snprintf(dom_names[ndom], sizeof(dom_names[ndom]), "%s", name);
+    if (id == 0 && ndom < GW_M_MAX_DOMAINS && (dom_names[ndom] = strdup(name)) != NULL) {
         id = ndom;
         __atomic_store_n(&ndom, ndom + 1, __ATOMIC_RELEASE);
     }
@@ -137,10 +139,16 @@ int gw_metrics_shard_id(const char *backend, const char *shard)
         }
     }
     if (id < 0 && nshard < GW_M_MAX_SHARDS) {
-        snprintf(shard_names[nshard].backend, sizeof(shard_names[nshard].backend), "%s", backend);
-        snprintf(shard_names[nshard].shard, sizeof(shard_names[nshard].shard), "%s", shard);
-        id = nshard;
-        __atomic_store_n(&nshard, nshard + 1, __ATOMIC_RELEASE);
+        char *b = strdup(backend), *s = strdup(shard);
+        if (b != NULL && s != NULL) {
+            shard_names[nshard].backend = b;
+            shard_names[nshard].shard = s;
+            id = nshard;
+            __atomic_store_n(&nshard, nshard + 1, __ATOMIC_RELEASE);
+        } else {
+            free(b);
+            free(s);
+        }
     }
     pthread_mutex_unlock(&intern_mu);
     return id;

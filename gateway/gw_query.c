@@ -721,14 +721,34 @@ static long b64_decode(const char *in, size_t len, unsigned char *out)
     return (long)o;
 }
 
-static void order_signature(const struct gw_query *q, char *out, size_t outlen)
+/* "f1,-f2,…": the order a cursor belongs to, whole (a cut signature would
+ * let a cursor of one order pass for another that shares its prefix).  In
+ * buf when it fits, else malloc'd: the caller frees a result other than
+ * buf.  NULL when out of memory. */
+static char *order_signature(const struct gw_query *q, char *buf, size_t cap)
 {
-    size_t o = 0;
-    out[0] = '\0';
-    for (size_t i = 0; i < q->norder && o < outlen; i++) {
-        o += (size_t)snprintf(out + o, outlen - o, "%s%s%s", i ? "," : "",
-                              q->order[i].desc ? "-" : "", q->order[i].field->name);
+    size_t need = 1;
+    for (size_t i = 0; i < q->norder; i++) {
+        need += 2 + strlen(q->order[i].field->name);
     }
+    char *out = need <= cap ? buf : malloc(need);
+    if (out == NULL) {
+        return NULL;
+    }
+    char *p = out;
+    for (size_t i = 0; i < q->norder; i++) {
+        if (i > 0) {
+            *p++ = ',';
+        }
+        if (q->order[i].desc) {
+            *p++ = '-';
+        }
+        size_t n = strlen(q->order[i].field->name);
+        memcpy(p, q->order[i].field->name, n);
+        p += n;
+    }
+    *p = '\0';
+    return out;
 }
 
 static void mac(const struct gw_query *q, const char *data, size_t len, unsigned char md[32])
@@ -740,16 +760,26 @@ static void mac(const struct gw_query *q, const char *data, size_t len, unsigned
 
 char *gw_query_cursor_make(const struct gw_query *q, struct json_object *vals)
 {
-    char sig[1024];
-    order_signature(q, sig, sizeof(sig));
+    char buf[256];
+    char *sig = order_signature(q, buf, sizeof(buf));
+    if (sig == NULL) {
+        return NULL;
+    }
     struct json_object *doc = json_object_new_object();
     json_object_object_add(doc, "o", json_object_new_string(sig));
+    if (sig != buf) {
+        free(sig);
+    }
     json_object_object_add(doc, "v", json_object_get(vals));
     const char *txt = json_object_to_json_string_ext(doc, JSON_C_TO_STRING_PLAIN);
     size_t len = strlen(txt);
     unsigned char md[32];
     mac(q, txt, len, md);
     char *out = malloc((len + 2) / 3 * 4 + 1 + 44 + 1);
+    if (out == NULL) {
+        json_object_put(doc);
+        return NULL;
+    }
     b64_encode((const unsigned char *)txt, len, out);
     size_t o = strlen(out);
     out[o++] = '.';
@@ -800,14 +830,23 @@ static int parse_cursor(struct pctx *c, struct gw_query *q, struct json_object *
     json_tokener_free(tok);
     free(payload);
     struct json_object *o = NULL, *v = NULL;
-    char sig[1024];
-    order_signature(q, sig, sizeof(sig));
     if (!json_object_object_get_ex(doc, "o", &o) || !json_object_object_get_ex(doc, "v", &v) ||
         !json_object_is_type(v, json_type_array) || json_object_array_length(v) != q->norder) {
         json_object_put(doc);
         return bad_cursor(c->e, "malformed");
     }
-    if (strcmp(json_object_get_string(o), sig) != 0) {
+    char buf[256];
+    char *sig = order_signature(q, buf, sizeof(buf));
+    if (sig == NULL) {
+        json_object_put(doc);
+        gw_error_set(c->e, GW_E_INTERNAL, NULL, "out of memory reading 'cursor'");
+        return -1;
+    }
+    int same = strcmp(json_object_get_string(o), sig) == 0;
+    if (sig != buf) {
+        free(sig);
+    }
+    if (!same) {
         json_object_put(doc);
         return bad_cursor(c->e, "it belongs to a query with another order_by");
     }

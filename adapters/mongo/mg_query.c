@@ -397,6 +397,18 @@ static int plan_query(struct mg_plan *p, struct mg_xerr *x)
 
 /* ---- _aggregate (loop thread) -------------------------------------------------------- */
 
+/* A "$field.path" reference, whole: in `buf` when it fits, else from
+ * bson_malloc (which aborts when out of memory, like every bson_t built
+ * here); the caller bson_free()s a result other than buf. */
+static char *field_ref(char *buf, size_t cap, const char *name)
+{
+    size_t n = strlen(name) + 2;
+    char *out = n <= cap ? buf : bson_malloc(n);
+    out[0] = '$';
+    memcpy(out + 1, name, n - 1);
+    return out;
+}
+
 static void group_id(bson_t *stage, const struct gw_query *q)
 {
     if (q->ngroup == 0) {
@@ -406,10 +418,13 @@ static void group_id(bson_t *stage, const struct gw_query *q)
     bson_t id;
     bson_append_document_begin(stage, "_id", -1, &id);
     for (size_t i = 0; i < q->ngroup; i++) {
-        char k[24], ref[600];
+        char k[24], buf[160];
         snprintf(k, sizeof(k), "k%zu", i);
-        snprintf(ref, sizeof(ref), "$%s", q->group_names[i]);
+        char *ref = field_ref(buf, sizeof(buf), q->group_names[i]);
         bson_append_utf8(&id, k, -1, ref, -1);
+        if (ref != buf) {
+            bson_free(ref);
+        }
     }
     bson_append_document_end(stage, &id);
 }
@@ -432,9 +447,12 @@ static bson_t *group_pipeline(const struct gw_query *q, bson_t *filter, const st
     if (f == NULL) {
         bson_append_int32(&acc, "$sum", -1, 1);
     } else {
-        char ref[160];
-        snprintf(ref, sizeof(ref), "$%s", f->name);
+        char buf[160];
+        char *ref = field_ref(buf, sizeof(buf), f->name);
         bson_append_utf8(&acc, "$sum", -1, ref, -1);
+        if (ref != buf) {
+            bson_free(ref);
+        }
     }
     bson_append_document_end(&grp, &acc);
     bson_append_document_end(&st, &grp);

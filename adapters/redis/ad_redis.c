@@ -132,10 +132,10 @@ struct rd_conn {
 struct rd_shard {
     struct rd_state *st;
     const struct cf_shard *cfs;
-    char host[256];
+    char *host; /* from the dsn, whole (malloc'd) */
     int port;
     int db;
-    char password[256];
+    char *password; /* NULL: no AUTH */
     struct rd_conn *conns;
     int nconns;
     int pending;
@@ -188,11 +188,19 @@ static int dsn_parse(struct rd_shard *sh, const char *dsn, char *err, size_t err
     if (at != NULL) {
         const char *colon = memchr(p, ':', (size_t)(at - p));
         const char *pw = colon != NULL ? colon + 1 : p;
-        snprintf(sh->password, sizeof(sh->password), "%.*s", (int)(at - pw), pw);
+        sh->password = strndup(pw, (size_t)(at - pw));
+        if (sh->password == NULL) {
+            snprintf(err, errlen, "shard '%s': out of memory", sh->cfs->name);
+            return -1;
+        }
         p = at + 1;
     }
     const char *end = p + strcspn(p, ":/");
-    snprintf(sh->host, sizeof(sh->host), "%.*s", (int)(end - p), p);
+    sh->host = strndup(p, (size_t)(end - p));
+    if (sh->host == NULL) {
+        snprintf(err, errlen, "shard '%s': out of memory", sh->cfs->name);
+        return -1;
+    }
     sh->port = 6379;
     if (*end == ':') {
         char *e2;
@@ -341,7 +349,7 @@ static void conn_start(struct rd_conn *c)
     redisAsyncSetConnectCallback(ac, on_connect);
     redisAsyncSetDisconnectCallback(ac, on_disconnect);
     /* queued before any request: they run first once connected */
-    if (sh->password[0] != '\0') {
+    if (sh->password != NULL && sh->password[0] != '\0') {
         redisAsyncCommand(ac, NULL, NULL, "AUTH %s", sh->password);
     }
     if (sh->db != 0) {
@@ -1159,6 +1167,8 @@ static int rd_init(struct event_base *base, const struct cf_backend *be, void **
         if (dsn_parse(sh, sh->cfs->dsn, err, errlen) < 0) {
             for (int j = 0; j <= i; j++) {
                 free(st->shards[j].conns);
+                free(st->shards[j].host);
+                free(st->shards[j].password);
             }
             free(st->shards);
             free(st);
@@ -1199,6 +1209,8 @@ static void rd_shutdown(void *state)
             event_free(c->connect_timer);
         }
         free(sh->conns);
+        free(sh->host);
+        free(sh->password);
     }
     free(st->shards);
     free(st);

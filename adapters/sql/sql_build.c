@@ -59,14 +59,40 @@ static void puts_(struct sql_stmt *st, const char *s)
     put(st, s, strlen(s));
 }
 
+/* printf-style append.  Formats straight into the statement's buffer
+ * (grown to the length vsnprintf reports first): never cut short. */
 static void __attribute__((format(printf, 2, 3))) putf(struct sql_stmt *st, const char *fmt, ...)
 {
-    char buf[256];
     va_list ap;
     va_start(ap, fmt);
-    int n = vsnprintf(buf, sizeof(buf), fmt, ap);
+    int n = vsnprintf(NULL, 0, fmt, ap);
     va_end(ap);
-    put(st, buf, n < 0 ? 0 : (size_t)n < sizeof(buf) ? (size_t)n : sizeof(buf) - 1);
+    if (n < 0) {
+        st->oom = 1; /* an encoding error: refuse the statement rather than send part of it */
+        return;
+    }
+    size_t len = st->len;
+    put(st, "", 0); /* makes sure a buffer exists */
+    if (st->oom) {
+        return;
+    }
+    if (len + (size_t)n + 1 > st->cap) {
+        size_t cap = st->cap;
+        while (cap < len + (size_t)n + 1) {
+            cap *= 2;
+        }
+        char *t = realloc(st->text, cap);
+        if (t == NULL) {
+            st->oom = 1;
+            return;
+        }
+        st->text = t;
+        st->cap = cap;
+    }
+    va_start(ap, fmt);
+    vsnprintf(st->text + len, (size_t)n + 1, fmt, ap);
+    va_end(ap);
+    st->len = len + (size_t)n;
 }
 
 /* A quoted identifier (from the config only). */
@@ -1396,9 +1422,18 @@ static void my_type(struct sql_stmt *st, const struct cf_domain *d, const struct
 /* <table>_<suffix> as one identifier */
 static void ident2(struct sql_stmt *st, const char *a, const char *b, const char *c)
 {
-    char buf[512];
-    snprintf(buf, sizeof(buf), "%s_%s%s%s", a, b, c[0] ? "_" : "", c);
+    char stackbuf[256];
+    size_t n = strlen(a) + 1 + strlen(b) + 1 + strlen(c) + 1;
+    char *buf = n <= sizeof(stackbuf) ? stackbuf : malloc(n);
+    if (buf == NULL) {
+        st->oom = 1;
+        return;
+    }
+    snprintf(buf, n, "%s_%s%s%s", a, b, c[0] ? "_" : "", c);
     ident(st, buf);
+    if (buf != stackbuf) {
+        free(buf);
+    }
 }
 
 static int my_migrate(struct sql_stmt *st, const struct cf_domain *d, char *err, size_t errlen)

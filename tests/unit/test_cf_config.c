@@ -647,14 +647,52 @@ static void test_type_names(void **state)
     assert_string_equal(cf_type_name((enum cf_type)99), "?");
 }
 
+/* A shard_map path relative to a config whose directory is long: joined
+ * whole (it was cut at 4,095 bytes, so the error named another file and
+ * another reason, and PUT /admin/shardmap would write to the cut path). */
+static void test_shard_map_long_config_dir(void **state)
+{
+    (void)state;
+    size_t cap = 8192, o = 0;
+    char *cfg = malloc(cap), *err = malloc(cap);
+    o += (size_t)snprintf(cfg + o, cap - o, "/nonexistent");
+    while (o < 4300) { /* components of 100 bytes: each under NAME_MAX */
+        cfg[o++] = '/';
+        memset(cfg + o, 'd', 100);
+        o += 100;
+    }
+    snprintf(cfg + o, cap - o, "/polygate.yaml");
+    static const char yaml[] = "backends:\n  r: {type: redis, shard_map: map.json}\n" DOMAIN;
+    struct json_object *root = cf_yaml_load_string(yaml, strlen(yaml), err, cap);
+    assert_non_null(root);
+    struct cf_config *cf = cf_config_from_json(root, cfg, err, cap);
+    json_object_put(root);
+    assert_null(cf);
+    char *want = malloc(cap);
+    snprintf(want, cap, "cannot read '%.*s/map.json': File name too long", (int)o, cfg);
+    if (strstr(err, want) == NULL) {
+        fail_msg("expected the whole path and ENAMETOOLONG, got: %.200s…%s", err,
+                 err + (strlen(err) > 120 ? strlen(err) - 120 : 0));
+    }
+    free(want);
+    free(cfg);
+    free(err);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_shipped_config),    cmocka_unit_test(test_defaults),
-        cmocka_unit_test(test_file_errors),       cmocka_unit_test(test_env_expansion),
-        cmocka_unit_test(test_rejections),        cmocka_unit_test(test_accepted),
-        cmocka_unit_test(test_refcount),          cmocka_unit_test(test_type_names),
-        cmocka_unit_test(test_listen_empty_port), cmocka_unit_test(test_listen_bracketed_ipv6),
+        cmocka_unit_test(test_shipped_config),
+        cmocka_unit_test(test_defaults),
+        cmocka_unit_test(test_file_errors),
+        cmocka_unit_test(test_env_expansion),
+        cmocka_unit_test(test_rejections),
+        cmocka_unit_test(test_accepted),
+        cmocka_unit_test(test_refcount),
+        cmocka_unit_test(test_type_names),
+        cmocka_unit_test(test_listen_empty_port),
+        cmocka_unit_test(test_listen_bracketed_ipv6),
+        cmocka_unit_test(test_shard_map_long_config_dir),
     };
     return cmocka_run_group_tests(tests, setup, NULL);
 }

@@ -591,6 +591,108 @@ static void test_complexity_limits(void **state)
     accepted(parse_shape(150, big, 0, &e), &e); /* 60,000 bytes */
 }
 
+/* Index names are <table>_<field>_idx built whole, however long the names
+ * (they were cut at 511 bytes: a wrong, possibly clashing, index name).
+ * The MySQL adapter refuses such names in the config; PostgreSQL's own
+ * identifier limit is the server's to apply. */
+static void test_long_identifiers(void **state)
+{
+    (void)state;
+    char table[41], field[481]; /* the adapters allow tables of 40 bytes */
+    memset(table, 't', 40);
+    table[40] = '\0';
+    memset(field, 'f', 480);
+    field[480] = '\0';
+    char json[1024];
+    snprintf(
+        json, sizeof(json),
+        "{\"backends\":{\"p\":{\"type\":\"pg\",\"shards\":[{\"name\":\"p\",\"dsn\":\"host=x\"}]}},"
+        "\"domains\":{\"a\":{\"backend\":\"p\",\"table\":\"%s\",\"key\":\"id\",\"fields\":{"
+        "\"id\":\"string\",\"%s\":{\"type\":\"string\",\"index\":true}}}}}",
+        table, field);
+    struct cf_config *lc = unit_config(json);
+    assert_non_null(lc);
+    char want[1024];
+    char err[128];
+    struct sql_stmt st;
+    sql_stmt_init(&st, SQL_PG);
+    assert_int_equal(sql_build_migrate(&st, cf_domain_find(lc, "a", 1), err, sizeof(err)), 0);
+    snprintf(want, sizeof(want), "INDEX IF NOT EXISTS \"%s_%s_idx\" ON \"%s\"", table, field,
+             table);
+    assert_non_null(strstr(st.text, want));
+    sql_stmt_free(&st);
+    cf_config_unref(lc);
+}
+
+/* A cursor is bound to its whole order_by: two orders whose signatures
+ * share their first 1,023 bytes (long field names) are told apart (the
+ * signature was cut there, so a cursor passed for the other order). */
+static int parse_on(const struct cf_config *c, const struct cf_domain *d, const char *body,
+                    struct gw_query **q, struct gw_error *e)
+{
+    struct json_object *b = json_tokener_parse(body);
+    assert_non_null(b);
+    int rc = gw_query_parse(d, &c->limits, c->cursor_secret, 0, b, q, e);
+    json_object_put(b);
+    return rc;
+}
+
+static void test_cursor_long_order(void **state)
+{
+    (void)state;
+    char names[7][201];
+    for (int i = 0; i < 7; i++) {
+        memset(names[i], 'n', 199);
+        names[i][199] = (char)('0' + i); /* differ only in the last byte */
+        names[i][200] = '\0';
+    }
+    char *json = malloc(8192), *body = malloc(16384), *order1 = malloc(2048),
+         *order2 = malloc(2048);
+    int o = snprintf(json, 8192,
+                     "{\"backends\":{\"p\":{\"type\":\"pg\",\"shards\":[{\"name\":\"p\","
+                     "\"dsn\":\"host=x\"}]}},\"domains\":{\"a\":{\"backend\":\"p\",\"table\":"
+                     "\"a\",\"key\":\"id\",\"fields\":{\"id\":\"string\"");
+    for (int i = 0; i < 7; i++) {
+        o += snprintf(json + o, 8192 - (size_t)o, ",\"%s\":\"string\"", names[i]);
+    }
+    snprintf(json + o, 8192 - (size_t)o, "}}}}");
+    struct cf_config *lc = unit_config(json);
+    assert_non_null(lc);
+    const struct cf_domain *d = cf_domain_find(lc, "a", 1);
+    int o1 = 0, o2 = 0;
+    for (int i = 0; i < 5; i++) {
+        o1 += snprintf(order1 + o1, 2048 - (size_t)o1, "\"%s\",", names[i]);
+        o2 += snprintf(order2 + o2, 2048 - (size_t)o2, "\"%s\",", names[i]);
+    }
+    snprintf(order1 + o1, 2048 - (size_t)o1, "\"%s\"", names[5]);
+    snprintf(order2 + o2, 2048 - (size_t)o2, "\"%s\"", names[6]);
+    struct gw_error e = {0};
+    struct gw_query *q = NULL;
+    snprintf(body, 16384, "{\"order_by\":[%s]}", order1);
+    assert_int_equal(parse_on(lc, d, body, &q, &e), 0);
+    struct json_object *vals = json_tokener_parse("[\"a\",\"b\",\"c\",\"d\",\"e\",\"f\",\"g\"]");
+    char *c = gw_query_cursor_make(q, vals);
+    assert_non_null(c);
+    json_object_put(vals);
+    gw_query_free(q);
+    /* the same order takes it back */
+    snprintf(body, 16384, "{\"order_by\":[%s],\"cursor\":\"%s\"}", order1, c);
+    q = NULL;
+    assert_int_equal(parse_on(lc, d, body, &q, &e), 0);
+    gw_query_free(q);
+    /* the other order refuses it */
+    snprintf(body, 16384, "{\"order_by\":[%s],\"cursor\":\"%s\"}", order2, c);
+    q = NULL;
+    assert_int_equal(parse_on(lc, d, body, &q, &e), -1);
+    assert_non_null(strstr(e.message, "another order_by"));
+    free(c);
+    free(json);
+    free(body);
+    free(order1);
+    free(order2);
+    cf_config_unref(lc);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -601,6 +703,8 @@ int main(void)
         cmocka_unit_test(test_mysql_writes),
         cmocka_unit_test(test_mysql_migration),
         cmocka_unit_test(test_complexity_limits),
+        cmocka_unit_test(test_long_identifiers),
+        cmocka_unit_test(test_cursor_long_order),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
