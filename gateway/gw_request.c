@@ -1892,9 +1892,9 @@ static void handle_data(struct gw_req *r, struct gw_http_req *hr)
     if (r->caller != NULL) {
         /* before any check that depends on the domain (methods, routes):
          * a caller without a grant on it learns nothing about it */
-        char dn[72];
+        char dn[72]; /* an unknown name, only for the message (cut there anyway) */
         snprintf(dn, sizeof(dn), "%.*s", (int)(dlen > 64 ? 64 : dlen), rest);
-        if (!gw_auth_sees(r->caller, dn, d != NULL, &e)) {
+        if (!gw_auth_sees(r->caller, d != NULL ? d->name : dn, d != NULL, &e)) {
             fail_now(r, &e, NULL);
             return;
         }

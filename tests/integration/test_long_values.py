@@ -12,6 +12,7 @@ import uuid
 import pytest
 import redis as redislib
 
+import conftest
 from conftest import ADMIN_PORT, PORT, Client, Gateway, wait_port
 
 # A private Redis that requires a long password (the stack's Redis has none).
@@ -116,8 +117,10 @@ def test_redis_password_longer_than_255_is_used_whole(gw, auth_redis):
 
     # the pool may still be connecting and authenticating: poll for the write
     assert poll(put), (last, gw.logtext()[-2000:])
-    # stored in the password-protected Redis, under the domain's prefix
-    assert auth_redis.exists("lv:" + sid) == 1
+    # stored in the password-protected Redis, under the domain's prefix (on
+    # this run's database number: conftest.namespaced rewrites every DSN)
+    r = redislib.Redis(host="127.0.0.1", port=AUTH_REDIS_PORT, password=PASSWORD, db=conftest.REDIS_DB)
+    assert r.exists("lv:" + sid) == 1
     st, body, _ = c.request("GET", "/v1/lvsess/%s" % sid)
     assert st == 200 and body["user_id"] == "u1", body
     c.close()
@@ -166,3 +169,32 @@ def test_aggregate_sums_a_field_with_a_long_name(gw):
         for sku in skus:
             c.request("DELETE", "/v1/%s/%s" % (LONG_DOMAIN, sku))
         c.close()
+
+
+def test_key_granted_a_long_domain_name_may_use_it(auth_redis):
+    """A grant names the domain whole: a key granted a domain whose name is
+    longer than 64 bytes reaches it (the name was cut before the grant was
+    looked up, so the key got 403), and a key without the grant does not."""
+    text = CONFIG.replace("auth: {enabled: false}", """auth:
+  enabled: true
+  keys:
+    - name: long-ok
+      key: "lv-key-granted-0123456789"
+      grants: {%s: [read, write]}
+    - name: other
+      key: "lv-key-other-0123456789"
+      grants: {lvsess: [read]}""" % LONG_DOMAIN)
+    port, admin = PORT + 58, ADMIN_PORT + 58  # beside the module's gateway
+    text = text.replace("18080", str(port)).replace("19090", str(admin))
+    g = Gateway(text, port=port)
+    c = Client(port)
+    try:
+        path = "/v1/%s/%s" % (LONG_DOMAIN, "missing-" + uuid.uuid4().hex)
+        st, body, _ = c.request("GET", path, headers={"Authorization": "Bearer lv-key-granted-0123456789"})
+        assert st == 404 and body["error"]["code"] == "not_found", body
+        st, body, _ = c.request("GET", path, headers={"Authorization": "Bearer lv-key-other-0123456789"})
+        assert st == 403 and body["error"]["code"] == "forbidden", body
+    finally:
+        c.close()
+        log = g.logtext()
+        assert g.stop() == 0, log[-3000:]
