@@ -17,7 +17,9 @@
  *           when the reply says no existing document was updated → 201
  *   PATCH   findAndModify {key[, version][, guard]} {$set, $unset,
  *           $inc {…, version: 1}}: atomic; the guard (`where`) is part of the
- *           filter.  No match → one more read tells 404 / 412 / 409 apart.
+ *           filter.  No match → one more read tells 404 / 412 / 409 apart;
+ *           a refused $inc → one more read tells whether a sum leaves the
+ *           int64 range (409 naming the field).
  *   DELETE  deleteOne {key[, version]}
  *   QUERY, AGGREGATE  the parsed gw_query → finds / pipelines (mg_query.c)
  *   PING    {ping: 1}
@@ -533,11 +535,12 @@ static void classify_miss(struct mg_call *c, mongoc_collection_t *coll)
     }
 }
 
-/* A PATCH's $inc failed: would one of its int fields leave the int64 range?
- * Servers differ in how they say it (MongoDB and FerretDB answer BadValue
- * with the document's _id in their own notation), so the item is read back
- * and the sums are checked here; the answer is the gateway's own 409, the
- * one the stores it increments itself give.  1 when c now holds it. */
+/* A PATCH's $inc failed: would one of its int fields (or decimals, stored as
+ * scaled int64) leave the int64 range?  The server's words are not parsed
+ * (MongoDB and FerretDB say BadValue and quote the _id, each in its own
+ * notation): the item is read back, under the same key lock, and the sums
+ * are checked here.  The answer is the gateway's own 409, the one the stores
+ * it increments itself give.  1 when c now holds it. */
 static int inc_out_of_range(struct mg_call *c, mongoc_collection_t *coll, const bson_error_t *e)
 {
     bson_iter_t it, inc;
@@ -555,8 +558,9 @@ static int inc_out_of_range(struct mg_call *c, mongoc_collection_t *coll, const 
         const struct cf_field *f = cf_field_find(c->d, bson_iter_key(&inc));
         bson_iter_t cur;
         int64_t sum;
-        if (f != NULL && f->type == CF_T_INT && BSON_ITER_HOLDS_INT(&inc) &&
-            bson_iter_init_find(&cur, doc, f->name) && BSON_ITER_HOLDS_INT(&cur) &&
+        if (f != NULL && (f->type == CF_T_INT || f->type == CF_T_DECIMAL /* scaled int64 */) &&
+            BSON_ITER_HOLDS_INT(&inc) && bson_iter_init_find(&cur, doc, f->name) &&
+            BSON_ITER_HOLDS_INT(&cur) &&
             __builtin_add_overflow(bson_iter_as_int64(&cur), bson_iter_as_int64(&inc), &sum)) {
             hit = f;
         }

@@ -318,6 +318,14 @@ def test_inc_past_the_int64_bounds_is_a_clean_conflict(client, products, domain,
         assert st == 204
 
 
+def gateway_log(gateway):
+    """The log's lines; bytes other tests had logged that are not UTF-8 are
+    replaced (the lines looked for here are text)."""
+    gateway.log.flush()
+    with open(gateway.log.name, "rb") as f:
+        return f.read().decode("utf-8", "replace").splitlines()
+
+
 def raw_patch(client, path, body):
     """PATCH; (status, the answer's bytes undecoded)."""
     client.conn.request("PATCH", path, body=json.dumps(body).encode(),
@@ -350,5 +358,21 @@ def test_catalog_inc_errors_are_utf8_without_store_text(gateway, client, product
     assert coll.find_one({"sku": item["sku"]})["stock"] == "many"
     # the store's words are in the log, under the call id the client was given
     call = re.search(r"logged as call (\d+)", msg).group(1)
-    log = [ln for ln in gateway.logtext().splitlines() if " call %s (patch): " % call in ln]
+    log = [ln for ln in gateway_log(gateway) if " call %s (patch): " % call in ln]
     assert log and "code 14" in log[0], log
+
+
+def test_a_value_the_store_refuses_is_answered_without_its_words(gateway, client):
+    # PostgreSQL refuses a NUL inside a JSON value ("unsupported Unicode escape
+    # sequence", SQLSTATE 22P05), which the answer repeated as "PostgreSQL
+    # refused the value: …"; a check of the gateway's own would name the field
+    st, err, _ = client.request("PUT", "/v1/users/" + uid("v-"), dict(user_body(), prefs={"a": "x\u0000"}))
+    assert st == 400, err
+    e = assert_error(err, "bad_request")
+    assert "Unicode" not in e["message"] and "PostgreSQL" not in e["message"], e
+    if e.get("field") != "prefs":
+        m = re.fullmatch(r"backend 'users-pg' shard 'users-pg' refused a value of the put "
+                         r"\(the store's error is logged as call (\d+)\)", e["message"])
+        assert m, e
+        log = [ln for ln in gateway_log(gateway) if " call %s (put): " % m.group(1) in ln]
+        assert log and "SQLSTATE 22" in log[0], log
