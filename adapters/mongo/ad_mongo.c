@@ -535,8 +535,8 @@ static void classify_miss(struct mg_call *c, mongoc_collection_t *coll)
     }
 }
 
-/* A PATCH's $inc failed: would one of its int fields (or decimals, stored as
- * scaled int64) leave the int64 range?  The server's words are not parsed
+/* A PATCH's $inc failed: would one of its int fields leave the int64 range?
+ * (A decimal past its digits is a 400, as on the SQL stores.)  The server's words are not parsed
  * (MongoDB and FerretDB say BadValue and quote the _id, each in its own
  * notation): the item is read back, under the same key lock, and the sums
  * are checked here.  The answer is the gateway's own 409, the one the stores
@@ -558,9 +558,8 @@ static int inc_out_of_range(struct mg_call *c, mongoc_collection_t *coll, const 
         const struct cf_field *f = cf_field_find(c->d, bson_iter_key(&inc));
         bson_iter_t cur;
         int64_t sum;
-        if (f != NULL && (f->type == CF_T_INT || f->type == CF_T_DECIMAL /* scaled int64 */) &&
-            BSON_ITER_HOLDS_INT(&inc) && bson_iter_init_find(&cur, doc, f->name) &&
-            BSON_ITER_HOLDS_INT(&cur) &&
+        if (f != NULL && f->type == CF_T_INT && BSON_ITER_HOLDS_INT(&inc) &&
+            bson_iter_init_find(&cur, doc, f->name) && BSON_ITER_HOLDS_INT(&cur) &&
             __builtin_add_overflow(bson_iter_as_int64(&cur), bson_iter_as_int64(&inc), &sum)) {
             hit = f;
         }

@@ -375,10 +375,11 @@ static int quotes_column(const char *msg, const char *name)
     return 0;
 }
 
-/* A PATCH whose inc took a column past its range (MariaDB says so with the
- * SQL expression, or "Out of range value for column"): the gateway's own 409
- * naming the field — the one the message quotes, else every incremented
- * field — the answer of the stores the gateway increments itself.  1 when res
+/* A PATCH whose inc took an int column past its range (MariaDB says so with
+ * the SQL expression, or "Out of range value for column"): the gateway's own
+ * 409 naming the field — the one the message quotes, else every incremented
+ * int field — the answer of the stores the gateway increments itself.  A
+ * decimal past its digits (the message quotes it) stays a 400.  1 when res
  * holds it. */
 static int inc_out_of_range(const struct ad_req *req, const char *msg, struct ad_res *res)
 {
@@ -387,36 +388,46 @@ static int inc_out_of_range(const struct ad_req *req, const char *msg, struct ad
         !json_object_object_get_ex(req->body, "inc", &inc)) {
         return 0;
     }
-    for (int quoted = 1; quoted >= 0; quoted--) {
-        const struct cf_field *first = NULL;
-        char names[160];
-        size_t len = 0;
-        int n = 0;
-        names[0] = '\0';
-        json_object_object_foreach(inc, k, v)
-        {
-            (void)v;
-            const struct cf_field *f = cf_field_find(req->domain, k);
-            if (f == NULL || (quoted && !quotes_column(msg, f->name))) {
-                continue;
-            }
-            int w =
-                snprintf(names + len, sizeof(names) - len, "%s'%s'", n > 0 ? ", " : "", f->name);
-            if (w < 0 || (size_t)w >= sizeof(names) - len) {
-                names[len] = '\0'; /* the first ones are named; the field is in the log */
-                break;
-            }
-            len += (size_t)w;
-            first = n++ == 0 ? f : first;
+    const struct cf_field *quoted = NULL, *first = NULL;
+    char names[160];
+    size_t len = 0;
+    int n = 0;
+    names[0] = '\0';
+    json_object_object_foreach(inc, k, v)
+    {
+        (void)v;
+        const struct cf_field *f = cf_field_find(req->domain, k);
+        if (f == NULL) {
+            continue;
         }
-        if (n > 0) {
-            ad_res_error(res, AD_CONFLICT, NULL, "cannot increment %s: the result is out of range",
-                         names);
-            res->field = n == 1 ? first->name : NULL;
-            return 1;
+        if (quoted == NULL && quotes_column(msg, f->name)) {
+            quoted = f;
         }
+        if (f->type != CF_T_INT) {
+            continue;
+        }
+        int w = snprintf(names + len, sizeof(names) - len, "%s'%s'", n > 0 ? ", " : "", f->name);
+        if (w < 0 || (size_t)w >= sizeof(names) - len) {
+            names[len] = '\0'; /* the first ones are named; the field is in the log */
+            break;
+        }
+        len += (size_t)w;
+        first = n++ == 0 ? f : first;
     }
-    return 0;
+    if (quoted != NULL) {
+        if (quoted->type != CF_T_INT) {
+            return 0;
+        }
+        snprintf(names, sizeof(names), "'%s'", quoted->name);
+        first = quoted;
+        n = 1;
+    }
+    if (n == 0) {
+        return 0;
+    }
+    ad_res_error(res, AD_CONFLICT, NULL, "cannot increment %s: the result is out of range", names);
+    res->field = n == 1 ? first->name : NULL;
+    return 1;
 }
 
 /* A store error → status.  1062 names the unique field, an out-of-range

@@ -303,10 +303,12 @@ static void finish_query(struct pg_call *pc, const PGresult *r, struct ad_res *r
 
 static int pg_send(struct sql_conn *sc, struct sql_call *call);
 
-/* A PATCH whose inc took a column past its range (PostgreSQL says "bigint
- * out of range", naming no column): the gateway's own 409 naming the field
- * (every incremented field when there are several), the answer of the stores
- * the gateway increments itself.  1 when res holds it. */
+/* A PATCH whose inc took an int column past its range (PostgreSQL says
+ * "bigint out of range", naming no column): the gateway's own 409 naming the
+ * field, the answer of the stores the gateway increments itself.  A decimal
+ * past its digits has the same SQLSTATE: with no int field incremented it
+ * stays a 400; with both, every incremented field is named (the store does
+ * not say which one).  1 when res holds it. */
 static int inc_out_of_range(const struct ad_req *req, struct ad_res *res)
 {
     struct json_object *inc;
@@ -317,7 +319,8 @@ static int inc_out_of_range(const struct ad_req *req, struct ad_res *res)
     const struct cf_field *first = NULL;
     char names[160];
     size_t len = 0;
-    int n = 0;
+    int n = 0, nint = 0;
+    names[0] = '\0';
     json_object_object_foreach(inc, k, v)
     {
         (void)v;
@@ -325,15 +328,16 @@ static int inc_out_of_range(const struct ad_req *req, struct ad_res *res)
         if (f == NULL) {
             continue;
         }
+        nint += f->type == CF_T_INT;
         int w = snprintf(names + len, sizeof(names) - len, "%s'%s'", n > 0 ? ", " : "", f->name);
         if (w < 0 || (size_t)w >= sizeof(names) - len) {
             names[len] = '\0'; /* the first ones are named; the field is in the log */
-            break;
+            continue;
         }
         len += (size_t)w;
         first = n++ == 0 ? f : first;
     }
-    if (n == 0) {
+    if (nint == 0 || n == 0) {
         return 0;
     }
     ad_res_error(res, AD_CONFLICT, NULL, "cannot increment %s: the result is out of range", names);

@@ -376,3 +376,32 @@ def test_a_value_the_store_refuses_is_answered_without_its_words(gateway, client
         assert m, e
         log = [ln for ln in gateway_log(gateway) if " call %s (put): " % m.group(1) in ln]
         assert log and "SQLSTATE 22" in log[0], log
+
+
+@pytest.mark.parametrize("domain,field,backend", [("users", "balance", "users-pg"),
+                                                  ("dorders", "total_amount", "orders-mysql")])
+def test_a_decimal_inc_past_its_digits_is_answered_without_the_stores_words(
+        gateway, client, domain, field, backend):
+    # PostgreSQL "numeric field overflow", MariaDB "Out of range value for
+    # column …" were repeated in the answer; the value is refused (400), not
+    # a range conflict of the int kind, and the store's words are logged
+    digits = {"balance": "9999999999999999.9999", "total_amount": "9999999999999999.99"}[field]
+    if domain == "users":
+        path, body = "/v1/users/" + uid("v-"), '{"email":"%s"' % user_body()["email"]
+    else:
+        cust = uid("cust-")
+        path, body = "/v1/dorders/%s?customer_id=%s" % (uid("o-"), cust), '{"customer_id":"%s"' % cust
+    st, item, _ = client.request("PUT", path, raw=(body + ',"%s":%s}' % (field, digits)).encode(),
+                                 headers={"Content-Type": "application/json"})
+    assert st == 201, item
+    st, err, _ = client.request("PATCH", path, {"inc": {field: 1}})
+    assert st == 400, err
+    msg = assert_error(err, "bad_request")["message"]
+    m = re.fullmatch(r"backend '%s' shard '[^']+' refused a value of the patch "
+                     r"\(the store's error is logged as call (\d+)\)" % backend, msg)
+    assert m, msg
+    log = [ln for ln in gateway_log(gateway) if " call %s (patch): " % m.group(1) in ln]
+    assert log and "SQLSTATE 22003" in log[0], log
+    st, got, _ = client.request("GET", path)
+    assert st == 200 and got["version"] == item["version"], got
+    assert client.request("DELETE", path)[0] == 204
