@@ -17,7 +17,9 @@
  *           when the reply says no existing document was updated → 201
  *   PATCH   findAndModify {key[, version][, guard]} {$set, $unset,
  *           $inc {…, version: 1}}: atomic; the guard (`where`) is part of the
- *           filter.  No match → one more read tells 404 / 412 / 409 apart.
+ *           filter.  No match → one more read tells 404 / 412 / 409 apart;
+ *           a refused $inc → one more read tells whether a sum leaves the
+ *           int64 range (409 naming the field).
  *   DELETE  deleteOne {key[, version]}
  *   QUERY, AGGREGATE  the parsed gw_query → finds / pipelines (mg_query.c)
  *   PING    {ping: 1}
@@ -44,6 +46,7 @@
 #include "adapters/mongo/mg_query.h"
 #include "config/cf_config.h"
 #include "gateway/gw_item.h"
+#include "gateway/gw_json.h"
 #include "gateway/gw_log.h"
 #include "gateway/gw_query.h"
 #include "gateway/gw_util.h"
@@ -394,6 +397,34 @@ static void note_state(struct mg_call *c, int up, const char *why)
     }
 }
 
+/* The store's message fit for one log line: FerretDB quotes a document's
+ * _id as raw bytes, not always UTF-8; those bytes and control characters are
+ * written as \xNN, so the log stays text. */
+static const char *loggable(const char *msg, char *buf, size_t buflen)
+{
+    size_t o = 0, len = strlen(msg);
+    for (size_t i = 0; i < len;) {
+        unsigned char ch = (unsigned char)msg[i];
+        size_t n = ch < 0x80 ? 1 : ch >= 0xf0 ? 4 : ch >= 0xe0 ? 3 : 2;
+        if (n > len - i || (n > 1 && gw_utf8_check(msg + i, n) != n) || ch < 0x20 || ch == 0x7f) {
+            if (o + 5 > buflen) {
+                break;
+            }
+            o += (size_t)snprintf(buf + o, buflen - o, "\\x%02x", ch);
+            i++;
+            continue;
+        }
+        if (o + n + 1 > buflen) {
+            break;
+        }
+        memcpy(buf + o, msg + i, n);
+        o += n;
+        i += n;
+    }
+    buf[o] = '\0';
+    return buf;
+}
+
 static void fail(struct mg_call *c, const bson_error_t *e)
 {
     const char *be = c->st->be->name, *sh = c->sh->cfs->name;
@@ -405,6 +436,8 @@ static void fail(struct mg_call *c, const bson_error_t *e)
         return;
     }
     note_state(c, 1, "");
+    unsigned long long id = c->req != NULL ? (unsigned long long)c->req->id : 0;
+    const char *what = "failed";
     switch (e->code) {
     case 11000: /* duplicate key */
         c->status = AD_CONFLICT;
@@ -414,6 +447,7 @@ static void fail(struct mg_call *c, const bson_error_t *e)
         return;
     case 50: /* MaxTimeMSExpired */
         c->status = AD_TIMEOUT;
+        what = "ran out of time for";
         break;
     case 2:  /* BadValue */
     case 9:  /* FailedToParse */
@@ -423,24 +457,21 @@ static void fail(struct mg_call *c, const bson_error_t *e)
     case 56: /* EmptyFieldName */
     case 57: /* DottedFieldName */
         c->status = AD_BAD_REQUEST;
+        what = "refused";
         break;
-    default: {
-        /* the store's own words (FerretDB adds stack frames) stay in the
-         * log: the client learns which shard failed and the call id */
-        unsigned long long id = c->req != NULL ? (unsigned long long)c->req->id : 0;
+    default:
         c->status = AD_INTERNAL;
-        gw_warn("mongo backend '%s' shard '%s' call %llu (%s): %s (domain %u, code %u)", be, sh, id,
-                ad_op_name(c->op), e->message, e->domain, e->code);
-        snprintf(c->message, sizeof(c->message),
-                 "backend '%s' shard '%s' failed the %s (the store's error is logged as call %llu)",
-                 be, sh, ad_op_name(c->op), id);
-        return;
+        break;
     }
-    }
-    /* a known refusal or time limit: its first line, which names the problem */
-    size_t line = strcspn(e->message, "\r\n");
-    snprintf(c->message, sizeof(c->message), "mongo backend '%s' (shard '%s'): %.*s", be, sh,
-             (int)(line < 150 ? line : 150), e->message);
+    /* the store's own words (FerretDB adds stack frames, and quotes the
+     * document's raw _id bytes, not always UTF-8) stay in the log: the client
+     * learns which shard answered what and the call id to find them by */
+    char text[1024];
+    gw_warn("mongo backend '%s' shard '%s' call %llu (%s): %s (domain %u, code %u)", be, sh, id,
+            ad_op_name(c->op), loggable(e->message, text, sizeof(text)), e->domain, e->code);
+    snprintf(c->message, sizeof(c->message),
+             "backend '%s' shard '%s' %s the %s (the store's error is logged as call %llu)", be, sh,
+             what, ad_op_name(c->op), id);
 }
 
 /* Read the item by key alone (after a write matched nothing). 1 found, 0 not, -1 error. */
@@ -504,6 +535,50 @@ static void classify_miss(struct mg_call *c, mongoc_collection_t *coll)
     }
 }
 
+/* A PATCH's $inc failed: would one of its int fields leave the int64 range?
+ * (A decimal past its digits is a 400, as on the SQL stores.)  The server's words are not parsed
+ * (MongoDB and FerretDB say BadValue and quote the _id, each in its own
+ * notation): the item is read back, under the same key lock, and the sums
+ * are checked here.  The answer is the gateway's own 409, the one the stores
+ * it increments itself give.  1 when c now holds it. */
+static int inc_out_of_range(struct mg_call *c, mongoc_collection_t *coll, const bson_error_t *e)
+{
+    bson_iter_t it, inc;
+    if (c->op != AD_PATCH || !bson_iter_init_find(&it, c->doc, "$inc") ||
+        !bson_iter_recurse(&it, &inc)) {
+        return 0;
+    }
+    bson_t *doc = NULL;
+    if (read_by_key(c, coll, &doc) != 1) {
+        c->status = AD_DONE; /* a failed read says nothing about the sums */
+        return 0;
+    }
+    const struct cf_field *hit = NULL;
+    while (hit == NULL && bson_iter_next(&inc)) {
+        const struct cf_field *f = cf_field_find(c->d, bson_iter_key(&inc));
+        bson_iter_t cur;
+        int64_t sum;
+        if (f != NULL && f->type == CF_T_INT && BSON_ITER_HOLDS_INT(&inc) &&
+            bson_iter_init_find(&cur, doc, f->name) && BSON_ITER_HOLDS_INT(&cur) &&
+            __builtin_add_overflow(bson_iter_as_int64(&cur), bson_iter_as_int64(&inc), &sum)) {
+            hit = f;
+        }
+    }
+    bson_destroy(doc);
+    if (hit == NULL) {
+        return 0;
+    }
+    char text[1024];
+    gw_info("mongo backend '%s' shard '%s' call %llu: increment of '%s' out of range: %s (code %u)",
+            c->st->be->name, c->sh->cfs->name, (unsigned long long)c->req->id, hit->name,
+            loggable(e->message, text, sizeof(text)), e->code);
+    c->status = AD_CONFLICT;
+    c->field = hit->name;
+    snprintf(c->message, sizeof(c->message), "cannot increment '%s': the result is out of range",
+             hit->name);
+    return 1;
+}
+
 static void do_find_and_modify(struct mg_call *c, mongoc_collection_t *coll)
 {
     for (int attempt = 0; attempt < 2; attempt++) {
@@ -519,6 +594,10 @@ static void do_find_and_modify(struct mg_call *c, mongoc_collection_t *coll)
             bson_destroy(&reply);
             if (err.code == 11000 && c->upsert && attempt == 0) {
                 continue; /* two upserts raced to create it: the second one updates */
+            }
+            if (!is_unavailable(&err) && inc_out_of_range(c, coll, &err)) {
+                note_state(c, 1, "");
+                return;
             }
             fail(c, &err);
             return;
@@ -581,8 +660,9 @@ static void call_work(struct mg_job *job)
         if (mongoc_collection_write_command_with_opts(coll, c->indexes, NULL, &reply, &err)) {
             c->migrated_ok = 1;
         } else if (!is_unavailable(&err)) {
+            char text[1024];
             gw_error("mongo shard '%s': auto_migrate of collection '%s' failed: %s",
-                     c->sh->cfs->name, c->d->table, err.message);
+                     c->sh->cfs->name, c->d->table, loggable(err.message, text, sizeof(text)));
         }
         bson_destroy(&reply);
     }

@@ -363,35 +363,124 @@ static int conn_error(unsigned int no)
            no == 1927 /* ER_CONNECTION_KILLED */ || no == 1040 /* too many connections */;
 }
 
-/* A store error → status.  1062 names the unique field. */
+/* Does the store's message quote column name (`name` or 'name')? */
+static int quotes_column(const char *msg, const char *name)
+{
+    size_t n = strlen(name);
+    for (const char *p = msg; (p = strstr(p, name)) != NULL; p += n) {
+        if (p > msg && (p[-1] == '`' || p[-1] == '\'') && p[n] == p[-1]) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* A PATCH whose inc took an int column past its range (MariaDB says so with
+ * the SQL expression, or "Out of range value for column"): the gateway's own
+ * 409 naming the field — the one the message quotes, else every incremented
+ * int field — the answer of the stores the gateway increments itself.  A
+ * decimal past its digits (the message quotes it) stays a 400.  1 when res
+ * holds it. */
+static int inc_out_of_range(const struct ad_req *req, const char *msg, struct ad_res *res)
+{
+    struct json_object *inc;
+    if (req == NULL || req->op != AD_PATCH || req->body == NULL ||
+        !json_object_object_get_ex(req->body, "inc", &inc)) {
+        return 0;
+    }
+    const struct cf_field *quoted = NULL, *first = NULL;
+    char names[160];
+    size_t len = 0;
+    int n = 0;
+    names[0] = '\0';
+    json_object_object_foreach(inc, k, v)
+    {
+        (void)v;
+        const struct cf_field *f = cf_field_find(req->domain, k);
+        if (f == NULL) {
+            continue;
+        }
+        if (quoted == NULL && quotes_column(msg, f->name)) {
+            quoted = f;
+        }
+        if (f->type != CF_T_INT) {
+            continue;
+        }
+        int w = snprintf(names + len, sizeof(names) - len, "%s'%s'", n > 0 ? ", " : "", f->name);
+        if (w < 0 || (size_t)w >= sizeof(names) - len) {
+            names[len] = '\0'; /* the first ones are named; the field is in the log */
+            break;
+        }
+        len += (size_t)w;
+        first = n++ == 0 ? f : first;
+    }
+    if (quoted != NULL) {
+        if (quoted->type != CF_T_INT) {
+            return 0;
+        }
+        snprintf(names, sizeof(names), "'%s'", quoted->name);
+        first = quoted;
+        n = 1;
+    }
+    if (n == 0) {
+        return 0;
+    }
+    ad_res_error(res, AD_CONFLICT, NULL, "cannot increment %s: the result is out of range", names);
+    res->field = n == 1 ? first->name : NULL;
+    return 1;
+}
+
+/* A store error → status.  1062 names the unique field, an out-of-range
+ * error on an inc is the range conflict; any other text of the store goes to
+ * the log only, and the client learns the backend, shard and the call id to
+ * find it by. */
 static void error_result(struct my_call *call, unsigned int no, const char *sqlstate,
                          const char *text, struct ad_res *res)
 {
     char msg[200];
     snprintf(msg, sizeof(msg), "%s", text);
     sql_one_line(msg);
-    const struct cf_domain *d = call->b.req != NULL ? call->b.req->domain : NULL;
+    const struct ad_req *req = call->b.req;
+    const struct cf_domain *d = req != NULL ? req->domain : NULL;
     const struct sql_shard *sh = call->b.sh;
-    switch (no) {
-    case 1062: /* ER_DUP_ENTRY */
-    case 1586: /* ER_DUP_ENTRY_WITH_KEY_NAME */ {
+    const char *be = sh->pool->be->name, *shn = sh->cfs->name;
+    const char *op = req != NULL ? ad_op_name(req->op) : "request";
+    unsigned long long id = req != NULL ? (unsigned long long)req->id : 0;
+    int dup = no == 1062 /* ER_DUP_ENTRY */ || no == 1586 /* ER_DUP_ENTRY_WITH_KEY_NAME */;
+    if (dup && d != NULL) {
         char kb[128];
-        const char *f =
-            d != NULL ? sql_constraint_field(d, dup_key_name(msg, kb, sizeof(kb))) : NULL;
+        const char *f = sql_constraint_field(d, dup_key_name(msg, kb, sizeof(kb)));
         if (f != NULL && strcmp(f, d->key) == 0) {
             ad_res_error(res, AD_CONFLICT, NULL, "an item with %s '%s' already exists", d->key,
-                         call->b.req->key != NULL ? call->b.req->key : "?");
-        } else if (f != NULL) {
-            ad_res_error(res, AD_CONFLICT, NULL, "another item already has this '%s'", f);
-        } else {
-            ad_res_error(res, AD_CONFLICT, NULL, "unique constraint violated: %s", msg);
+                         req->key != NULL ? req->key : "?");
+            res->field = f;
+            return;
         }
-        res->field = f;
+        if (f != NULL) {
+            ad_res_error(res, AD_CONFLICT, NULL, "another item already has this '%s'", f);
+            res->field = f;
+            return;
+        }
+    }
+    int range = (no == 1690 /* BIGINT out of range */ || no == 1264 /* out of range */) &&
+                inc_out_of_range(req, msg, res);
+    gw_log(range ? GW_LOG_INFO : GW_LOG_WARN,
+           "mysql backend '%s' shard '%s' call %llu (%s): %s (error %u, SQLSTATE %s)", be, shn, id,
+           op, msg, no, sqlstate);
+    if (range) {
         return;
     }
+    switch (no) {
+    case 1062:
+    case 1586:
+        ad_res_error(res, AD_CONFLICT, NULL,
+                     "backend '%s' shard '%s': a unique value of this item is taken (the "
+                     "store's error is logged as call %llu)",
+                     be, shn, id);
+        return;
     case 1213: /* ER_LOCK_DEADLOCK */
     case 1205: /* ER_LOCK_WAIT_TIMEOUT */
-        ad_res_error(res, AD_CONFLICT, NULL, "concurrent write on the same item, retry: %s", msg);
+        ad_res_error(res, AD_CONFLICT, NULL, "concurrent write on the same item, retry");
         return;
     case 1048: /* column cannot be null */
     case 1264: /* out of range */
@@ -403,26 +492,20 @@ static void error_result(struct my_call *call, unsigned int no, const char *sqls
     case 3140: /* MySQL: invalid JSON */
     case 3819: /* MySQL: CHECK constraint */
     case 4025: /* MariaDB: CHECK constraint (JSON columns) */
-        ad_res_error(res, AD_BAD_REQUEST, NULL, "MySQL refused the value: %s", msg);
-        return;
-    default:
         break;
+    default:
+        if (strncmp(sqlstate, "22", 2) != 0) {
+            ad_res_error(res, AD_INTERNAL, shn,
+                         "backend '%s' shard '%s' failed the %s (the store's error is logged as "
+                         "call %llu)",
+                         be, shn, op, id);
+            return;
+        }
     }
-    if (strncmp(sqlstate, "22", 2) == 0) {
-        ad_res_error(res, AD_BAD_REQUEST, NULL, "MySQL refused the value: %s", msg);
-        return;
-    }
-    /* the store's own words stay in the log: the client learns which shard
-     * failed and the call id to find them by */
-    const struct ad_req *req = call->b.req;
-    unsigned long long id = req != NULL ? (unsigned long long)req->id : 0;
-    gw_warn("mysql backend '%s' shard '%s' call %llu (%s): %s (error %u, SQLSTATE %s)",
-            sh->pool->be->name, sh->cfs->name, id, req != NULL ? ad_op_name(req->op) : "?", msg, no,
-            sqlstate);
-    ad_res_error(res, AD_INTERNAL, sh->cfs->name,
-                 "backend '%s' shard '%s' failed the %s (the store's error is logged as call %llu)",
-                 sh->pool->be->name, sh->cfs->name, req != NULL ? ad_op_name(req->op) : "request",
-                 id);
+    ad_res_error(res, AD_BAD_REQUEST, NULL,
+                 "backend '%s' shard '%s' refused a value of the %s (the store's error is logged "
+                 "as call %llu)",
+                 be, shn, op, id);
 }
 
 /* ---- a script's results ------------------------------------------------------------ */

@@ -303,7 +303,51 @@ static void finish_query(struct pg_call *pc, const PGresult *r, struct ad_res *r
 
 static int pg_send(struct sql_conn *sc, struct sql_call *call);
 
-/* A store error → status.  23505 names the unique field. */
+/* A PATCH whose inc took an int column past its range (PostgreSQL says
+ * "bigint out of range", naming no column): the gateway's own 409 naming the
+ * field, the answer of the stores the gateway increments itself.  A decimal
+ * past its digits has the same SQLSTATE: with no int field incremented it
+ * stays a 400; with both, every incremented field is named (the store does
+ * not say which one).  1 when res holds it. */
+static int inc_out_of_range(const struct ad_req *req, struct ad_res *res)
+{
+    struct json_object *inc;
+    if (req == NULL || req->op != AD_PATCH || req->body == NULL ||
+        !json_object_object_get_ex(req->body, "inc", &inc)) {
+        return 0;
+    }
+    const struct cf_field *first = NULL;
+    char names[160];
+    size_t len = 0;
+    int n = 0, nint = 0;
+    names[0] = '\0';
+    json_object_object_foreach(inc, k, v)
+    {
+        (void)v;
+        const struct cf_field *f = cf_field_find(req->domain, k);
+        if (f == NULL) {
+            continue;
+        }
+        nint += f->type == CF_T_INT;
+        int w = snprintf(names + len, sizeof(names) - len, "%s'%s'", n > 0 ? ", " : "", f->name);
+        if (w < 0 || (size_t)w >= sizeof(names) - len) {
+            names[len] = '\0'; /* the first ones are named; the field is in the log */
+            continue;
+        }
+        len += (size_t)w;
+        first = n++ == 0 ? f : first;
+    }
+    if (nint == 0 || n == 0) {
+        return 0;
+    }
+    ad_res_error(res, AD_CONFLICT, NULL, "cannot increment %s: the result is out of range", names);
+    res->field = n == 1 ? first->name : NULL;
+    return 1;
+}
+
+/* A store error → status.  23505 names the unique field, 22003 on an inc is
+ * the range conflict; any other text of the store goes to the log only, and
+ * the client learns the backend, shard and the call id to find it by. */
 static void error_result(struct pg_call *pc, const PGresult *r, struct ad_res *res)
 {
     const char *state = PQresultErrorField(r, PG_DIAG_SQLSTATE);
@@ -314,6 +358,9 @@ static void error_result(struct pg_call *pc, const PGresult *r, struct ad_res *r
     sql_one_line(msg);
     const struct ad_req *req = pc->b.req;
     const struct cf_domain *d = req != NULL ? req->domain : NULL;
+    const char *be = sh->pool->be->name, *shn = sh->cfs->name;
+    const char *op = req != NULL ? ad_op_name(req->op) : "request";
+    unsigned long long id = req != NULL ? (unsigned long long)req->id : 0;
     if (state == NULL) {
         state = "";
     }
@@ -322,30 +369,44 @@ static void error_result(struct pg_call *pc, const PGresult *r, struct ad_res *r
         if (f != NULL && strcmp(f, d->key) == 0) {
             ad_res_error(res, AD_CONFLICT, NULL, "an item with %s '%s' already exists", d->key,
                          req->key != NULL ? req->key : "?");
-        } else if (f != NULL) {
-            ad_res_error(res, AD_CONFLICT, NULL, "another item already has this '%s'", f);
-        } else {
-            ad_res_error(res, AD_CONFLICT, NULL, "unique constraint violated: %s", msg);
+            res->field = f;
+            return;
         }
-        res->field = f;
+        if (f != NULL) {
+            ad_res_error(res, AD_CONFLICT, NULL, "another item already has this '%s'", f);
+            res->field = f;
+            return;
+        }
+    }
+    if (strncmp(state, "08", 2) == 0 || strncmp(state, "57P", 3) == 0 ||
+        strncmp(state, "53", 2) == 0) {
+        /* the gateway answers this one in its own words (backend, shard) */
+        ad_res_error(res, AD_UNAVAILABLE, shn,
+                     "backend '%s' (PostgreSQL shard '%s') is unavailable: %s", be, shn, msg);
+        return;
+    }
+    int range = strcmp(state, "22003") == 0 && inc_out_of_range(req, res);
+    gw_log(range ? GW_LOG_INFO : GW_LOG_WARN,
+           "pg backend '%s' shard '%s' call %llu (%s): %s (SQLSTATE %s)", be, shn, id, op, msg,
+           state);
+    if (range) {
+        return;
+    }
+    if (strcmp(state, "23505") == 0) {
+        ad_res_error(res, AD_CONFLICT, NULL,
+                     "backend '%s' shard '%s': a unique value of this item is taken (the "
+                     "store's error is logged as call %llu)",
+                     be, shn, id);
     } else if (strncmp(state, "22", 2) == 0 || strncmp(state, "23", 2) == 0) {
-        ad_res_error(res, AD_BAD_REQUEST, NULL, "PostgreSQL refused the value: %s", msg);
-    } else if (strncmp(state, "08", 2) == 0 || strncmp(state, "57P", 3) == 0 ||
-               strncmp(state, "53", 2) == 0) {
-        ad_res_error(res, AD_UNAVAILABLE, sh->cfs->name,
-                     "backend '%s' (PostgreSQL shard '%s') is unavailable: %s", sh->pool->be->name,
-                     sh->cfs->name, msg);
+        ad_res_error(res, AD_BAD_REQUEST, NULL,
+                     "backend '%s' shard '%s' refused a value of the %s (the store's error is "
+                     "logged as call %llu)",
+                     be, shn, op, id);
     } else {
-        /* the store's own words stay in the log: the client learns which
-         * shard failed and the call id to find them by */
-        unsigned long long id = req != NULL ? (unsigned long long)req->id : 0;
-        gw_warn("pg backend '%s' shard '%s' call %llu (%s): %s (SQLSTATE %s)", sh->pool->be->name,
-                sh->cfs->name, id, req != NULL ? ad_op_name(req->op) : "?", msg, state);
-        ad_res_error(res, AD_INTERNAL, sh->cfs->name,
+        ad_res_error(res, AD_INTERNAL, shn,
                      "backend '%s' shard '%s' failed the %s (the store's error is logged as "
                      "call %llu)",
-                     sh->pool->be->name, sh->cfs->name,
-                     req != NULL ? ad_op_name(req->op) : "request", id);
+                     be, shn, op, id);
     }
 }
 

@@ -279,3 +279,129 @@ def test_catalog_dates_have_six_fraction_digits(client, products):
                     "designed": "1969-12-31T23:59:59.500000Z",
                     "first": "2026-01-31T00:08:02.212000Z"}, spec
     assert spec["first"] < spec["released"]
+
+
+# ---- increments past the int64 bounds ------------------------------------------
+
+import json  # noqa: E402  (this part reads answers as raw bytes)
+
+# The gateway's own words for an inc whose result leaves the range: the same on
+# every store, and those the stores it increments itself (Redis) answer.
+INC_RANGE = "cannot increment '%s': the result is out of range"
+
+
+@pytest.mark.parametrize("domain,field", INT_FIELDS)
+def test_inc_past_the_int64_bounds_is_a_clean_conflict(client, products, domain, field):
+    # users answered 400 with PostgreSQL's "bigint out of range", dorders 400
+    # with MariaDB's SQL expression, the catalog 400 with FerretDB's text and
+    # the raw bytes of the document's _id
+    for start, step in ((INT64_MAX, 1), (INT64_MIN, -1), (INT64_MAX, INT64_MAX),
+                        (INT64_MIN, INT64_MIN), (1, INT64_MAX)):
+        st, item, path = write_int(client, domain, field, start)
+        if domain == "catalog":
+            products[1].append(path.rsplit("/", 1)[1])
+        assert st == 201, item
+        st, err, _ = client.request("PATCH", path, {"inc": {field: step}})
+        assert st == 409, (start, step, err)
+        e = assert_error(err, "conflict")
+        assert e["field"] == field and e["message"] == INC_RANGE % field, e
+        # nothing was written: the value and the version are what they were
+        st, got, _ = client.request("GET", path)
+        assert st == 200 and got[field] == start and got["version"] == item["version"], got
+        # up to the bound itself is in range, both ways
+        sign = 1 if step > 0 else -1
+        st, got, _ = client.request("PATCH", path, {"inc": {field: -sign}})
+        assert st == 200 and got[field] == start - sign, got
+        st, got, _ = client.request("PATCH", path, {"inc": {field: sign}})
+        assert st == 200 and got[field] == start, got
+        st, _, _ = client.request("DELETE", path)
+        assert st == 204
+
+
+def gateway_log(gateway):
+    """The log's lines; bytes other tests had logged that are not UTF-8 are
+    replaced (the lines looked for here are text)."""
+    gateway.log.flush()
+    with open(gateway.log.name, "rb") as f:
+        return f.read().decode("utf-8", "replace").splitlines()
+
+
+def raw_patch(client, path, body):
+    """PATCH; (status, the answer's bytes undecoded)."""
+    client.conn.request("PATCH", path, body=json.dumps(body).encode(),
+                        headers={"Content-Type": "application/json"})
+    resp = client.conn.getresponse()
+    return resp.status, resp.read()
+
+
+def test_catalog_inc_errors_are_utf8_without_store_text(gateway, client, products):
+    coll, made = products
+    st, item, path = write_int(client, "catalog", "stock", INT64_MAX)
+    made.append(item["sku"])
+    assert st == 201, item
+    st, raw = raw_patch(client, path, {"inc": {"stock": 1}})
+    text = raw.decode("utf-8")  # strict: FerretDB's text carried raw _id bytes
+    assert st == 409, text
+    for store_text in ("Failed to apply", "NumberLong", "{_id", "document", "BadValue"):
+        assert store_text not in text, text
+    assert assert_error(json.loads(text), "conflict")["message"] == INC_RANGE % "stock"
+    # a stored value the store cannot increment (written by another client):
+    # the store's refusal, which quotes the document, stays in the log too
+    coll.update_one({"sku": item["sku"]}, {"$set": {"stock": "many"}})
+    st, raw = raw_patch(client, path, {"inc": {"stock": 1}})
+    text = raw.decode("utf-8")
+    assert st == 400, text
+    for store_text in ("non-numeric", "{_id", "TypeMismatch", "Cannot apply", "$inc"):
+        assert store_text not in text, text
+    msg = assert_error(json.loads(text), "bad_request")["message"]
+    assert "shard 'catalog-mongo'" in msg and "logged as call" in msg, msg
+    assert coll.find_one({"sku": item["sku"]})["stock"] == "many"
+    # the store's words are in the log, under the call id the client was given
+    call = re.search(r"logged as call (\d+)", msg).group(1)
+    log = [ln for ln in gateway_log(gateway) if " call %s (patch): " % call in ln]
+    assert log and "code 14" in log[0], log
+
+
+def test_a_value_the_store_refuses_is_answered_without_its_words(gateway, client):
+    # PostgreSQL refuses a NUL inside a JSON value ("unsupported Unicode escape
+    # sequence", SQLSTATE 22P05), which the answer repeated as "PostgreSQL
+    # refused the value: …"; a check of the gateway's own would name the field
+    st, err, _ = client.request("PUT", "/v1/users/" + uid("v-"), dict(user_body(), prefs={"a": "x\u0000"}))
+    assert st == 400, err
+    e = assert_error(err, "bad_request")
+    assert "Unicode" not in e["message"] and "PostgreSQL" not in e["message"], e
+    if e.get("field") != "prefs":
+        m = re.fullmatch(r"backend 'users-pg' shard 'users-pg' refused a value of the put "
+                         r"\(the store's error is logged as call (\d+)\)", e["message"])
+        assert m, e
+        log = [ln for ln in gateway_log(gateway) if " call %s (put): " % m.group(1) in ln]
+        assert log and "SQLSTATE 22" in log[0], log
+
+
+@pytest.mark.parametrize("domain,field,backend", [("users", "balance", "users-pg"),
+                                                  ("dorders", "total_amount", "orders-mysql")])
+def test_a_decimal_inc_past_its_digits_is_answered_without_the_stores_words(
+        gateway, client, domain, field, backend):
+    # PostgreSQL "numeric field overflow", MariaDB "Out of range value for
+    # column …" were repeated in the answer; the value is refused (400), not
+    # a range conflict of the int kind, and the store's words are logged
+    digits = {"balance": "9999999999999999.9999", "total_amount": "9999999999999999.99"}[field]
+    if domain == "users":
+        path, body = "/v1/users/" + uid("v-"), '{"email":"%s"' % user_body()["email"]
+    else:
+        cust = uid("cust-")
+        path, body = "/v1/dorders/%s?customer_id=%s" % (uid("o-"), cust), '{"customer_id":"%s"' % cust
+    st, item, _ = client.request("PUT", path, raw=(body + ',"%s":%s}' % (field, digits)).encode(),
+                                 headers={"Content-Type": "application/json"})
+    assert st == 201, item
+    st, err, _ = client.request("PATCH", path, {"inc": {field: 1}})
+    assert st == 400, err
+    msg = assert_error(err, "bad_request")["message"]
+    m = re.fullmatch(r"backend '%s' shard '[^']+' refused a value of the patch "
+                     r"\(the store's error is logged as call (\d+)\)" % backend, msg)
+    assert m, msg
+    log = [ln for ln in gateway_log(gateway) if " call %s (patch): " % m.group(1) in ln]
+    assert log and "SQLSTATE 22003" in log[0], log
+    st, got, _ = client.request("GET", path)
+    assert st == 200 and got["version"] == item["version"], got
+    assert client.request("DELETE", path)[0] == 204
