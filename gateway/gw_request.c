@@ -108,6 +108,7 @@ struct gw_req {
     int32_t excl_slots[RT_LIVE_MAX_EXCL]; /* a scatter child: its shard's */
     struct event *hold_ev;                /* a write waiting for a frozen slot */
     uint64_t hold_deadline_ms;
+    int64_t timeout_ms; /* the store's deadline, for the 504 message */
 };
 
 static void req_release(struct gw_req *r);
@@ -540,11 +541,7 @@ static void on_deadline(evutil_socket_t fd, short what, void *arg)
     const struct cf_backend *be = r->rt->be;
     gw_error_set(&e, GW_E_TIMEOUT, NULL,
                  "no answer from backend '%s' (shard '%s') within %" PRIu64 " ms", be->name,
-                 be->shards[r->ad.shard].name,
-                 (uint64_t)(r->ad.deadline_ms - r->ad.deadline_ms +
-                            (r->ad.domain && r->ad.domain->timeout_ms
-                                 ? (uint64_t)r->ad.domain->timeout_ms
-                                 : (uint64_t)r->cf->limits.request_timeout_ms)));
+                 be->shards[r->ad.shard].name, (uint64_t)r->timeout_ms);
     e.domain = r->ad.domain != NULL ? r->ad.domain->name : NULL;
     e.shard = be->shards[r->ad.shard].name;
     backend_outcome(r, AD_TIMEOUT, e.message);
@@ -591,6 +588,7 @@ static void req_submit(struct gw_req *r)
         tmo = tmo < 1000 ? tmo : 1000;
     }
     uint64_t now = gw_now_ms();
+    r->timeout_ms = tmo;
     r->ad.deadline_ms = now + (uint64_t)tmo;
     r->mid = (size_t)r->ad.shard < r->rt->nmids ? r->rt->mids[r->ad.shard] : -1;
     uint64_t retry_ms = 0;

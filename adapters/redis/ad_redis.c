@@ -122,11 +122,18 @@ struct rd_shard;
 struct rd_conn {
     struct rd_shard *sh;
     redisAsyncContext *ac;
-    int connected;
+    int connected; /* the handshake (AUTH, SELECT, PING) was answered */
     int pending;
     int64_t backoff_ms;
     struct event *retry_timer;   /* reconnect after backoff */
-    struct event *connect_timer; /* connect deadline */
+    struct event *connect_timer; /* connect deadline: TCP and the handshake */
+    /* A connection that stops answering: Redis answers in order, so when no
+     * reply came for longer than the deadline of every command waiting on
+     * it, each of those requests has been answered 504 already and the
+     * connection is dead weight: it is dropped and opened again. */
+    struct event *stall_timer;
+    uint64_t progress_ms; /* last reply, or when it became busy */
+    uint64_t stall_ms;    /* the longest deadline among the waiting commands */
 };
 
 struct rd_shard {
@@ -276,8 +283,8 @@ static void on_connect(const redisAsyncContext *ac, int status)
     if (c == NULL) {
         return;
     }
-    evtimer_del(c->connect_timer);
     if (status != REDIS_OK) {
+        evtimer_del(c->connect_timer);
         /* hiredis frees the context after this callback; no disconnect cb */
         gw_debug("redis shard '%s': connect failed: %s", c->sh->cfs->name, ac->c.errstr);
         c->ac = NULL;
@@ -286,6 +293,30 @@ static void on_connect(const redisAsyncContext *ac, int status)
         schedule_retry(c);
         return;
     }
+    /* TCP is up; the connection serves once the handshake is answered
+     * (on_handshake), within the same connect deadline */
+}
+
+/* The replies to AUTH, SELECT and the closing PING of conn_start.  An error
+ * (a wrong password, a database that does not exist) or a lost connection
+ * fails the connect: it is retried after backoff, never used half set up. */
+static void on_handshake(redisAsyncContext *ac, void *r, void *priv)
+{
+    struct rd_conn *c = ac->data;
+    redisReply *rep = r;
+    if (c == NULL || rep == NULL) {
+        return; /* freed (connect timeout, shutdown) or lost: handled there */
+    }
+    if (rep->type == REDIS_REPLY_ERROR) {
+        gw_warn("redis shard '%s' (%s:%d): connection set-up refused: %s", c->sh->cfs->name,
+                c->sh->host, c->sh->port, rep->str);
+        redisAsyncDisconnect(ac); /* → on_disconnect → retry after backoff */
+        return;
+    }
+    if (priv == NULL) {
+        return; /* AUTH or SELECT answered; the PING (priv = c) ends it */
+    }
+    evtimer_del(c->connect_timer);
     c->connected = 1;
     c->backoff_ms = 0;
     if (!c->sh->was_up) {
@@ -300,6 +331,8 @@ static void on_disconnect(const redisAsyncContext *ac, int status)
     if (c == NULL) {
         return;
     }
+    evtimer_del(c->connect_timer);
+    evtimer_del(c->stall_timer);
     c->ac = NULL;
     c->connected = 0;
     if (status != REDIS_OK) {
@@ -325,6 +358,40 @@ static void connect_timeout_cb(evutil_socket_t fd, short what, void *arg)
     }
 }
 
+static void stall_arm(struct rd_conn *c, uint64_t ms)
+{
+    struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)((ms % 1000) * 1000)};
+    evtimer_add(c->stall_timer, &tv);
+}
+
+static void stall_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct rd_conn *c = arg;
+    (void)fd;
+    (void)what;
+    if (c->ac == NULL || c->pending == 0) {
+        return;
+    }
+    /* a round trip's allowance on top of the longest deadline */
+    uint64_t bound = c->stall_ms + (uint64_t)c->sh->st->be->pool.connect_timeout_ms;
+    uint64_t idle = gw_now_ms() - c->progress_ms;
+    if (idle < bound) {
+        stall_arm(c, bound - idle);
+        return;
+    }
+    gw_warn("redis shard '%s' (%s:%d): no reply for %llu ms with %d command(s) waiting; "
+            "reconnecting",
+            c->sh->cfs->name, c->sh->host, c->sh->port, (unsigned long long)idle, c->pending);
+    redisAsyncContext *ac = c->ac;
+    ac->data = NULL; /* its callbacks must not find us any more */
+    c->ac = NULL;
+    c->connected = 0;
+    redisAsyncFree(ac); /* the waiting calls complete now: connection lost */
+    c->pending = 0;
+    shard_note_down(c->sh, "no reply");
+    schedule_retry(c);
+}
+
 static void retry_cb(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
@@ -348,13 +415,16 @@ static void conn_start(struct rd_conn *c)
     redisLibeventAttach(ac, sh->st->base);
     redisAsyncSetConnectCallback(ac, on_connect);
     redisAsyncSetDisconnectCallback(ac, on_disconnect);
-    /* queued before any request: they run first once connected */
+    /* the handshake, sent once connected; requests wait for its PING */
     if (sh->password != NULL && sh->password[0] != '\0') {
-        redisAsyncCommand(ac, NULL, NULL, "AUTH %s", sh->password);
+        const char *argv[2] = {"AUTH", sh->password};
+        size_t argl[2] = {4, strlen(sh->password)};
+        redisAsyncCommandArgv(ac, on_handshake, NULL, 2, argv, argl);
     }
     if (sh->db != 0) {
-        redisAsyncCommand(ac, NULL, NULL, "SELECT %d", sh->db);
+        redisAsyncCommand(ac, on_handshake, NULL, "SELECT %d", sh->db);
     }
+    redisAsyncCommand(ac, on_handshake, c, "PING");
     int64_t ms = sh->st->be->pool.connect_timeout_ms;
     struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)((ms % 1000) * 1000)};
     evtimer_add(c->connect_timer, &tv);
@@ -440,6 +510,7 @@ static int reply_failed(struct rd_call *call, redisReply *rep)
 {
     if (call->conn != NULL) {
         call->conn->pending--;
+        call->conn->progress_ms = gw_now_ms();
     }
     if (rep == NULL) { /* shard_note_down logged the outage */
         call_fail(call, AD_UNAVAILABLE, "is unavailable: the connection was lost");
@@ -984,6 +1055,20 @@ static int call_send(struct rd_call *call, redisCallbackFn *fn, int argc, const 
     }
     best->pending++;
     call->conn = best;
+    uint64_t now = gw_now_ms();
+    if (best->pending == 1) {
+        best->progress_ms = now;
+        best->stall_ms = 0;
+    }
+    uint64_t span = call->req->deadline_ms == 0    ? 60000 /* no deadline: a minute */
+                    : call->req->deadline_ms > now ? call->req->deadline_ms - now
+                                                   : 0;
+    if (span > best->stall_ms) {
+        best->stall_ms = span;
+    }
+    if (!evtimer_pending(best->stall_timer, NULL)) {
+        stall_arm(best, best->stall_ms + (uint64_t)call->st->be->pool.connect_timeout_ms);
+    }
     return 0;
 }
 
@@ -1181,6 +1266,7 @@ static int rd_init(struct event_base *base, const struct cf_backend *be, void **
             c->sh = sh;
             c->retry_timer = evtimer_new(base, retry_cb, c);
             c->connect_timer = evtimer_new(base, connect_timeout_cb, c);
+            c->stall_timer = evtimer_new(base, stall_cb, c);
             conn_start(c);
         }
     }
@@ -1198,6 +1284,7 @@ static void rd_shutdown(void *state)
             struct rd_conn *c = &sh->conns[k];
             evtimer_del(c->retry_timer);
             evtimer_del(c->connect_timer);
+            evtimer_del(c->stall_timer);
             if (c->ac != NULL) {
                 redisAsyncContext *ac = c->ac;
                 c->ac = NULL;
@@ -1207,6 +1294,7 @@ static void rd_shutdown(void *state)
             }
             event_free(c->retry_timer);
             event_free(c->connect_timer);
+            event_free(c->stall_timer);
         }
         free(sh->conns);
         free(sh->host);
