@@ -11,6 +11,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "gateway/gw_json.h"
 #include "gateway/gw_util.h"
 
 /* -1: off; 2: stderr; else our file.  A file's descriptor number never
@@ -84,8 +85,21 @@ static size_t put_str(char *buf, size_t n, size_t cap, const char *s, size_t max
             buf[n++] = (char)c;
         } else if (c < 0x20 || c == 0x7f) {
             n = put_fmt(buf, n, cap, "\\u%04x", c);
+        } else if (c < 0x80) {
+            buf[n++] = (char)c;
         } else {
-            buf[n++] = (char)c; /* UTF-8 passes through; invalid bytes stay as they came */
+            /* whole UTF-8 sequences pass through; a byte that starts none
+             * (or one cut at `max`) is written as the text \xNN, so that
+             * every line stays valid JSON in valid UTF-8 */
+            size_t want = c >= 0xf0 ? 4 : c >= 0xe0 ? 3 : 2;
+            size_t have = strnlen(s + i, want);
+            if (have == want && i + want <= max && gw_utf8_check(s + i, want) == want) {
+                memcpy(buf + n, s + i, want);
+                n += want;
+                i += want - 1;
+            } else {
+                n = put_fmt(buf, n, cap, "\\\\x%02x", c);
+            }
         }
     }
     if (n + 1 < cap) {

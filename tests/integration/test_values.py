@@ -4,6 +4,7 @@ range exactly; bodies that are JSON null or hold a NUL in a member name are
 refused clearly; timestamps come back with one width everywhere."""
 import datetime
 import re
+import time
 import uuid
 
 import pytest
@@ -405,3 +406,28 @@ def test_a_decimal_inc_past_its_digits_is_answered_without_the_stores_words(
     st, got, _ = client.request("GET", path)
     assert st == 200 and got["version"] == item["version"], got
     assert client.request("DELETE", path)[0] == 204
+
+
+def test_access_log_lines_stay_utf8_json_with_bad_bytes_in_the_path(gateway, client):
+    """A path whose id decodes to bytes that are not UTF-8 is answered 400 and
+    logged: the access-log line must still be valid UTF-8 and valid JSON (it
+    held the raw byte before), with the byte written as the text \\xNN and
+    whole multi-byte characters kept as they are."""
+    marker = uid("alog-")
+    st, _, _ = client.request("GET", "/v1/users/%s-%%ff-%%C3%%A9" % marker)
+    assert st == 400
+
+    def line():
+        with open(gateway.log.name, "rb") as f:
+            for raw in f:
+                if marker.encode() in raw and b'"type":"access"' in raw:
+                    return raw
+        return None
+
+    deadline = time.time() + 10
+    while line() is None and time.time() < deadline:
+        time.sleep(0.05)
+    raw = line()
+    assert raw is not None, "no access-log line for the request"
+    doc = json.loads(raw.decode("utf-8"))  # strict: raises on invalid UTF-8
+    assert doc["path"].endswith("%s-\\xff-\u00e9" % marker), doc["path"]
