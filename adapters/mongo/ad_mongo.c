@@ -152,6 +152,94 @@ struct mg_call {
 };
 
 /* {key: "…"} plus {version: N} when If-Match. */
+/* The largest magnitude a decimal field holds, in its scaled units: the
+ * catalog stores decimals as int64 counts of 10^-scale (at most 18 digits). */
+static int64_t decimal_max(const struct cf_field *f)
+{
+    int digits = f->precision > 0 && f->precision < 18 ? f->precision : 18;
+    int64_t m = 1;
+    for (int i = 0; i < digits; i++) {
+        m *= 10;
+    }
+    return m - 1;
+}
+
+/* An $inc of a decimal field must leave it within its digits, as the SQL
+ * stores' DECIMAL columns do: the filter gets, per such field, "absent, or
+ * small enough that the sum fits" ({$and: [{$or: [...]}, …]}, a key that the
+ * key filter and the guard never use).  A miss is explained by classify_miss. */
+static void append_decimal_ranges(bson_t *filter, const struct cf_domain *d, const bson_t *update)
+{
+    bson_iter_t it, inc;
+    if (!bson_iter_init_find(&it, update, "$inc") || !bson_iter_recurse(&it, &inc)) {
+        return;
+    }
+    bson_t all;
+    uint32_t n = 0;
+    while (bson_iter_next(&inc)) {
+        const struct cf_field *f = cf_field_find(d, bson_iter_key(&inc));
+        if (f == NULL || f->type != CF_T_DECIMAL || !BSON_ITER_HOLDS_INT(&inc)) {
+            continue;
+        }
+        int64_t max = decimal_max(f), delta = bson_iter_as_int64(&inc);
+        if (delta > max || delta < -max) {
+            delta = delta > 0 ? max : -max; /* refused on write already; keep the bound sane */
+        }
+        if (n == 0) {
+            bson_append_array_begin(filter, "$and", -1, &all);
+        }
+        char idx[16];
+        const char *key;
+        bson_uint32_to_string(n++, &key, idx, sizeof(idx));
+        bson_t one, alt, absent, fits, cmp;
+        bson_append_document_begin(&all, key, -1, &one);
+        bson_append_array_begin(&one, "$or", -1, &alt);
+        bson_append_document_begin(&alt, "0", -1, &absent);
+        bson_append_document_begin(&absent, f->name, -1, &cmp);
+        bson_append_bool(&cmp, "$exists", -1, false);
+        bson_append_document_end(&absent, &cmp);
+        bson_append_document_end(&alt, &absent);
+        bson_append_document_begin(&alt, "1", -1, &fits);
+        bson_append_document_begin(&fits, f->name, -1, &cmp);
+        if (delta >= 0) {
+            bson_append_int64(&cmp, "$lte", -1, max - delta);
+        } else {
+            bson_append_int64(&cmp, "$gte", -1, -max - delta);
+        }
+        bson_append_document_end(&fits, &cmp);
+        bson_append_document_end(&alt, &fits);
+        bson_append_array_end(&one, &alt);
+        bson_append_document_end(&all, &one);
+    }
+    if (n > 0) {
+        bson_append_array_end(filter, &all);
+    }
+}
+
+/* After a PATCH missed an existing item: the decimal field an $inc would
+ * take past its digits, or NULL. */
+static const struct cf_field *decimal_past_digits(const struct mg_call *c, const bson_t *doc)
+{
+    bson_iter_t it, inc, cur;
+    if (c->op != AD_PATCH || c->doc == NULL || !bson_iter_init_find(&it, c->doc, "$inc") ||
+        !bson_iter_recurse(&it, &inc)) {
+        return NULL;
+    }
+    while (bson_iter_next(&inc)) {
+        const struct cf_field *f = cf_field_find(c->d, bson_iter_key(&inc));
+        if (f == NULL || f->type != CF_T_DECIMAL || !BSON_ITER_HOLDS_INT(&inc) ||
+            !bson_iter_init_find(&cur, doc, f->name) || !BSON_ITER_HOLDS_INT(&cur)) {
+            continue;
+        }
+        int64_t sum, max = decimal_max(f);
+        if (__builtin_add_overflow(bson_iter_as_int64(&cur), bson_iter_as_int64(&inc), &sum) ||
+            sum > max || sum < -max) {
+            return f;
+        }
+    }
+    return NULL;
+}
+
 static bson_t *key_filter(const struct mg_call *c)
 {
     bson_t *f = bson_new();
@@ -328,6 +416,7 @@ static int prepare(struct mg_call *c, struct mg_xerr *x)
         }
         bson_append_int64(&inc, "version", -1, 1);
         bson_append_document_end(c->doc, &inc);
+        append_decimal_ranges(c->filter, d, c->doc);
         return 0;
     }
     case AD_QUERY:
@@ -521,12 +610,21 @@ static void classify_miss(struct mg_call *c, mongoc_collection_t *coll)
     if (bson_iter_init_find(&it, doc, "version") && BSON_ITER_HOLDS_INT(&it)) {
         cur = bson_iter_as_int64(&it);
     }
+    const struct cf_field *past = decimal_past_digits(c, doc);
     bson_destroy(doc);
     if (c->if_match >= 0 && cur != c->if_match) {
         c->status = AD_PRECONDITION;
         snprintf(c->message, sizeof(c->message),
                  "If-Match: version %lld does not match the current version %lld",
                  (long long)c->if_match, (long long)cur);
+    } else if (past != NULL) {
+        /* a 400, as the SQL stores answer a DECIMAL column pushed past its digits */
+        c->status = AD_BAD_REQUEST;
+        snprintf(c->message, sizeof(c->message),
+                 "cannot increment '%s': the result would not fit in %d digits with %d decimal "
+                 "places; nothing was changed",
+                 past->name, past->precision > 0 && past->precision < 18 ? past->precision : 18,
+                 past->scale);
     } else {
         c->status = AD_CONFLICT;
         snprintf(c->message, sizeof(c->message),

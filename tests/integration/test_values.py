@@ -431,3 +431,43 @@ def test_access_log_lines_stay_utf8_json_with_bad_bytes_in_the_path(gateway, cli
     assert raw is not None, "no access-log line for the request"
     doc = json.loads(raw.decode("utf-8"))  # strict: raises on invalid UTF-8
     assert doc["path"].endswith("%s-\\xff-\u00e9" % marker), doc["path"]
+
+
+def test_catalog_decimal_inc_past_its_digits_is_refused(client, products):
+    """The catalog keeps decimals as scaled integers; an `inc` that would take
+    one past its 18 digits was stored.  It is refused with a 400 naming the
+    field, as the SQL stores refuse it for their DECIMAL columns, the item is
+    unchanged, and increments within the digits (and `where` guards beside
+    them) still work on both sides of zero."""
+    coll, made = products
+    sku = uid("dec-")
+    made.append(sku)
+    path = "/v1/catalog/" + sku
+    st, item, _ = client.request("PUT", path, {"name": "x", "price": "9999999999999999.98", "stock": 5})
+    assert st == 201, item
+    st, got, _ = client.request("PATCH", path, {"inc": {"price": "0.01"}})
+    assert st == 200, got
+    top = 999999999999999999  # 9999999999999999.99 as the catalog stores it (cents)
+    assert coll.find_one({"sku": sku})["price"] == top
+    for body in ({"inc": {"price": "0.01"}}, {"inc": {"price": 1}},
+                 {"inc": {"price": "0.01"}, "where": {"stock": {"gte": 1}}}):
+        st, err, _ = client.request("PATCH", path, body)
+        assert st == 400, (body, err)
+        e = assert_error(err, "bad_request")
+        assert "'price'" in e["message"] and "18 digits" in e["message"], e
+    st, got, _ = client.request("GET", path)
+    assert st == 200 and got["version"] == 2, got
+    assert coll.find_one({"sku": sku})["price"] == top
+    # the guard beside it still decides when the sum fits
+    st, err, _ = client.request("PATCH", path, {"inc": {"price": "-0.01"}, "where": {"stock": {"gte": 9}}})
+    assert st == 409 and "where" in assert_error(err, "conflict")["message"], err
+    # the negative bound, and a field absent before the inc
+    st, got, _ = client.request("PATCH", path, {"set": {"price": "-9999999999999999.99"}})
+    assert st == 200, got
+    st, err, _ = client.request("PATCH", path, {"inc": {"price": "-0.01"}})
+    assert st == 400 and "'price'" in assert_error(err, "bad_request")["message"], err
+    st, got, _ = client.request("PATCH", path, {"unset": ["price"]})
+    assert st == 200 and "price" not in got, got
+    st, got, _ = client.request("PATCH", path, {"inc": {"price": "2.50"}})
+    assert st == 200, got
+    assert coll.find_one({"sku": sku})["price"] == 250
