@@ -854,6 +854,7 @@ static int parse_root(struct cf_config *cf, struct json_object *root, char *err,
                                           "tls",
                                           "access_log",
                                           "circuit_breaker",
+                                          "idempotency",
                                           NULL};
     if (check_keys(root, allowed, "config", err, errlen) < 0) {
         return -1;

@@ -256,6 +256,12 @@ static void test_defaults(void **state)
     assert_false(cf->cursor_secret_generated);
     cf_config_unref(cf);
 
+    /* the documented idempotency section is read (it was refused as unknown) */
+    cf = load_ok("idempotency: {ttl_s: 60, max_entries: 500}\n" MINIMAL);
+    assert_int_equal(cf->idempotency.ttl_s, 60);
+    assert_int_equal(cf->idempotency.max_entries, 500);
+    cf_config_unref(cf);
+
     /* one limit given: the others keep their defaults */
     cf = load_ok("limits: {max_json_depth: 8}\n" MINIMAL);
     assert_int_equal(cf->limits.max_json_depth, 8);
