@@ -449,15 +449,16 @@ static bson_t *index_command(const struct cf_domain *d)
         if (!is_key && !f->unique && !f->indexed) {
             continue;
         }
-        char idx[24], name[160];
+        char idx[24];
         snprintf(idx, sizeof(idx), "%d", n++);
-        snprintf(name, sizeof(name), "%s_1", f->name);
+        char *name = bson_strdup_printf("%s_1", f->name); /* whole: a cut name could repeat */
         bson_t ix, keys;
         bson_append_document_begin(&arr, idx, -1, &ix);
         bson_append_document_begin(&ix, "key", -1, &keys);
         bson_append_int32(&keys, f->name, -1, 1);
         bson_append_document_end(&ix, &keys);
         bson_append_utf8(&ix, "name", -1, name, -1);
+        bson_free(name);
         if (is_key || f->unique) {
             bson_append_bool(&ix, "unique", -1, true);
         }

@@ -673,9 +673,21 @@ static int pg_check_domain(const struct cf_backend *be, const struct cf_domain *
         return -1;
     }
     for (size_t i = 0; i < d->nfields; i++) {
-        if (d->fields[i].type == CF_T_COUNTERS) {
-            snprintf(err, errlen, "fields.%s: counters are for redis hash domains",
-                     d->fields[i].name);
+        const struct cf_field *f = &d->fields[i];
+        if (f->type == CF_T_COUNTERS) {
+            snprintf(err, errlen, "fields.%s: counters are for redis hash domains", f->name);
+            return -1;
+        }
+        /* PostgreSQL cuts identifiers at 63 bytes without a word: two long
+         * names would become one column or one index */
+        if (strlen(f->name) > 63) {
+            snprintf(err, errlen, "fields.%.64s…: a PostgreSQL column name has at most 63 bytes",
+                     f->name);
+            return -1;
+        }
+        if (strlen(d->table) + strlen(f->name) + 5 > 63 && (f->unique || f->indexed)) {
+            snprintf(err, errlen, "fields.%s: index name <table>_<field>_idx exceeds 63 bytes",
+                     f->name);
             return -1;
         }
     }

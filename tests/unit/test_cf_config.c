@@ -487,6 +487,17 @@ static const struct bad_case bad_cases[] = {
      "\"dbname=b\"}]}\n"
      "domains:\n  d: {backend: p, key: id, shard_key: c, fields: {id: string, c: string}}\n",
      "domains.d.shard_key: backend 'p' has 2 shards but no `shard_map`"},
+    /* PostgreSQL cuts identifiers at 63 bytes: refused, never cut */
+    {"pg column name over 63 bytes",
+     "backends:\n  p: {type: pg, shards: [{name: a, dsn: \"dbname=a\"}]}\n"
+     "domains:\n  d: {backend: p, key: id, fields: {id: string, "
+     "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx: string}}\n",
+     "a PostgreSQL column name has at most 63 bytes"},
+    {"pg index name over 63 bytes",
+     "backends:\n  p: {type: pg, shards: [{name: a, dsn: \"dbname=a\"}]}\n"
+     "domains:\n  d: {backend: p, table: tbl_0123456789, key: id, fields: {id: string, "
+     "e_01234567890123456789012345678901234567890123456: {type: string, unique: true}}}\n",
+     "index name <table>_<field>_idx exceeds 63 bytes"},
     {"redis domain with a shard key",
      BACKEND "domains:\n  d: {backend: r, kind: value, key: id, shard_key: id, fields: {id: "
              "string}}\n",
