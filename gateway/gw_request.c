@@ -239,11 +239,14 @@ static void respond_ct(struct gw_req *r, int status, const char *ctype, struct e
         gw_idem_complete(r->idem, status, bytes, len, more_headers, gw_now_ms());
         r->idem = NULL;
     }
-    char extra[512];
+    char stack[512];
     size_t ml = more_headers != NULL ? strlen(more_headers) : 0;
     size_t rl = strlen(r->rid);
-    if (ml > sizeof(extra) - 20 - rl) {
-        ml = 0; /* cannot happen: callers' headers are short */
+    size_t need = sizeof("X-Request-Id: \r\n") + rl + ml;
+    char *extra = need <= sizeof(stack) ? stack : malloc(need); /* headers are whole, never cut */
+    if (extra == NULL) {
+        extra = stack;
+        ml = 0; /* out of memory: the answer goes without the extra headers */
     }
     char *p = GW_PUT_LIT(extra, "X-Request-Id: ");
     p = gw_put_mem(p, r->rid, rl);
@@ -253,6 +256,9 @@ static void respond_ct(struct gw_req *r, int status, const char *ctype, struct e
     }
     *p = '\0';
     gw_http_respond(r->http, status, ctype, body, extra);
+    if (extra != stack) {
+        free(extra);
+    }
     r->http = NULL;
 }
 
