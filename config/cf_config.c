@@ -841,21 +841,10 @@ static int parse_root(struct cf_config *cf, struct json_object *root, char *err,
     if (!JIS_OBJ(root)) {
         CERR("the config must be a mapping");
     }
-    static const char *const allowed[] = {"listen",
-                                          "admin_listen",
-                                          "workers",
-                                          "shutdown_timeout_ms",
-                                          "log_level",
-                                          "limits",
-                                          "backends",
-                                          "domains",
-                                          "cursor_secret",
-                                          "auth",
-                                          "tls",
-                                          "access_log",
-                                          "circuit_breaker",
-                                          "idempotency",
-                                          NULL};
+    static const char *const allowed[] = {
+        "listen", "admin_listen", "workers",         "shutdown_timeout_ms", "log_level",
+        "limits", "backends",     "domains",         "cursor_secret",       "auth",
+        "tls",    "access_log",   "circuit_breaker", "idempotency",         NULL};
     if (check_keys(root, allowed, "config", err, errlen) < 0) {
         return -1;
     }
