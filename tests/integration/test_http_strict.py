@@ -13,7 +13,7 @@ import time
 import pytest
 
 from conftest import PORT as BASE
-from conftest import BIN, CONFIG, REDIS_PORT, Client, Gateway, assert_error
+from conftest import BIN, CONFIG, REDIS_PORT, Client, Gateway, assert_error, poll
 
 PORT, ADMIN = BASE + 40, BASE + 1040
 DRAIN_PORT, DRAIN_ADMIN = BASE + 41, BASE + 1041
@@ -406,6 +406,16 @@ def proxied():
     proxy = StoreProxy()
     gw = Gateway(gateway_config(DRAIN_PORT, DRAIN_ADMIN, redis_port=proxy.port, auth=False),
                  port=DRAIN_PORT)
+    # Redis connections serve once their handshake is answered: wait for
+    # that (a miss answered by the store) before a test freezes the proxy
+    def served():  # on fresh connections, which land on every worker
+        c = Client(DRAIN_PORT)
+        try:
+            return c.request("GET", "/v1/sessions/drain-warm")[0] == 404
+        finally:
+            c.close()
+    for _ in range(4):
+        assert poll(served, 15), gw.logtext()[-2000:]
     yield gw, proxy
     proxy.frozen = False
     gw.stop()

@@ -14,8 +14,9 @@ PORT, ADMIN = BASE + 4, BASE + 1014
 
 
 class BlackHole:
-    """A TCP server that accepts connections and never answers: a backend
-    that hangs (what a stopped process looks like from the network)."""
+    """A Redis look-alike that answers the connection's handshake (the PING a
+    Redis connection must answer before it serves) and nothing after it: a
+    backend that hangs mid-life, so requests wait for their deadline."""
 
     def __init__(self):
         self.sock = socket.socket()
@@ -32,8 +33,28 @@ class BlackHole:
             try:
                 c, _ = self.sock.accept()
                 self.conns.append(c)
+                threading.Thread(target=self.handshake, args=(c,), daemon=True).start()
             except OSError:
                 pass
+
+    def handshake(self, c):
+        """+OK to the AUTH and SELECT the handshake may start with, +PONG to
+        its PING, then silence (what comes later is read and never
+        answered)."""
+        seen = b""
+        answered = False
+        try:
+            while not self.stop:
+                data = c.recv(4096)
+                if not data:
+                    return
+                seen += data
+                if not answered and b"PING" in seen.upper():
+                    head = seen.upper().split(b"PING", 1)[0]
+                    c.sendall(b"+OK\r\n" * (head.count(b"SELECT") + head.count(b"AUTH")) + b"+PONG\r\n")
+                    answered = True
+        except OSError:
+            pass
 
     def close(self):
         self.stop = True
@@ -157,7 +178,7 @@ def test_inflight_limit_503_and_deadline_504(limgw):
         t.start()
     time.sleep(0.5)  # three requests now wait on a backend that never answers
     st, body, resp = Client(PORT).request("GET", "/v1/sessions/x")
-    assert st == 503
+    assert st == 503, (results, body)
     assert "in flight" in assert_error(body, "backend_unavailable")["message"]
     assert resp.getheader("Retry-After") == "1"
     for t in threads:

@@ -17,6 +17,8 @@ from conftest import ADMIN_PORT, PORT, Client, Gateway, wait_port
 
 # A private Redis that requires a long password (the stack's Redis has none).
 AUTH_REDIS_PORT = PORT + 57
+# the module's gateway, beside the suite's own on PORT
+LV_PORT, LV_ADMIN = PORT + 56, ADMIN_PORT + 56
 PASSWORD = "p" * 150 + "W" * 150  # 300 bytes: the old buffer kept the first 255
 LONG_DOMAIN = "catalog_" + "l" * 92  # 100 bytes: the old label kept 63
 LONG_FIELD = "quantity_" + "q" * 191  # 200 bytes: the old "$field" kept 158
@@ -88,7 +90,7 @@ def auth_redis():
 
 @pytest.fixture(scope="module")
 def gw(auth_redis):
-    g = Gateway(CONFIG)
+    g = Gateway(CONFIG.replace("18080", str(LV_PORT)).replace("19090", str(LV_ADMIN)), port=LV_PORT)
     try:
         yield g
     finally:
@@ -107,7 +109,7 @@ def poll(fn, timeout=10.0):
 
 
 def test_redis_password_longer_than_255_is_used_whole(gw, auth_redis):
-    c = Client()
+    c = Client(LV_PORT)
     sid = "s-" + uuid.uuid4().hex
     last = []
 
@@ -127,7 +129,7 @@ def test_redis_password_longer_than_255_is_used_whole(gw, auth_redis):
 
 
 def metrics_text():
-    c = Client(ADMIN_PORT)
+    c = Client(LV_ADMIN)
     try:
         c.conn.request("GET", "/metrics")
         return c.conn.getresponse().read().decode()
@@ -145,7 +147,7 @@ def counter(text, prefix):
 def test_long_domain_name_keeps_its_metrics_label(gw):
     label = 'polygate_requests_total{domain="%s",op="get",status="404"} ' % LONG_DOMAIN
     before = counter(metrics_text(), label)
-    c = Client()
+    c = Client(LV_PORT)
     st, body, _ = c.request("GET", "/v1/%s/%s" % (LONG_DOMAIN, "missing-" + uuid.uuid4().hex))
     c.close()
     assert st == 404, body
@@ -154,7 +156,7 @@ def test_long_domain_name_keeps_its_metrics_label(gw):
 
 
 def test_aggregate_sums_a_field_with_a_long_name(gw):
-    c = Client()
+    c = Client(LV_PORT)
     tag = "lv-" + uuid.uuid4().hex
     skus = ["%s-%d" % (tag, i) for i in range(3)]
     try:
