@@ -147,6 +147,11 @@ struct rd_shard {
     int nconns;
     int pending;
     int was_up;
+    /* Calls that arrived while no connection was ready but one was being
+     * opened: they wait for its handshake (within the connect deadline),
+     * as the SQL pools queue for a connection, instead of failing at once
+     * while a gateway starts or a connection is replaced. */
+    struct rd_call *wait_head, *wait_tail;
 };
 
 struct rd_state {
@@ -180,6 +185,12 @@ struct rd_call {
     size_t argl_in[8];
     char ver[24], ttl[24];
     char *argbuf; /* owned script arguments (item text, counter ops) */
+    /* while waiting for a connection (rd_shard.wait_head): the command,
+     * formatted, and its reply callback */
+    struct rd_call *wait_next;
+    redisCallbackFn *wait_fn;
+    char *wait_cmd;
+    size_t wait_len;
 };
 
 static int dsn_parse(struct rd_shard *sh, const char *dsn, char *err, size_t errlen)
@@ -242,6 +253,8 @@ static int dsn_parse(struct rd_shard *sh, const char *dsn, char *err, size_t err
 
 static void conn_start(struct rd_conn *c);
 
+static void waiters_check(struct rd_shard *sh, const char *why);
+
 static void schedule_retry(struct rd_conn *c)
 {
     if (c->sh->st->closing) {
@@ -291,10 +304,60 @@ static void on_connect(const redisAsyncContext *ac, int status)
         c->connected = 0;
         shard_note_down(c->sh, ac->c.errstr);
         schedule_retry(c);
+        waiters_check(c->sh, "is unavailable: no connection");
         return;
     }
     /* TCP is up; the connection serves once the handshake is answered
      * (on_handshake), within the same connect deadline */
+}
+
+static void call_fail(struct rd_call *call, enum ad_status st, const char *what);
+static void conn_took(struct rd_conn *c, struct rd_call *call);
+
+/* The calls waiting for a connection: sent on c once it is ready, failed
+ * when no connection of the shard is being opened any more. */
+static void waiters_send(struct rd_shard *sh, struct rd_conn *c)
+{
+    while (sh->wait_head != NULL && c->ac != NULL && c->connected) {
+        struct rd_call *call = sh->wait_head;
+        sh->wait_head = call->wait_next;
+        if (sh->wait_head == NULL) {
+            sh->wait_tail = NULL;
+        }
+        int rc =
+            redisAsyncFormattedCommand(c->ac, call->wait_fn, call, call->wait_cmd, call->wait_len);
+        free(call->wait_cmd);
+        call->wait_cmd = NULL;
+        if (rc != REDIS_OK) {
+            call_fail(call, AD_UNAVAILABLE, "is unavailable: the connection was lost");
+            continue;
+        }
+        conn_took(c, call);
+    }
+}
+
+static void waiters_check(struct rd_shard *sh, const char *why)
+{
+    for (int i = 0; i < sh->nconns && sh->wait_head != NULL; i++) {
+        if (sh->conns[i].ac != NULL && sh->conns[i].connected) {
+            waiters_send(sh, &sh->conns[i]);
+        }
+    }
+    for (int i = 0; i < sh->nconns && sh->wait_head != NULL; i++) {
+        if (sh->conns[i].ac != NULL && !sh->conns[i].connected && !sh->st->closing) {
+            return; /* one is still being opened: they wait for it */
+        }
+    }
+    while (sh->wait_head != NULL) {
+        struct rd_call *call = sh->wait_head;
+        sh->wait_head = call->wait_next;
+        if (sh->wait_head == NULL) {
+            sh->wait_tail = NULL;
+        }
+        free(call->wait_cmd);
+        call->wait_cmd = NULL;
+        call_fail(call, AD_UNAVAILABLE, why);
+    }
 }
 
 /* The replies to AUTH, SELECT and the closing PING of conn_start.  An error
@@ -323,6 +386,7 @@ static void on_handshake(redisAsyncContext *ac, void *r, void *priv)
         gw_info("redis shard '%s' (%s:%d) is up", c->sh->cfs->name, c->sh->host, c->sh->port);
         c->sh->was_up = 1;
     }
+    waiters_send(c->sh, c);
 }
 
 static void on_disconnect(const redisAsyncContext *ac, int status)
@@ -341,6 +405,7 @@ static void on_disconnect(const redisAsyncContext *ac, int status)
         shard_note_down(c->sh, "connection closed");
     }
     schedule_retry(c);
+    waiters_check(c->sh, "is unavailable: no connection");
 }
 
 static void connect_timeout_cb(evutil_socket_t fd, short what, void *arg)
@@ -355,6 +420,7 @@ static void connect_timeout_cb(evutil_socket_t fd, short what, void *arg)
         redisAsyncFree(ac);
         shard_note_down(c->sh, "connect timeout");
         schedule_retry(c);
+        waiters_check(c->sh, "is unavailable: no connection");
     }
 }
 
@@ -390,6 +456,7 @@ static void stall_cb(evutil_socket_t fd, short what, void *arg)
     c->pending = 0;
     shard_note_down(c->sh, "no reply");
     schedule_retry(c);
+    waiters_check(c->sh, "is unavailable: no connection");
 }
 
 static void retry_cb(evutil_socket_t fd, short what, void *arg)
@@ -408,6 +475,7 @@ static void conn_start(struct rd_conn *c)
             redisAsyncFree(ac);
         }
         schedule_retry(c);
+        waiters_check(c->sh, "is unavailable: no connection");
         return;
     }
     ac->data = c;
@@ -434,6 +502,7 @@ static void conn_start(struct rd_conn *c)
 
 static void call_free(struct rd_call *call)
 {
+    free(call->wait_cmd);
     if (call->argv != call->argv_in) {
         free(call->argv);
         free(call->argl);
@@ -999,18 +1068,20 @@ static int counters_args(struct rd_call *call, struct json_object *patch, int re
  * through sdscatfmt for every argument, 4 % of the instructions of a
  * session GET in the callgrind profile (docs/performance.md).  The text is
  * built on the stack when it fits (it nearly always does). */
-static int send_argv(redisAsyncContext *ac, redisCallbackFn *fn, void *priv, int argc,
-                     const char **argv, const size_t *argvlen)
+/* The command as RESP into buf (room for resp_size() bytes); its length.
+ * hiredis scans the text for the command name with strchr: it ends in a
+ * NUL although the length is given. */
+static size_t resp_size(int argc, const size_t *argvlen)
 {
     size_t need = 16;
     for (int i = 0; i < argc; i++) {
         need += argvlen[i] + 32;
     }
-    char stack[4096];
-    char *buf = need <= sizeof(stack) ? stack : malloc(need);
-    if (buf == NULL) {
-        return REDIS_ERR;
-    }
+    return need;
+}
+
+static size_t resp_format(char *buf, int argc, const char **argv, const size_t *argvlen)
+{
     char *p = buf;
     *p++ = '*';
     p = gw_put_u64(p, (size_t)argc);
@@ -1026,14 +1097,76 @@ static int send_argv(redisAsyncContext *ac, redisCallbackFn *fn, void *priv, int
         *p++ = '\r';
         *p++ = '\n';
     }
-    /* hiredis scans the text for the command name with strchr: it must end
-     * in a NUL although the length is given */
     *p = '\0';
-    int rc = redisAsyncFormattedCommand(ac, fn, priv, buf, (size_t)(p - buf));
+    return (size_t)(p - buf);
+}
+
+static int send_argv(redisAsyncContext *ac, redisCallbackFn *fn, void *priv, int argc,
+                     const char **argv, const size_t *argvlen)
+{
+    size_t need = resp_size(argc, argvlen);
+    char stack[4096];
+    char *buf = need <= sizeof(stack) ? stack : malloc(need);
+    if (buf == NULL) {
+        return REDIS_ERR;
+    }
+    size_t len = resp_format(buf, argc, argv, argvlen);
+    int rc = redisAsyncFormattedCommand(ac, fn, priv, buf, len);
     if (buf != stack) {
         free(buf);
     }
     return rc;
+}
+
+/* A call now sent on c: it counts as waiting there, and c's stall watch
+ * covers its deadline. */
+static void conn_took(struct rd_conn *c, struct rd_call *call)
+{
+    c->pending++;
+    call->conn = c;
+    uint64_t now = gw_now_ms();
+    if (c->pending == 1) {
+        c->progress_ms = now;
+        c->stall_ms = 0;
+    }
+    uint64_t span = call->req->deadline_ms == 0    ? 60000 /* no deadline: a minute */
+                    : call->req->deadline_ms > now ? call->req->deadline_ms - now
+                                                   : 0;
+    if (span > c->stall_ms) {
+        c->stall_ms = span;
+    }
+    if (!evtimer_pending(c->stall_timer, NULL)) {
+        stall_arm(c, c->stall_ms + (uint64_t)call->st->be->pool.connect_timeout_ms);
+    }
+}
+
+/* No connection is ready: wait for one being opened, or AD_EDOWN when none
+ * is (the shard is down: fail fast). */
+static int wait_for_conn(struct rd_call *call, redisCallbackFn *fn, int argc, const char **argv,
+                         const size_t *argvlen)
+{
+    struct rd_shard *sh = call->sh;
+    int opening = 0;
+    for (int i = 0; i < sh->nconns; i++) {
+        opening |= sh->conns[i].ac != NULL && !sh->conns[i].connected;
+    }
+    if (!opening || sh->st->closing) {
+        return AD_EDOWN;
+    }
+    call->wait_cmd = malloc(resp_size(argc, argvlen));
+    if (call->wait_cmd == NULL) {
+        return AD_EFULL;
+    }
+    call->wait_len = resp_format(call->wait_cmd, argc, argv, argvlen);
+    call->wait_fn = fn;
+    call->wait_next = NULL;
+    if (sh->wait_tail != NULL) {
+        sh->wait_tail->wait_next = call;
+    } else {
+        sh->wait_head = call;
+    }
+    sh->wait_tail = call;
+    return 0;
 }
 
 static int call_send(struct rd_call *call, redisCallbackFn *fn, int argc, const char **argv,
@@ -1048,27 +1181,12 @@ static int call_send(struct rd_call *call, redisCallbackFn *fn, int argc, const 
         }
     }
     if (best == NULL) {
-        return AD_EDOWN;
+        return wait_for_conn(call, fn, argc, argv, argvlen);
     }
     if (send_argv(best->ac, fn, call, argc, argv, argvlen) != REDIS_OK) {
         return AD_EDOWN;
     }
-    best->pending++;
-    call->conn = best;
-    uint64_t now = gw_now_ms();
-    if (best->pending == 1) {
-        best->progress_ms = now;
-        best->stall_ms = 0;
-    }
-    uint64_t span = call->req->deadline_ms == 0    ? 60000 /* no deadline: a minute */
-                    : call->req->deadline_ms > now ? call->req->deadline_ms - now
-                                                   : 0;
-    if (span > best->stall_ms) {
-        best->stall_ms = span;
-    }
-    if (!evtimer_pending(best->stall_timer, NULL)) {
-        stall_arm(best, best->stall_ms + (uint64_t)call->st->be->pool.connect_timeout_ms);
-    }
+    conn_took(best, call);
     return 0;
 }
 
@@ -1296,6 +1414,7 @@ static void rd_shutdown(void *state)
             event_free(c->connect_timer);
             event_free(c->stall_timer);
         }
+        waiters_check(sh, "is unavailable: polygate is shutting down");
         free(sh->conns);
         free(sh->host);
         free(sh->password);

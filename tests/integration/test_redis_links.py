@@ -30,8 +30,9 @@ class Relay:
     normally.  With `upstream=False` nothing is relayed at all: connections
     are accepted and never answered."""
 
-    def __init__(self, upstream=True):
+    def __init__(self, upstream=True, hold_s=0.0):
         self.upstream = upstream
+        self.hold_s = hold_s  # each connection's first answer is held this long
         self.lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.lsock.bind(("127.0.0.1", RELAY_PORT))
@@ -60,10 +61,10 @@ class Relay:
             server = socket.create_connection(("127.0.0.1", REDIS_PORT))
             self.socks.append(server)
             gen = self.generation
-            for a, b in ((client, server), (server, client)):
-                threading.Thread(target=self.pump, args=(a, b, gen), daemon=True).start()
+            for a, b, hold in ((client, server, 0.0), (server, client, self.hold_s)):
+                threading.Thread(target=self.pump, args=(a, b, gen, hold), daemon=True).start()
 
-    def pump(self, src, dst, gen):
+    def pump(self, src, dst, gen, hold=0.0):
         src.settimeout(0.1)
         while not self.stop.is_set() and gen == self.generation:
             try:
@@ -76,6 +77,9 @@ class Relay:
                 return
             if gen != self.generation:
                 return  # muted while this was in flight: it is lost
+            if hold:
+                time.sleep(hold)
+                hold = 0.0
             try:
                 dst.sendall(data)
             except OSError:
@@ -148,6 +152,24 @@ def test_redis_connection_that_stops_answering_is_replaced():
         # the session is served without restarting the gateway
         assert poll(lambda: session_get(sid)[0] == 200, 20), g.logtext()[-3000:]
         assert "no reply for" in g.logtext() and "reconnecting" in g.logtext(), g.logtext()[-3000:]
+    finally:
+        rc = g.stop()
+        relay.close()
+    assert rc == 0
+
+
+def test_requests_wait_for_a_connection_being_opened():
+    """A request that arrives while the pool's connections are still being
+    opened (the gateway just started; here each handshake answer is held
+    0.3 s) waits for them, within the connect timeout, as the SQL pools do:
+    it is served, not answered 503 "no connection"."""
+    relay = Relay(hold_s=0.3)
+    g = gateway()
+    try:
+        sid = "wait-" + uuid.uuid4().hex
+        st, body, _, took = session_get(sid)
+        assert st == 404, (st, body, g.logtext()[-2000:])  # served by Redis: no such session
+        assert took < DEADLINE_MS / 1000.0, took
     finally:
         rc = g.stop()
         relay.close()
