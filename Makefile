@@ -33,9 +33,10 @@ VARIANT  := release
 endif
 BUILD    := build/$(VARIANT)
 
-# Every .c under the four code folders is part of the gateway library; only
+# Every .c under the code folders is part of the gateway library; only
 # gateway/main.c holds main().
-LIB_SRC  := $(sort $(wildcard gateway/*.c adapters/*.c adapters/*/*.c routing/*.c config/*.c))
+LIB_SRC  := $(sort $(wildcard lib/*.c model/*.c config/*.c routing/*.c adapters/*.c adapters/*/*.c \
+                                gateway/*.c))
 LIB_SRC  := $(filter-out gateway/main.c,$(LIB_SRC))
 LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o)
 UNIT_SRC := $(sort $(wildcard tests/unit/test_*.c))

@@ -162,7 +162,7 @@ struct cf_config {
     struct cf_idempotency idempotency;
     char *tls_cert; /* client listener TLS (both set or both NULL; restart to change) */
     char *tls_key;
-    char *cursor_secret;         /* HMAC key material for _query cursors (gw_query.h) */
+    char *cursor_secret;         /* HMAC key material for _query cursors (md_query.h) */
     int cursor_secret_generated; /* not configured: random, drawn once per process */
     struct cf_limits limits;
     struct cf_auth auth;

@@ -11,8 +11,8 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "gateway/gw_json.h"
-#include "gateway/gw_util.h"
+#include "lib/lb_json.h"
+#include "lib/lb_util.h"
 
 /* -1: off; 2: stderr; else our file.  A file's descriptor number never
  * changes once opened: a reopen dup2()s the new file onto it, so a worker

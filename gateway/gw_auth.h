@@ -13,7 +13,7 @@
 #include <stdint.h>
 
 #include "config/cf_auth.h"
-#include "gateway/gw_error.h"
+#include "model/md_error.h"
 
 struct cf_config;
 struct gw_http_req;

@@ -3,7 +3,7 @@
  */
 #include "gateway/gw_breaker.h"
 
-#include "gateway/gw_log.h"
+#include "lib/lb_log.h"
 #include "gateway/gw_metrics.h"
 
 struct breaker {

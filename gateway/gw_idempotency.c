@@ -16,7 +16,7 @@
 
 #include <xxhash.h>
 
-#include "gateway/gw_log.h"
+#include "lib/lb_log.h"
 
 struct gw_idem {
     struct gw_idem *next; /* bucket chain */

@@ -10,8 +10,8 @@
 #include <string.h>
 
 #include "config/cf_config.h"
-#include "gateway/gw_json.h"
-#include "gateway/gw_query.h"
+#include "lib/lb_json.h"
+#include "model/md_query.h"
 #include "routing/rt_live.h"
 #include "routing/rt_shardmap.h"
 
@@ -60,7 +60,7 @@ int gw_route_text(const struct cf_domain *d, const char *v, size_t len, struct g
         gw_error_set(e, GW_E_BAD_REQUEST, f->name, "shard key '%s' is empty", f->name);
         return -1;
     }
-    /* what a string in a body may hold (gw_item.c): a query-string value is
+    /* what a string in a body may hold (md_item.c): a query-string value is
      * percent-decoded bytes, checked here as the body's value would be */
     if (memchr(v, '\0', len) != NULL) {
         gw_error_set(e, GW_E_BAD_REQUEST, f->name, "shard key '%s' contains a NUL character",

@@ -8,7 +8,7 @@
 #include <string.h>
 
 #include "config/cf_config.h"
-#include "gateway/gw_query.h"
+#include "model/md_query.h"
 #include "routing/rt_merge.h"
 
 #define ALIAS_MAX 40

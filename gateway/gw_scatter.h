@@ -32,7 +32,7 @@
 
 #include <json-c/json.h>
 
-#include "gateway/gw_error.h"
+#include "model/md_error.h"
 
 struct cf_domain;
 struct gw_scatter;

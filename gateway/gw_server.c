@@ -25,7 +25,7 @@
 #include "gateway/gw_accesslog.h"
 #include "gateway/gw_breaker.h"
 #include "gateway/gw_idempotency.h"
-#include "gateway/gw_log.h"
+#include "lib/lb_log.h"
 #include "gateway/gw_metrics.h"
 #include "gateway/gw_rebalance.h"
 #include "gateway/gw_shardmap.h"

@@ -15,7 +15,7 @@
 #include "adapters/ad.h"
 #include "config/cf_config.h"
 #include "config/cf_yaml.h"
-#include "gateway/gw_log.h"
+#include "lib/lb_log.h"
 #include "gateway/gw_rebalance.h"
 #include "routing/rt_live.h"
 #include "routing/rt_shardmap.h"

@@ -13,7 +13,7 @@
 #include "adapters/ad.h"
 #include "config/cf_config.h"
 #include "gateway/gw_http.h"
-#include "gateway/gw_log.h"
+#include "lib/lb_log.h"
 #include "gateway/gw_metrics.h"
 #include "gateway/gw_request.h"
 #include "routing/rt_live.h"

@@ -16,7 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "gateway/gw_util.h"
+#include "lib/lb_util.h"
 
 struct mg_list {
     struct mg_job *head;

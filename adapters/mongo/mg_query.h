@@ -1,7 +1,7 @@
 /*
  * mg_query.h — `_query` and `_aggregate` on MongoDB.
  *
- * The store-neutral AST of gateway/gw_query.h becomes a plan of BSON
+ * The store-neutral AST of model/md_query.h becomes a plan of BSON
  * commands on the loop thread (mg_plan_new), runs with the blocking driver
  * on a pool thread (mg_plan_run, BSON only), and its BSON result becomes the
  * JSON answer {"items","cursor","shards_queried","partial"} on the loop

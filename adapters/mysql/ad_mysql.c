@@ -61,9 +61,9 @@
 #include "adapters/sql/sql_pool.h"
 #include "adapters/sql/sql_row.h"
 #include "config/cf_config.h"
-#include "gateway/gw_log.h"
-#include "gateway/gw_query.h"
-#include "gateway/gw_util.h"
+#include "lib/lb_log.h"
+#include "model/md_query.h"
+#include "lib/lb_util.h"
 
 #define MY_INIT_COMMAND                                                                            \
     "SET time_zone = '+00:00', sql_mode = "                                                        \

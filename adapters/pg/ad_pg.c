@@ -30,10 +30,10 @@
 #include "adapters/sql/sql_pool.h"
 #include "adapters/sql/sql_row.h"
 #include "config/cf_config.h"
-#include "gateway/gw_json.h"
-#include "gateway/gw_log.h"
-#include "gateway/gw_query.h"
-#include "gateway/gw_util.h"
+#include "lib/lb_json.h"
+#include "lib/lb_log.h"
+#include "model/md_query.h"
+#include "lib/lb_util.h"
 
 /* Prepared statements.  The item statements of a domain (get, insert, put,
  * patch, delete, the version probe) come in few shapes, and PostgreSQL

@@ -28,10 +28,10 @@
 #include <openssl/sha.h>
 
 #include "config/cf_config.h"
-#include "gateway/gw_item.h"
-#include "gateway/gw_json.h"
-#include "gateway/gw_log.h"
-#include "gateway/gw_util.h"
+#include "model/md_item.h"
+#include "lib/lb_json.h"
+#include "lib/lb_log.h"
+#include "lib/lb_util.h"
 
 /* ---- scripts ------------------------------------------------------------- */
 
@@ -885,7 +885,7 @@ static void reply_counters(redisAsyncContext *ac, void *r, void *priv)
  * (eval_begin / argv_push): ttl, then (op, member, n) triples.  The texts
  * live in call->argbuf, one after the other, each with its length (a
  * member or an op's placeholder may be empty).  Their number has no cap of
- * its own: gw_item.c bounds the members of one write (GW_MAX_COUNTER_OPS). */
+ * its own: md_item.c bounds the members of one write (GW_MAX_COUNTER_OPS). */
 struct ops_buf {
     char *buf;
     size_t len, cap;

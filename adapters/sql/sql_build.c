@@ -9,7 +9,7 @@
 #include <string.h>
 
 #include "config/cf_config.h"
-#include "gateway/gw_query.h"
+#include "model/md_query.h"
 
 /* ---- buffers ------------------------------------------------------------------ */
 

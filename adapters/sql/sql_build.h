@@ -1,5 +1,5 @@
 /*
- * sql_build.h — the filter AST (gateway/gw_query.h) and item operations →
+ * sql_build.h — the filter AST (model/md_query.h) and item operations →
  * parameterised SQL, for PostgreSQL and MySQL/MariaDB.
  *
  * Identifiers (table, columns) come only from the config and are quoted

@@ -8,10 +8,10 @@
 #include <string.h>
 
 #include "config/cf_config.h"
-#include "gateway/gw_json.h"
-#include "gateway/gw_log.h"
-#include "gateway/gw_query.h"
-#include "gateway/gw_util.h"
+#include "lib/lb_json.h"
+#include "lib/lb_log.h"
+#include "model/md_query.h"
+#include "lib/lb_util.h"
 
 /* ---- small helpers ------------------------------------------------------------------ */
 

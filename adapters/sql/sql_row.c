@@ -9,7 +9,7 @@
 #include <event2/buffer.h>
 
 #include "config/cf_config.h"
-#include "gateway/gw_json.h"
+#include "lib/lb_json.h"
 
 size_t sql_ts_rfc3339(const char *v, size_t len, char *buf, size_t buflen)
 {
@@ -30,7 +30,7 @@ size_t sql_ts_rfc3339(const char *v, size_t len, char *buf, size_t buflen)
     }
     /* exactly six fraction digits (PostgreSQL trims trailing zeros and the
      * point, MySQL prints the column's precision): text that sorts in time
-     * order, the width the gateway writes (gw_item.c) */
+     * order, the width the gateway writes (md_item.c) */
     const char *dot = memchr(buf, '.', n);
     size_t frac = dot != NULL ? n - (size_t)(dot + 1 - buf) : 0;
     if (dot == NULL) {

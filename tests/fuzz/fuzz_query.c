@@ -20,8 +20,8 @@
 #include "adapters/sql/sql_build.h"
 #include "config/cf_config.h"
 #include "config/cf_yaml.h"
-#include "gateway/gw_json.h"
-#include "gateway/gw_query.h"
+#include "lib/lb_json.h"
+#include "model/md_query.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

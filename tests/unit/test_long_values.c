@@ -20,7 +20,7 @@
 #include "adapters/ad.h"
 #include "config/cf_config.h"
 #include "gateway/gw_idempotency.h"
-#include "gateway/gw_log.h"
+#include "lib/lb_log.h"
 #include "gateway/gw_metrics.h"
 #include "tests/unit/unit_config.h"
 

@@ -21,7 +21,7 @@
 #include "adapters/ad.h"
 #include "adapters/sql/sql_build.h"
 #include "config/cf_config.h"
-#include "gateway/gw_query.h"
+#include "model/md_query.h"
 #include "tests/unit/unit_config.h"
 
 static const char config_json[] =

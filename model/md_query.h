@@ -1,5 +1,5 @@
 /*
- * gw_query.h — the filter language, store-neutral.
+ * md_query.h — the filter language, store-neutral.
  *
  * A `_query` body {"where","order_by","limit","cursor","fields"} or an
  * `_aggregate` body {"where","group_by","aggregates"} is parsed and checked
@@ -43,7 +43,7 @@
 
 #include <json-c/json.h>
 
-#include "gateway/gw_error.h"
+#include "model/md_error.h"
 
 struct cf_domain;
 struct cf_field;

@@ -1,5 +1,5 @@
 /*
- * test_gw_item.c — items and patches checked against a domain's schema,
+ * test_md_item.c — items and patches checked against a domain's schema,
  * exact decimals, and item keys.
  *
  * The domains are built through the config loader (the same path the
@@ -29,8 +29,8 @@
 #include "adapters/ad.h"
 #include "config/cf_config.h"
 #include "config/cf_yaml.h"
-#include "gateway/gw_error.h"
-#include "gateway/gw_item.h"
+#include "model/md_error.h"
+#include "model/md_item.h"
 
 /* ---- fixtures ------------------------------------------------------------ */
 
@@ -83,7 +83,7 @@ static int setup(void **state)
         fprintf(stderr, "test config: %s\n", err);
         return -1;
     }
-    cf = cf_config_from_json(root, "test_gw_item", err, sizeof(err));
+    cf = cf_config_from_json(root, "test_md_item", err, sizeof(err));
     json_object_put(root);
     if (cf == NULL) {
         fprintf(stderr, "test config: %s\n", err);
@@ -277,7 +277,7 @@ static const struct item_case item_cases[] = {
     {"uint64 range integer", GW_ITEM_PUT, "k", "{" EM ",\"n\":18446744073709551615}", -1, "n",
      "out of the 64-bit range", NULL, NULL},
     /* (below INT64_MIN: json-c clamps to INT64_MIN, so gw_json_parse refuses
-     * the text before any tree is built — test_gw_json.c) */
+     * the text before any tree is built — test_lb_json.c) */
     /* decimals (scale 2) */
     {"decimal string 12.345", GW_ITEM_PUT, "k", "{" EM ",\"price\":\"12.345\"}", -1, "price",
      "more than 2 decimal places", NULL, NULL},
@@ -546,7 +546,7 @@ static void test_item_counters(void **state)
     }
 }
 
-/* regression (gateway/gw_item.c check_value, CF_T_DECIMAL): a decimal given as a
+/* regression (model/md_item.c check_value, CF_T_DECIMAL): a decimal given as a
  * string is accepted by dec_parse in forms that are not JSON numbers ("12.",
  * ".5", "+1.5", "007.5", "-.5"), and json_object_new_double_s() then keeps that
  * text, so the item the gateway stores and returns is not valid JSON.  Either
@@ -570,13 +570,13 @@ static void test_decimal_string_not_json(void **state)
         json_object_put(item);
     }
     if (failed > 0) {
-        fail_msg("regression (gateway/gw_item.c check_value, decimal strings): %d decimal "
+        fail_msg("regression (model/md_item.c check_value, decimal strings): %d decimal "
                  "string(s) accepted that serialise as invalid JSON",
                  failed);
     }
 }
 
-/* regression (gateway/gw_item.c ts_normalise): the sscanf("%4d-%2d-%2d") /
+/* regression (model/md_item.c ts_normalise): the sscanf("%4d-%2d-%2d") /
  * ("%2d:%2d:%2d") parse takes signs and leading blanks inside the fields, only
  * upper bounds are checked (negative hours, minutes and seconds pass and shift
  * the time), and strftime("%Y") does not pad, so years before 1000 (or after
@@ -617,7 +617,7 @@ static void test_timestamp_lenient(void **state)
         json_object_put(item);
     }
     if (failed > 0) {
-        fail_msg("regression (gateway/gw_item.c ts_normalise): %d malformed timestamp(s) accepted "
+        fail_msg("regression (model/md_item.c ts_normalise): %d malformed timestamp(s) accepted "
                  "or normalised to non-RFC 3339 text",
                  failed);
     }
@@ -650,7 +650,7 @@ static int run_isolated(int (*fn)(void))
 #define NINES36 "999999999999999999999999999999999999"
 
 /* 36 digits + 36 digits at scale 2: each operand is ~1e38 as an __int128, so
- * the sum x + y overflows before the range check (gw_item.c gw_decimal_add). */
+ * the sum x + y overflows before the range check (md_item.c gw_decimal_add). */
 static int child_add_overflow(void)
 {
     char out[64];
@@ -676,7 +676,7 @@ static int child_item_overflow(void)
     return rc == -1 ? 0 : 2;
 }
 
-/* regression (gateway/gw_item.c dec_parse / gw_decimal_add): signed __int128
+/* regression (model/md_item.c dec_parse / gw_decimal_add): signed __int128
  * overflow (undefined behaviour) on operands near the 36-digit limit.  Under
  * -fsanitize=undefined the child dies with "signed integer overflow"; in a
  * plain build the result is whatever the wrap-around gives.  Expected: -1 (or,
@@ -703,7 +703,7 @@ static void test_decimal_overflow(void **state)
         }
     }
     if (failed > 0) {
-        fail_msg("regression (gateway/gw_item.c dec_parse/gw_decimal_add __int128 overflow): "
+        fail_msg("regression (model/md_item.c dec_parse/gw_decimal_add __int128 overflow): "
                  "%d case(s) failed",
                  failed);
     }

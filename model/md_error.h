@@ -1,5 +1,5 @@
 /*
- * gw_error.h — the one JSON error shape, and honest HTTP statuses.
+ * md_error.h — the one JSON error shape, and honest HTTP statuses.
  *
  *   {"error":{"code":"…","message":"…","domain":"…","shard":"…","field":"…",
  *             "request_id":"…"}}

@@ -1,5 +1,5 @@
 /*
- * gw_item.h — items and patches checked against the domain's schema.
+ * md_item.h — items and patches checked against the domain's schema.
  *
  * Everything a client sends is validated here before any adapter sees it:
  * unknown fields, wrong types, missing required fields, a key in the body
@@ -14,7 +14,7 @@
 
 #include <json-c/json.h>
 
-#include "gateway/gw_error.h"
+#include "model/md_error.h"
 
 struct cf_domain;
 struct cf_field;
@@ -49,7 +49,7 @@ int gw_patch_apply(const struct cf_domain *d, struct json_object *item, struct j
 
 /* Check (and normalise) one value of field f, stored in the object `parent`
  * under `key` (the normalised value replaces it there).  Used for filter
- * values by gw_query.c.  JSON null passes unless the field is required. */
+ * values by md_query.c.  JSON null passes unless the field is required. */
 int gw_value_check(const struct cf_field *f, const struct cf_limits *lim,
                    struct json_object *parent, const char *key, struct json_object *v,
                    struct gw_error *e);

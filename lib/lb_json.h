@@ -1,5 +1,5 @@
 /*
- * gw_json.h — JSON on the data path (json-c: it keeps the exact text of
+ * lb_json.h — JSON on the data path (json-c: it keeps the exact text of
  * numbers, so decimals keep their digits from client to store and back).
  */
 #ifndef GW_JSON_H

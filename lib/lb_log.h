@@ -1,5 +1,5 @@
 /*
- * gw_log.h — one-line logs to stderr with a level and a context.
+ * lb_log.h — one-line logs to stderr with a level and a context.
  */
 #ifndef GW_LOG_H
 #define GW_LOG_H

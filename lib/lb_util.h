@@ -1,5 +1,5 @@
 /*
- * gw_util.h — small helpers: clocks, ids, random numbers, printf-free formatting.
+ * lb_util.h — small helpers: clocks, ids, random numbers, printf-free formatting.
  */
 #ifndef GW_UTIL_H
 #define GW_UTIL_H
@@ -14,7 +14,7 @@ uint64_t gw_now_ms(void);
 void gw_now_rfc3339(char *buf, size_t len);
 
 /* The same with microseconds ("2026-11-23T10:00:00.123456Z"): the one
- * width of every timestamp in items (gw_item.c). */
+ * width of every timestamp in items (md_item.c). */
 void gw_now_ts(char *buf, size_t len);
 
 /* Per-thread xoshiro256** seeded from getrandom(). */

@@ -1,5 +1,5 @@
 /*
- * test_gw_json.c — JSON on the data path: parsing with limits, writing
+ * test_lb_json.c — JSON on the data path: parsing with limits, writing
  * strings and values into evbuffers, and the one JSON error shape.
  *
  * Some tests pin bugs found and fixed (regressions).
@@ -18,8 +18,8 @@
 #include <event2/buffer.h>
 #include <json-c/json.h>
 
-#include "gateway/gw_error.h"
-#include "gateway/gw_json.h"
+#include "model/md_error.h"
+#include "lib/lb_json.h"
 
 /* ---- helpers ------------------------------------------------------------ */
 
@@ -354,7 +354,7 @@ static void test_parse_decimal_digits(void **state)
     json_object_put(v);
 }
 
-/* regression (gateway/gw_json.c gw_json_parse): json-c's "strict" mode is not
+/* regression (lib/lb_json.c gw_json_parse): json-c's "strict" mode is not
  * RFC 8259.  It accepts numbers JSON does not have (NaN, Infinity, "12.",
  * "007.5", "-.5") and, since json-c keeps the text of numbers, the gateway
  * stores them and writes them back verbatim: clients get invalid JSON.  (It
@@ -383,13 +383,13 @@ static void test_parse_accepts_non_json(void **state)
         json_object_put(v);
     }
     if (failed > 0) {
-        fail_msg("regression (gateway/gw_json.c gw_json_parse, json-c strict mode): %d of %zu "
+        fail_msg("regression (lib/lb_json.c gw_json_parse, json-c strict mode): %d of %zu "
                  "non-JSON inputs accepted",
                  failed, n);
     }
 }
 
-/* regression (gateway/gw_json.c gw_json_parse, JSON_TOKENER_VALIDATE_UTF8):
+/* regression (lib/lb_json.c gw_json_parse, JSON_TOKENER_VALIDATE_UTF8):
  * json-c 0.16's check only catches bad lead/continuation structure; it lets
  * through overlong forms ("\xc0\xaf" is '/'), UTF-16 surrogates encoded in
  * UTF-8, and code points above U+10FFFF — none of which is UTF-8 (RFC 3629).
@@ -407,13 +407,13 @@ static void test_parse_utf8_not_validated(void **state)
     size_t n = sizeof(bug_utf8_cases) / sizeof(bug_utf8_cases[0]);
     int failed = run_parse_cases(bug_utf8_cases, n);
     if (failed > 0) {
-        fail_msg("regression (gateway/gw_json.c gw_json_parse): %d of %zu invalid UTF-8 "
+        fail_msg("regression (lib/lb_json.c gw_json_parse): %d of %zu invalid UTF-8 "
                  "sequences accepted",
                  failed, n);
     }
 }
 
-/* regression (gateway/gw_json.c gw_json_parse: json_tokener_new_ex(max_depth + 1)):
+/* regression (lib/lb_json.c gw_json_parse: json_tokener_new_ex(max_depth + 1)):
  * json-c counts a scalar inside a container as one more level, so the "+ 1"
  * that lets [[[1]]] through at max_depth 3 also lets a 4th (or N+1th) level
  * through when that innermost container is empty. */
@@ -429,7 +429,7 @@ static void test_parse_depth_off_by_one(void **state)
     size_t n = sizeof(bug_depth_cases) / sizeof(bug_depth_cases[0]);
     int failed = run_parse_cases(bug_depth_cases, n);
     if (failed > 0) {
-        fail_msg("regression (gateway/gw_json.c gw_json_parse depth limit): %d of %zu too-deep "
+        fail_msg("regression (lib/lb_json.c gw_json_parse depth limit): %d of %zu too-deep "
                  "documents accepted",
                  failed, n);
     }
@@ -675,7 +675,7 @@ static void test_error_message_truncated(void **state)
     json_object_put(v);
 }
 
-/* regression (gateway/gw_error.c gw_error_set): vsnprintf cuts the message at
+/* regression (model/md_error.c gw_error_set): vsnprintf cuts the message at
  * 319 bytes without regard to UTF-8, so a long message with non-ASCII text
  * (e.g. "unknown field '<300 bytes of é>'" built from a client's field name)
  * ends in half a character, and gw_error_write sends invalid UTF-8. */
@@ -703,7 +703,7 @@ static void test_error_message_cut_mid_utf8(void **state)
     json_object_put(v);
     free(text);
     if (st != GW_JSON_OK) {
-        fail_msg("regression (gateway/gw_error.c gw_error_set): a message cut at %zu bytes "
+        fail_msg("regression (model/md_error.c gw_error_set): a message cut at %zu bytes "
                  "ends mid-character; the error body is rejected: %s",
                  sizeof(e.message) - 1, msg);
     }

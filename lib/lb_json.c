@@ -1,7 +1,7 @@
 /*
- * gw_json.c — JSON parsing with limits, and writing into evbuffers.
+ * lb_json.c — JSON parsing with limits, and writing into evbuffers.
  */
-#include "gateway/gw_json.h"
+#include "lib/lb_json.h"
 
 #include <stdio.h>
 #include <string.h>

@@ -1,8 +1,8 @@
 /*
- * gw_query.c — parse and validate _query/_aggregate bodies into the AST of
- * gw_query.h; sign and check keyset cursors.
+ * md_query.c — parse and validate _query/_aggregate bodies into the AST of
+ * md_query.h; sign and check keyset cursors.
  */
-#include "gateway/gw_query.h"
+#include "model/md_query.h"
 
 #include <ctype.h>
 #include <stdio.h>
@@ -15,7 +15,7 @@
 #include <openssl/sha.h>
 
 #include "config/cf_config.h"
-#include "gateway/gw_item.h"
+#include "model/md_item.h"
 
 static const char *const qop_names[] = {"eq", "ne",  "gt",     "gte",    "lt",  "lte",
                                         "in", "nin", "exists", "prefix", "and", "or"};

@@ -1,7 +1,7 @@
 /*
- * gw_log.c — one-line logs to stderr.
+ * lb_log.c — one-line logs to stderr.
  */
-#include "gateway/gw_log.h"
+#include "lib/lb_log.h"
 
 #include <stdarg.h>
 #include <stdio.h>

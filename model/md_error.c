@@ -1,7 +1,7 @@
 /*
- * gw_error.c — the JSON error shape.
+ * md_error.c — the JSON error shape.
  */
-#include "gateway/gw_error.h"
+#include "model/md_error.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -9,7 +9,7 @@
 
 #include <event2/buffer.h>
 
-#include "gateway/gw_json.h"
+#include "lib/lb_json.h"
 
 static const struct {
     int status;

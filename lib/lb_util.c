@@ -1,7 +1,7 @@
 /*
- * gw_util.c — clocks, ids, random numbers.
+ * lb_util.c — clocks, ids, random numbers.
  */
-#include "gateway/gw_util.h"
+#include "lib/lb_util.h"
 
 #include <stdio.h>
 #include <string.h>

@@ -1,7 +1,7 @@
 /*
- * gw_item.c — schema validation and normalisation of items and patches.
+ * md_item.c — schema validation and normalisation of items and patches.
  */
-#include "gateway/gw_item.h"
+#include "model/md_item.h"
 
 #include <ctype.h>
 #include <inttypes.h>
@@ -11,8 +11,8 @@
 #include <time.h>
 
 #include "config/cf_config.h"
-#include "gateway/gw_json.h"
-#include "gateway/gw_util.h"
+#include "lib/lb_json.h"
+#include "lib/lb_util.h"
 
 int gw_key_check(const char *key, size_t len, struct gw_error *e)
 {
