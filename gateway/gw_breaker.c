@@ -52,7 +52,7 @@ int gw_breaker_allow(int id, uint64_t now_ms, uint64_t *retry_ms)
         if (__atomic_compare_exchange_n(&b->state, &st, GW_BRK_HALF_OPEN, 0, __ATOMIC_ACQ_REL,
                                         __ATOMIC_ACQUIRE)) {
             STORE(&b->opened_at, now_ms);
-            gw_info("circuit of shard '%s' (backend '%s') half-open: sending a probe",
+            lb_info("circuit of shard '%s' (backend '%s') half-open: sending a probe",
                     gw_metrics_shard_name(id), gw_metrics_shard_backend(id));
             return 1;
         }
@@ -78,7 +78,7 @@ void gw_breaker_record(int id, int ok, uint64_t now_ms, const char *why)
         if (st != GW_BRK_CLOSED &&
             __atomic_compare_exchange_n(&b->state, &st, GW_BRK_CLOSED, 0, __ATOMIC_ACQ_REL,
                                         __ATOMIC_ACQUIRE)) {
-            gw_info("circuit of shard '%s' (backend '%s') closed: the shard answers again",
+            lb_info("circuit of shard '%s' (backend '%s') closed: the shard answers again",
                     gw_metrics_shard_name(id), gw_metrics_shard_backend(id));
         }
         return;
@@ -97,7 +97,7 @@ void gw_breaker_record(int id, int ok, uint64_t now_ms, const char *why)
     if (__atomic_compare_exchange_n(&b->state, &st, GW_BRK_OPEN, 0, __ATOMIC_ACQ_REL,
                                     __ATOMIC_ACQUIRE)) {
         __atomic_add_fetch(&b->opens, 1, __ATOMIC_RELAXED);
-        gw_warn("circuit of shard '%s' (backend '%s') OPEN after %d consecutive failure(s), "
+        lb_warn("circuit of shard '%s' (backend '%s') OPEN after %d consecutive failure(s), "
                 "last: %s; failing fast for %lld ms",
                 gw_metrics_shard_name(id), gw_metrics_shard_backend(id), n, why != NULL ? why : "?",
                 (long long)LOAD(&cfg_open_ms));

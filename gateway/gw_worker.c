@@ -95,7 +95,7 @@ static struct gw_backend_rt *rt_new(struct gw_worker *w, struct cf_config *cf,
         return NULL;
     }
     if (ops->init(w->base, be, &rt->state, err, sizeof(err)) < 0) {
-        gw_error("worker %d: backend '%s' cannot start: %s", w->id, be->name, err);
+        lb_error("worker %d: backend '%s' cannot start: %s", w->id, be->name, err);
         free(rt);
         return NULL;
     }
@@ -206,7 +206,7 @@ static void drain_deadline_cb(evutil_socket_t fd, short what, void *arg)
     struct gw_worker *w = arg;
     (void)fd;
     (void)what;
-    gw_warn("worker %d: drain deadline (shutdown_timeout_ms) reached with %zu request(s) "
+    lb_warn("worker %d: drain deadline (shutdown_timeout_ms) reached with %zu request(s) "
             "unanswered; they get no answer",
             w->id, unanswered(w));
     finish(w);
@@ -219,7 +219,7 @@ static void drain_flush_cb(evutil_socket_t fd, short what, void *arg)
     (void)what;
     size_t n = open_conns(w);
     if (n > 0) {
-        gw_info("worker %d: every request answered; closing %zu connection(s) whose client has "
+        lb_info("worker %d: every request answered; closing %zu connection(s) whose client has "
                 "not read its last response",
                 w->id, n);
     }

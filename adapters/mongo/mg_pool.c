@@ -88,7 +88,7 @@ static void *thread_main(void *arg)
         p->nwait--;
         pthread_mutex_unlock(&p->mu);
 
-        if (j->deadline_ms != 0 && gw_now_ms() >= j->deadline_ms) {
+        if (j->deadline_ms != 0 && lb_now_ms() >= j->deadline_ms) {
             j->outcome = MG_EXPIRED; /* nobody waits for the answer any more */
         } else {
             j->work(j);

@@ -69,7 +69,7 @@ void sql_row_write(struct evbuffer *out, const struct sql_stmt *st, const char *
             evbuffer_add(out, v, len);
             continue;
         }
-        gw_json_write_string(out, sc->field->name, strlen(sc->field->name));
+        lb_json_write_string(out, sc->field->name, strlen(sc->field->name));
         evbuffer_add(out, ":", 1);
         switch (sc->field->type) {
         case CF_T_INT:
@@ -82,10 +82,10 @@ void sql_row_write(struct evbuffer *out, const struct sql_stmt *st, const char *
         case CF_T_COUNTERS: {
             char msg[8];
             if (st->dialect == SQL_PG ||
-                gw_json_validate(v, len, 1000, msg, sizeof(msg)) == GW_JSON_OK) {
+                lb_json_validate(v, len, 1000, msg, sizeof(msg)) == LB_JSON_OK) {
                 evbuffer_add(out, v, len);
             } else {
-                gw_json_write_string(out, v, len); /* not JSON: a hand-edited row */
+                lb_json_write_string(out, v, len); /* not JSON: a hand-edited row */
             }
             break;
         }
@@ -96,11 +96,11 @@ void sql_row_write(struct evbuffer *out, const struct sql_stmt *st, const char *
         }
         case CF_T_TIMESTAMP: {
             char buf[64];
-            gw_json_write_string(out, buf, sql_ts_rfc3339(v, len, buf, sizeof(buf)));
+            lb_json_write_string(out, buf, sql_ts_rfc3339(v, len, buf, sizeof(buf)));
             break;
         }
         default:
-            gw_json_write_string(out, v, len);
+            lb_json_write_string(out, v, len);
         }
     }
     evbuffer_add(out, "}", 1);

@@ -143,7 +143,7 @@ static void test_idem_long_headers_never_replayed_cut(void **state)
 static int setup(void **state)
 {
     (void)state;
-    gw_log_set_level("error"); /* the refused answer's warning is expected */
+    lb_log_set_level("error"); /* the refused answer's warning is expected */
     return 0;
 }
 
