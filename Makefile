@@ -43,7 +43,7 @@ UNIT_SRC := $(sort $(wildcard tests/unit/test_*.c))
 UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 CTL_SRC  := $(sort $(wildcard scripts/ctl/*.c))
 
-.PHONY: all polygate polygatectl clean deps test check valgrind fuzz fuzz-run fuzz-replay unit integration run stack-up stack-down stack-status format fmt-check
+.PHONY: all layers polygate polygatectl clean deps test check valgrind fuzz fuzz-run fuzz-replay unit integration run stack-up stack-down stack-status format fmt-check
 
 all: polygate polygatectl
 
@@ -65,7 +65,12 @@ $(BUILD)/libpolygate.a: $(LIB_OBJ)
 	@rm -f $@
 	@ar rcs $@ $^
 
-$(BUILD)/%.o: %.c
+# The include rule (docs/design.md, "Map of the house"), checked before
+# anything is compiled: lower folders never include higher ones.
+layers:
+	@scripts/check-layers.sh
+
+$(BUILD)/%.o: %.c | layers
 	@mkdir -p $(dir $@)
 	@echo "  CC      $<"
 	@$(CC) $(CPPFLAGS) $(CFLAGS) -MMD -MP -c -o $@ $<
