@@ -2213,7 +2213,7 @@ static void admin_shardmap(struct gw_req *r, struct gw_http_req *hr)
 {
     struct md_error e = {0};
     if (hr->method == GW_GET) {
-        send_json(r, 200, gw_shardmap_json(r->cf));
+        send_json(r, 200, gw_shardmap_json(r->cf, gw_rebalance_status_of));
         return;
     }
     if (hr->method != GW_PUT) {

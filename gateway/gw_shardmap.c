@@ -16,7 +16,6 @@
 #include "config/cf_config.h"
 #include "config/cf_yaml.h"
 #include "lib/lb_log.h"
-#include "gateway/gw_rebalance.h"
 #include "routing/rt_live.h"
 #include "routing/rt_shardmap.h"
 
@@ -254,7 +253,8 @@ static struct json_object *redacted_dsn(const char *dsn)
     return o;
 }
 
-struct json_object *gw_shardmap_json(const struct cf_config *cf)
+struct json_object *gw_shardmap_json(const struct cf_config *cf,
+                                     struct json_object *(*migration_of)(const char *backend))
 {
     struct json_object *doc = json_object_new_object();
     struct json_object *arr = json_object_new_array();
@@ -305,7 +305,7 @@ struct json_object *gw_shardmap_json(const struct cf_config *cf)
                 ov, range, json_object_new_string(rt_shardmap_shard_name(m, (size_t)owner)));
         }
         json_object_object_add(o, "overrides", ov);
-        json_object_object_add(o, "migration", gw_rebalance_status_of(be->name));
+        json_object_object_add(o, "migration", migration_of(be->name));
         json_object_array_add(arr, o);
     }
     json_object_object_add(doc, "backends", arr);

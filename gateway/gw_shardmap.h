@@ -53,8 +53,12 @@ const char *gw_shardmap_backend(const struct cf_config *cf, const char *name, si
                                 struct md_error *e);
 
 /* GET /admin/shardmap: {"backends":[{backend, path, version, slots, vnodes,
- * shards:[{name, dsn (password hidden), weight, slots}], overrides, migration}]}. */
-struct json_object *gw_shardmap_json(const struct cf_config *cf);
+ * shards:[{name, dsn (password hidden), weight, slots}], overrides, migration}]}.
+ * migration_of(backend) gives each backend's "migration" object (the
+ * rebalancer's status, gw_rebalance_status_of): passed in, so that the shard
+ * map and the rebalancer, which writes maps, do not include each other. */
+struct json_object *gw_shardmap_json(const struct cf_config *cf,
+                                     struct json_object *(*migration_of)(const char *backend));
 
 /* Write the map a PUT /admin/shardmap applied to the map file: readable YAML
  * (gw_shardmap_replace) with a header naming the version and the time, the
