@@ -3,8 +3,10 @@
  */
 #include "gateway/gw_breaker.h"
 
+#include <stddef.h>
+
+#include "gateway/gw_shard.h"
 #include "lib/lb_log.h"
-#include "gateway/gw_metrics.h"
 
 struct breaker {
     int state;          /* enum gw_breaker_state, atomic */
@@ -15,7 +17,7 @@ struct breaker {
     uint64_t last_fail; /* ms: the last failure that counted, atomic */
 };
 
-static struct breaker brk[GW_M_MAX_SHARDS];
+static struct breaker brk[GW_MAX_SHARDS];
 static int cfg_failures = 5;
 static int64_t cfg_open_ms = 2000;
 
@@ -30,7 +32,7 @@ void gw_breaker_configure(int failures, int64_t open_ms)
 
 static int valid(int id)
 {
-    return id >= 0 && id < GW_M_MAX_SHARDS;
+    return id >= 0 && id < GW_MAX_SHARDS;
 }
 
 int gw_breaker_allow(int id, uint64_t now_ms, uint64_t *retry_ms)
@@ -53,7 +55,7 @@ int gw_breaker_allow(int id, uint64_t now_ms, uint64_t *retry_ms)
                                         __ATOMIC_ACQUIRE)) {
             STORE(&b->opened_at, now_ms);
             lb_info("circuit of shard '%s' (backend '%s') half-open: sending a probe",
-                    gw_metrics_shard_name(id), gw_metrics_shard_backend(id));
+                    gw_shard_name(id), gw_shard_backend(id));
             return 1;
         }
     }
@@ -79,7 +81,7 @@ void gw_breaker_record(int id, int ok, uint64_t now_ms, const char *why)
             __atomic_compare_exchange_n(&b->state, &st, GW_BRK_CLOSED, 0, __ATOMIC_ACQ_REL,
                                         __ATOMIC_ACQUIRE)) {
             lb_info("circuit of shard '%s' (backend '%s') closed: the shard answers again",
-                    gw_metrics_shard_name(id), gw_metrics_shard_backend(id));
+                    gw_shard_name(id), gw_shard_backend(id));
         }
         return;
     }
@@ -99,7 +101,7 @@ void gw_breaker_record(int id, int ok, uint64_t now_ms, const char *why)
         __atomic_add_fetch(&b->opens, 1, __ATOMIC_RELAXED);
         lb_warn("circuit of shard '%s' (backend '%s') OPEN after %d consecutive failure(s), "
                 "last: %s; failing fast for %lld ms",
-                gw_metrics_shard_name(id), gw_metrics_shard_backend(id), n, why != NULL ? why : "?",
+                gw_shard_name(id), gw_shard_backend(id), n, why != NULL ? why : "?",
                 (long long)LOAD(&cfg_open_ms));
     }
 }

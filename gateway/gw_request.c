@@ -34,7 +34,7 @@
 #include "gateway/gw_rebalance.h"
 #include "gateway/gw_route.h"
 #include "gateway/gw_scatter.h"
-#include "gateway/gw_server.h"
+#include "gateway/gw_shard.h"
 #include "gateway/gw_shardmap.h"
 #include "lib/lb_util.h"
 #include "gateway/gw_worker.h"
@@ -517,7 +517,7 @@ static void backend_outcome(struct gw_req *r, enum ad_status st, const char *mes
             lb_log((enum lb_log_level)lv,
                    "request %s: %s %s failed on shard '%s' of backend '%s': %s", top_rid(r),
                    r->ad.domain != NULL ? r->ad.domain->name : "-", ad_op_name(r->ad.op),
-                   gw_metrics_shard_name(r->mid), be != NULL ? be->name : "?", message);
+                   gw_shard_name(r->mid), be != NULL ? be->name : "?", message);
         }
     }
 }
@@ -1681,7 +1681,7 @@ static void handle_ready(struct gw_req *r, int detailed)
             json_object_object_add(slot, "backend", json_object_new_string(be->name));
             json_object_object_add(slot, "type", json_object_new_string(be->type));
             json_object_object_add(slot, "shard", json_object_new_string(be->shards[s].name));
-            int mid = gw_metrics_shard_id(be->name, be->shards[s].name);
+            int mid = gw_shard_id(be->name, be->shards[s].name);
             json_object_object_add(
                 slot, "circuit",
                 json_object_new_string(gw_breaker_state_name(gw_breaker_state(mid))));
@@ -2068,6 +2068,13 @@ static void not_found(struct gw_req *r, struct gw_http_req *hr)
     fail_now(r, &e, NULL);
 }
 
+static gw_put_map_fn put_map;
+
+void gw_request_set_put_map(gw_put_map_fn fn)
+{
+    put_map = fn;
+}
+
 void gw_request_handle(struct gw_http_req *hr, void *arg)
 {
     struct gw_worker *w = arg;
@@ -2235,7 +2242,7 @@ static void admin_shardmap(struct gw_req *r, struct gw_http_req *hr)
         fail_now(r, &e, NULL);
         return;
     }
-    int rc = gw_server_put_map(backend, doc, r->w->base, admin_map_done, r);
+    int rc = put_map != NULL ? put_map(backend, doc, r->w->base, admin_map_done, r) : -1;
     json_object_put(doc);
     if (rc < 0) {
         md_error_set(&e, MD_E_CONFLICT, NULL, "another shard map change is in progress; retry");
@@ -2350,3 +2357,11 @@ void gw_requests_free_all(struct gw_worker *w)
         req_free(r);
     }
 }
+
+const struct gw_worker_hooks gw_request_hooks = {
+    .handle = gw_request_handle,
+    .admin = gw_admin_handle,
+    .abandon = gw_requests_abandon,
+    .free_all = gw_requests_free_all,
+    .check_drained = gw_requests_check_drained,
+};

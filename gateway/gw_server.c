@@ -28,6 +28,7 @@
 #include "lib/lb_log.h"
 #include "gateway/gw_metrics.h"
 #include "gateway/gw_rebalance.h"
+#include "gateway/gw_request.h"
 #include "gateway/gw_shardmap.h"
 #include "gateway/gw_worker.h"
 
@@ -308,6 +309,7 @@ int gw_server_run(const char *path)
     evthread_use_pthreads();
     signal(SIGPIPE, SIG_IGN);
     ad_register_builtin();
+    gw_request_set_put_map(gw_server_put_map);
     char err[1024];
     struct server s = {0};
     s.path = strdup(path);
@@ -365,7 +367,7 @@ int gw_server_run(const char *path)
     }
     s.workers = calloc((size_t)s.nworkers, sizeof(*s.workers));
     for (int i = 0; i < s.nworkers; i++) {
-        if (gw_worker_init(&s.workers[i], i, s.cf, tls, err, sizeof(err)) < 0) {
+        if (gw_worker_init(&s.workers[i], i, s.cf, tls, &gw_request_hooks, err, sizeof(err)) < 0) {
             lb_error("cannot start worker %d: %s", i, err);
             gw_rebalance_shutdown();
             event_free(s.ev_rb);
