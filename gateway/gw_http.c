@@ -33,9 +33,9 @@
 #include <openssl/ssl.h>
 #include <http_parser.h>
 
-#include "model/md_error.h"
 #include "lib/lb_log.h"
 #include "lib/lb_util.h"
+#include "model/md_error.h"
 
 struct gw_http_server {
     struct event_base *base;

@@ -24,8 +24,8 @@
 #include "adapters/sql/sql_build.h"
 #include "config/cf_config.h"
 #include "config/cf_yaml.h"
-#include "lib/lb_log.h"
 #include "gateway/gw_shardmap.h"
+#include "lib/lb_log.h"
 #include "routing/rt_live.h"
 #include "routing/rt_shardmap.h"
 

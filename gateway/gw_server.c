@@ -21,16 +21,16 @@
 
 #include "adapters/ad.h"
 #include "config/cf_config.h"
-#include "gateway/gw_http.h"
 #include "gateway/gw_accesslog.h"
 #include "gateway/gw_breaker.h"
+#include "gateway/gw_http.h"
 #include "gateway/gw_idempotency.h"
-#include "lib/lb_log.h"
 #include "gateway/gw_metrics.h"
 #include "gateway/gw_rebalance.h"
 #include "gateway/gw_request.h"
 #include "gateway/gw_shardmap.h"
 #include "gateway/gw_worker.h"
+#include "lib/lb_log.h"
 
 struct server {
     struct event_base *base;

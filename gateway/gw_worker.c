@@ -13,9 +13,9 @@
 #include "adapters/ad.h"
 #include "config/cf_config.h"
 #include "gateway/gw_http.h"
-#include "lib/lb_log.h"
 #include "gateway/gw_metrics.h"
 #include "gateway/gw_shard.h"
+#include "lib/lb_log.h"
 #include "routing/rt_live.h"
 
 static void limits_of(const struct cf_config *cf, struct gw_http_limits *l)

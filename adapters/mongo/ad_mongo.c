@@ -45,11 +45,11 @@
 #include "adapters/mongo/mg_pool.h"
 #include "adapters/mongo/mg_query.h"
 #include "config/cf_config.h"
-#include "model/md_item.h"
 #include "lib/lb_json.h"
 #include "lib/lb_log.h"
-#include "model/md_query.h"
 #include "lib/lb_util.h"
+#include "model/md_item.h"
+#include "model/md_query.h"
 
 /* ---- driver-wide set-up ------------------------------------------------------ */
 

@@ -10,8 +10,8 @@
 #include <time.h>
 
 #include "config/cf_config.h"
-#include "model/md_item.h"
 #include "lib/lb_util.h"
+#include "model/md_item.h"
 
 /* ---- decimals: scaled 64-bit integers --------------------------------------------- */
 

@@ -48,8 +48,8 @@
 #include <string.h>
 
 #include "config/cf_config.h"
-#include "model/md_query.h"
 #include "lib/lb_util.h"
+#include "model/md_query.h"
 
 #define MG_MAX_GROUPS 100000
 #define MG_MAX_STEPS 512

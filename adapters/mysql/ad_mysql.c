@@ -62,8 +62,8 @@
 #include "adapters/sql/sql_row.h"
 #include "config/cf_config.h"
 #include "lib/lb_log.h"
-#include "model/md_query.h"
 #include "lib/lb_util.h"
+#include "model/md_query.h"
 
 #define MY_INIT_COMMAND                                                                            \
     "SET time_zone = '+00:00', sql_mode = "                                                        \

@@ -32,8 +32,8 @@
 #include "config/cf_config.h"
 #include "lib/lb_json.h"
 #include "lib/lb_log.h"
-#include "model/md_query.h"
 #include "lib/lb_util.h"
+#include "model/md_query.h"
 
 /* Prepared statements.  The item statements of a domain (get, insert, put,
  * patch, delete, the version probe) come in few shapes, and PostgreSQL

@@ -28,10 +28,10 @@
 #include <openssl/sha.h>
 
 #include "config/cf_config.h"
-#include "model/md_item.h"
 #include "lib/lb_json.h"
 #include "lib/lb_log.h"
 #include "lib/lb_util.h"
+#include "model/md_item.h"
 
 /* ---- scripts ------------------------------------------------------------- */
 

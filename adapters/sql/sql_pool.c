@@ -10,8 +10,8 @@
 #include "config/cf_config.h"
 #include "lib/lb_json.h"
 #include "lib/lb_log.h"
-#include "model/md_query.h"
 #include "lib/lb_util.h"
+#include "model/md_query.h"
 
 /* ---- small helpers ------------------------------------------------------------------ */
 

@@ -9,8 +9,8 @@
 #include "adapters/ad.h"
 #include "config/cf_config.h"
 #include "config/cf_yaml.h"
-#include "model/md_item.h"
 #include "lib/lb_json.h"
+#include "model/md_item.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

@@ -17,9 +17,9 @@
 #include "adapters/ad.h"
 #include "config/cf_config.h"
 #include "config/cf_yaml.h"
-#include "model/md_item.h"
-#include "lib/lb_json.h"
 #include "gateway/gw_route.h"
+#include "lib/lb_json.h"
+#include "model/md_item.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

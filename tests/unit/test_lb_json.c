@@ -18,8 +18,8 @@
 #include <event2/buffer.h>
 #include <json-c/json.h>
 
-#include "model/md_error.h"
 #include "lib/lb_json.h"
+#include "model/md_error.h"
 
 /* ---- helpers ------------------------------------------------------------ */
 

@@ -20,9 +20,9 @@
 #include "adapters/ad.h"
 #include "config/cf_config.h"
 #include "gateway/gw_idempotency.h"
-#include "lib/lb_log.h"
 #include "gateway/gw_metrics.h"
 #include "gateway/gw_shard.h"
+#include "lib/lb_log.h"
 #include "tests/unit/unit_config.h"
 
 static char *repeat(char c, size_t n, const char *suffix)
