@@ -33,16 +33,17 @@ VARIANT  := release
 endif
 BUILD    := build/$(VARIANT)
 
-# Every .c under the four code folders is part of the gateway library; only
+# Every .c under the code folders is part of the gateway library; only
 # gateway/main.c holds main().
-LIB_SRC  := $(sort $(wildcard gateway/*.c adapters/*.c adapters/*/*.c routing/*.c config/*.c))
+LIB_SRC  := $(sort $(wildcard lib/*.c model/*.c config/*.c routing/*.c adapters/*.c adapters/*/*.c \
+                                gateway/*.c))
 LIB_SRC  := $(filter-out gateway/main.c,$(LIB_SRC))
 LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o)
 UNIT_SRC := $(sort $(wildcard tests/unit/test_*.c))
 UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 CTL_SRC  := $(sort $(wildcard scripts/ctl/*.c))
 
-.PHONY: all polygate polygatectl clean deps test check valgrind fuzz fuzz-run fuzz-replay unit integration run stack-up stack-down stack-status format fmt-check
+.PHONY: all layers polygate polygatectl clean deps test check valgrind fuzz fuzz-run fuzz-replay unit integration run stack-up stack-down stack-status format fmt-check
 
 all: polygate polygatectl
 
@@ -64,7 +65,12 @@ $(BUILD)/libpolygate.a: $(LIB_OBJ)
 	@rm -f $@
 	@ar rcs $@ $^
 
-$(BUILD)/%.o: %.c
+# The include rule (docs/design.md, "Map of the house"), checked before
+# anything is compiled: lower folders never include higher ones.
+layers:
+	@scripts/check-layers.sh
+
+$(BUILD)/%.o: %.c | layers
 	@mkdir -p $(dir $@)
 	@echo "  CC      $<"
 	@$(CC) $(CPPFLAGS) $(CFLAGS) -MMD -MP -c -o $@ $<

@@ -94,7 +94,7 @@ struct ad_req {
     int nexcl;
     struct json_object *body; /* validated item (PUT/INSERT), patch doc, query doc */
     int64_t if_match;         /* expected version, or -1 for none */
-    uint64_t deadline_ms;     /* absolute, monotonic clock (gw_now_ms) */
+    uint64_t deadline_ms;     /* absolute, monotonic clock (lb_now_ms) */
 };
 
 struct ad_res {

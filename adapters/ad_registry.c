@@ -11,11 +11,29 @@
 #include "adapters/mysql/ad_mysql.h"
 #include "adapters/pg/ad_pg.h"
 #include "adapters/redis/ad_redis.h"
+#include "config/cf_config.h"
 
 #define AD_MAX 16
 
 static const struct ad_ops *registry[AD_MAX];
 static int nregistry;
+
+/* The config asks the registry, through cf_adapter_checks, which backend
+ * types exist and whether a store can serve a domain: config/ stays below
+ * adapters/ and never includes them. */
+static int type_known(const char *type)
+{
+    return ad_lookup(type) != NULL;
+}
+
+static int check_domain(const struct cf_backend *be, const struct cf_domain *d, char *err,
+                        size_t errlen)
+{
+    const struct ad_ops *ops = ad_lookup(be->type);
+    return ops != NULL && ops->check_domain != NULL ? ops->check_domain(be, d, err, errlen) : 0;
+}
+
+static const struct cf_adapter_checks config_checks = {type_known, check_domain};
 
 int ad_register(const struct ad_ops *ops)
 {
@@ -23,6 +41,7 @@ int ad_register(const struct ad_ops *ops)
         return -1; /* wrong ABI, full, or registered twice */
     }
     registry[nregistry++] = ops;
+    cf_config_set_adapter_checks(&config_checks);
     return 0;
 }
 

@@ -15,10 +15,10 @@
 #include <string.h>
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <sys/random.h>
 #include <sys/stat.h>
 
-#include "adapters/ad.h"
 #include "config/cf_yaml.h"
 #include "routing/rt_live.h"
 #include "routing/rt_shardmap.h"
@@ -35,6 +35,15 @@
         snprintf(err, errlen, __VA_ARGS__);                                                        \
         return -1;                                                                                 \
     } while (0)
+
+/* ---- what the adapters check ------------------------------------------ */
+
+static const struct cf_adapter_checks *_Atomic adapter_checks;
+
+void cf_config_set_adapter_checks(const struct cf_adapter_checks *checks)
+{
+    atomic_store(&adapter_checks, checks);
+}
 
 /* ---- scalar settings table ------------------------------------------- */
 
@@ -490,7 +499,8 @@ static int parse_backend(struct cf_backend *be, const char *name, struct json_ob
     if (get_str(spec, "type", NULL, &be->type, ctx, err, errlen) < 0) {
         return -1;
     }
-    if (ad_lookup(be->type) == NULL) {
+    const struct cf_adapter_checks *ac = atomic_load(&adapter_checks);
+    if (ac == NULL || !ac->type_known(be->type)) {
         CERR("%s.type: no adapter named '%s' is built in", ctx, be->type);
     }
     struct json_object *shards = json_object_object_get(spec, "shards");
@@ -735,10 +745,10 @@ static int parse_domain(struct cf_config *cf, struct cf_domain *d, const char *n
             CERR("%s.fields: a hash domain has exactly its key and its counters field", ctx);
         }
     }
-    const struct ad_ops *ops = ad_lookup(d->backend->type);
-    if (ops->check_domain != NULL) {
+    const struct cf_adapter_checks *ac = atomic_load(&adapter_checks);
+    if (ac != NULL && ac->check_domain != NULL) {
         char aerr[256];
-        if (ops->check_domain(d->backend, d, aerr, sizeof(aerr)) < 0) {
+        if (ac->check_domain(d->backend, d, aerr, sizeof(aerr)) < 0) {
             CERR("%s: %s", ctx, aerr);
         }
     }

@@ -162,7 +162,7 @@ struct cf_config {
     struct cf_idempotency idempotency;
     char *tls_cert; /* client listener TLS (both set or both NULL; restart to change) */
     char *tls_key;
-    char *cursor_secret;         /* HMAC key material for _query cursors (gw_query.h) */
+    char *cursor_secret;         /* HMAC key material for _query cursors (md_query.h) */
     int cursor_secret_generated; /* not configured: random, drawn once per process */
     struct cf_limits limits;
     struct cf_auth auth;
@@ -171,6 +171,19 @@ struct cf_config {
     struct cf_domain *domains;
     size_t ndomains;
 };
+
+/* What only the adapters know, asked while a config loads: is `type` a store
+ * built into this binary, and can that store serve domain d (key kinds, field
+ * types, …; 0, or -1 with err filled).  The adapter registry installs them
+ * when an adapter registers (adapters/ad_registry.c), so the config never
+ * includes adapters/; until then no backend type is known and every load
+ * fails on its first backend. */
+struct cf_adapter_checks {
+    int (*type_known)(const char *type);
+    int (*check_domain)(const struct cf_backend *be, const struct cf_domain *d, char *err,
+                        size_t errlen);
+};
+void cf_config_set_adapter_checks(const struct cf_adapter_checks *checks);
 
 /* Load and validate a config file; NULL with err filled on failure. */
 struct cf_config *cf_config_load(const char *path, char *err, size_t errlen);

@@ -11,8 +11,8 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "gateway/gw_json.h"
-#include "gateway/gw_util.h"
+#include "lib/lb_json.h"
+#include "lib/lb_util.h"
 
 /* -1: off; 2: stderr; else our file.  A file's descriptor number never
  * changes once opened: a reopen dup2()s the new file onto it, so a worker
@@ -93,7 +93,7 @@ static size_t put_str(char *buf, size_t n, size_t cap, const char *s, size_t max
              * every line stays valid JSON in valid UTF-8 */
             size_t want = c >= 0xf0 ? 4 : c >= 0xe0 ? 3 : 2;
             size_t have = strnlen(s + i, want);
-            if (have == want && i + want <= max && gw_utf8_check(s + i, want) == want) {
+            if (have == want && i + want <= max && lb_utf8_check(s + i, want) == want) {
                 memcpy(buf + n, s + i, want);
                 n += want;
                 i += want - 1;
@@ -116,7 +116,7 @@ void gw_accesslog_write(const struct gw_access *a)
     }
     char line[1536], ts[40];
     size_t cap = sizeof(line) - 2, n = 0;
-    gw_now_rfc3339(ts, sizeof(ts));
+    lb_now_rfc3339(ts, sizeof(ts));
     n = put_fmt(line, n, cap, "{\"ts\":\"%s\",\"type\":\"access\",\"request_id\":", ts);
     n = put_str(line, n, cap, a->request_id, 128);
     n = put_fmt(line, n, cap, ",\"caller\":");

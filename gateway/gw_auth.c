@@ -16,7 +16,7 @@
 #include "gateway/gw_http.h"
 
 int gw_auth_check(const struct cf_config *cf, const struct gw_http_req *hr, double cost,
-                  const struct cf_key **key, struct gw_error *e, int64_t *retry_after_s)
+                  const struct cf_key **key, struct md_error *e, int64_t *retry_after_s)
 {
     *key = NULL;
     if (!cf->auth.enabled) {
@@ -25,7 +25,7 @@ int gw_auth_check(const struct cf_config *cf, const struct gw_http_req *hr, doub
     size_t len = 0;
     const char *h = gw_http_header(hr, "authorization", &len);
     if (h == NULL || len < 8 || strncasecmp(h, "Bearer ", 7) != 0) {
-        gw_error_set(e, GW_E_UNAUTHORIZED, NULL,
+        md_error_set(e, MD_E_UNAUTHORIZED, NULL,
                      "an API key is required: Authorization: Bearer <key>");
         return -1;
     }
@@ -45,7 +45,7 @@ int gw_auth_check(const struct cf_config *cf, const struct gw_http_req *hr, doub
         }
     }
     if (found == NULL) {
-        gw_error_set(e, GW_E_UNAUTHORIZED, NULL, "the API key is not valid");
+        md_error_set(e, MD_E_UNAUTHORIZED, NULL, "the API key is not valid");
         return -1;
     }
     if (cost > 0 && gw_auth_charge(found, cost, e, retry_after_s) < 0) {
@@ -55,7 +55,7 @@ int gw_auth_check(const struct cf_config *cf, const struct gw_http_req *hr, doub
     return 0;
 }
 
-int gw_auth_charge(const struct cf_key *key, double cost, struct gw_error *e,
+int gw_auth_charge(const struct cf_key *key, double cost, struct md_error *e,
                    int64_t *retry_after_s)
 {
     if (key == NULL || key->rate_per_s <= 0) {
@@ -63,7 +63,7 @@ int gw_auth_charge(const struct cf_key *key, double cost, struct gw_error *e,
     }
     if (cost > key->burst) { /* can never fit: waiting would not help */
         *retry_after_s = (int64_t)(key->burst / key->rate_per_s) + 1;
-        gw_error_set(e, GW_E_RATE_LIMITED, NULL,
+        md_error_set(e, MD_E_RATE_LIMITED, NULL,
                      "this request costs %.6g rate-limit tokens (one per operation), more than "
                      "the burst of %.6g of '%s': split it",
                      cost, key->burst, key->name);
@@ -76,12 +76,12 @@ int gw_auth_charge(const struct cf_key *key, double cost, struct gw_error *e,
             *retry_after_s = 1;
         }
         if (cost > 1) {
-            gw_error_set(e, GW_E_RATE_LIMITED, NULL,
+            md_error_set(e, MD_E_RATE_LIMITED, NULL,
                          "rate limit of %.6g requests/s for '%s' exceeded: this request costs "
                          "%.6g tokens (one per operation); retry after %lld s",
                          key->rate_per_s, key->name, cost, (long long)*retry_after_s);
         } else {
-            gw_error_set(e, GW_E_RATE_LIMITED, NULL,
+            md_error_set(e, MD_E_RATE_LIMITED, NULL,
                          "rate limit of %.6g requests/s for '%s' exceeded; retry after %lld s",
                          key->rate_per_s, key->name, (long long)*retry_after_s);
         }
@@ -90,7 +90,7 @@ int gw_auth_charge(const struct cf_key *key, double cost, struct gw_error *e,
     return 0;
 }
 
-int gw_auth_sees(const struct cf_key *key, const char *domain, int exists, struct gw_error *e)
+int gw_auth_sees(const struct cf_key *key, const char *domain, int exists, struct md_error *e)
 {
     if (key == NULL || cf_auth_perms(key, "*") != 0 ||
         (exists && cf_auth_perms(key, domain) != 0)) {
@@ -98,14 +98,14 @@ int gw_auth_sees(const struct cf_key *key, const char *domain, int exists, struc
     }
     /* the same answer whether the domain exists or not: status, message
      * shape, no "domain" member */
-    gw_error_set(e, GW_E_FORBIDDEN, NULL, "key '%s' has no access to domain '%.64s'", key->name,
+    md_error_set(e, MD_E_FORBIDDEN, NULL, "key '%s' has no access to domain '%.64s'", key->name,
                  domain);
     e->domain = NULL;
     return 0;
 }
 
 int gw_auth_allows(const struct cf_key *key, const char *domain, unsigned perm, int exists,
-                   struct gw_error *e)
+                   struct md_error *e)
 {
     if (key == NULL) {
         return 1;
@@ -121,7 +121,7 @@ int gw_auth_allows(const struct cf_key *key, const char *domain, unsigned perm, 
     } else if (cf_auth_perms(key, domain) & perm) {
         return 1;
     }
-    gw_error_set(e, GW_E_FORBIDDEN, NULL, "key '%s' may not %s domain '%.64s'", key->name,
+    md_error_set(e, MD_E_FORBIDDEN, NULL, "key '%s' may not %s domain '%.64s'", key->name,
                  names[perm & 7], domain);
     return 0;
 }
@@ -194,7 +194,7 @@ static pthread_mutex_t inflight_mu = PTHREAD_MUTEX_INITIALIZER;
 static struct gw_inflight *inflights; /* never freed: one per key name */
 
 int gw_auth_inflight_acquire(const struct cf_key *key, int limit, int count,
-                             struct gw_inflight **held, struct gw_error *e)
+                             struct gw_inflight **held, struct md_error *e)
 {
     *held = NULL;
     if (key == NULL || count <= 0) {
@@ -208,7 +208,7 @@ int gw_auth_inflight_acquire(const struct cf_key *key, int limit, int count,
         return 0;
     }
     if (count > limit) { /* can never fit */
-        gw_error_set(e, GW_E_RATE_LIMITED, NULL,
+        md_error_set(e, MD_E_RATE_LIMITED, NULL,
                      "this request holds %d operations in flight, more than the limit of %d of "
                      "key '%s' (%s): split it",
                      count, limit, key->name, which);
@@ -231,7 +231,7 @@ int gw_auth_inflight_acquire(const struct cf_key *key, int limit, int count,
     int n = __atomic_add_fetch(&f->n, count, __ATOMIC_ACQ_REL);
     if (n > limit) {
         __atomic_sub_fetch(&f->n, count, __ATOMIC_ACQ_REL);
-        gw_error_set(e, GW_E_RATE_LIMITED, NULL,
+        md_error_set(e, MD_E_RATE_LIMITED, NULL,
                      "key '%s' has %d requests in flight, its limit (%s); retry when one has "
                      "been answered",
                      key->name, n - count, which);

@@ -13,7 +13,7 @@
 #include <stdint.h>
 
 #include "config/cf_auth.h"
-#include "gateway/gw_error.h"
+#include "model/md_error.h"
 
 struct cf_config;
 struct gw_http_req;
@@ -23,25 +23,25 @@ struct gw_http_req;
  * operation).  0 with *key set (NULL when auth is disabled), or -1 with e
  * filled (401 / 429; *retry_after_s set for 429). */
 int gw_auth_check(const struct cf_config *cf, const struct gw_http_req *hr, double cost,
-                  const struct cf_key **key, struct gw_error *e, int64_t *retry_after_s);
+                  const struct cf_key **key, struct md_error *e, int64_t *retry_after_s);
 
 /* Take `cost` tokens of key's rate limit, all or nothing.  0, or -1 with a
  * 429 in e and *retry_after_s (a cost above the burst can never fit: the
  * message says to split the request). */
-int gw_auth_charge(const struct cf_key *key, double cost, struct gw_error *e,
+int gw_auth_charge(const struct cf_key *key, double cost, struct md_error *e,
                    int64_t *retry_after_s);
 
 /* May `key` know whether `domain` exists?  Yes with a grant on it or any
  * "*" grant; otherwise 0 with a 403 that reads the same for a configured
  * domain as for an unknown one (no "domain" member, no hint of which). */
-int gw_auth_sees(const struct cf_key *key, const char *domain, int exists, struct gw_error *e);
+int gw_auth_sees(const struct cf_key *key, const char *domain, int exists, struct md_error *e);
 
 /* May `key` (NULL = auth disabled: yes) use `perm` on `domain`?  `exists`
  * says whether the domain is configured; a caller that may not see every
  * domain gets the same answer for an unknown domain as for a forbidden one
  * (gw_auth_sees). */
 int gw_auth_allows(const struct cf_key *key, const char *domain, unsigned perm, int exists,
-                   struct gw_error *e);
+                   struct md_error *e);
 
 /* Token bucket: take `cost` tokens for `name`, all or nothing.  0 or -1
  * with *retry_after_ms (when that many tokens will be there). */
@@ -56,7 +56,7 @@ int gw_ratelimit_take(const char *name, double rate_per_s, double burst, double 
  * Every *held is released once, with the same count. */
 struct gw_inflight;
 int gw_auth_inflight_acquire(const struct cf_key *key, int limit, int count,
-                             struct gw_inflight **held, struct gw_error *e);
+                             struct gw_inflight **held, struct md_error *e);
 void gw_auth_inflight_release(struct gw_inflight *held, int count);
 
 #endif

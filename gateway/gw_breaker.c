@@ -3,8 +3,10 @@
  */
 #include "gateway/gw_breaker.h"
 
-#include "gateway/gw_log.h"
-#include "gateway/gw_metrics.h"
+#include <stddef.h>
+
+#include "gateway/gw_shard.h"
+#include "lib/lb_log.h"
 
 struct breaker {
     int state;          /* enum gw_breaker_state, atomic */
@@ -15,7 +17,7 @@ struct breaker {
     uint64_t last_fail; /* ms: the last failure that counted, atomic */
 };
 
-static struct breaker brk[GW_M_MAX_SHARDS];
+static struct breaker brk[GW_MAX_SHARDS];
 static int cfg_failures = 5;
 static int64_t cfg_open_ms = 2000;
 
@@ -30,7 +32,7 @@ void gw_breaker_configure(int failures, int64_t open_ms)
 
 static int valid(int id)
 {
-    return id >= 0 && id < GW_M_MAX_SHARDS;
+    return id >= 0 && id < GW_MAX_SHARDS;
 }
 
 int gw_breaker_allow(int id, uint64_t now_ms, uint64_t *retry_ms)
@@ -52,8 +54,8 @@ int gw_breaker_allow(int id, uint64_t now_ms, uint64_t *retry_ms)
         if (__atomic_compare_exchange_n(&b->state, &st, GW_BRK_HALF_OPEN, 0, __ATOMIC_ACQ_REL,
                                         __ATOMIC_ACQUIRE)) {
             STORE(&b->opened_at, now_ms);
-            gw_info("circuit of shard '%s' (backend '%s') half-open: sending a probe",
-                    gw_metrics_shard_name(id), gw_metrics_shard_backend(id));
+            lb_info("circuit of shard '%s' (backend '%s') half-open: sending a probe",
+                    gw_shard_name(id), gw_shard_backend(id));
             return 1;
         }
     }
@@ -78,8 +80,8 @@ void gw_breaker_record(int id, int ok, uint64_t now_ms, const char *why)
         if (st != GW_BRK_CLOSED &&
             __atomic_compare_exchange_n(&b->state, &st, GW_BRK_CLOSED, 0, __ATOMIC_ACQ_REL,
                                         __ATOMIC_ACQUIRE)) {
-            gw_info("circuit of shard '%s' (backend '%s') closed: the shard answers again",
-                    gw_metrics_shard_name(id), gw_metrics_shard_backend(id));
+            lb_info("circuit of shard '%s' (backend '%s') closed: the shard answers again",
+                    gw_shard_name(id), gw_shard_backend(id));
         }
         return;
     }
@@ -97,9 +99,9 @@ void gw_breaker_record(int id, int ok, uint64_t now_ms, const char *why)
     if (__atomic_compare_exchange_n(&b->state, &st, GW_BRK_OPEN, 0, __ATOMIC_ACQ_REL,
                                     __ATOMIC_ACQUIRE)) {
         __atomic_add_fetch(&b->opens, 1, __ATOMIC_RELAXED);
-        gw_warn("circuit of shard '%s' (backend '%s') OPEN after %d consecutive failure(s), "
+        lb_warn("circuit of shard '%s' (backend '%s') OPEN after %d consecutive failure(s), "
                 "last: %s; failing fast for %lld ms",
-                gw_metrics_shard_name(id), gw_metrics_shard_backend(id), n, why != NULL ? why : "?",
+                gw_shard_name(id), gw_shard_backend(id), n, why != NULL ? why : "?",
                 (long long)LOAD(&cfg_open_ms));
     }
 }

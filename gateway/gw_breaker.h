@@ -26,7 +26,7 @@
  * count like any other: /ready both reports and heals the circuit.
  *
  * The state is shared by all workers (indexed by the interned shard id of
- * gw_metrics.h) and kept in atomics: the request path does one relaxed
+ * gw_shard.h) and kept in atomics: the request path does one relaxed
  * load when the circuit is closed and writes only when something changes.
  */
 #ifndef GW_BREAKER_H

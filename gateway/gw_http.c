@@ -33,9 +33,9 @@
 #include <openssl/ssl.h>
 #include <http_parser.h>
 
-#include "gateway/gw_error.h"
-#include "gateway/gw_log.h"
-#include "gateway/gw_util.h"
+#include "lib/lb_log.h"
+#include "lib/lb_util.h"
+#include "model/md_error.h"
 
 struct gw_http_server {
     struct event_base *base;
@@ -80,7 +80,7 @@ struct gw_conn {
     int nh;
     int last_was_value;
     int error; /* a response to an unparsable request is pending */
-    struct gw_error err;
+    struct md_error err;
 
     struct gw_http_req *ready; /* parsed, to hand to the handler */
     struct gw_http_req *busy;  /* with the handler */
@@ -107,7 +107,7 @@ static struct gw_http_req *req_new(struct gw_conn *c)
     memset(r, 0, offsetof(struct gw_http_req, headers));
     r->conn = c;
     r->body = evbuffer_new();
-    r->start_ms = gw_now_ms();
+    r->start_ms = lb_now_ms();
     return r;
 }
 
@@ -145,11 +145,11 @@ static int hbuf_add(struct gw_conn *c, const char *at, size_t len)
     return 0;
 }
 
-static void set_error(struct gw_conn *c, enum gw_err e, const char *msg)
+static void set_error(struct gw_conn *c, enum md_err e, const char *msg)
 {
     if (!c->error) {
         c->error = 1;
-        gw_error_set(&c->err, e, NULL, "%s", msg);
+        md_error_set(&c->err, e, NULL, "%s", msg);
     }
 }
 
@@ -184,7 +184,7 @@ static int on_url(http_parser *p, const char *at, size_t len)
 {
     struct gw_conn *c = p->data;
     if (c->url_len + len > c->srv->lim.max_url) {
-        set_error(c, GW_E_URI_TOO_LONG, "the request URL is longer than the limit");
+        set_error(c, MD_E_URI_TOO_LONG, "the request URL is longer than the limit");
         return -1;
     }
     if (c->url_len == 0) {
@@ -199,7 +199,7 @@ static int on_header_field(http_parser *p, const char *at, size_t len)
     struct gw_conn *c = p->data;
     if (c->nh == 0 || c->last_was_value) {
         if (c->nh == GW_MAX_HEADERS || c->nh >= c->srv->lim.max_nheaders) {
-            set_error(c, GW_E_HEADERS_TOO_LARGE, "too many request headers");
+            set_error(c, MD_E_HEADERS_TOO_LARGE, "too many request headers");
             return -1;
         }
         /* terminate the url (first header) or the previous value */
@@ -330,7 +330,7 @@ static int check_head(struct gw_conn *c, const struct gw_http_req *r)
                      "malformed HTTP request: header name '%s' is not a token (no whitespace "
                      "inside a name or before its colon)",
                      shown);
-            set_error(c, GW_E_BAD_REQUEST, msg);
+            set_error(c, MD_E_BAD_REQUEST, msg);
             return -1;
         }
         for (size_t k = 0; k < sizeof(single_headers) / sizeof(single_headers[0]); k++) {
@@ -339,14 +339,14 @@ static int check_head(struct gw_conn *c, const struct gw_http_req *r)
                 snprintf(msg, sizeof(msg),
                          "malformed HTTP request: more than one '%s' header (it may appear once)",
                          single_headers[k]);
-                set_error(c, GW_E_BAD_REQUEST, msg);
+                set_error(c, MD_E_BAD_REQUEST, msg);
                 c->err.field = single_headers[k];
                 return -1;
             }
         }
     }
     if (nsingle[0] == 0 && c->parser.http_minor == 1) {
-        set_error(c, GW_E_BAD_REQUEST,
+        set_error(c, MD_E_BAD_REQUEST,
                   "malformed HTTP request: an HTTP/1.1 request needs a 'host' header");
         c->err.field = single_headers[0];
         return -1;
@@ -362,7 +362,7 @@ static int on_headers_complete(http_parser *p)
         char msg[120];
         snprintf(msg, sizeof(msg), "HTTP/%u.%u is not supported: polygate serves HTTP/1.1 and 1.0",
                  p->http_major, p->http_minor);
-        set_error(c, GW_E_HTTP_VERSION, msg);
+        set_error(c, MD_E_HTTP_VERSION, msg);
         return -1;
     }
     /* terminate the last value (or the url when there were no headers) */
@@ -393,7 +393,7 @@ static int on_headers_complete(http_parser *p)
     r->path = url;
     r->path_len = strlen(url);
     if (decode_path(url, &r->path_len) < 0) {
-        set_error(c, GW_E_BAD_REQUEST, "the request path has a malformed or NUL percent-escape");
+        set_error(c, MD_E_BAD_REQUEST, "the request path has a malformed or NUL percent-escape");
     }
     r->nheaders = c->nh;
     for (int i = 0; i < c->nh; i++) {
@@ -424,7 +424,7 @@ static int on_headers_complete(http_parser *p)
     r->method = method_of(p->method);
     r->method_name = http_method_str((enum http_method)p->method);
     if ((p->flags & F_CONTENTLENGTH) && p->content_length > c->srv->lim.max_body) {
-        set_error(c, GW_E_TOO_LARGE, "the request body is larger than the limit");
+        set_error(c, MD_E_TOO_LARGE, "the request body is larger than the limit");
         return -1;
     }
     const char *expect = gw_http_header(r, "expect", NULL);
@@ -438,7 +438,7 @@ static int on_body(http_parser *p, const char *at, size_t len)
 {
     struct gw_conn *c = p->data;
     if (evbuffer_get_length(c->req->body) + len > c->srv->lim.max_body) {
-        set_error(c, GW_E_TOO_LARGE, "the request body is larger than the limit");
+        set_error(c, MD_E_TOO_LARGE, "the request body is larger than the limit");
         return -1;
     }
     return evbuffer_add(c->req->body, at, len);
@@ -536,25 +536,25 @@ static void write_response(struct gw_conn *c, int status, const char *ctype, str
         c->close_after = 1;
         return;
     }
-    char *p = GW_PUT_LIT(hdr, "HTTP/1.1 ");
-    p = gw_put_u64(p, (uint64_t)(status > 0 ? status : 0));
+    char *p = LB_PUT_LIT(hdr, "HTTP/1.1 ");
+    p = lb_put_u64(p, (uint64_t)(status > 0 ? status : 0));
     *p++ = ' ';
-    p = gw_put_mem(p, reason, rlen);
-    p = GW_PUT_LIT(p, "\r\n");
+    p = lb_put_mem(p, reason, rlen);
+    p = LB_PUT_LIT(p, "\r\n");
     if (status != 204) {
-        p = GW_PUT_LIT(p, "Content-Type: ");
-        p = ctype != NULL ? gw_put_mem(p, ctype, clen) : GW_PUT_LIT(p, "application/json");
-        p = GW_PUT_LIT(p, "\r\nContent-Length: ");
-        p = gw_put_u64(p, blen);
-        p = GW_PUT_LIT(p, "\r\n");
+        p = LB_PUT_LIT(p, "Content-Type: ");
+        p = ctype != NULL ? lb_put_mem(p, ctype, clen) : LB_PUT_LIT(p, "application/json");
+        p = LB_PUT_LIT(p, "\r\nContent-Length: ");
+        p = lb_put_u64(p, blen);
+        p = LB_PUT_LIT(p, "\r\n");
     }
     if (keep_alive < 0) {
-        p = GW_PUT_LIT(p, "Connection: keep-alive\r\n");
+        p = LB_PUT_LIT(p, "Connection: keep-alive\r\n");
     } else if (keep_alive == 0) {
-        p = GW_PUT_LIT(p, "Connection: close\r\n");
+        p = LB_PUT_LIT(p, "Connection: close\r\n");
     }
-    p = gw_put_mem(p, extra != NULL ? extra : "", xlen);
-    p = GW_PUT_LIT(p, "\r\n");
+    p = lb_put_mem(p, extra != NULL ? extra : "", xlen);
+    p = LB_PUT_LIT(p, "\r\n");
     evbuffer_add(out, hdr, (size_t)(p - hdr));
     if (hdr != buf) {
         free(hdr);
@@ -603,15 +603,15 @@ void gw_http_respond(struct gw_http_req *req, int status, const char *ctype, str
     }
 }
 
-static void respond_error(struct gw_conn *c, const struct gw_error *e)
+static void respond_error(struct gw_conn *c, const struct md_error *e)
 {
     struct evbuffer *b = evbuffer_new();
     char rid[33];
-    gw_gen_id(rid);
-    gw_error_write(b, e, rid);
+    lb_gen_id(rid);
+    md_error_write(b, e, rid);
     char extra[64];
     snprintf(extra, sizeof(extra), "X-Request-Id: %s\r\n", rid);
-    write_response(c, gw_err_status(e->err), "application/json", b, extra, 0, 0);
+    write_response(c, md_err_status(e->err), "application/json", b, extra, 0, 0);
     evbuffer_free(b);
     c->close_after = 1;
     bufferevent_disable(c->bev, EV_READ);
@@ -666,13 +666,13 @@ static void conn_process(struct gw_conn *c)
             if (he != HPE_OK && he != HPE_PAUSED) {
                 if (!c->error) {
                     if (he == HPE_HEADER_OVERFLOW) {
-                        set_error(c, GW_E_HEADERS_TOO_LARGE,
+                        set_error(c, MD_E_HEADERS_TOO_LARGE,
                                   "the request headers are larger than the limit");
                     } else {
                         char msg[200];
                         snprintf(msg, sizeof(msg), "malformed HTTP request: %s",
                                  http_errno_description(he));
-                        set_error(c, GW_E_BAD_REQUEST, msg);
+                        set_error(c, MD_E_BAD_REQUEST, msg);
                     }
                 }
                 respond_error(c, &c->err);
@@ -781,8 +781,8 @@ static void read_timeout_cb(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     if (c->busy == NULL && c->ready == NULL && !c->close_after) {
-        struct gw_error e = {0};
-        gw_error_set(&e, GW_E_REQ_TIMEOUT, NULL, "the request was not received in time");
+        struct md_error e = {0};
+        md_error_set(&e, MD_E_REQ_TIMEOUT, NULL, "the request was not received in time");
         respond_error(c, &e);
     }
 }
@@ -792,7 +792,7 @@ static void drain_timeout_cb(evutil_socket_t fd, short what, void *arg)
     struct gw_conn *c = arg;
     (void)fd;
     (void)what;
-    gw_debug("closing a connection whose unsent output (%zu bytes) did not drain below "
+    lb_debug("closing a connection whose unsent output (%zu bytes) did not drain below "
              "max_output_bytes (%zu) within %lld s",
              evbuffer_get_length(bufferevent_get_output(c->bev)), c->srv->lim.max_output,
              (long long)c->srv->lim.output_drain_timeout_s);
@@ -844,11 +844,11 @@ static void refuse_conn(struct gw_http_server *s, evutil_socket_t fd)
     __atomic_add_fetch(&conns_refused, 1, __ATOMIC_RELAXED);
     if (s->tls == NULL) {
         char rid[33], body[320], msg[512];
-        gw_gen_id(rid);
+        lb_gen_id(rid);
         int bl = snprintf(body, sizeof(body),
                           "{\"error\":{\"code\":\"%s\",\"message\":\"polygate is at its limit "
                           "of %d client connections; retry shortly\",\"request_id\":\"%s\"}}",
-                          gw_err_code(GW_E_UNAVAILABLE), s->max_conns, rid);
+                          md_err_code(MD_E_UNAVAILABLE), s->max_conns, rid);
         int ml = snprintf(msg, sizeof(msg),
                           "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
                           "Content-Length: %d\r\nRetry-After: 1\r\nX-Request-Id: %s\r\n"
@@ -957,7 +957,7 @@ static void accept_error_cb(struct evconnlistener *lis, void *arg)
     (void)lis;
     (void)arg;
     int e = EVUTIL_SOCKET_ERROR();
-    gw_warn("accept failed: %s", evutil_socket_error_to_string(e));
+    lb_warn("accept failed: %s", evutil_socket_error_to_string(e));
 }
 
 static void progress_ev_cb(evutil_socket_t fd, short what, void *arg)

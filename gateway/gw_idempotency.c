@@ -16,7 +16,7 @@
 
 #include <xxhash.h>
 
-#include "gateway/gw_log.h"
+#include "lib/lb_log.h"
 
 struct gw_idem {
     struct gw_idem *next; /* bucket chain */
@@ -194,7 +194,7 @@ void gw_idem_complete(struct gw_idem *e, int status, const void *body, size_t bo
     if (hl >= sizeof(e->headers)) {
         /* a replay must carry the header lines whole: forget the key (the
          * retry runs again) rather than keep a cut header line */
-        gw_warn("Idempotency-Key answer not kept: its header lines (%zu bytes) exceed %d bytes", hl,
+        lb_warn("Idempotency-Key answer not kept: its header lines (%zu bytes) exceed %d bytes", hl,
                 GW_IDEM_MAX_HEADERS - 1);
         gw_idem_release(e);
         return;

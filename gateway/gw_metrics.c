@@ -19,7 +19,7 @@
 #include "gateway/gw_breaker.h"
 #include "gateway/gw_http.h"
 #include "gateway/gw_idempotency.h"
-#include "gateway/gw_worker.h"
+#include "gateway/gw_shard.h"
 #include "routing/rt_shardmap.h"
 
 /* ---- label tables --------------------------------------------------------------- */
@@ -53,11 +53,6 @@ const char *gw_mop_name(enum gw_mop op)
 static pthread_mutex_t intern_mu = PTHREAD_MUTEX_INITIALIZER;
 static const char *dom_names[GW_M_MAX_DOMAINS] = {"_none"};
 static int ndom = 1;
-static struct {
-    const char *backend;
-    const char *shard;
-} shard_names[GW_M_MAX_SHARDS];
-static int nshard;
 
 /* ---- per-worker counters ----------------------------------------------------------- */
 
@@ -65,15 +60,15 @@ struct wslot {
     uint64_t req[GW_M_MAX_DOMAINS][GW_MOP_N][NSTATUS];
     uint64_t hist[GW_M_MAX_DOMAINS][GW_MOP_N][NBUCKET + 1]; /* non-cumulative */
     uint64_t sum_us[GW_M_MAX_DOMAINS][GW_MOP_N];
-    uint64_t be_submit[GW_M_MAX_SHARDS];
-    uint64_t be_done[GW_M_MAX_SHARDS];
-    uint64_t be_out[GW_M_MAX_SHARDS][GW_MBE_N];
+    uint64_t be_submit[GW_MAX_SHARDS];
+    uint64_t be_done[GW_MAX_SHARDS];
+    uint64_t be_out[GW_MAX_SHARDS][GW_MBE_N];
     uint64_t sc_req[GW_M_MAX_DOMAINS];
     uint64_t sc_shards[GW_M_MAX_DOMAINS];
     uint64_t sc_partial[GW_M_MAX_DOMAINS];
     /* gauges sampled from the adapters (gw_metrics_sample_pools) */
-    uint64_t pool_known[GW_M_MAX_SHARDS];
-    uint64_t pool[GW_M_MAX_SHARDS][4]; /* size, connected, in use, waiting */
+    uint64_t pool_known[GW_MAX_SHARDS];
+    uint64_t pool[GW_MAX_SHARDS][4]; /* size, connected, in use, waiting */
 };
 
 /* Static: pages a worker never touches cost no memory. */
@@ -127,48 +122,6 @@ int gw_metrics_domain_id(const char *name)
     return id;
 }
 
-int gw_metrics_shard_id(const char *backend, const char *shard)
-{
-    pthread_mutex_lock(&intern_mu);
-    int id = -1;
-    for (int i = 0; i < nshard; i++) {
-        if (strcmp(shard_names[i].backend, backend) == 0 &&
-            strcmp(shard_names[i].shard, shard) == 0) {
-            id = i;
-            break;
-        }
-    }
-    if (id < 0 && nshard < GW_M_MAX_SHARDS) {
-        char *b = strdup(backend), *s = strdup(shard);
-        if (b != NULL && s != NULL) {
-            shard_names[nshard].backend = b;
-            shard_names[nshard].shard = s;
-            id = nshard;
-            __atomic_store_n(&nshard, nshard + 1, __ATOMIC_RELEASE);
-        } else {
-            free(b);
-            free(s);
-        }
-    }
-    pthread_mutex_unlock(&intern_mu);
-    return id;
-}
-
-int gw_metrics_nshards(void)
-{
-    return __atomic_load_n(&nshard, __ATOMIC_ACQUIRE);
-}
-
-const char *gw_metrics_shard_backend(int id)
-{
-    return id >= 0 && id < gw_metrics_nshards() ? shard_names[id].backend : "?";
-}
-
-const char *gw_metrics_shard_name(int id)
-{
-    return id >= 0 && id < gw_metrics_nshards() ? shard_names[id].shard : "?";
-}
-
 void gw_metrics_register_config(const struct cf_config *cf)
 {
     for (size_t i = 0; i < cf->ndomains; i++) {
@@ -176,7 +129,7 @@ void gw_metrics_register_config(const struct cf_config *cf)
     }
     for (size_t i = 0; i < cf->nbackends; i++) {
         for (size_t s = 0; s < cf->backends[i].nshards; s++) {
-            gw_metrics_shard_id(cf->backends[i].name, cf->backends[i].shards[s].name);
+            gw_shard_id(cf->backends[i].name, cf->backends[i].shards[s].name);
         }
     }
 }
@@ -217,21 +170,21 @@ void gw_metrics_request(int worker, int domain, enum gw_mop op, int status, uint
 
 void gw_metrics_backend_submit(int worker, int shard)
 {
-    if (wvalid(worker) && shard >= 0 && shard < GW_M_MAX_SHARDS) {
+    if (wvalid(worker) && shard >= 0 && shard < GW_MAX_SHARDS) {
         bump(&slots[worker].be_submit[shard], 1);
     }
 }
 
 void gw_metrics_backend_done(int worker, int shard)
 {
-    if (wvalid(worker) && shard >= 0 && shard < GW_M_MAX_SHARDS) {
+    if (wvalid(worker) && shard >= 0 && shard < GW_MAX_SHARDS) {
         bump(&slots[worker].be_done[shard], 1);
     }
 }
 
 void gw_metrics_backend_outcome(int worker, int shard, enum gw_mbe what)
 {
-    if (wvalid(worker) && shard >= 0 && shard < GW_M_MAX_SHARDS && (unsigned)what < GW_MBE_N) {
+    if (wvalid(worker) && shard >= 0 && shard < GW_MAX_SHARDS && (unsigned)what < GW_MBE_N) {
         bump(&slots[worker].be_out[shard][what], 1);
     }
 }
@@ -248,37 +201,31 @@ void gw_metrics_scatter(int worker, int domain, int nshards, int partial)
     }
 }
 
-void gw_metrics_sample_pools(struct gw_worker *w)
+int gw_metrics_pools_begin(int worker)
 {
-    if (!wvalid(w->id)) {
-        return;
+    if (!wvalid(worker)) {
+        return -1;
     }
-    struct wslot *sl = &slots[w->id];
-    for (int i = 0; i < GW_M_MAX_SHARDS; i++) {
+    struct wslot *sl = &slots[worker];
+    for (int i = 0; i < GW_MAX_SHARDS; i++) {
         if (rd(&sl->pool_known[i])) {
             __atomic_store_n(&sl->pool_known[i], 0, __ATOMIC_RELAXED);
         }
     }
-    for (size_t b = 0; w->cf != NULL && w->rt != NULL && b < w->cf->nbackends; b++) {
-        struct gw_backend_rt *rt = w->rt[b];
-        if (rt == NULL || rt->ops->stats == NULL) {
-            continue;
-        }
-        for (size_t s = 0; s < rt->nmids; s++) {
-            int id = rt->mids[s];
-            if (id < 0 || id >= GW_M_MAX_SHARDS) {
-                continue;
-            }
-            struct ad_pool_stats ps;
-            rt->ops->stats(rt->state, (int)s, &ps);
-            int v[4] = {ps.conns, ps.up, ps.busy, ps.queued};
-            for (int k = 0; k < 4; k++) {
-                __atomic_store_n(&sl->pool[id][k], (uint64_t)(v[k] > 0 ? v[k] : 0),
-                                 __ATOMIC_RELAXED);
-            }
-            __atomic_store_n(&sl->pool_known[id], 1, __ATOMIC_RELAXED);
-        }
+    return 0;
+}
+
+void gw_metrics_pool(int worker, int shard, const struct ad_pool_stats *ps)
+{
+    if (!wvalid(worker) || shard < 0 || shard >= GW_MAX_SHARDS) {
+        return;
     }
+    struct wslot *sl = &slots[worker];
+    int v[4] = {ps->conns, ps->up, ps->busy, ps->queued};
+    for (int k = 0; k < 4; k++) {
+        __atomic_store_n(&sl->pool[shard][k], (uint64_t)(v[k] > 0 ? v[k] : 0), __ATOMIC_RELAXED);
+    }
+    __atomic_store_n(&sl->pool_known[shard], 1, __ATOMIC_RELAXED);
 }
 
 /* ---- scrape ----------------------------------------------------------------------------- */
@@ -330,7 +277,7 @@ void gw_metrics_render(struct evbuffer *o, const struct cf_config *cf, int64_t i
     int nworkers = __atomic_load_n(&nworkers_set, __ATOMIC_RELAXED);
     int nw = nworkers < GW_M_MAX_WORKERS ? nworkers : GW_M_MAX_WORKERS;
     int nd = __atomic_load_n(&ndom, __ATOMIC_ACQUIRE);
-    int ns = gw_metrics_nshards();
+    int ns = gw_shard_count();
 
     help(o, "polygate_requests_total", "counter",
          "Client requests answered, by domain, operation and HTTP status.");
@@ -427,7 +374,7 @@ void gw_metrics_render(struct evbuffer *o, const struct cf_config *cf, int64_t i
             evbuffer_add_printf(o,
                                 "polygate_backend_requests_total{backend=\"%s\",shard=\"%s\","
                                 "outcome=\"%s\"} %" PRIu64 "\n",
-                                shard_names[i].backend, shard_names[i].shard, mbe_names[k], n);
+                                gw_shard_backend(i), gw_shard_name(i), mbe_names[k], n);
         }
     }
     help(o, "polygate_backend_errors_total", "counter",
@@ -442,7 +389,7 @@ void gw_metrics_render(struct evbuffer *o, const struct cf_config *cf, int64_t i
         }
         evbuffer_add_printf(
             o, "polygate_backend_errors_total{backend=\"%s\",shard=\"%s\"} %" PRIu64 "\n",
-            shard_names[i].backend, shard_names[i].shard, n);
+            gw_shard_backend(i), gw_shard_name(i), n);
     }
     help(o, "polygate_backend_pending", "gauge",
          "Requests handed to the shard's adapter and not yet completed by it: on a connection "
@@ -454,7 +401,7 @@ void gw_metrics_render(struct evbuffer *o, const struct cf_config *cf, int64_t i
             done += rd(&slots[w].be_done[i]);
         }
         evbuffer_add_printf(o, "polygate_backend_pending{backend=\"%s\",shard=\"%s\"} %lld\n",
-                            shard_names[i].backend, shard_names[i].shard,
+                            gw_shard_backend(i), gw_shard_name(i),
                             (long long)(sub >= done ? sub - done : 0));
     }
     static const char *const pool_names[4][2] = {
@@ -478,8 +425,7 @@ void gw_metrics_render(struct evbuffer *o, const struct cf_config *cf, int64_t i
             }
             if (known) {
                 evbuffer_add_printf(o, "%s{backend=\"%s\",shard=\"%s\"} %" PRIu64 "\n",
-                                    pool_names[k][0], shard_names[i].backend, shard_names[i].shard,
-                                    n);
+                                    pool_names[k][0], gw_shard_backend(i), gw_shard_name(i), n);
             }
         }
     }
@@ -498,13 +444,13 @@ void gw_metrics_render(struct evbuffer *o, const struct cf_config *cf, int64_t i
          "Circuit breaker of the shard: 0 closed, 1 open (failing fast), 2 half-open (probing).");
     for (int i = 0; i < ns; i++) {
         evbuffer_add_printf(o, "polygate_circuit_state{backend=\"%s\",shard=\"%s\"} %d\n",
-                            shard_names[i].backend, shard_names[i].shard, (int)gw_breaker_state(i));
+                            gw_shard_backend(i), gw_shard_name(i), (int)gw_breaker_state(i));
     }
     help(o, "polygate_circuit_opens_total", "counter", "Times the shard's circuit opened.");
     for (int i = 0; i < ns; i++) {
         evbuffer_add_printf(
             o, "polygate_circuit_opens_total{backend=\"%s\",shard=\"%s\"} %" PRIu64 "\n",
-            shard_names[i].backend, shard_names[i].shard, gw_breaker_opens(i));
+            gw_shard_backend(i), gw_shard_name(i), gw_breaker_opens(i));
     }
 
     help(o, "polygate_scatter_requests_total", "counter",

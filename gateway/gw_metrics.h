@@ -24,7 +24,6 @@ struct evbuffer;
 
 #define GW_M_MAX_WORKERS 64
 #define GW_M_MAX_DOMAINS 32 /* interned domain names; more share the "_other" row */
-#define GW_M_MAX_SHARDS 128 /* interned (backend, shard) pairs */
 
 /* Operation label: the adapter ops (enum ad_op, GET..AGGREGATE) first. */
 enum gw_mop {
@@ -58,12 +57,8 @@ enum gw_mbe {
 };
 
 /* Interning (takes a mutex; call at config time, not per request). */
-int gw_metrics_domain_id(const char *name);                      /* 0 = no domain */
-int gw_metrics_shard_id(const char *backend, const char *shard); /* -1 when the table is full */
-const char *gw_metrics_shard_backend(int id);
-const char *gw_metrics_shard_name(int id);
-int gw_metrics_nshards(void);
-/* Intern every domain and shard of a config (start-up and reload). */
+int gw_metrics_domain_id(const char *name); /* 0 = no domain */
+/* Intern every domain and shard (gw_shard.h) of a config (start-up and reload). */
 void gw_metrics_register_config(const struct cf_config *cf);
 /* Look a domain name up without interning (request path, lock-free). */
 int gw_metrics_domain_lookup(const char *name);
@@ -75,10 +70,13 @@ void gw_metrics_backend_done(int worker, int shard); /* the adapter completed it
 void gw_metrics_backend_outcome(int worker, int shard, enum gw_mbe what);
 void gw_metrics_scatter(int worker, int domain, int nshards, int partial);
 
-/* Once a second on each worker's loop: read its adapters' pools
- * (ad_ops.stats) into its slot.  `w` is a struct gw_worker. */
-struct gw_worker;
-void gw_metrics_sample_pools(struct gw_worker *w);
+/* Once a second on each worker's loop the worker reads its adapters' pools
+ * (ad_ops.stats) into its slot: gw_metrics_pools_begin forgets the last
+ * sample (-1: not a worker, nothing to record), then gw_metrics_pool records
+ * one shard (an id of gw_shard.h). */
+struct ad_pool_stats;
+int gw_metrics_pools_begin(int worker);
+void gw_metrics_pool(int worker, int shard, const struct ad_pool_stats *ps);
 
 /* Render the Prometheus text exposition (format 0.0.4). */
 void gw_metrics_render(struct evbuffer *out, const struct cf_config *cf, int64_t inflight);

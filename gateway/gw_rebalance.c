@@ -24,8 +24,8 @@
 #include "adapters/sql/sql_build.h"
 #include "config/cf_config.h"
 #include "config/cf_yaml.h"
-#include "gateway/gw_log.h"
 #include "gateway/gw_shardmap.h"
+#include "lib/lb_log.h"
 #include "routing/rt_live.h"
 #include "routing/rt_shardmap.h"
 
@@ -135,7 +135,7 @@ static void __attribute__((format(printf, 2, 3))) rb_error(struct rb *rb, const 
     if (n >= (int)sizeof(msg)) {
         cut_utf8(msg, sizeof(msg));
     }
-    gw_warn("rebalance of '%s': %s", rb->backend, msg);
+    lb_warn("rebalance of '%s': %s", rb->backend, msg);
     pthread_mutex_lock(&g_mu);
     snprintf(rb->errors[rb->nerrors % NERRORS], sizeof(rb->errors[0]), "%s", msg);
     rb->nerrors++;
@@ -930,7 +930,7 @@ static int write_final_map(struct rb *rb, int aborted, char *err, size_t errlen)
     if (aborted) {
         final = materialized_doc(rb, 1, &npinned);
         if (!owners_match(rb, final)) { /* never expected: pin every slot instead */
-            gw_warn("rebalance of '%s': the ring-relative map does not match the owners; "
+            lb_warn("rebalance of '%s': the ring-relative map does not match the owners; "
                     "pinning every slot",
                     rb->backend);
             json_object_put(final);
@@ -978,7 +978,7 @@ static void *mover_main(void *arg)
     struct rb *rb = arg;
     char err[512];
     size_t failed_at = (size_t)-1;
-    gw_info("rebalance of '%s': %zu of %zu slot(s) to move (map version %" PRId64 " → %" PRId64 ")",
+    lb_info("rebalance of '%s': %zu of %zu slot(s) to move (map version %" PRId64 " → %" PRId64 ")",
             rb->backend, rb->nmoves - rb->done_at_start, rb->nmoves, rb->from_version,
             rb->to_version);
     /* requests routed by the old map carry no ticket: wait until every
@@ -1014,7 +1014,7 @@ static void *mover_main(void *arg)
         rb->state = "stopped";
         rb->finished = 1;
         pthread_mutex_unlock(&g_mu);
-        gw_info("rebalance of '%s' stopped; a restart resumes it", rb->backend);
+        lb_info("rebalance of '%s' stopped; a restart resumes it", rb->backend);
         return NULL;
     }
     int aborted = flag(rb, &rb->abort_req);
@@ -1035,7 +1035,7 @@ static void *mover_main(void *arg)
     rb->phase = NULL;
     rb->finished = 1;
     pthread_mutex_unlock(&g_mu);
-    gw_info("rebalance of '%s' %s: %zu of %zu slot(s) moved", rb->backend,
+    lb_info("rebalance of '%s' %s: %zu of %zu slot(s) moved", rb->backend,
             aborted ? "aborted" : "done", rb->slots_done, rb->nmoves);
     if (rc == 0) {
         rb->cb(rb->cb_arg);
@@ -1251,12 +1251,12 @@ static int start(struct rb *rb, gw_rebalance_done_cb done, void *arg, char *err,
 struct cf_config *gw_rebalance_begin(const char *cfg_path, const struct cf_config *active,
                                      const struct cf_config *next, const char *backend,
                                      int nworkers, gw_rebalance_done_cb done, void *arg,
-                                     struct gw_error *e)
+                                     struct md_error *e)
 {
     char err[512];
     const struct cf_backend *ob = backend_of(active, backend), *nb = backend_of(next, backend);
     if (gw_rebalance_active()) {
-        gw_error_set(e, GW_E_CONFLICT, NULL, "a rebalance is already running");
+        md_error_set(e, MD_E_CONFLICT, NULL, "a rebalance is already running");
         return NULL;
     }
     struct json_object *from_doc = gw_shardmap_doc(ob->map), *to_doc = gw_shardmap_doc(nb->map);
@@ -1264,7 +1264,7 @@ struct cf_config *gw_rebalance_begin(const char *cfg_path, const struct cf_confi
     json_object_put(from_doc);
     json_object_put(to_doc);
     if (rb == NULL) {
-        gw_error_set(e, GW_E_BAD_REQUEST, NULL, "%s", err);
+        md_error_set(e, MD_E_BAD_REQUEST, NULL, "%s", err);
         return NULL;
     }
     /* a shard the map adds must not hold rows already: they would show */
@@ -1297,7 +1297,7 @@ struct cf_config *gw_rebalance_begin(const char *cfg_path, const struct cf_confi
                 mysql_free_result(res);
             }
             if (rows) {
-                gw_error_set(e, GW_E_CONFLICT, "shards",
+                md_error_set(e, MD_E_CONFLICT, "shards",
                              "shard '%s' is new to the map but its table '%s' already holds "
                              "rows; empty it first",
                              rb->names[s], rb->tables[k].name);
@@ -1307,7 +1307,7 @@ struct cf_config *gw_rebalance_begin(const char *cfg_path, const struct cf_confi
             }
         }
         if (my == NULL) {
-            gw_error_set(e, GW_E_UNAVAILABLE, "dsn", "%s", err);
+            md_error_set(e, MD_E_UNAVAILABLE, "dsn", "%s", err);
             rb_free(rb);
             return NULL;
         }
@@ -1315,7 +1315,7 @@ struct cf_config *gw_rebalance_begin(const char *cfg_path, const struct cf_confi
     struct cf_config *cf = union_config(rb, cfg_path, err, sizeof(err));
     if (cf == NULL || ensure_tables(rb, err, sizeof(err)) < 0 ||
         save_state(rb, err, sizeof(err)) < 0) {
-        gw_error_set(e, GW_E_UNAVAILABLE, NULL, "rebalance not started: %s", err);
+        md_error_set(e, MD_E_UNAVAILABLE, NULL, "rebalance not started: %s", err);
         cf_config_unref(cf);
         rb_free(rb);
         return NULL;
@@ -1323,7 +1323,7 @@ struct cf_config *gw_rebalance_begin(const char *cfg_path, const struct cf_confi
     rb->nworkers = nworkers;
     if (start(rb, done, arg, err, sizeof(err)) < 0) {
         unlink(rb->state_path);
-        gw_error_set(e, GW_E_INTERNAL, NULL, "%s", err);
+        md_error_set(e, MD_E_INTERNAL, NULL, "%s", err);
         cf_config_unref(cf);
         rb_free(rb);
         return NULL;
@@ -1417,7 +1417,7 @@ struct cf_config *gw_rebalance_recover(const char *cfg_path, struct cf_config *c
             return NULL;
         }
         free(pb.p);
-        gw_info("resuming the rebalance of '%s' (version %" PRId64 " → %" PRId64
+        lb_info("resuming the rebalance of '%s' (version %" PRId64 " → %" PRId64
                 "): %zu of %zu slot(s) were moved",
                 rb->backend, rb->from_version, rb->to_version, rb->done_at_start, rb->nmoves);
         struct cf_config *ncf = union_config(rb, cfg_path, lerr, sizeof(lerr));
@@ -1539,7 +1539,7 @@ struct json_object *gw_rebalance_status_of(const char *backend)
     return o;
 }
 
-int gw_rebalance_control(const char *action, struct json_object *body, struct gw_error *e)
+int gw_rebalance_control(const char *action, struct json_object *body, struct md_error *e)
 {
     pthread_mutex_lock(&g_mu);
     struct rb *rb = cur != NULL && !cur->finished ? cur : NULL;
@@ -1549,17 +1549,17 @@ int gw_rebalance_control(const char *action, struct json_object *body, struct gw
         if (!json_object_is_type(body, json_type_object) ||
             !json_object_object_get_ex(body, "throttle_rows_per_s", &v) ||
             !json_object_is_type(v, json_type_int) || json_object_get_int64(v) < 0) {
-            gw_error_set(e, GW_E_BAD_REQUEST, "throttle_rows_per_s",
+            md_error_set(e, MD_E_BAD_REQUEST, "throttle_rows_per_s",
                          "give {\"throttle_rows_per_s\": n} with n >= 0 (0: no limit)");
             rc = -1;
         } else if (rb == NULL) {
-            gw_error_set(e, GW_E_CONFLICT, NULL, "no rebalance is running");
+            md_error_set(e, MD_E_CONFLICT, NULL, "no rebalance is running");
             rc = -1;
         } else {
             rb->throttle = json_object_get_int64(v);
         }
     } else if (rb == NULL) {
-        gw_error_set(e, GW_E_CONFLICT, NULL, "no rebalance is running");
+        md_error_set(e, MD_E_CONFLICT, NULL, "no rebalance is running");
         rc = -1;
     } else if (strcmp(action, "pause") == 0) {
         rb->pause_req = 1;
@@ -1568,7 +1568,7 @@ int gw_rebalance_control(const char *action, struct json_object *body, struct gw
     } else if (strcmp(action, "abort") == 0) {
         rb->abort_req = 1;
     } else {
-        gw_error_set(e, GW_E_NOT_FOUND, NULL, "no rebalance action '%.32s' (pause, resume, abort)",
+        md_error_set(e, MD_E_NOT_FOUND, NULL, "no rebalance action '%.32s' (pause, resume, abort)",
                      action);
         rc = -1;
     }

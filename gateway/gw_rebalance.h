@@ -21,7 +21,7 @@
 
 #include <json-c/json.h>
 
-#include "gateway/gw_error.h"
+#include "model/md_error.h"
 
 struct cf_config;
 
@@ -40,7 +40,7 @@ typedef void (*gw_rebalance_done_cb)(void *arg);
 struct cf_config *gw_rebalance_begin(const char *cfg_path, const struct cf_config *active,
                                      const struct cf_config *next, const char *backend,
                                      int nworkers, gw_rebalance_done_cb done, void *arg,
-                                     struct gw_error *e);
+                                     struct md_error *e);
 
 /* Start-up, before the workers: resume a rebalance a crash interrupted.
  * Returns cf itself (nothing to resume; no reference change), a new config
@@ -74,7 +74,7 @@ struct json_object *gw_rebalance_status_of(const char *backend);
 
 /* POST /admin/rebalance/{pause,resume,abort}, PUT /admin/rebalance
  * {"throttle_rows_per_s": n}.  0, or -1 with e. */
-int gw_rebalance_control(const char *action, struct json_object *body, struct gw_error *e)
+int gw_rebalance_control(const char *action, struct json_object *body, struct md_error *e)
     __attribute__((warn_unused_result));
 
 #endif

@@ -23,21 +23,21 @@
 #include "gateway/gw_accesslog.h"
 #include "gateway/gw_auth.h"
 #include "gateway/gw_breaker.h"
-#include "gateway/gw_error.h"
 #include "gateway/gw_http.h"
 #include "gateway/gw_idempotency.h"
-#include "gateway/gw_item.h"
-#include "gateway/gw_json.h"
-#include "gateway/gw_log.h"
 #include "gateway/gw_metrics.h"
-#include "gateway/gw_query.h"
 #include "gateway/gw_rebalance.h"
 #include "gateway/gw_route.h"
 #include "gateway/gw_scatter.h"
-#include "gateway/gw_server.h"
+#include "gateway/gw_shard.h"
 #include "gateway/gw_shardmap.h"
-#include "gateway/gw_util.h"
 #include "gateway/gw_worker.h"
+#include "lib/lb_json.h"
+#include "lib/lb_log.h"
+#include "lib/lb_util.h"
+#include "model/md_error.h"
+#include "model/md_item.h"
+#include "model/md_query.h"
 #include "routing/rt_live.h"
 #include "routing/rt_shardmap.h"
 
@@ -80,7 +80,7 @@ struct gw_req {
     int nfound, found_status;
     int64_t found_version;
     int have_ferr;
-    struct gw_error ferr; /* item fan-out: the most telling failure */
+    struct md_error ferr; /* item fan-out: the most telling failure */
     /* a write naming its own key on a sharded domain: checked on the other
      * shards first (guard); the guard parent points back to the write */
     int guard;
@@ -193,7 +193,7 @@ static void set_request_id(struct gw_req *r, const struct gw_http_req *hr)
             return;
         }
     }
-    gw_gen_id(r->rid);
+    lb_gen_id(r->rid);
 }
 
 /* Count the answer of a top-level request and write its access log line. */
@@ -236,7 +236,7 @@ static void respond_ct(struct gw_req *r, int status, const char *ctype, struct e
     if (r->idem != NULL) { /* keep a success for retries with the same key */
         size_t len = body != NULL ? evbuffer_get_length(body) : 0;
         const void *bytes = len > 0 ? (const void *)evbuffer_pullup(body, -1) : (const void *)"";
-        gw_idem_complete(r->idem, status, bytes, len, more_headers, gw_now_ms());
+        gw_idem_complete(r->idem, status, bytes, len, more_headers, lb_now_ms());
         r->idem = NULL;
     }
     char stack[512];
@@ -248,11 +248,11 @@ static void respond_ct(struct gw_req *r, int status, const char *ctype, struct e
         extra = stack;
         ml = 0; /* out of memory: the answer goes without the extra headers */
     }
-    char *p = GW_PUT_LIT(extra, "X-Request-Id: ");
-    p = gw_put_mem(p, r->rid, rl);
-    p = GW_PUT_LIT(p, "\r\n");
+    char *p = LB_PUT_LIT(extra, "X-Request-Id: ");
+    p = lb_put_mem(p, r->rid, rl);
+    p = LB_PUT_LIT(p, "\r\n");
     if (ml > 0) { /* memcpy from NULL is undefined even for 0 bytes */
-        p = gw_put_mem(p, more_headers, ml);
+        p = lb_put_mem(p, more_headers, ml);
     }
     *p = '\0';
     gw_http_respond(r->http, status, ctype, body, extra);
@@ -267,46 +267,46 @@ static void respond(struct gw_req *r, int status, struct evbuffer *body, const c
     respond_ct(r, status, "application/json", body, more_headers);
 }
 
-static void respond_error(struct gw_req *r, const struct gw_error *e, const char *more_headers)
+static void respond_error(struct gw_req *r, const struct md_error *e, const char *more_headers)
 {
     struct evbuffer *b = evbuffer_new();
-    gw_error_write(b, e, r->rid);
-    r->errcode = gw_err_code(e->err);
+    md_error_write(b, e, r->rid);
+    r->errcode = md_err_code(e->err);
     char ra[32];
     if (more_headers == NULL && r->retry_after_s > 0) { /* circuit open: when to come back */
         snprintf(ra, sizeof(ra), "Retry-After: %d\r\n", r->retry_after_s);
         more_headers = ra;
     }
-    respond(r, gw_err_status(e->err), b, more_headers);
+    respond(r, md_err_status(e->err), b, more_headers);
     evbuffer_free(b);
 }
 
 /* Answer a top-level request that never reached an adapter, and free it. */
-static void fail_now(struct gw_req *r, const struct gw_error *e, const char *more_headers)
+static void fail_now(struct gw_req *r, const struct md_error *e, const char *more_headers)
 {
     respond_error(r, e, more_headers);
     r->answered = 1;
     req_release(r);
 }
 
-static enum gw_err err_of(enum ad_status st)
+static enum md_err err_of(enum ad_status st)
 {
     switch (st) {
     case AD_NOT_FOUND:
-        return GW_E_NOT_FOUND;
+        return MD_E_NOT_FOUND;
     case AD_CONFLICT:
-        return GW_E_CONFLICT;
+        return MD_E_CONFLICT;
     case AD_PRECONDITION:
-        return GW_E_PRECONDITION;
+        return MD_E_PRECONDITION;
     case AD_BAD_REQUEST:
-        return GW_E_BAD_REQUEST;
+        return MD_E_BAD_REQUEST;
     case AD_TIMEOUT:
-        return GW_E_TIMEOUT;
+        return MD_E_TIMEOUT;
     case AD_UNAVAILABLE:
     case AD_CANCELED:
-        return GW_E_UNAVAILABLE;
+        return MD_E_UNAVAILABLE;
     default:
-        return GW_E_INTERNAL;
+        return MD_E_INTERNAL;
     }
 }
 
@@ -329,19 +329,19 @@ static int ok_status(const struct gw_req *r, const struct ad_res *res)
  * driver's words, which name hosts and ports: those go to the log with the
  * request id (backend_outcome), and to the admin listener's /ready. */
 static void res_error(const struct gw_req *r, const struct ad_res *res, const char *field,
-                      struct gw_error *e)
+                      struct md_error *e)
 {
     int ready = r->parent != NULL && r->parent->kind == REQ_READY;
     if (res->status == AD_UNAVAILABLE && !ready && r->rt != NULL &&
         (size_t)r->ad.shard < r->rt->be->nshards) {
         const struct cf_backend *be = r->rt->be;
-        gw_error_set(e, GW_E_UNAVAILABLE, NULL,
+        md_error_set(e, MD_E_UNAVAILABLE, NULL,
                      "backend '%s' (shard '%s') is unavailable; the cause is logged under this "
                      "request id",
                      be->name, be->shards[r->ad.shard].name);
         return;
     }
-    gw_error_set(e, err_of(res->status), field, "%s", res->message);
+    md_error_set(e, err_of(res->status), field, "%s", res->message);
 }
 
 /* A read whose answer body is longer than limits.max_response_bytes:
@@ -353,9 +353,9 @@ static int response_too_large(struct gw_req *r, struct evbuffer *b)
     if (len <= max || !(op == AD_GET || op == AD_QUERY || op == AD_AGGREGATE)) {
         return 0; /* a write is answered: it was applied (its echo is bounded by max_body) */
     }
-    struct gw_error e = {0};
+    struct md_error e = {0};
     int q = r->ad.op == AD_QUERY || r->ad.op == AD_AGGREGATE;
-    gw_error_set(&e, GW_E_RESPONSE_TOO_LARGE, q ? "limit" : NULL,
+    md_error_set(&e, MD_E_RESPONSE_TOO_LARGE, q ? "limit" : NULL,
                  "the answer would be %zu bytes, more than limits.max_response_bytes (%zu)%s", len,
                  max, q ? ": ask for a smaller page (limit) or fewer fields" : "");
     e.domain = r->ad.domain != NULL ? r->ad.domain->name : NULL;
@@ -367,10 +367,10 @@ static int response_too_large(struct gw_req *r, struct evbuffer *b)
 
 static void parent_child_done(struct gw_req *child, int status, struct json_object *entry);
 static void scatter_child_done(struct gw_req *c, const struct ad_res *res,
-                               const struct gw_error *ge);
-static void guard_child_done(struct gw_req *c, const struct ad_res *res, const struct gw_error *ge);
+                               const struct md_error *ge);
+static void guard_child_done(struct gw_req *c, const struct ad_res *res, const struct md_error *ge);
 
-static void deliver(struct gw_req *r, const struct ad_res *res, const struct gw_error *ge)
+static void deliver(struct gw_req *r, const struct ad_res *res, const struct md_error *ge)
 {
     r->answered = 1;
     if (r->timer_set) {
@@ -393,12 +393,12 @@ static void deliver(struct gw_req *r, const struct ad_res *res, const struct gw_
                 /* nothing more */
             } else if (res->raw != NULL) {
                 /* the adapter's JSON text goes into the batch answer as is */
-                json_object_object_add(entry, "item", gw_json_raw(res->raw, res->rawlen));
+                json_object_object_add(entry, "item", lb_json_raw(res->raw, res->rawlen));
             } else if (res->item != NULL) {
                 json_object_object_add(entry, "item", json_object_get(res->item));
             }
         } else {
-            struct gw_error e = {0};
+            struct md_error e = {0};
             if (ge != NULL) {
                 e = *ge;
             } else {
@@ -406,8 +406,8 @@ static void deliver(struct gw_req *r, const struct ad_res *res, const struct gw_
                 e.shard = res->shard;
             }
             e.domain = r->ad.domain != NULL ? r->ad.domain->name : NULL;
-            status = gw_err_status(e.err);
-            json_object_object_add(entry, "error", gw_error_json(&e, r->parent->rid));
+            status = md_err_status(e.err);
+            json_object_object_add(entry, "error", md_error_json(&e, r->parent->rid));
         }
         parent_child_done(r, status, entry);
         return;
@@ -417,7 +417,7 @@ static void deliver(struct gw_req *r, const struct ad_res *res, const struct gw_
         return;
     }
     if (res->status != AD_DONE) {
-        struct gw_error e = {0};
+        struct md_error e = {0};
         res_error(r, res, res->field, &e);
         e.domain = r->ad.domain != NULL ? r->ad.domain->name : NULL;
         e.shard =
@@ -433,7 +433,7 @@ static void deliver(struct gw_req *r, const struct ad_res *res, const struct gw_
         if (res->raw != NULL) {
             evbuffer_add(b, res->raw, res->rawlen);
         } else if (res->item != NULL) {
-            gw_json_write(b, res->item);
+            lb_json_write(b, res->item);
         } else {
             evbuffer_add(b, "{}", 2);
         }
@@ -445,17 +445,17 @@ static void deliver(struct gw_req *r, const struct ad_res *res, const struct gw_
     char etag[96];
     char *p = etag;
     if (r->guard) { /* the key was looked up on every shard first */
-        p = GW_PUT_LIT(p, "X-Shards-Queried: ");
-        p = gw_put_u64(p, (uint64_t)r->ad.domain->backend->nshards);
-        p = GW_PUT_LIT(p, "\r\n");
+        p = LB_PUT_LIT(p, "X-Shards-Queried: ");
+        p = lb_put_u64(p, (uint64_t)r->ad.domain->backend->nshards);
+        p = LB_PUT_LIT(p, "\r\n");
     } else if (r->ad.op == AD_QUERY || r->ad.op == AD_AGGREGATE ||
                (r->ad.domain != NULL && r->ad.domain->shard_key != NULL)) {
-        p = GW_PUT_LIT(p, "X-Shards-Queried: 1\r\n");
+        p = LB_PUT_LIT(p, "X-Shards-Queried: 1\r\n");
     }
     if (res->version >= 0) {
-        p = GW_PUT_LIT(p, "ETag: \"");
-        p = gw_put_u64(p, (uint64_t)res->version);
-        p = GW_PUT_LIT(p, "\"\r\n");
+        p = LB_PUT_LIT(p, "ETag: \"");
+        p = lb_put_u64(p, (uint64_t)res->version);
+        p = LB_PUT_LIT(p, "\"\r\n");
     }
     *p = '\0';
     respond(r, status, b, etag);
@@ -508,16 +508,16 @@ static void backend_outcome(struct gw_req *r, enum ad_status st, const char *mes
         counts = st == AD_TIMEOUT ? !expensive && !alive : !(expensive && alive);
     }
     if (counts) {
-        gw_breaker_record(r->mid, ok, gw_now_ms(), message);
+        gw_breaker_record(r->mid, ok, lb_now_ms(), message);
     }
     if (what != GW_MBE_OK) {
         const struct cf_backend *be = r->rt != NULL ? r->rt->be : NULL;
-        int lv = r->ad.op == AD_PING ? GW_LOG_DEBUG : GW_LOG_WARN;
-        if (gw_log_enabled((enum gw_log_level)lv)) {
-            gw_log((enum gw_log_level)lv,
+        int lv = r->ad.op == AD_PING ? LB_LOG_DEBUG : LB_LOG_WARN;
+        if (lb_log_enabled((enum lb_log_level)lv)) {
+            lb_log((enum lb_log_level)lv,
                    "request %s: %s %s failed on shard '%s' of backend '%s': %s", top_rid(r),
                    r->ad.domain != NULL ? r->ad.domain->name : "-", ad_op_name(r->ad.op),
-                   gw_metrics_shard_name(r->mid), be != NULL ? be->name : "?", message);
+                   gw_shard_name(r->mid), be != NULL ? be->name : "?", message);
         }
     }
 }
@@ -543,9 +543,9 @@ static void on_deadline(evutil_socket_t fd, short what, void *arg)
     if (r->answered) {
         return;
     }
-    struct gw_error e = {0};
+    struct md_error e = {0};
     const struct cf_backend *be = r->rt->be;
-    gw_error_set(&e, GW_E_TIMEOUT, NULL,
+    md_error_set(&e, MD_E_TIMEOUT, NULL,
                  "no answer from backend '%s' (shard '%s') within %" PRIu64 " ms", be->name,
                  be->shards[r->ad.shard].name, (uint64_t)r->timeout_ms);
     e.domain = r->ad.domain != NULL ? r->ad.domain->name : NULL;
@@ -566,8 +566,8 @@ static void req_release(struct gw_req *r)
         return; /* a parent waits for its children */
     }
     if (r->http != NULL) { /* abandoned before it was answered */
-        struct gw_error e = {0};
-        gw_error_set(&e, GW_E_SHUTTING_DOWN, NULL, "polygate is shutting down");
+        struct md_error e = {0};
+        md_error_set(&e, MD_E_SHUTTING_DOWN, NULL, "polygate is shutting down");
         respond_error(r, &e, NULL);
     }
     struct gw_worker *w = r->w;
@@ -579,10 +579,10 @@ static void req_release(struct gw_req *r)
 static void req_submit(struct gw_req *r)
 {
     const struct cf_domain *d = r->ad.domain;
-    struct gw_error e = {0};
+    struct md_error e = {0};
     e.domain = d != NULL ? d->name : NULL;
     if (r->rt == NULL) {
-        gw_error_set(&e, GW_E_UNAVAILABLE, NULL, "backend '%s' failed to start (see the log)",
+        md_error_set(&e, MD_E_UNAVAILABLE, NULL, "backend '%s' failed to start (see the log)",
                      d != NULL ? d->backend_name : "?");
         deliver(r, NULL, &e);
         req_release(r);
@@ -593,7 +593,7 @@ static void req_submit(struct gw_req *r)
     if (r->ad.op == AD_PING) {
         tmo = tmo < 1000 ? tmo : 1000;
     }
-    uint64_t now = gw_now_ms();
+    uint64_t now = lb_now_ms();
     r->timeout_ms = tmo;
     r->ad.deadline_ms = now + (uint64_t)tmo;
     r->mid = (size_t)r->ad.shard < r->rt->nmids ? r->rt->mids[r->ad.shard] : -1;
@@ -603,7 +603,7 @@ static void req_submit(struct gw_req *r)
         const char *shard = be->shards[r->ad.shard].name;
         e.shard = shard;
         gw_metrics_backend_outcome(r->w->id, r->mid, GW_MBE_CIRCUIT_OPEN);
-        gw_error_set(&e, GW_E_UNAVAILABLE, NULL,
+        md_error_set(&e, MD_E_UNAVAILABLE, NULL,
                      "backend '%s' (shard '%s') is unavailable: circuit open after %d "
                      "consecutive failures; next probe in %" PRIu64 " ms",
                      be->name, shard, gw_breaker_failures(r->mid), retry_ms);
@@ -626,15 +626,15 @@ static void req_submit(struct gw_req *r)
         }
         r->mid = -1;
         if (rc == AD_EFULL) {
-            gw_error_set(&e, GW_E_UNAVAILABLE, NULL,
+            md_error_set(&e, MD_E_UNAVAILABLE, NULL,
                          "backend '%s' (shard '%s') is overloaded: its wait queue is full",
                          be->name, shard);
         } else if (rc == AD_EDOWN) {
-            gw_error_set(&e, GW_E_UNAVAILABLE, NULL,
+            md_error_set(&e, MD_E_UNAVAILABLE, NULL,
                          "backend '%s' (shard '%s') is unavailable: no connection", be->name,
                          shard);
         } else {
-            gw_error_set(&e, GW_E_UNSUPPORTED, NULL, "backend '%s' cannot serve this request",
+            md_error_set(&e, MD_E_UNSUPPORTED, NULL, "backend '%s' cannot serve this request",
                          be->name);
             e.shard = NULL;
         }
@@ -683,7 +683,7 @@ static int parse_if_match(const char *v, size_t len, int64_t *out)
 
 /* Sharded domains: choose the shard (gw_route.h), or mark the request for a
  * fan-out to several. */
-static int route(struct gw_req *r, enum ad_op op, struct gw_error *e)
+static int route(struct gw_req *r, enum ad_op op, struct md_error *e)
 {
     const struct cf_domain *d = r->ad.domain;
     struct gw_route rt;
@@ -699,7 +699,7 @@ static int route(struct gw_req *r, enum ad_op op, struct gw_error *e)
                 return -1;
             }
             if (q.hash != rt.hash) {
-                gw_error_set(e, GW_E_BAD_REQUEST, d->shard_key,
+                md_error_set(e, MD_E_BAD_REQUEST, d->shard_key,
                              "'%s' in the query string differs from the item's", d->shard_key);
                 return -1;
             }
@@ -730,7 +730,7 @@ static int route(struct gw_req *r, enum ad_op op, struct gw_error *e)
 
 /* Fill r->ad from an envelope and validate it.  Takes the body reference. */
 static int env_prepare(struct gw_req *r, enum ad_op op, const struct cf_domain *d, const char *key,
-                       size_t keylen, struct json_object *body, struct gw_error *e)
+                       size_t keylen, struct json_object *body, struct md_error *e)
 {
     r->body = body;
     r->ad.op = op;
@@ -740,7 +740,7 @@ static int env_prepare(struct gw_req *r, enum ad_op op, const struct cf_domain *
     e->domain = d->name;
     const struct cf_limits *lim = &r->cf->limits;
     if (key != NULL) {
-        if (gw_key_check(key, keylen, e) < 0) {
+        if (md_key_check(key, keylen, e) < 0) {
             return -1;
         }
         r->key = strndup(key, keylen);
@@ -748,19 +748,19 @@ static int env_prepare(struct gw_req *r, enum ad_op op, const struct cf_domain *
         r->ad.keylen = keylen;
     }
     if (r->ad.if_match >= 0 && !d->versioned) {
-        gw_error_set(e, GW_E_BAD_REQUEST, NULL,
+        md_error_set(e, MD_E_BAD_REQUEST, NULL,
                      "domain '%s' has no versions: If-Match cannot apply", d->name);
         return -1;
     }
     if (r->ad.if_match >= 0 && (op == AD_GET || op == AD_INSERT)) {
-        gw_error_set(e, GW_E_BAD_REQUEST, NULL, "If-Match applies to PUT, PATCH and DELETE only");
+        md_error_set(e, MD_E_BAD_REQUEST, NULL, "If-Match applies to PUT, PATCH and DELETE only");
         return -1;
     }
     switch (op) {
     case AD_PUT:
     case AD_INSERT:
         if (body == NULL) {
-            gw_error_set(e, GW_E_BAD_REQUEST, NULL, "a JSON item is required");
+            md_error_set(e, MD_E_BAD_REQUEST, NULL, "a JSON item is required");
             return -1;
         }
         /* the key is unique in the domain, but each shard only knows its
@@ -768,7 +768,7 @@ static int env_prepare(struct gw_req *r, enum ad_op op, const struct cf_domain *
          * (guard_start; a generated one cannot collide) */
         r->guard =
             d->shard_key != NULL && (op == AD_PUT || json_object_object_get_ex(body, d->key, NULL));
-        if (gw_item_check(d, lim, op == AD_PUT ? GW_ITEM_PUT : GW_ITEM_INSERT, r->key, body, e) <
+        if (md_item_check(d, lim, op == AD_PUT ? MD_ITEM_PUT : MD_ITEM_INSERT, r->key, body, e) <
             0) {
             return -1;
         }
@@ -781,15 +781,15 @@ static int env_prepare(struct gw_req *r, enum ad_op op, const struct cf_domain *
         break;
     case AD_PATCH:
         if (body == NULL) {
-            gw_error_set(e, GW_E_BAD_REQUEST, NULL, "a JSON patch is required");
+            md_error_set(e, MD_E_BAD_REQUEST, NULL, "a JSON patch is required");
             return -1;
         }
-        if (gw_patch_check(d, lim, body, e) < 0) {
+        if (md_patch_check(d, lim, body, e) < 0) {
             return -1;
         }
         if (json_object_object_get_ex(body, "where", NULL) &&
             !ad_lookup(d->backend->type)->supports(d, AD_PATCH_GUARDED)) {
-            gw_error_set(e, GW_E_UNSUPPORTED, NULL,
+            md_error_set(e, MD_E_UNSUPPORTED, NULL,
                          "domain '%s' is stored in %s, which cannot apply a guarded patch "
                          "('where')",
                          d->name, d->backend->type);
@@ -799,26 +799,26 @@ static int env_prepare(struct gw_req *r, enum ad_op op, const struct cf_domain *
     case AD_QUERY:
     case AD_AGGREGATE: {
         /* parsed and checked once here (limits, cursor secret); the AST rides
-         * on the body to the adapter (gw_query_of) */
-        struct gw_query *q;
-        if (gw_query_parse(d, lim, r->cf->cursor_secret, op == AD_AGGREGATE, body, &q, e) < 0) {
+         * on the body to the adapter (md_query_of) */
+        struct md_query *q;
+        if (md_query_parse(d, lim, r->cf->cursor_secret, op == AD_AGGREGATE, body, &q, e) < 0) {
             return -1;
         }
         for (size_t i = 0; i < q->ngroup; i++) {
             if (strchr(q->group_names[i], '.') != NULL &&
                 !ad_lookup(d->backend->type)->supports(d, AD_GROUP_BY_PATH)) {
-                gw_error_set(e, GW_E_UNSUPPORTED, q->group_by[i]->name,
+                md_error_set(e, MD_E_UNSUPPORTED, q->group_by[i]->name,
                              "group_by '%.128s': domain '%s' is stored in %s, which groups by "
                              "top-level fields only",
                              q->group_names[i], d->name, d->backend->type);
-                gw_query_free(q);
+                md_query_free(q);
                 return -1;
             }
         }
         if (r->body == NULL) {
             r->body = json_object_new_object();
         }
-        gw_query_attach(r->body, q);
+        md_query_attach(r->body, q);
         break;
     }
     default:
@@ -864,7 +864,7 @@ static const char *allow_for(const struct ad_ops *ops, const struct cf_domain *d
 }
 
 static int method_allowed(struct gw_req *r, const struct cf_domain *d, enum ad_op op, int item,
-                          struct gw_error *e, char *hdr, size_t hdrlen)
+                          struct md_error *e, char *hdr, size_t hdrlen)
 {
     const struct ad_ops *ops = ad_lookup(d->backend->type);
     if (ops->supports(d, op)) {
@@ -873,7 +873,7 @@ static int method_allowed(struct gw_req *r, const struct cf_domain *d, enum ad_o
     (void)r;
     e->domain = d->name;
     if (op == AD_QUERY || op == AD_AGGREGATE) {
-        gw_error_set(e, GW_E_UNSUPPORTED, NULL,
+        md_error_set(e, MD_E_UNSUPPORTED, NULL,
                      "domain '%s' is stored in %s, which cannot serve %s: read items by key "
                      "with GET /v1/%s/{%s}",
                      d->name, d->backend->type, op == AD_QUERY ? "_query" : "_aggregate", d->name,
@@ -882,11 +882,11 @@ static int method_allowed(struct gw_req *r, const struct cf_domain *d, enum ad_o
     }
     const char *allow = allow_for(ops, d, item);
     if (!item && ops->supports(d, AD_PUT)) {
-        gw_error_set(e, GW_E_METHOD, NULL,
+        md_error_set(e, MD_E_METHOD, NULL,
                      "domain '%s' has no insert; create or replace with PUT /v1/%s/{%s}", d->name,
                      d->name, d->key);
     } else {
-        gw_error_set(e, GW_E_METHOD, NULL, "%s is not supported on domain '%s'%s%s", ad_op_name(op),
+        md_error_set(e, MD_E_METHOD, NULL, "%s is not supported on domain '%s'%s%s", ad_op_name(op),
                      d->name, allow[0] ? "; allowed: " : "", allow);
     }
     snprintf(hdr, hdrlen, "Allow: %s\r\n", allow);
@@ -980,7 +980,7 @@ static void parent_finish(struct gw_req *p)
     if (p->kind == REQ_BATCH) {
         struct json_object *doc = json_object_new_object();
         json_object_object_add(doc, "results", json_object_get(p->results));
-        gw_json_write(b, doc);
+        lb_json_write(b, doc);
         json_object_put(doc);
         respond(p, 200, b, NULL);
     } else {
@@ -990,7 +990,7 @@ static void parent_finish(struct gw_req *p)
         if (p->detailed) { /* backends, shards, errors: the admin listener only */
             json_object_object_add(doc, "backends", json_object_get(p->results));
         }
-        gw_json_write(b, doc);
+        lb_json_write(b, doc);
         json_object_put(doc);
         respond(p, p->nfail == 0 ? 200 : 503, b, NULL);
     }
@@ -1025,30 +1025,30 @@ static void batch_entry(struct gw_req *p, struct gw_req *child, int status,
 {
     json_object_object_add(entry, "status", json_object_new_int(status));
     struct evbuffer *tmp = evbuffer_new();
-    gw_json_write(tmp, entry);
+    lb_json_write(tmp, entry);
     size_t len = evbuffer_get_length(tmp);
     size_t max = p->cf->limits.max_response_bytes;
     enum ad_op op = child->ad.op;
     int read = op == AD_GET || op == AD_QUERY || op == AD_AGGREGATE;
     if (read && p->resp_bytes + len > max) {
-        struct gw_error e = {0};
-        gw_error_set(&e, GW_E_RESPONSE_TOO_LARGE, NULL,
+        struct md_error e = {0};
+        md_error_set(&e, MD_E_RESPONSE_TOO_LARGE, NULL,
                      "batch item %d: its answer (%zu bytes) would carry the batch past "
                      "limits.max_response_bytes (%zu); ask for it in another request",
                      child->index, len, max);
         e.domain = child->ad.domain != NULL ? child->ad.domain->name : NULL;
         json_object_put(entry);
         entry = json_object_new_object();
-        json_object_object_add(entry, "error", gw_error_json(&e, p->rid));
-        json_object_object_add(entry, "status", json_object_new_int(gw_err_status(e.err)));
+        json_object_object_add(entry, "error", md_error_json(&e, p->rid));
+        json_object_object_add(entry, "status", json_object_new_int(md_err_status(e.err)));
         evbuffer_drain(tmp, len);
-        gw_json_write(tmp, entry);
+        lb_json_write(tmp, entry);
         len = evbuffer_get_length(tmp);
     }
     p->resp_bytes += len;
     json_object_put(entry);
     json_object_array_put_idx(p->results, (size_t)child->index,
-                              gw_json_raw((const char *)evbuffer_pullup(tmp, -1), len));
+                              lb_json_raw((const char *)evbuffer_pullup(tmp, -1), len));
     evbuffer_free(tmp);
 }
 
@@ -1099,7 +1099,7 @@ static void scatter_start(struct gw_req *p)
     struct json_object *body = p->body;
     size_t k = n;
     if (p->ad.op == AD_QUERY || p->ad.op == AD_AGGREGATE) {
-        k = gw_route_where(d, gw_query_of(p->body)->where, mask);
+        k = gw_route_where(d, md_query_of(p->body)->where, mask);
         p->sg = gw_scatter_new(d, p->body, k);
         body = gw_scatter_body(p->sg);
     } else {
@@ -1152,7 +1152,7 @@ static struct json_object *res_doc(const struct ad_res *res)
     if (res->raw == NULL) {
         return json_object_get(res->item);
     }
-    if (gw_json_parse_stored(res->raw, res->rawlen, 1000, &doc, msg, sizeof(msg)) != GW_JSON_OK) {
+    if (lb_json_parse_stored(res->raw, res->rawlen, 1000, &doc, msg, sizeof(msg)) != LB_JSON_OK) {
         return NULL;
     }
     return doc;
@@ -1215,7 +1215,7 @@ static int same_value(struct json_object *a, struct json_object *b)
            strcmp(json_object_get_string(a), json_object_get_string(b)) == 0;
 }
 
-static void guard_child_done(struct gw_req *c, const struct ad_res *res, const struct gw_error *ge)
+static void guard_child_done(struct gw_req *c, const struct ad_res *res, const struct md_error *ge)
 {
     struct gw_req *g = c->parent;
     const struct cf_domain *d = g->ad.domain;
@@ -1229,7 +1229,7 @@ static void guard_child_done(struct gw_req *c, const struct ad_res *res, const s
         }
         json_object_put(doc);
     } else if (ge != NULL || res->status != AD_NOT_FOUND) {
-        struct gw_error e = {0};
+        struct md_error e = {0};
         if (ge != NULL) {
             e = *ge;
         } else {
@@ -1255,16 +1255,16 @@ static void guard_finish(struct gw_req *g)
         req_release(r);
         return;
     }
-    struct gw_error e = {0};
+    struct md_error e = {0};
     e.domain = d->name;
     if (g->found != NULL) {
-        gw_error_set(&e, GW_E_CONFLICT, d->key,
+        md_error_set(&e, MD_E_CONFLICT, d->key,
                      "%s '%.128s' already exists on shard '%s' under %s '%.128s': a write cannot "
                      "change an item's %s (delete it and create it again)",
                      d->key, r->key, d->backend->shards[g->found_shard].name, d->shard_key,
                      json_object_get_string(g->found), d->shard_key);
     } else if (g->have_ferr) {
-        gw_error_set(&e, g->ferr.err, NULL,
+        md_error_set(&e, g->ferr.err, NULL,
                      "cannot check that %s '%.128s' is not used on shard '%s': %s", d->key, r->key,
                      g->ferr.shard, g->ferr.message);
         e.shard = g->ferr.shard;
@@ -1313,15 +1313,15 @@ static int live_gate(struct gw_req *r)
         r->ad.shard = shard;
         return 0;
     }
-    uint64_t now = gw_now_ms();
+    uint64_t now = lb_now_ms();
     if (r->hold_ev == NULL) {
         int64_t tmo = d->timeout_ms > 0 ? d->timeout_ms : r->cf->limits.request_timeout_ms;
         r->hold_deadline_ms = now + (uint64_t)tmo;
         r->hold_ev = evtimer_new(r->w->base, hold_cb, r);
     }
     if (now >= r->hold_deadline_ms) {
-        struct gw_error e = {0};
-        gw_error_set(&e, GW_E_UNAVAILABLE, NULL,
+        struct md_error e = {0};
+        md_error_set(&e, MD_E_UNAVAILABLE, NULL,
                      "slot %d of domain '%s' is being moved to another shard; retry", (int)slot,
                      d->name);
         e.domain = d->name;
@@ -1351,13 +1351,13 @@ static void req_start(struct gw_req *r)
     }
 }
 
-static int is_server_error(enum gw_err e)
+static int is_server_error(enum md_err e)
 {
-    return gw_err_status(e) >= 500;
+    return md_err_status(e) >= 500;
 }
 
 static void scatter_child_done(struct gw_req *c, const struct ad_res *res,
-                               const struct gw_error *ge)
+                               const struct md_error *ge)
 {
     struct gw_req *p = c->parent;
     const struct cf_domain *d = p->ad.domain;
@@ -1365,7 +1365,7 @@ static void scatter_child_done(struct gw_req *c, const struct ad_res *res,
     if (ge == NULL && res->status == AD_DONE) {
         struct json_object *doc = res_doc(res);
         struct gw_route rt;
-        struct gw_error ignored = {0};
+        struct md_error ignored = {0};
         if (p->sg == NULL && p->nexcl > 0 && doc != NULL &&
             gw_route_item(d, doc, &rt, &ignored) == 0 &&
             rt_live_excluded(p->excl, p->nexcl, c->index, (int32_t)rt.slot)) {
@@ -1377,12 +1377,12 @@ static void scatter_child_done(struct gw_req *c, const struct ad_res *res,
             p->found_status = ok_status(c, res);
             p->found_version = res->version;
         } else {
-            gw_warn("request %s: %s '%s' exists on more than one shard of '%s'", p->rid, d->key,
+            lb_warn("request %s: %s '%s' exists on more than one shard of '%s'", p->rid, d->key,
                     p->key != NULL ? p->key : "?", d->name);
         }
         json_object_put(doc);
     } else {
-        struct gw_error e = {0};
+        struct md_error e = {0};
         if (ge != NULL) {
             e = *ge;
         } else {
@@ -1393,7 +1393,7 @@ static void scatter_child_done(struct gw_req *c, const struct ad_res *res,
         e.shard = is_server_error(e.err) ? shard : NULL;
         if (p->sg != NULL) {
             gw_scatter_fail(p->sg, (size_t)c->index, &e);
-        } else if (e.err != GW_E_NOT_FOUND &&
+        } else if (e.err != MD_E_NOT_FOUND &&
                    (!p->have_ferr || (is_server_error(p->ferr.err) && !is_server_error(e.err)))) {
             p->ferr = e; /* a 412/409 of the shard holding the id beats a 503 */
             p->have_ferr = 1;
@@ -1408,7 +1408,7 @@ static void scatter_finish(struct gw_req *p)
     char hdr[96];
     snprintf(hdr, sizeof(hdr), "X-Shards-Queried: %d\r\n", p->nqueried);
     struct json_object *doc = NULL;
-    struct gw_error e = {0};
+    struct md_error e = {0};
     int failed = 0, status = 200;
     int64_t version = -1;
     if (p->sg == NULL) { /* an item looked up on every shard */
@@ -1429,7 +1429,7 @@ static void scatter_finish(struct gw_req *p)
         e = p->ferr;
     } else {
         failed = 1;
-        gw_error_set(&e, GW_E_NOT_FOUND, NULL, "no %s item with %s '%s' (on any of %d shards)",
+        md_error_set(&e, MD_E_NOT_FOUND, NULL, "no %s item with %s '%s' (on any of %d shards)",
                      d->name, d->key, p->key != NULL ? p->key : "?", p->nqueried);
     }
     e.domain = d->name;
@@ -1437,8 +1437,8 @@ static void scatter_finish(struct gw_req *p)
     if (p->parent != NULL) { /* a batch item */
         struct json_object *entry = json_object_new_object();
         if (failed) {
-            status = gw_err_status(e.err);
-            json_object_object_add(entry, "error", gw_error_json(&e, p->parent->rid));
+            status = md_err_status(e.err);
+            json_object_object_add(entry, "error", md_error_json(&e, p->parent->rid));
         } else if (doc != NULL && status != 204) {
             json_object_object_add(entry, "item", json_object_get(doc));
         }
@@ -1453,7 +1453,7 @@ static void scatter_finish(struct gw_req *p)
     struct evbuffer *b = evbuffer_new();
     if (status != 204) {
         if (doc != NULL) {
-            gw_json_write(b, doc);
+            lb_json_write(b, doc);
         } else {
             evbuffer_add(b, "{}", 2);
         }
@@ -1495,12 +1495,12 @@ static void batch_child(struct gw_req *p, int index, struct json_object *env)
     c->parent = p;
     c->index = index;
     c->caller = p->caller;
-    struct gw_error e = {0};
+    struct md_error e = {0};
     struct json_object *v;
     const char *opname = NULL, *dname = NULL, *id = NULL;
     size_t idlen = 0;
     if (!json_object_is_type(env, json_type_object)) {
-        gw_error_set(&e, GW_E_BAD_REQUEST, NULL, "batch item %d must be an object", index);
+        md_error_set(&e, MD_E_BAD_REQUEST, NULL, "batch item %d must be an object", index);
         goto fail;
     }
     json_object_object_foreach(env, k, val)
@@ -1508,7 +1508,7 @@ static void batch_child(struct gw_req *p, int index, struct json_object *env)
         (void)val;
         if (strcmp(k, "op") != 0 && strcmp(k, "domain") != 0 && strcmp(k, "id") != 0 &&
             strcmp(k, "body") != 0 && strcmp(k, "if_match") != 0 && strcmp(k, "shard_key") != 0) {
-            gw_error_set(&e, GW_E_BAD_REQUEST, NULL,
+            md_error_set(&e, MD_E_BAD_REQUEST, NULL,
                          "batch item %d: unknown member '%s' (op, domain, id, body, if_match, "
                          "shard_key)",
                          index, k);
@@ -1523,7 +1523,7 @@ static void batch_child(struct gw_req *p, int index, struct json_object *env)
     }
     if (json_object_object_get_ex(env, "id", &v)) {
         if (!json_object_is_type(v, json_type_string)) {
-            gw_error_set(&e, GW_E_BAD_REQUEST, NULL, "batch item %d: 'id' must be a string", index);
+            md_error_set(&e, MD_E_BAD_REQUEST, NULL, "batch item %d: 'id' must be a string", index);
             goto fail;
         }
         id = json_object_get_string(v);
@@ -1531,7 +1531,7 @@ static void batch_child(struct gw_req *p, int index, struct json_object *env)
     }
     if (json_object_object_get_ex(env, "shard_key", &v)) {
         if (!json_object_is_type(v, json_type_string) && !json_object_is_type(v, json_type_int)) {
-            gw_error_set(&e, GW_E_BAD_REQUEST, NULL,
+            md_error_set(&e, MD_E_BAD_REQUEST, NULL,
                          "batch item %d: 'shard_key' must be the shard key's value", index);
             goto fail;
         }
@@ -1545,7 +1545,7 @@ static void batch_child(struct gw_req *p, int index, struct json_object *env)
     }
     if (json_object_object_get_ex(env, "if_match", &v)) {
         if (!json_object_is_type(v, json_type_int) || json_object_get_int64(v) < 0) {
-            gw_error_set(&e, GW_E_BAD_REQUEST, NULL,
+            md_error_set(&e, MD_E_BAD_REQUEST, NULL,
                          "batch item %d: 'if_match' must be a version number", index);
             goto fail;
         }
@@ -1554,7 +1554,7 @@ static void batch_child(struct gw_req *p, int index, struct json_object *env)
     int ok;
     enum ad_op op = opname != NULL ? op_by_name(opname, &ok) : (ok = 0, AD_GET);
     if (!ok) {
-        gw_error_set(&e, GW_E_BAD_REQUEST, NULL,
+        md_error_set(&e, MD_E_BAD_REQUEST, NULL,
                      "batch item %d: 'op' must be one of get, put, insert, patch, delete, query, "
                      "aggregate",
                      index);
@@ -1567,7 +1567,7 @@ static void batch_child(struct gw_req *p, int index, struct json_object *env)
         goto fail;
     }
     if (d == NULL) {
-        gw_error_set(&e, dname == NULL ? GW_E_BAD_REQUEST : GW_E_UNKNOWN_DOMAIN, NULL,
+        md_error_set(&e, dname == NULL ? MD_E_BAD_REQUEST : MD_E_UNKNOWN_DOMAIN, NULL,
                      dname == NULL ? "batch item %d: 'domain' is required"
                                    : "batch item %d: unknown domain",
                      index);
@@ -1575,7 +1575,7 @@ static void batch_child(struct gw_req *p, int index, struct json_object *env)
     }
     int needs_id = op == AD_GET || op == AD_PUT || op == AD_PATCH || op == AD_DELETE;
     if (needs_id && id == NULL) {
-        gw_error_set(&e, GW_E_BAD_REQUEST, NULL, "batch item %d: 'id' is required for %s", index,
+        md_error_set(&e, MD_E_BAD_REQUEST, NULL, "batch item %d: 'id' is required for %s", index,
                      opname);
         goto fail;
     }
@@ -1602,7 +1602,7 @@ fail:
  * answered 429. */
 static int batch_charge(struct gw_req *r, size_t cost)
 {
-    struct gw_error e = {0};
+    struct md_error e = {0};
     int64_t retry = 0;
     if (gw_auth_charge(r->caller, (double)cost, &e, &retry) == 0) {
         return 0;
@@ -1615,7 +1615,7 @@ static int batch_charge(struct gw_req *r, size_t cost)
 
 static void handle_batch(struct gw_req *r, struct json_object *doc)
 {
-    struct gw_error e = {0};
+    struct md_error e = {0};
     size_t n = json_object_is_type(doc, json_type_array) ? json_object_array_length(doc) : 0;
     int valid = n > 0 && n <= (size_t)r->cf->limits.max_batch;
     if (batch_charge(r, valid ? n : 1) < 0) {
@@ -1623,13 +1623,13 @@ static void handle_batch(struct gw_req *r, struct json_object *doc)
         return;
     }
     if (!json_object_is_type(doc, json_type_array)) {
-        gw_error_set(&e, GW_E_BAD_REQUEST, NULL, "_batch expects a JSON array of envelopes");
+        md_error_set(&e, MD_E_BAD_REQUEST, NULL, "_batch expects a JSON array of envelopes");
         json_object_put(doc);
         fail_now(r, &e, NULL);
         return;
     }
     if (!valid) {
-        gw_error_set(&e, n == 0 ? GW_E_BAD_REQUEST : GW_E_TOO_LARGE, NULL,
+        md_error_set(&e, n == 0 ? MD_E_BAD_REQUEST : MD_E_TOO_LARGE, NULL,
                      "_batch takes 1 to %d envelopes, got %zu", r->cf->limits.max_batch, n);
         json_object_put(doc);
         fail_now(r, &e, NULL);
@@ -1681,7 +1681,7 @@ static void handle_ready(struct gw_req *r, int detailed)
             json_object_object_add(slot, "backend", json_object_new_string(be->name));
             json_object_object_add(slot, "type", json_object_new_string(be->type));
             json_object_object_add(slot, "shard", json_object_new_string(be->shards[s].name));
-            int mid = gw_metrics_shard_id(be->name, be->shards[s].name);
+            int mid = gw_shard_id(be->name, be->shards[s].name);
             json_object_object_add(
                 slot, "circuit",
                 json_object_new_string(gw_breaker_state_name(gw_breaker_state(mid))));
@@ -1726,15 +1726,15 @@ static void simple_json(struct gw_req *r, int status, const char *json)
 }
 
 static int parse_body(struct gw_req *r, struct gw_http_req *hr, struct json_object **out,
-                      struct gw_error *e)
+                      struct md_error *e)
 {
     size_t len = evbuffer_get_length(hr->body);
     const char *buf = (const char *)evbuffer_pullup(hr->body, -1);
     char msg[200];
-    enum gw_json_status st = gw_json_parse(buf != NULL ? buf : "", len,
+    enum lb_json_status st = lb_json_parse(buf != NULL ? buf : "", len,
                                            r->cf->limits.max_json_depth, out, msg, sizeof(msg));
-    if (st != GW_JSON_OK) {
-        gw_error_set(e, GW_E_BAD_REQUEST, NULL, "%s", msg);
+    if (st != LB_JSON_OK) {
+        md_error_set(e, MD_E_BAD_REQUEST, NULL, "%s", msg);
         return -1;
     }
     return 0;
@@ -1773,14 +1773,14 @@ static char *query_param(const char *query, const char *name, size_t *len)
 
 /* ?<shard_key>=… on a sharded domain's item routes. */
 static int shard_key_param(struct gw_req *r, const struct gw_http_req *hr,
-                           const struct cf_domain *d, struct gw_error *e)
+                           const struct cf_domain *d, struct md_error *e)
 {
     if (hr->query == NULL) {
         return 0;
     }
     r->skey = query_param(hr->query, d->shard_key, &r->skeylen);
     if (r->skey != NULL && memchr(r->skey, '\0', r->skeylen) != NULL) {
-        gw_error_set(e, GW_E_BAD_REQUEST, d->shard_key, "'%s' contains a NUL byte", d->shard_key);
+        md_error_set(e, MD_E_BAD_REQUEST, d->shard_key, "'%s' contains a NUL byte", d->shard_key);
         return -1;
     }
     return 0;
@@ -1800,10 +1800,10 @@ static int idem_begin(struct gw_req *r, struct gw_http_req *hr, const struct cf_
     if (k == NULL) {
         return 0;
     }
-    struct gw_error e = {0};
+    struct md_error e = {0};
     e.domain = d->name;
     if (gw_idem_key_valid(k, klen) < 0) {
-        gw_error_set(&e, GW_E_BAD_REQUEST, NULL,
+        md_error_set(&e, MD_E_BAD_REQUEST, NULL,
                      "Idempotency-Key must be 1 to 255 visible ASCII characters");
         fail_now(r, &e, NULL);
         return -1;
@@ -1813,7 +1813,7 @@ static int idem_begin(struct gw_req *r, struct gw_http_req *hr, const struct cf_
     const char *b = blen > 0 ? (const char *)evbuffer_pullup(hr->body, -1) : "";
     gw_idem_fingerprint(hr->method_name, hr->path, hr->query, b, blen, fp);
     struct gw_idem_replay rp = {0};
-    switch (gw_idem_begin(idem_scope(r), k, klen, fp, gw_now_ms(), &r->idem, &rp)) {
+    switch (gw_idem_begin(idem_scope(r), k, klen, fp, lb_now_ms(), &r->idem, &rp)) {
     case GW_IDEM_NEW:
         return 0;
     case GW_IDEM_REPLAY: {
@@ -1829,20 +1829,20 @@ static int idem_begin(struct gw_req *r, struct gw_http_req *hr, const struct cf_
         return -1;
     }
     case GW_IDEM_MISMATCH:
-        gw_error_set(&e, GW_E_IDEM_REUSED, NULL,
+        md_error_set(&e, MD_E_IDEM_REUSED, NULL,
                      "Idempotency-Key '%.*s' was already used with a different request "
                      "(method, path, query or body); use a new key for a new request",
                      (int)(klen > 64 ? 64 : klen), k);
         fail_now(r, &e, NULL);
         return -1;
     case GW_IDEM_BUSY:
-        gw_error_set(&e, GW_E_IDEM_BUSY, NULL,
+        md_error_set(&e, MD_E_IDEM_BUSY, NULL,
                      "a request with Idempotency-Key '%.*s' is still in progress; retry shortly",
                      (int)(klen > 64 ? 64 : klen), k);
         fail_now(r, &e, "Retry-After: 1\r\n");
         return -1;
     default:
-        gw_error_set(&e, GW_E_UNAVAILABLE, NULL,
+        md_error_set(&e, MD_E_UNAVAILABLE, NULL,
                      "the Idempotency-Key store is full of requests in progress "
                      "(idempotency.max_entries); retry shortly");
         fail_now(r, &e, "Retry-After: 1\r\n");
@@ -1869,13 +1869,13 @@ static void idem_derive_key(struct gw_req *r, struct gw_http_req *hr, const stru
 
 static void handle_data(struct gw_req *r, struct gw_http_req *hr)
 {
-    struct gw_error e = {0};
+    struct md_error e = {0};
     char hdr[128] = "";
     const char *rest = hr->path + 4; /* after "/v1/" */
     if (strcmp(rest, "_batch") == 0) {
         if (hr->method != GW_POST) {
             if (batch_charge(r, 1) == 0) {
-                gw_error_set(&e, GW_E_METHOD, NULL, "_batch takes POST");
+                md_error_set(&e, MD_E_METHOD, NULL, "_batch takes POST");
                 fail_now(r, &e, "Allow: POST\r\n");
             }
             return;
@@ -1904,7 +1904,7 @@ static void handle_data(struct gw_req *r, struct gw_http_req *hr)
         }
     }
     if (d == NULL) {
-        gw_error_set(&e, GW_E_UNKNOWN_DOMAIN, NULL, "unknown domain '%.*s'",
+        md_error_set(&e, MD_E_UNKNOWN_DOMAIN, NULL, "unknown domain '%.*s'",
                      (int)(dlen > 64 ? 64 : dlen), rest);
         fail_now(r, &e, NULL);
         return;
@@ -1916,7 +1916,7 @@ static void handle_data(struct gw_req *r, struct gw_http_req *hr)
     int item = 0;
     if (slash == NULL) {
         if (hr->method != GW_POST) {
-            gw_error_set(&e, GW_E_METHOD, NULL,
+            md_error_set(&e, MD_E_METHOD, NULL,
                          "%s /v1/%s is not a route: use POST to insert, or /v1/%s/{%s}",
                          hr->method_name, d->name, d->name, d->key);
             fail_now(r, &e, "Allow: POST\r\n");
@@ -1926,7 +1926,7 @@ static void handle_data(struct gw_req *r, struct gw_http_req *hr)
     } else if (strcmp(slash + 1, "_query") == 0 || strcmp(slash + 1, "_aggregate") == 0) {
         op = slash[2] == 'q' ? AD_QUERY : AD_AGGREGATE;
         if (hr->method != GW_POST) {
-            gw_error_set(&e, GW_E_METHOD, NULL, "%s takes POST", slash + 1);
+            md_error_set(&e, MD_E_METHOD, NULL, "%s takes POST", slash + 1);
             fail_now(r, &e, "Allow: POST\r\n");
             return;
         }
@@ -1951,7 +1951,7 @@ static void handle_data(struct gw_req *r, struct gw_http_req *hr)
         default: {
             const char *allow = allow_for(ad_lookup(d->backend->type), d, 1);
             snprintf(hdr, sizeof(hdr), "Allow: %s\r\n", allow);
-            gw_error_set(&e, GW_E_METHOD, NULL, "%s is not supported on /v1/%s/{%s}; allowed: %s",
+            md_error_set(&e, MD_E_METHOD, NULL, "%s is not supported on /v1/%s/{%s}; allowed: %s",
                          hr->method_name, d->name, d->key, allow);
             fail_now(r, &e, hdr);
             return;
@@ -1971,7 +1971,7 @@ static void handle_data(struct gw_req *r, struct gw_http_req *hr)
     size_t imlen;
     const char *im = gw_http_header(hr, "if-match", &imlen);
     if (im != NULL && parse_if_match(im, imlen, &r->ad.if_match) < 0) {
-        gw_error_set(&e, GW_E_BAD_REQUEST, NULL,
+        md_error_set(&e, MD_E_BAD_REQUEST, NULL,
                      "If-Match must be a version number as returned in ETag (e.g. \"3\")");
         fail_now(r, &e, NULL);
         return;
@@ -2014,16 +2014,16 @@ static struct gw_req *begin(struct gw_worker *w, struct gw_http_req *hr)
     set_request_id(r, hr);
     int n = __atomic_add_fetch(&inflight_total, 1, __ATOMIC_RELAXED);
     if (n > r->cf->limits.max_inflight) {
-        struct gw_error e = {0};
-        gw_error_set(&e, GW_E_UNAVAILABLE, NULL,
+        struct md_error e = {0};
+        md_error_set(&e, MD_E_UNAVAILABLE, NULL,
                      "polygate is at its limit of %d requests in flight; retry shortly",
                      r->cf->limits.max_inflight);
         fail_now(r, &e, "Retry-After: 1\r\n");
         return NULL;
     }
     if (w->draining) {
-        struct gw_error e = {0};
-        gw_error_set(&e, GW_E_SHUTTING_DOWN, NULL, "polygate is shutting down");
+        struct md_error e = {0};
+        md_error_set(&e, MD_E_SHUTTING_DOWN, NULL, "polygate is shutting down");
         fail_now(r, &e, NULL);
         return NULL;
     }
@@ -2033,13 +2033,13 @@ static struct gw_req *begin(struct gw_worker *w, struct gw_http_req *hr)
 /* Authenticate (and rate-limit) the caller; answers and returns -1 when refused. */
 static int authenticate(struct gw_req *r, struct gw_http_req *hr, unsigned need_perm)
 {
-    struct gw_error e = {0};
+    struct md_error e = {0};
     int64_t retry = 0;
     /* a _batch pays one token per operation once its size is known */
     double cost = need_perm == 0 && strcmp(hr->path, "/v1/_batch") == 0 ? 0 : 1;
     if (gw_auth_check(r->cf, hr, cost, &r->caller, &e, &retry) < 0) {
         char hdr[64];
-        if (e.err == GW_E_RATE_LIMITED) {
+        if (e.err == MD_E_RATE_LIMITED) {
             snprintf(hdr, sizeof(hdr), "Retry-After: %lld\r\n", (long long)retry);
         } else {
             snprintf(hdr, sizeof(hdr), "WWW-Authenticate: Bearer realm=\"polygate\"\r\n");
@@ -2048,7 +2048,7 @@ static int authenticate(struct gw_req *r, struct gw_http_req *hr, unsigned need_
         return -1;
     }
     if (need_perm != 0 && r->caller != NULL && !(cf_auth_perms(r->caller, "*") & need_perm)) {
-        gw_error_set(&e, GW_E_FORBIDDEN, NULL, "key '%s' is not an admin key", r->caller->name);
+        md_error_set(&e, MD_E_FORBIDDEN, NULL, "key '%s' is not an admin key", r->caller->name);
         fail_now(r, &e, NULL);
         return -1;
     }
@@ -2063,9 +2063,16 @@ static int authenticate(struct gw_req *r, struct gw_http_req *hr, unsigned need_
 
 static void not_found(struct gw_req *r, struct gw_http_req *hr)
 {
-    struct gw_error e = {0};
-    gw_error_set(&e, GW_E_NOT_FOUND, NULL, "no route for %s %.200s", hr->method_name, hr->path);
+    struct md_error e = {0};
+    md_error_set(&e, MD_E_NOT_FOUND, NULL, "no route for %s %.200s", hr->method_name, hr->path);
     fail_now(r, &e, NULL);
+}
+
+static gw_put_map_fn put_map;
+
+void gw_request_set_put_map(gw_put_map_fn fn)
+{
+    put_map = fn;
 }
 
 void gw_request_handle(struct gw_http_req *hr, void *arg)
@@ -2093,7 +2100,7 @@ void gw_request_handle(struct gw_http_req *hr, void *arg)
 static void send_json(struct gw_req *r, int status, struct json_object *doc)
 {
     struct evbuffer *b = evbuffer_new();
-    gw_json_write(b, doc);
+    lb_json_write(b, doc);
     json_object_put(doc);
     respond(r, status, b, NULL);
     evbuffer_free(b);
@@ -2104,17 +2111,17 @@ static void send_json(struct gw_req *r, int status, struct json_object *doc)
 /* GET /admin/route/{domain}?{shard_key}=… → where that key lives. */
 static void admin_route(struct gw_req *r, struct gw_http_req *hr)
 {
-    struct gw_error e = {0};
+    struct md_error e = {0};
     const char *dn = hr->path + strlen("/admin/route/");
     const struct cf_domain *d = cf_domain_find(r->cf, dn, strlen(dn));
     if (d == NULL) {
-        gw_error_set(&e, GW_E_UNKNOWN_DOMAIN, NULL, "unknown domain '%.64s'", dn);
+        md_error_set(&e, MD_E_UNKNOWN_DOMAIN, NULL, "unknown domain '%.64s'", dn);
         fail_now(r, &e, NULL);
         return;
     }
     e.domain = d->name;
     if (d->shard_key == NULL) {
-        gw_error_set(&e, GW_E_BAD_REQUEST, NULL, "domain '%s' is not sharded (no shard_key)",
+        md_error_set(&e, MD_E_BAD_REQUEST, NULL, "domain '%s' is not sharded (no shard_key)",
                      d->name);
         fail_now(r, &e, NULL);
         return;
@@ -2126,7 +2133,7 @@ static void admin_route(struct gw_req *r, struct gw_http_req *hr)
     }
     struct gw_route rt;
     if (v == NULL) {
-        gw_error_set(&e, GW_E_BAD_REQUEST, d->shard_key, "pass the key as ?%s=…", d->shard_key);
+        md_error_set(&e, MD_E_BAD_REQUEST, d->shard_key, "pass the key as ?%s=…", d->shard_key);
         fail_now(r, &e, NULL);
         return;
     }
@@ -2151,7 +2158,7 @@ static void admin_route(struct gw_req *r, struct gw_http_req *hr)
 
 /* ---- /admin/shardmap (issue 6; the checks live in gw_shardmap.c) -------------- */
 
-static void admin_map_done(const struct gw_error *e, int rebalancing, void *arg)
+static void admin_map_done(const struct md_error *e, int rebalancing, void *arg)
 {
     struct gw_req *r = arg;
     r->pending = 0;
@@ -2178,7 +2185,7 @@ static void admin_map_done(const struct gw_error *e, int rebalancing, void *arg)
  * PUT /admin/rebalance {"throttle_rows_per_s": n}. */
 static void admin_rebalance(struct gw_req *r, struct gw_http_req *hr)
 {
-    struct gw_error e = {0};
+    struct md_error e = {0};
     const char *action = hr->path + strlen("/admin/rebalance");
     if (hr->method == GW_GET && *action == '\0') {
         send_json(r, 200, gw_rebalance_status());
@@ -2192,7 +2199,7 @@ static void admin_rebalance(struct gw_req *r, struct gw_http_req *hr)
         }
         action = "/throttle";
     } else if (hr->method != GW_POST || *action != '/') {
-        gw_error_set(&e, GW_E_METHOD, NULL,
+        md_error_set(&e, MD_E_METHOD, NULL,
                      "use GET or PUT /admin/rebalance, POST /admin/rebalance/{pause,resume,abort}");
         fail_now(r, &e, NULL);
         return;
@@ -2211,13 +2218,13 @@ static void admin_rebalance(struct gw_req *r, struct gw_http_req *hr)
  * applied by the main thread (gw_server_put_map). */
 static void admin_shardmap(struct gw_req *r, struct gw_http_req *hr)
 {
-    struct gw_error e = {0};
+    struct md_error e = {0};
     if (hr->method == GW_GET) {
-        send_json(r, 200, gw_shardmap_json(r->cf));
+        send_json(r, 200, gw_shardmap_json(r->cf, gw_rebalance_status_of));
         return;
     }
     if (hr->method != GW_PUT) {
-        gw_error_set(&e, GW_E_METHOD, NULL, "/admin/shardmap takes GET or PUT");
+        md_error_set(&e, MD_E_METHOD, NULL, "/admin/shardmap takes GET or PUT");
         fail_now(r, &e, "Allow: GET, PUT\r\n");
         return;
     }
@@ -2231,14 +2238,14 @@ static void admin_shardmap(struct gw_req *r, struct gw_http_req *hr)
     }
     if (!json_object_is_type(doc, json_type_object)) {
         json_object_put(doc);
-        gw_error_set(&e, GW_E_BAD_REQUEST, NULL, "the body must be a shard map object");
+        md_error_set(&e, MD_E_BAD_REQUEST, NULL, "the body must be a shard map object");
         fail_now(r, &e, NULL);
         return;
     }
-    int rc = gw_server_put_map(backend, doc, r->w->base, admin_map_done, r);
+    int rc = put_map != NULL ? put_map(backend, doc, r->w->base, admin_map_done, r) : -1;
     json_object_put(doc);
     if (rc < 0) {
-        gw_error_set(&e, GW_E_CONFLICT, NULL, "another shard map change is in progress; retry");
+        md_error_set(&e, MD_E_CONFLICT, NULL, "another shard map change is in progress; retry");
         fail_now(r, &e, "Retry-After: 1\r\n");
         return;
     }
@@ -2294,7 +2301,7 @@ void gw_admin_handle(struct gw_http_req *hr, void *arg)
         }
         json_object_object_add(doc, "domains", ds);
         struct evbuffer *b = evbuffer_new();
-        gw_json_write(b, doc);
+        lb_json_write(b, doc);
         json_object_put(doc);
         respond(r, 200, b, NULL);
         evbuffer_free(b);
@@ -2350,3 +2357,11 @@ void gw_requests_free_all(struct gw_worker *w)
         req_free(r);
     }
 }
+
+const struct gw_worker_hooks gw_request_hooks = {
+    .handle = gw_request_handle,
+    .admin = gw_admin_handle,
+    .abandon = gw_requests_abandon,
+    .free_all = gw_requests_free_all,
+    .check_drained = gw_requests_check_drained,
+};

@@ -10,8 +10,8 @@
 #include <string.h>
 
 #include "config/cf_config.h"
-#include "gateway/gw_json.h"
-#include "gateway/gw_query.h"
+#include "lib/lb_json.h"
+#include "model/md_query.h"
 #include "routing/rt_live.h"
 #include "routing/rt_shardmap.h"
 
@@ -43,13 +43,13 @@ static int int_text(const char *v, size_t len, char *buf, size_t buflen)
 }
 
 int gw_route_text(const struct cf_domain *d, const char *v, size_t len, struct gw_route *out,
-                  struct gw_error *e)
+                  struct md_error *e)
 {
     const struct cf_field *f = cf_field_find(d, d->shard_key);
     if (f->type == CF_T_INT) {
         char buf[32];
         if (int_text(v, len, buf, sizeof(buf)) < 0) {
-            gw_error_set(e, GW_E_BAD_REQUEST, f->name, "shard key '%s' must be an integer",
+            md_error_set(e, MD_E_BAD_REQUEST, f->name, "shard key '%s' must be an integer",
                          f->name);
             return -1;
         }
@@ -57,19 +57,19 @@ int gw_route_text(const struct cf_domain *d, const char *v, size_t len, struct g
         return 0;
     }
     if (len == 0) {
-        gw_error_set(e, GW_E_BAD_REQUEST, f->name, "shard key '%s' is empty", f->name);
+        md_error_set(e, MD_E_BAD_REQUEST, f->name, "shard key '%s' is empty", f->name);
         return -1;
     }
-    /* what a string in a body may hold (gw_item.c): a query-string value is
+    /* what a string in a body may hold (md_item.c): a query-string value is
      * percent-decoded bytes, checked here as the body's value would be */
     if (memchr(v, '\0', len) != NULL) {
-        gw_error_set(e, GW_E_BAD_REQUEST, f->name, "shard key '%s' contains a NUL character",
+        md_error_set(e, MD_E_BAD_REQUEST, f->name, "shard key '%s' contains a NUL character",
                      f->name);
         return -1;
     }
-    size_t ok = gw_utf8_check(v, len);
+    size_t ok = lb_utf8_check(v, len);
     if (ok != len) {
-        gw_error_set(e, GW_E_BAD_REQUEST, f->name, "shard key '%s' is not valid UTF-8 (byte %zu)",
+        md_error_set(e, MD_E_BAD_REQUEST, f->name, "shard key '%s' is not valid UTF-8 (byte %zu)",
                      f->name, ok);
         return -1;
     }
@@ -78,19 +78,19 @@ int gw_route_text(const struct cf_domain *d, const char *v, size_t len, struct g
 }
 
 int gw_route_item(const struct cf_domain *d, struct json_object *item, struct gw_route *out,
-                  struct gw_error *e)
+                  struct md_error *e)
 {
     const struct cf_field *f = cf_field_find(d, d->shard_key);
     struct json_object *v = NULL;
     if (!json_object_object_get_ex(item, f->name, &v) || v == NULL) {
-        gw_error_set(e, GW_E_BAD_REQUEST, f->name,
+        md_error_set(e, MD_E_BAD_REQUEST, f->name,
                      "field '%s' is required: it is the shard key of domain '%s'", f->name,
                      d->name);
         return -1;
     }
     if (f->type == CF_T_INT) {
         if (!json_object_is_type(v, json_type_int)) {
-            gw_error_set(e, GW_E_BAD_REQUEST, f->name, "shard key '%s' must be an integer",
+            md_error_set(e, MD_E_BAD_REQUEST, f->name, "shard key '%s' must be an integer",
                          f->name);
             return -1;
         }
@@ -100,7 +100,7 @@ int gw_route_item(const struct cf_domain *d, struct json_object *item, struct gw
         return 0;
     }
     if (!json_object_is_type(v, json_type_string)) {
-        gw_error_set(e, GW_E_BAD_REQUEST, f->name, "shard key '%s' must be a string", f->name);
+        md_error_set(e, MD_E_BAD_REQUEST, f->name, "shard key '%s' must be a string", f->name);
         return -1;
     }
     return gw_route_text(d, json_object_get_string(v), (size_t)json_object_get_string_len(v), out,
@@ -127,17 +127,17 @@ static int value_shard(const struct cf_domain *d, const struct cf_field *f, stru
 
 /* 1 and mask filled when the node pins the shard key to a set of shards
  * (possibly empty); 0 when it does not (every shard). */
-static int pin(const struct cf_domain *d, const struct gw_qnode *n, unsigned char *mask,
+static int pin(const struct cf_domain *d, const struct md_qnode *n, unsigned char *mask,
                size_t nshards)
 {
     switch (n->op) {
-    case GW_QOP_EQ:
-    case GW_QOP_IN: {
+    case MD_QOP_EQ:
+    case MD_QOP_IN: {
         if (n->npath != 0 || strcmp(n->field->name, d->shard_key) != 0 || n->value == NULL) {
             return 0;
         }
         memset(mask, 0, nshards);
-        if (n->op == GW_QOP_EQ) {
+        if (n->op == MD_QOP_EQ) {
             int s = value_shard(d, n->field, n->value);
             if (s >= 0) {
                 mask[s] = 1;
@@ -152,7 +152,7 @@ static int pin(const struct cf_domain *d, const struct gw_qnode *n, unsigned cha
         }
         return 1;
     }
-    case GW_QOP_AND: { /* the intersection of the kids that pin */
+    case MD_QOP_AND: { /* the intersection of the kids that pin */
         unsigned char *k = malloc(nshards);
         int pinned = 0;
         memset(mask, 1, nshards);
@@ -167,7 +167,7 @@ static int pin(const struct cf_domain *d, const struct gw_qnode *n, unsigned cha
         free(k);
         return pinned;
     }
-    case GW_QOP_OR: { /* the union, only if every branch pins */
+    case MD_QOP_OR: { /* the union, only if every branch pins */
         unsigned char *k = malloc(nshards);
         memset(mask, 0, nshards);
         for (size_t i = 0; i < n->nkids; i++) {
@@ -187,7 +187,7 @@ static int pin(const struct cf_domain *d, const struct gw_qnode *n, unsigned cha
     }
 }
 
-size_t gw_route_where(const struct cf_domain *d, const struct gw_qnode *where, unsigned char *mask)
+size_t gw_route_where(const struct cf_domain *d, const struct md_qnode *where, unsigned char *mask)
 {
     size_t n = d->backend->nshards;
     /* while slots move, a pinned key's owner may change before the request

@@ -26,10 +26,10 @@
 
 #include <json-c/json.h>
 
-#include "gateway/gw_error.h"
+#include "model/md_error.h"
 
 struct cf_domain;
-struct gw_qnode;
+struct md_qnode;
 
 struct gw_route {
     uint64_t hash;
@@ -41,17 +41,17 @@ struct gw_route {
  * and canonicalised ("007" → "7"); strings must be what a body's string
  * may be (valid UTF-8, no NUL).  -1 with a 400 naming the field. */
 int gw_route_text(const struct cf_domain *d, const char *v, size_t len, struct gw_route *out,
-                  struct gw_error *e) __attribute__((warn_unused_result));
+                  struct md_error *e) __attribute__((warn_unused_result));
 
 /* Route an item by its shard-key member; -1 with a 400 naming the field when
  * it is missing, null or of the wrong type. */
 int gw_route_item(const struct cf_domain *d, struct json_object *item, struct gw_route *out,
-                  struct gw_error *e) __attribute__((warn_unused_result));
+                  struct md_error *e) __attribute__((warn_unused_result));
 
-/* (A patch may not touch the shard key: gw_patch_check refuses it.) */
+/* (A patch may not touch the shard key: md_patch_check refuses it.) */
 
 /* The shards a filter can match: mask[0..nshards) set to 1 for each; returns
  * how many.  A filter that does not pin the shard key gives every shard. */
-size_t gw_route_where(const struct cf_domain *d, const struct gw_qnode *where, unsigned char *mask);
+size_t gw_route_where(const struct cf_domain *d, const struct md_qnode *where, unsigned char *mask);
 
 #endif

@@ -8,7 +8,7 @@
 #include <string.h>
 
 #include "config/cf_config.h"
-#include "gateway/gw_query.h"
+#include "model/md_query.h"
 #include "routing/rt_merge.h"
 
 #define ALIAS_MAX 40
@@ -17,32 +17,32 @@
  * where tree, order and cursor values are the client query's own, kept
  * alive by the reference on its body. */
 struct shard_query {
-    struct gw_query q; /* first: gw_query_of() on the shard body finds it */
+    struct md_query q; /* first: md_query_of() on the shard body finds it */
     struct json_object *parent;
     const struct cf_field **fields;
-    struct gw_qaggregate *aggs;
+    struct md_qaggregate *aggs;
     char (*alias)[ALIAS_MAX];
 };
 
 struct part {
     struct json_object *doc;
     int failed;
-    struct gw_error e;
+    struct md_error e;
 };
 
 struct gw_scatter {
     const struct cf_domain *d;
-    const struct gw_query *q; /* the client's */
+    const struct md_query *q; /* the client's */
     struct json_object *shard_body;
     size_t nqueried;
     size_t nshards;
     struct part *parts; /* by shard index */
     /* _query: sort fields added to the projection, removed from the answer */
-    const char *strip[GW_QUERY_MAX_ORDER + 1];
+    const char *strip[MD_QUERY_MAX_ORDER + 1];
     size_t nstrip;
-    struct rt_sort_key keys[GW_QUERY_MAX_ORDER + 1];
+    struct rt_sort_key keys[MD_QUERY_MAX_ORDER + 1];
     /* _aggregate */
-    struct rt_group_key groups[GW_QUERY_MAX_ORDER];
+    struct rt_group_key groups[MD_QUERY_MAX_ORDER];
     struct rt_agg *aggs;
     size_t naggs;
 };
@@ -77,7 +77,7 @@ static void shard_query_delete(struct json_object *jso, void *userdata)
 /* _query: widen a projection by the sort fields it leaves out. */
 static void plan_query(struct gw_scatter *s, struct shard_query *sq)
 {
-    const struct gw_query *q = s->q;
+    const struct md_query *q = s->q;
     for (size_t i = 0; i < q->norder; i++) {
         s->keys[i].field = q->order[i].field->name;
         s->keys[i].type = vtype(q->order[i].field);
@@ -104,7 +104,7 @@ static void plan_query(struct gw_scatter *s, struct shard_query *sq)
     sq->q.nfields = n;
 }
 
-static int alias_taken(const struct gw_query *q, const char *prefix)
+static int alias_taken(const struct md_query *q, const char *prefix)
 {
     size_t pl = strlen(prefix);
     for (size_t i = 0; i < q->ngroup; i++) {
@@ -118,7 +118,7 @@ static int alias_taken(const struct gw_query *q, const char *prefix)
 /* _aggregate: count/sum/min/max as they are, avg as a sum and a count. */
 static void plan_aggregate(struct gw_scatter *s, struct shard_query *sq)
 {
-    const struct gw_query *q = s->q;
+    const struct md_query *q = s->q;
     for (size_t i = 0; i < q->ngroup; i++) {
         s->groups[i].field = q->group_names[i];
         s->groups[i].type = vtype(q->group_by[i]);
@@ -133,23 +133,23 @@ static void plan_aggregate(struct gw_scatter *s, struct shard_query *sq)
     sq->alias = calloc(2 * q->naggs + 1, sizeof(*sq->alias));
     s->aggs = calloc(q->naggs + 1, sizeof(*s->aggs));
     for (size_t i = 0; i < q->naggs; i++) {
-        const struct gw_qaggregate *a = &q->aggs[i];
+        const struct md_qaggregate *a = &q->aggs[i];
         struct rt_agg *m = &s->aggs[i];
         m->alias = a->alias;
         m->type = vtype(a->field);
-        m->fn = a->fn == GW_QAGG_COUNT ? RT_AGG_COUNT
-                : a->fn == GW_QAGG_SUM ? RT_AGG_SUM
-                : a->fn == GW_QAGG_MIN ? RT_AGG_MIN
-                : a->fn == GW_QAGG_MAX ? RT_AGG_MAX
+        m->fn = a->fn == MD_QAGG_COUNT ? RT_AGG_COUNT
+                : a->fn == MD_QAGG_SUM ? RT_AGG_SUM
+                : a->fn == MD_QAGG_MIN ? RT_AGG_MIN
+                : a->fn == MD_QAGG_MAX ? RT_AGG_MAX
                                        : RT_AGG_AVG;
         snprintf(sq->alias[n], ALIAS_MAX, "%s%zu", prefix, n);
-        sq->aggs[n] = (struct gw_qaggregate){sq->alias[n], a->fn, a->field};
+        sq->aggs[n] = (struct md_qaggregate){sq->alias[n], a->fn, a->field};
         m->col = sq->alias[n];
-        if (a->fn == GW_QAGG_AVG) {
-            sq->aggs[n].fn = GW_QAGG_SUM;
+        if (a->fn == MD_QAGG_AVG) {
+            sq->aggs[n].fn = MD_QAGG_SUM;
             n++;
             snprintf(sq->alias[n], ALIAS_MAX, "%s%zu", prefix, n);
-            sq->aggs[n] = (struct gw_qaggregate){sq->alias[n], GW_QAGG_COUNT, a->field};
+            sq->aggs[n] = (struct md_qaggregate){sq->alias[n], MD_QAGG_COUNT, a->field};
             m->count_col = sq->alias[n];
         }
         n++;
@@ -164,7 +164,7 @@ struct gw_scatter *gw_scatter_new(const struct cf_domain *d, struct json_object 
 {
     struct gw_scatter *s = calloc(1, sizeof(*s));
     s->d = d;
-    s->q = gw_query_of(body);
+    s->q = md_query_of(body);
     s->nqueried = nqueried;
     s->nshards = d->backend->nshards;
     s->parts = calloc(s->nshards + 1, sizeof(*s->parts));
@@ -208,7 +208,7 @@ void gw_scatter_add(struct gw_scatter *s, size_t shard, struct json_object *doc)
     }
 }
 
-void gw_scatter_fail(struct gw_scatter *s, size_t shard, const struct gw_error *e)
+void gw_scatter_fail(struct gw_scatter *s, size_t shard, const struct md_error *e)
 {
     if (shard < s->nshards) {
         s->parts[shard].failed = 1;
@@ -218,7 +218,7 @@ void gw_scatter_fail(struct gw_scatter *s, size_t shard, const struct gw_error *
 
 static struct json_object *merge_query(struct gw_scatter *s, struct json_object **lists, int more)
 {
-    const struct gw_query *q = s->q;
+    const struct md_query *q = s->q;
     struct json_object *items = json_object_new_array();
     int m = 0;
     size_t got =
@@ -231,7 +231,7 @@ static struct json_object *merge_query(struct gw_scatter *s, struct json_object 
             json_object_array_add(vals,
                                   json_object_get(json_object_object_get(last, s->keys[k].field)));
         }
-        char *c = gw_query_cursor_make(q, vals);
+        char *c = md_query_cursor_make(q, vals);
         cursor = json_object_new_string(c);
         free(c);
         json_object_put(vals);
@@ -248,7 +248,7 @@ static struct json_object *merge_query(struct gw_scatter *s, struct json_object 
     return doc;
 }
 
-int gw_scatter_finish(struct gw_scatter *s, struct json_object **doc, struct gw_error *e)
+int gw_scatter_finish(struct gw_scatter *s, struct json_object **doc, struct md_error *e)
 {
     *doc = NULL;
     const struct cf_backend *be = s->d->backend;
@@ -260,15 +260,15 @@ int gw_scatter_finish(struct gw_scatter *s, struct json_object **doc, struct gw_
             continue;
         }
         nmissing++;
-        int client_error = gw_err_status(p->e.err) < 500;
-        if (first_fail == NULL || (client_error && gw_err_status(first_fail->e.err) >= 500)) {
+        int client_error = md_err_status(p->e.err) < 500;
+        if (first_fail == NULL || (client_error && md_err_status(first_fail->e.err) >= 500)) {
             first_fail = p;
         }
     }
     if (first_fail != NULL &&
-        (!s->q->partial || gw_err_status(first_fail->e.err) < 500 || nmissing == s->nqueried)) {
+        (!s->q->partial || md_err_status(first_fail->e.err) < 500 || nmissing == s->nqueried)) {
         *e = first_fail->e;
-        if (nmissing > 1 && gw_err_status(e->err) >= 500) {
+        if (nmissing > 1 && md_err_status(e->err) >= 500) {
             size_t ml = strlen(e->message);
             snprintf(e->message + ml, sizeof(e->message) - ml,
                      " (%zu of %zu shards failed; \"partial\": true returns what the others "
@@ -297,7 +297,7 @@ int gw_scatter_finish(struct gw_scatter *s, struct json_object **doc, struct gw_
         if (n < 0) {
             json_object_put(items);
             free(lists);
-            gw_error_set(e, GW_E_INTERNAL, NULL, "merging the shards' aggregates: %s", err);
+            md_error_set(e, MD_E_INTERNAL, NULL, "merging the shards' aggregates: %s", err);
             return -1;
         }
         out = json_object_new_object();

@@ -32,7 +32,7 @@
 
 #include <json-c/json.h>
 
-#include "gateway/gw_error.h"
+#include "model/md_error.h"
 
 struct cf_domain;
 struct gw_scatter;
@@ -50,10 +50,10 @@ struct json_object *gw_scatter_body(const struct gw_scatter *s);
 /* One shard's answer: its result document {"items":[…], "cursor":…}
  * (a reference is taken), or its error (copied). */
 void gw_scatter_add(struct gw_scatter *s, size_t shard, struct json_object *doc);
-void gw_scatter_fail(struct gw_scatter *s, size_t shard, const struct gw_error *e);
+void gw_scatter_fail(struct gw_scatter *s, size_t shard, const struct md_error *e);
 
 /* The answer once every shard answered: 0 with *doc (owned by the caller),
  * or -1 with e (the failure policy above). */
-int gw_scatter_finish(struct gw_scatter *s, struct json_object **doc, struct gw_error *e);
+int gw_scatter_finish(struct gw_scatter *s, struct json_object **doc, struct md_error *e);
 
 #endif

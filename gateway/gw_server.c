@@ -21,15 +21,16 @@
 
 #include "adapters/ad.h"
 #include "config/cf_config.h"
-#include "gateway/gw_http.h"
 #include "gateway/gw_accesslog.h"
 #include "gateway/gw_breaker.h"
+#include "gateway/gw_http.h"
 #include "gateway/gw_idempotency.h"
-#include "gateway/gw_log.h"
 #include "gateway/gw_metrics.h"
 #include "gateway/gw_rebalance.h"
+#include "gateway/gw_request.h"
 #include "gateway/gw_shardmap.h"
 #include "gateway/gw_worker.h"
+#include "lib/lb_log.h"
 
 struct server {
     struct event_base *base;
@@ -52,7 +53,7 @@ static int observability_apply(const struct cf_config *cf)
     gw_idem_configure(cf->idempotency.ttl_s, cf->idempotency.max_entries,
                       cf->idempotency.max_bytes);
     if (gw_accesslog_configure(cf->access_log, err, sizeof(err)) < 0) {
-        gw_error("%s (the access log keeps its previous destination)", err);
+        lb_error("%s (the access log keeps its previous destination)", err);
         return -1;
     }
     return 0;
@@ -68,7 +69,7 @@ struct gw_map_job {
     void *arg;
     int failed;
     int rebalancing; /* the map moves slots: a rebalance started */
-    struct gw_error e;
+    struct md_error e;
     char shard[128]; /* e.shard points here */
 };
 
@@ -85,13 +86,13 @@ static void apply(struct server *s, struct cf_config *cf)
         (cf->workers != s->cf->workers) || (cf->tls_cert == NULL) != (s->cf->tls_cert == NULL) ||
         (cf->tls_cert != NULL && (strcmp(cf->tls_cert, s->cf->tls_cert) != 0 ||
                                   strcmp(cf->tls_key, s->cf->tls_key) != 0))) {
-        gw_warn("reload: listen addresses, workers and tls change only with a restart; "
+        lb_warn("reload: listen addresses, workers and tls change only with a restart; "
                 "the running ones stay");
     }
-    gw_log_set_level(cf->log_level);
+    lb_log_set_level(cf->log_level);
     observability_apply(cf); /* access log (reopened), breakers, metric labels */
     if (!cf->auth.enabled && s->cf->auth.enabled) {
-        gw_warn("reload turns authentication OFF (auth.enabled: false)");
+        lb_warn("reload turns authentication OFF (auth.enabled: false)");
     }
     for (int i = 0; i < s->nworkers; i++) {
         gw_worker_post_config(&s->workers[i], cf);
@@ -115,13 +116,13 @@ static void on_rb_done(evutil_socket_t fd, short what, void *arg)
     char err[1024];
     struct cf_config *cf = gw_rebalance_finish(s->path, err, sizeof(err));
     if (cf == NULL) {
-        gw_error("rebalance ended but the config does not load (%s): routing stays on the live "
+        lb_error("rebalance ended but the config does not load (%s): routing stays on the live "
                  "slot table until a reload",
                  err);
         return;
     }
     apply(s, cf);
-    gw_info("rebalance ended: the new shard map is active");
+    lb_info("rebalance ended: the new shard map is active");
 }
 
 static void on_reload(evutil_socket_t sig, short what, void *arg)
@@ -132,24 +133,24 @@ static void on_reload(evutil_socket_t sig, short what, void *arg)
     char err[1024];
     struct cf_config *cf = cf_config_load(s->path, err, sizeof(err));
     if (cf == NULL) {
-        gw_error("reload rejected, keeping the running config: %s", err);
+        lb_error("reload rejected, keeping the running config: %s", err);
         return;
     }
     if (gw_rebalance_active()) { /* the union map and the live table stay */
         cf_config_unref(cf);
         cf = gw_rebalance_reload(s->path, err, sizeof(err));
         if (cf == NULL) {
-            gw_error("reload rejected, keeping the running config: %s", err);
+            lb_error("reload rejected, keeping the running config: %s", err);
             return;
         }
-        gw_warn("reload during a rebalance: shard maps stay as they are until it ends");
+        lb_warn("reload during a rebalance: shard maps stay as they are until it ends");
         apply(s, cf);
         return;
     }
-    struct gw_error e = {0};
+    struct md_error e = {0};
     const char *moving = NULL;
     if (gw_shardmap_check(s->cf, cf, NULL, &moving, &e) < 0) {
-        gw_error("reload rejected, keeping the running config: %s", e.message);
+        lb_error("reload rejected, keeping the running config: %s", e.message);
         cf_config_unref(cf);
         return;
     }
@@ -158,13 +159,13 @@ static void on_reload(evutil_socket_t sig, short what, void *arg)
             gw_rebalance_begin(s->path, s->cf, cf, moving, s->nworkers, rb_done, s, &e);
         cf_config_unref(cf);
         if (ucf == NULL) {
-            gw_error("reload rejected, keeping the running config: %s", e.message);
+            lb_error("reload rejected, keeping the running config: %s", e.message);
             return;
         }
         cf = ucf;
     }
     apply(s, cf);
-    gw_info("reloaded %s (%zu domains, %zu backends)", s->path, cf->ndomains, cf->nbackends);
+    lb_info("reloaded %s (%zu domains, %zu backends)", s->path, cf->ndomains, cf->nbackends);
 }
 
 static void map_job_done_cb(evutil_socket_t fd, short what, void *arg)
@@ -183,16 +184,16 @@ static void map_job_done_cb(evutil_socket_t fd, short what, void *arg)
 static void run_map_job(struct server *s, struct gw_map_job *job)
 {
     char err[1024];
-    struct gw_error *e = &job->e;
+    struct md_error *e = &job->e;
     struct cf_config *cf =
         cf_config_load_with_map(s->path, job->backend, job->doc, err, sizeof(err));
     if (cf == NULL) {
-        gw_error_set(e, GW_E_BAD_REQUEST, NULL, "shard map rejected: %s", err);
+        md_error_set(e, MD_E_BAD_REQUEST, NULL, "shard map rejected: %s", err);
         job->failed = 1;
         return;
     }
     if (gw_rebalance_active()) {
-        gw_error_set(e, GW_E_CONFLICT, NULL,
+        md_error_set(e, MD_E_CONFLICT, NULL,
                      "a rebalance is running (GET /admin/rebalance): the shard map changes "
                      "again once it has finished or was aborted");
         job->failed = 1;
@@ -219,7 +220,7 @@ static void run_map_job(struct server *s, struct gw_map_job *job)
         }
         job->rebalancing = 1;
         apply(s, ucf);
-        gw_info("shard map of backend '%s': rebalancing to version %lld", job->backend,
+        lb_info("shard map of backend '%s': rebalancing to version %lld", job->backend,
                 (long long)json_object_get_int64(json_object_object_get(job->doc, "version")));
         return;
     }
@@ -232,14 +233,14 @@ static void run_map_job(struct server *s, struct gw_map_job *job)
     /* persisted first: a restart (or a SIGHUP) finds the map that is active */
     if (be == NULL || be->shard_map_path == NULL ||
         gw_shardmap_write(be->shard_map_path, job->doc, err, sizeof(err)) < 0) {
-        gw_error_set(e, GW_E_INTERNAL, NULL, "shard map not applied: %s",
+        md_error_set(e, MD_E_INTERNAL, NULL, "shard map not applied: %s",
                      be == NULL ? "the backend is gone from the config file" : err);
         job->failed = 1;
         cf_config_unref(cf);
         return;
     }
     apply(s, cf);
-    gw_info("shard map of backend '%s' is now version %lld (PUT /admin/shardmap)", job->backend,
+    lb_info("shard map of backend '%s' is now version %lld (PUT /admin/shardmap)", job->backend,
             (long long)json_object_get_int64(json_object_object_get(job->doc, "version")));
 }
 
@@ -257,7 +258,7 @@ static void on_map_job(evutil_socket_t fd, short what, void *arg)
     }
     run_map_job(s, job);
     if (job->failed) {
-        gw_warn("shard map of backend '%s' rejected, the active one stays: %s", job->backend,
+        lb_warn("shard map of backend '%s' rejected, the active one stays: %s", job->backend,
                 job->e.message);
     }
     pthread_mutex_lock(&map_mu);
@@ -292,11 +293,11 @@ static void on_stop(evutil_socket_t sig, short what, void *arg)
     struct server *s = arg;
     (void)what;
     if (s->stopping) {
-        gw_warn("second stop signal: exiting now");
+        lb_warn("second stop signal: exiting now");
         _exit(1);
     }
     s->stopping = 1;
-    gw_info("signal %d: draining (up to %lld ms)", (int)sig, (long long)s->cf->shutdown_timeout_ms);
+    lb_info("signal %d: draining (up to %lld ms)", (int)sig, (long long)s->cf->shutdown_timeout_ms);
     for (int i = 0; i < s->nworkers; i++) {
         gw_worker_post_drain(&s->workers[i]);
     }
@@ -308,16 +309,17 @@ int gw_server_run(const char *path)
     evthread_use_pthreads();
     signal(SIGPIPE, SIG_IGN);
     ad_register_builtin();
+    gw_request_set_put_map(gw_server_put_map);
     char err[1024];
     struct server s = {0};
     s.path = strdup(path);
     s.cf = cf_config_load(path, err, sizeof(err));
     if (s.cf == NULL) {
-        gw_error("cannot start: %s", err);
+        lb_error("cannot start: %s", err);
         free(s.path);
         return 2;
     }
-    gw_log_set_level(s.cf->log_level);
+    lb_log_set_level(s.cf->log_level);
     if (observability_apply(s.cf) < 0) {
         cf_config_unref(s.cf);
         free(s.path);
@@ -332,19 +334,19 @@ int gw_server_run(const char *path)
     /* a rebalance a crash interrupted: roll back / finish its slot, resume */
     s.cf = gw_rebalance_recover(path, s.cf, s.nworkers, rb_done, &s, err, sizeof(err));
     if (s.cf == NULL) {
-        gw_error("cannot start: %s", err);
+        lb_error("cannot start: %s", err);
         event_free(s.ev_rb);
         event_base_free(s.base);
         free(s.path);
         return 2;
     }
     if (!s.cf->auth.enabled) {
-        gw_warn("authentication is OFF (auth.enabled: false in %s): every caller may use every "
+        lb_warn("authentication is OFF (auth.enabled: false in %s): every caller may use every "
                 "domain and the admin API",
                 path);
     }
     if (s.cf->cursor_secret_generated) {
-        gw_warn("cursor_secret is not set in %s: _query cursors are signed with a random secret "
+        lb_warn("cursor_secret is not set in %s: _query cursors are signed with a random secret "
                 "of this process; gateways behind one load balancer need a shared cursor_secret",
                 path);
     }
@@ -354,7 +356,7 @@ int gw_server_run(const char *path)
     if (s.cf->tls_cert != NULL) {
         tls = gw_http_tls_context(s.cf->tls_cert, s.cf->tls_key, err, sizeof(err));
         if (tls == NULL) {
-            gw_error("cannot start: %s", err);
+            lb_error("cannot start: %s", err);
             gw_rebalance_shutdown();
             cf_config_unref(s.cf);
             event_free(s.ev_rb);
@@ -365,8 +367,8 @@ int gw_server_run(const char *path)
     }
     s.workers = calloc((size_t)s.nworkers, sizeof(*s.workers));
     for (int i = 0; i < s.nworkers; i++) {
-        if (gw_worker_init(&s.workers[i], i, s.cf, tls, err, sizeof(err)) < 0) {
-            gw_error("cannot start worker %d: %s", i, err);
+        if (gw_worker_init(&s.workers[i], i, s.cf, tls, &gw_request_hooks, err, sizeof(err)) < 0) {
+            lb_error("cannot start worker %d: %s", i, err);
             gw_rebalance_shutdown();
             event_free(s.ev_rb);
             for (int j = 0; j <= i; j++) {
@@ -393,7 +395,7 @@ int gw_server_run(const char *path)
     for (int i = 0; i < s.nworkers; i++) {
         pthread_create(&s.workers[i].thread, NULL, gw_worker_main, &s.workers[i]);
     }
-    gw_info("polygate listening on %s://%s:%d (admin http://%s:%d), %d workers, %zu domains",
+    lb_info("polygate listening on %s://%s:%d (admin http://%s:%d), %d workers, %zu domains",
             tls != NULL ? "https" : "http", s.cf->listen_host, s.cf->listen_port, s.cf->admin_host,
             s.cf->admin_port, s.nworkers, s.cf->ndomains);
     event_base_dispatch(s.base);
@@ -404,7 +406,7 @@ int gw_server_run(const char *path)
     for (int i = 0; i < s.nworkers; i++) {
         gw_worker_destroy(&s.workers[i]);
     }
-    gw_info("stopped");
+    lb_info("stopped");
     pthread_mutex_lock(&map_mu);
     map_server = NULL;
     pthread_mutex_unlock(&map_mu);

@@ -4,12 +4,14 @@
 #ifndef GW_SERVER_H
 #define GW_SERVER_H
 
+#include "gateway/gw_request.h" /* gw_map_done_cb */
+
 /* Run polygate with the config at `path` until SIGTERM/SIGINT; returns the
  * exit code (0 after a clean drain). */
 int gw_server_run(const char *path);
 
 struct event_base;
-struct gw_error;
+struct md_error;
 struct json_object;
 
 /* PUT /admin/shardmap: done(NULL, 0, arg) once the map is checked, written to
@@ -18,7 +20,6 @@ struct json_object;
  * the reason when it was rejected (the active map stays).  The work runs on
  * the main thread (gw_shardmap.h: its DSN probes block); done runs on `base`.
  * -1 when another map change is in progress (or the server is not running). */
-typedef void (*gw_map_done_cb)(const struct gw_error *e, int rebalancing, void *arg);
 int gw_server_put_map(const char *backend, struct json_object *doc, struct event_base *base,
                       gw_map_done_cb done, void *arg) __attribute__((warn_unused_result));
 

@@ -15,8 +15,7 @@
 #include "adapters/ad.h"
 #include "config/cf_config.h"
 #include "config/cf_yaml.h"
-#include "gateway/gw_log.h"
-#include "gateway/gw_rebalance.h"
+#include "lib/lb_log.h"
 #include "routing/rt_live.h"
 #include "routing/rt_shardmap.h"
 
@@ -86,7 +85,7 @@ static size_t missing_names(const struct rt_shardmap *a, const struct rt_shardma
 }
 
 static int check_backend(const struct cf_backend *old, const struct cf_backend *nb, int put,
-                         const char **moving, struct gw_error *e)
+                         const char **moving, struct md_error *e)
 {
     const struct rt_shardmap *a = old->map, *b = nb->map;
     int64_t va = rt_shardmap_version(a), vb = rt_shardmap_version(b);
@@ -95,14 +94,14 @@ static int check_backend(const struct cf_backend *old, const struct cf_backend *
         return 0; /* a reload that leaves this map as it is */
     }
     if (vb <= va) {
-        gw_error_set(e, GW_E_CONFLICT, "version",
+        md_error_set(e, MD_E_CONFLICT, "version",
                      "backend '%s': shard map version %" PRId64 " is not higher than the active "
                      "version %" PRId64 "%s",
                      nb->name, vb, va, same ? "" : " (a changed map must carry a higher version)");
         return -1;
     }
     if (rt_shardmap_nslots(a) != rt_shardmap_nslots(b)) {
-        gw_error_set(e, GW_E_BAD_REQUEST, "slots",
+        md_error_set(e, MD_E_BAD_REQUEST, "slots",
                      "backend '%s': the map has %u slots, the active one %u: rows store their "
                      "slot, the slot count cannot change",
                      nb->name, rt_shardmap_nslots(b), rt_shardmap_nslots(a));
@@ -112,7 +111,7 @@ static int check_backend(const struct cf_backend *old, const struct cf_backend *
         char *added = NULL, *removed = NULL;
         missing_names(b, a, &added);
         missing_names(a, b, &removed);
-        gw_error_set(e, GW_E_BAD_REQUEST, "shards",
+        md_error_set(e, MD_E_BAD_REQUEST, "shards",
                      "backend '%s': the map adds shard(s) %s and removes %s in one change; add "
                      "or remove shards in separate maps",
                      nb->name, added != NULL ? added : "(out of memory)",
@@ -135,7 +134,7 @@ static int check_backend(const struct cf_backend *old, const struct cf_backend *
                           : PROBE_TIMEOUT_MAX_MS;
         char perr[240];
         if (ops->probe(dsn, tmo, perr, sizeof(perr)) < 0) {
-            gw_error_set(e, GW_E_UNAVAILABLE, "dsn",
+            md_error_set(e, MD_E_UNAVAILABLE, "dsn",
                          "backend '%s': shard '%s' is not reachable: %s", nb->name, name, perr);
             e->shard = name; /* borrowed from the new config, which the caller holds */
             return -1;
@@ -145,7 +144,7 @@ static int check_backend(const struct cf_backend *old, const struct cf_backend *
     size_t nmoves = 0;
     char derr[200];
     if (rt_shardmap_diff(a, b, &moves, &nmoves, derr, sizeof(derr)) < 0) {
-        gw_error_set(e, GW_E_BAD_REQUEST, NULL, "backend '%s': %s", nb->name, derr);
+        md_error_set(e, MD_E_BAD_REQUEST, NULL, "backend '%s': %s", nb->name, derr);
         return -1;
     }
     if (nmoves > 0 && moving != NULL && *moving == NULL && strcmp(nb->type, "mysql") == 0) {
@@ -154,7 +153,7 @@ static int check_backend(const struct cf_backend *old, const struct cf_backend *
         return 0;
     }
     if (nmoves > 0 && moving != NULL) {
-        gw_error_set(e, GW_E_CONFLICT, "shards", "backend '%s': the map moves %zu slot(s); %s",
+        md_error_set(e, MD_E_CONFLICT, "shards", "backend '%s': the map moves %zu slot(s); %s",
                      nb->name, nmoves,
                      *moving != NULL ? "only one backend can be rebalanced at a time"
                                      : "online rebalancing is available for mysql backends only");
@@ -162,7 +161,7 @@ static int check_backend(const struct cf_backend *old, const struct cf_backend *
         return -1;
     }
     if (nmoves > 0) {
-        gw_error_set(e, GW_E_CONFLICT, "shards",
+        md_error_set(e, MD_E_CONFLICT, "shards",
                      "backend '%s': the map moves %zu slot(s) (first: slot %u from '%s' to '%s'); "
                      "a rebalance is in progress: wait for it to finish (GET /admin/rebalance) "
                      "before the next map change moves slots (docs/rebalancing.md)",
@@ -175,7 +174,7 @@ static int check_backend(const struct cf_backend *old, const struct cf_backend *
 }
 
 int gw_shardmap_check(const struct cf_config *active, const struct cf_config *next,
-                      const char *put_backend, const char **moving, struct gw_error *e)
+                      const char *put_backend, const char **moving, struct md_error *e)
 {
     if (moving != NULL) {
         *moving = NULL;
@@ -195,7 +194,7 @@ int gw_shardmap_check(const struct cf_config *active, const struct cf_config *ne
 }
 
 const char *gw_shardmap_backend(const struct cf_config *cf, const char *name, size_t len,
-                                struct gw_error *e)
+                                struct md_error *e)
 {
     const char *found = NULL;
     size_t n = 0;
@@ -204,7 +203,7 @@ const char *gw_shardmap_backend(const struct cf_config *cf, const char *name, si
         if (name != NULL && len > 0) {
             if (strlen(be->name) == len && memcmp(be->name, name, len) == 0) {
                 if (be->shard_map_path == NULL) {
-                    gw_error_set(e, GW_E_BAD_REQUEST, NULL,
+                    md_error_set(e, MD_E_BAD_REQUEST, NULL,
                                  "backend '%s' has no shard_map file: its shards come from the "
                                  "config",
                                  be->name);
@@ -218,12 +217,12 @@ const char *gw_shardmap_backend(const struct cf_config *cf, const char *name, si
         }
     }
     if (name != NULL && len > 0) {
-        gw_error_set(e, GW_E_NOT_FOUND, NULL, "no backend named '%.*s'", (int)(len > 64 ? 64 : len),
+        md_error_set(e, MD_E_NOT_FOUND, NULL, "no backend named '%.*s'", (int)(len > 64 ? 64 : len),
                      name);
         return NULL;
     }
     if (n != 1) {
-        gw_error_set(e, GW_E_BAD_REQUEST, NULL,
+        md_error_set(e, MD_E_BAD_REQUEST, NULL,
                      n == 0 ? "no backend has a shard_map file"
                             : "several backends have a shard_map file: use "
                               "/admin/shardmap/{backend}");
@@ -254,7 +253,8 @@ static struct json_object *redacted_dsn(const char *dsn)
     return o;
 }
 
-struct json_object *gw_shardmap_json(const struct cf_config *cf)
+struct json_object *gw_shardmap_json(const struct cf_config *cf,
+                                     struct json_object *(*migration_of)(const char *backend))
 {
     struct json_object *doc = json_object_new_object();
     struct json_object *arr = json_object_new_array();
@@ -305,7 +305,7 @@ struct json_object *gw_shardmap_json(const struct cf_config *cf)
                 ov, range, json_object_new_string(rt_shardmap_shard_name(m, (size_t)owner)));
         }
         json_object_object_add(o, "overrides", ov);
-        json_object_object_add(o, "migration", gw_rebalance_status_of(be->name));
+        json_object_object_add(o, "migration", migration_of(be->name));
         json_object_array_add(arr, o);
     }
     json_object_object_add(doc, "backends", arr);
@@ -575,7 +575,7 @@ int gw_shardmap_replace(const char *path, struct json_object *doc, const char *h
         return -1;
     }
     if (!reads_back(text, len, doc)) { /* never expected: JSON, which is YAML too */
-        gw_warn("shard map '%s': the YAML form does not read back as the map; writing JSON", path);
+        lb_warn("shard map '%s': the YAML form does not read back as the map; writing JSON", path);
         free(text);
         const char *body =
             json_object_to_json_string_ext(doc, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_SPACED |

@@ -28,7 +28,7 @@
 
 #include <json-c/json.h>
 
-#include "gateway/gw_error.h"
+#include "model/md_error.h"
 
 struct cf_config;
 
@@ -39,7 +39,7 @@ struct cf_config;
  * from next) whose map moves slots and must be rebalanced, or NULL.  0, or
  * -1 with e filled (code, message naming the backend / shard / slot). */
 int gw_shardmap_check(const struct cf_config *active, const struct cf_config *next,
-                      const char *put_backend, const char **moving, struct gw_error *e)
+                      const char *put_backend, const char **moving, struct md_error *e)
     __attribute__((warn_unused_result));
 
 struct rt_shardmap;
@@ -50,11 +50,15 @@ struct json_object *gw_shardmap_doc(const struct rt_shardmap *m);
  * (it must have a shard_map file), else the only backend with one.  NULL with
  * e filled (404 / 400) otherwise. */
 const char *gw_shardmap_backend(const struct cf_config *cf, const char *name, size_t len,
-                                struct gw_error *e);
+                                struct md_error *e);
 
 /* GET /admin/shardmap: {"backends":[{backend, path, version, slots, vnodes,
- * shards:[{name, dsn (password hidden), weight, slots}], overrides, migration}]}. */
-struct json_object *gw_shardmap_json(const struct cf_config *cf);
+ * shards:[{name, dsn (password hidden), weight, slots}], overrides, migration}]}.
+ * migration_of(backend) gives each backend's "migration" object (the
+ * rebalancer's status, gw_rebalance_status_of): passed in, so that the shard
+ * map and the rebalancer, which writes maps, do not include each other. */
+struct json_object *gw_shardmap_json(const struct cf_config *cf,
+                                     struct json_object *(*migration_of)(const char *backend));
 
 /* Write the map a PUT /admin/shardmap applied to the map file: readable YAML
  * (gw_shardmap_replace) with a header naming the version and the time, the

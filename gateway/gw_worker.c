@@ -13,9 +13,9 @@
 #include "adapters/ad.h"
 #include "config/cf_config.h"
 #include "gateway/gw_http.h"
-#include "gateway/gw_log.h"
 #include "gateway/gw_metrics.h"
-#include "gateway/gw_request.h"
+#include "gateway/gw_shard.h"
+#include "lib/lb_log.h"
 #include "routing/rt_live.h"
 
 static void limits_of(const struct cf_config *cf, struct gw_http_limits *l)
@@ -80,7 +80,7 @@ void gw_worker_note_live(struct gw_worker *w)
         w->join_live = rt_live_ref(l);
         w->join_id = w->next_req_id + 1;
         w->join_pending = 1;
-        gw_requests_check_drained(w);
+        w->hooks->check_drained(w);
     }
 }
 
@@ -95,7 +95,7 @@ static struct gw_backend_rt *rt_new(struct gw_worker *w, struct cf_config *cf,
         return NULL;
     }
     if (ops->init(w->base, be, &rt->state, err, sizeof(err)) < 0) {
-        gw_error("worker %d: backend '%s' cannot start: %s", w->id, be->name, err);
+        lb_error("worker %d: backend '%s' cannot start: %s", w->id, be->name, err);
         free(rt);
         return NULL;
     }
@@ -106,7 +106,7 @@ static struct gw_backend_rt *rt_new(struct gw_worker *w, struct cf_config *cf,
     rt->mids = calloc(be->nshards, sizeof(*rt->mids));
     rt->nmids = rt->mids != NULL ? be->nshards : 0;
     for (size_t s = 0; s < rt->nmids; s++) {
-        rt->mids[s] = gw_metrics_shard_id(be->name, be->shards[s].name);
+        rt->mids[s] = gw_shard_id(be->name, be->shards[s].name);
     }
     return rt;
 }
@@ -175,7 +175,7 @@ static void finish(struct gw_worker *w)
     if (w->stats_timer != NULL) {
         event_del(w->stats_timer); /* it reads w->rt, which goes away now */
     }
-    gw_requests_abandon(w); /* late completions are dropped from now on */
+    w->hooks->abandon(w); /* late completions are dropped from now on */
     for (size_t i = 0; w->cf != NULL && w->rt != NULL && i < w->cf->nbackends; i++) {
         struct gw_backend_rt *rt = w->rt[i];
         w->rt[i] = NULL;
@@ -206,7 +206,7 @@ static void drain_deadline_cb(evutil_socket_t fd, short what, void *arg)
     struct gw_worker *w = arg;
     (void)fd;
     (void)what;
-    gw_warn("worker %d: drain deadline (shutdown_timeout_ms) reached with %zu request(s) "
+    lb_warn("worker %d: drain deadline (shutdown_timeout_ms) reached with %zu request(s) "
             "unanswered; they get no answer",
             w->id, unanswered(w));
     finish(w);
@@ -219,7 +219,7 @@ static void drain_flush_cb(evutil_socket_t fd, short what, void *arg)
     (void)what;
     size_t n = open_conns(w);
     if (n > 0) {
-        gw_info("worker %d: every request answered; closing %zu connection(s) whose client has "
+        lb_info("worker %d: every request answered; closing %zu connection(s) whose client has "
                 "not read its last response",
                 w->id, n);
     }
@@ -278,11 +278,30 @@ static void start_drain(struct gw_worker *w)
     drain_check(w);
 }
 
+/* Once a second: this worker's adapters' pools (ad_ops.stats) for /metrics. */
 static void stats_cb(evutil_socket_t fd, short what, void *arg)
 {
+    struct gw_worker *w = arg;
     (void)fd;
     (void)what;
-    gw_metrics_sample_pools(arg);
+    if (gw_metrics_pools_begin(w->id) < 0) {
+        return;
+    }
+    for (size_t b = 0; w->cf != NULL && w->rt != NULL && b < w->cf->nbackends; b++) {
+        struct gw_backend_rt *rt = w->rt[b];
+        if (rt == NULL || rt->ops->stats == NULL) {
+            continue;
+        }
+        for (size_t s = 0; s < rt->nmids; s++) {
+            int id = rt->mids[s];
+            if (id < 0 || id >= GW_MAX_SHARDS) {
+                continue;
+            }
+            struct ad_pool_stats ps;
+            rt->ops->stats(rt->state, (int)s, &ps);
+            gw_metrics_pool(w->id, id, &ps);
+        }
+    }
 }
 
 static void ctl_cb(evutil_socket_t fd, short what, void *arg)
@@ -327,12 +346,13 @@ void gw_worker_post_drain(struct gw_worker *w)
     event_active(w->ctl_ev, EV_READ, 0);
 }
 
-int gw_worker_init(struct gw_worker *w, int id, struct cf_config *cf, void *tls, char *err,
-                   size_t errlen)
+int gw_worker_init(struct gw_worker *w, int id, struct cf_config *cf, void *tls,
+                   const struct gw_worker_hooks *hooks, char *err, size_t errlen)
 {
     memset(w, 0, sizeof(*w));
     w->tls = tls;
     w->id = id;
+    w->hooks = hooks;
     TAILQ_INIT(&w->inflight);
     pthread_mutex_init(&w->ctl_mu, NULL);
     w->base = event_base_new();
@@ -353,7 +373,7 @@ int gw_worker_init(struct gw_worker *w, int id, struct cf_config *cf, void *tls,
     }
     struct gw_http_limits lim;
     limits_of(cf, &lim);
-    w->http = gw_http_server_new(w->base, lis, &lim, gw_request_handle, w);
+    w->http = gw_http_server_new(w->base, lis, &lim, w->hooks->handle, w);
     if (w->http == NULL) {
         evconnlistener_free(lis);
         snprintf(err, errlen, "cannot create the HTTP server");
@@ -370,7 +390,7 @@ int gw_worker_init(struct gw_worker *w, int id, struct cf_config *cf, void *tls,
         if (alis == NULL) {
             return -1;
         }
-        w->admin = gw_http_server_new(w->base, alis, &lim, gw_admin_handle, w);
+        w->admin = gw_http_server_new(w->base, alis, &lim, w->hooks->admin, w);
         if (w->admin == NULL) {
             evconnlistener_free(alis);
             snprintf(err, errlen, "cannot create the admin HTTP server");
@@ -411,7 +431,7 @@ void gw_worker_destroy(struct gw_worker *w)
     }
     /* run the loop once more so that deferred callbacks of adapters finish */
     event_base_loop(w->base, EVLOOP_NONBLOCK);
-    gw_requests_free_all(w);
+    w->hooks->free_all(w);
     if (w->pending_cf != NULL) {
         cf_config_unref(w->pending_cf);
     }

@@ -20,8 +20,21 @@
 struct cf_config;
 struct cf_backend;
 struct ad_ops;
+struct gw_http_req;
 struct gw_http_server;
 struct gw_req;
+struct gw_worker;
+
+/* What a worker calls on the requests it serves (gw_request_hooks of
+ * gw_request.h, passed in by the server): the worker runs the loop and owns
+ * the backends, the request module owns the requests. */
+struct gw_worker_hooks {
+    void (*handle)(struct gw_http_req *hr, void *worker); /* the client listener */
+    void (*admin)(struct gw_http_req *hr, void *worker);  /* the admin listener */
+    void (*abandon)(struct gw_worker *w);                 /* shutdown: no more responses */
+    void (*free_all)(struct gw_worker *w);
+    void (*check_drained)(struct gw_worker *w); /* a request started before join_id ended */
+};
 
 /* One adapter state for one backend on this worker.  Reference counted: the
  * worker's table holds one reference, each request in flight another, so a
@@ -40,6 +53,7 @@ struct gw_backend_rt {
 struct gw_worker {
     int id;
     pthread_t thread;
+    const struct gw_worker_hooks *hooks;
     struct event_base *base;
     struct gw_http_server *http;
     struct gw_http_server *admin; /* worker 0 also serves the admin listener */
@@ -70,8 +84,8 @@ struct gw_worker {
     int join_pending;
 };
 
-int gw_worker_init(struct gw_worker *w, int id, struct cf_config *cf, void *tls, char *err,
-                   size_t errlen);
+int gw_worker_init(struct gw_worker *w, int id, struct cf_config *cf, void *tls,
+                   const struct gw_worker_hooks *hooks, char *err, size_t errlen);
 void *gw_worker_main(void *arg);
 void gw_worker_destroy(struct gw_worker *w);
 

@@ -4,8 +4,8 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "config/cf_config.h"
 #include "adapters/ad.h"
+#include "config/cf_config.h"
 #include "gateway/gw_server.h"
 
 static void usage(void)

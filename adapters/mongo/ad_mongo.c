@@ -21,7 +21,7 @@
  *           a refused $inc → one more read tells whether a sum leaves the
  *           int64 range (409 naming the field).
  *   DELETE  deleteOne {key[, version]}
- *   QUERY, AGGREGATE  the parsed gw_query → finds / pipelines (mg_query.c)
+ *   QUERY, AGGREGATE  the parsed md_query → finds / pipelines (mg_query.c)
  *   PING    {ping: 1}
  *
  * Injection: every key of a stored object is checked at any depth — a name
@@ -45,11 +45,11 @@
 #include "adapters/mongo/mg_pool.h"
 #include "adapters/mongo/mg_query.h"
 #include "config/cf_config.h"
-#include "gateway/gw_item.h"
-#include "gateway/gw_json.h"
-#include "gateway/gw_log.h"
-#include "gateway/gw_query.h"
-#include "gateway/gw_util.h"
+#include "lib/lb_json.h"
+#include "lib/lb_log.h"
+#include "lib/lb_util.h"
+#include "model/md_item.h"
+#include "model/md_query.h"
 
 /* ---- driver-wide set-up ------------------------------------------------------ */
 
@@ -59,17 +59,17 @@ static void log_handler(mongoc_log_level_t level, const char *domain, const char
     switch (level) {
     case MONGOC_LOG_LEVEL_ERROR:
     case MONGOC_LOG_LEVEL_CRITICAL:
-        gw_error("mongo driver [%s]: %s", domain, message);
+        lb_error("mongo driver [%s]: %s", domain, message);
         break;
     case MONGOC_LOG_LEVEL_WARNING:
         if (strstr(message, "endSessions") != NULL) { /* FerretDB 1.x has no sessions */
-            gw_debug("mongo driver [%s]: %s", domain, message);
+            lb_debug("mongo driver [%s]: %s", domain, message);
             break;
         }
-        gw_warn("mongo driver [%s]: %s", domain, message);
+        lb_warn("mongo driver [%s]: %s", domain, message);
         break;
     default:
-        gw_debug("mongo driver [%s]: %s", domain, message);
+        lb_debug("mongo driver [%s]: %s", domain, message);
         break;
     }
 }
@@ -256,7 +256,7 @@ static const struct {
 } guard_ops[] = {{"eq", "$eq"},   {"ne", "$ne"}, {"gt", "$gt"},
                  {"gte", "$gte"}, {"lt", "$lt"}, {"lte", "$lte"}};
 
-/* The PATCH guard {"field": v | {"gte": v, …}} (validated by gw_patch_check)
+/* The PATCH guard {"field": v | {"gte": v, …}} (validated by md_patch_check)
  * into the filter; operators from the allow-list only. */
 static int append_guard(bson_t *filter, const struct cf_domain *d, struct json_object *where,
                         struct mg_xerr *x)
@@ -421,7 +421,7 @@ static int prepare(struct mg_call *c, struct mg_xerr *x)
     }
     case AD_QUERY:
     case AD_AGGREGATE: {
-        const struct gw_query *q = gw_query_of(body);
+        const struct md_query *q = md_query_of(body);
         if (q == NULL || q->aggregate != (c->op == AD_AGGREGATE)) {
             snprintf(x->msg, sizeof(x->msg), "the query was not parsed by the gateway");
             return -1;
@@ -480,10 +480,10 @@ static void note_state(struct mg_call *c, int up, const char *why)
 {
     int was = __atomic_exchange_n(&c->sh->up, up, __ATOMIC_RELAXED);
     if (was && !up) {
-        gw_warn("mongo shard '%s' of backend '%s' is down: %s", c->sh->cfs->name, c->st->be->name,
+        lb_warn("mongo shard '%s' of backend '%s' is down: %s", c->sh->cfs->name, c->st->be->name,
                 why);
     } else if (!was && up) {
-        gw_info("mongo shard '%s' of backend '%s' is up", c->sh->cfs->name, c->st->be->name);
+        lb_info("mongo shard '%s' of backend '%s' is up", c->sh->cfs->name, c->st->be->name);
     }
 }
 
@@ -496,7 +496,7 @@ static const char *loggable(const char *msg, char *buf, size_t buflen)
     for (size_t i = 0; i < len;) {
         unsigned char ch = (unsigned char)msg[i];
         size_t n = ch < 0x80 ? 1 : ch >= 0xf0 ? 4 : ch >= 0xe0 ? 3 : 2;
-        if (n > len - i || (n > 1 && gw_utf8_check(msg + i, n) != n) || ch < 0x20 || ch == 0x7f) {
+        if (n > len - i || (n > 1 && lb_utf8_check(msg + i, n) != n) || ch < 0x20 || ch == 0x7f) {
             if (o + 5 > buflen) {
                 break;
             }
@@ -557,7 +557,7 @@ static void fail(struct mg_call *c, const bson_error_t *e)
      * document's raw _id bytes, not always UTF-8) stay in the log: the client
      * learns which shard answered what and the call id to find them by */
     char text[1024];
-    gw_warn("mongo backend '%s' shard '%s' call %llu (%s): %s (domain %u, code %u)", be, sh, id,
+    lb_warn("mongo backend '%s' shard '%s' call %llu (%s): %s (domain %u, code %u)", be, sh, id,
             ad_op_name(c->op), loggable(e->message, text, sizeof(text)), e->domain, e->code);
     snprintf(c->message, sizeof(c->message),
              "backend '%s' shard '%s' %s the %s (the store's error is logged as call %llu)", be, sh,
@@ -668,7 +668,7 @@ static int inc_out_of_range(struct mg_call *c, mongoc_collection_t *coll, const 
         return 0;
     }
     char text[1024];
-    gw_info("mongo backend '%s' shard '%s' call %llu: increment of '%s' out of range: %s (code %u)",
+    lb_info("mongo backend '%s' shard '%s' call %llu: increment of '%s' out of range: %s (code %u)",
             c->st->be->name, c->sh->cfs->name, (unsigned long long)c->req->id, hit->name,
             loggable(e->message, text, sizeof(text)), e->code);
     c->status = AD_CONFLICT;
@@ -760,7 +760,7 @@ static void call_work(struct mg_job *job)
             c->migrated_ok = 1;
         } else if (!is_unavailable(&err)) {
             char text[1024];
-            gw_error("mongo shard '%s': auto_migrate of collection '%s' failed: %s",
+            lb_error("mongo shard '%s': auto_migrate of collection '%s' failed: %s",
                      c->sh->cfs->name, c->d->table, loggable(err.message, text, sizeof(text)));
         }
         bson_destroy(&reply);

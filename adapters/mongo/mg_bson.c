@@ -10,15 +10,15 @@
 #include <time.h>
 
 #include "config/cf_config.h"
-#include "gateway/gw_item.h"
-#include "gateway/gw_util.h"
+#include "lib/lb_util.h"
+#include "model/md_item.h"
 
 /* ---- decimals: scaled 64-bit integers --------------------------------------------- */
 
 int mg_dec_to_scaled(const char *text, int scale, int64_t *out)
 {
     char canon[96];
-    if (scale < 0 || gw_decimal_add(text, "0", scale, canon, sizeof(canon)) < 0) {
+    if (scale < 0 || md_decimal_add(text, "0", scale, canon, sizeof(canon)) < 0) {
         return -1;
     }
     char digits[96];
@@ -243,7 +243,7 @@ struct json_object *mg_field_to_json(bson_iter_t *it, const struct cf_field *f)
          * had one width ("…:02.3Z") is answered in today's width */
         char norm[48];
         const char *s = bson_iter_utf8(it, NULL);
-        if (gw_ts_normalise(s, norm, sizeof(norm)) == 0 && strcmp(norm, s) != 0) {
+        if (md_ts_normalise(s, norm, sizeof(norm)) == 0 && strcmp(norm, s) != 0) {
             return json_object_new_string(norm);
         }
     }

@@ -16,7 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "gateway/gw_util.h"
+#include "lib/lb_util.h"
 
 struct mg_list {
     struct mg_job *head;
@@ -88,7 +88,7 @@ static void *thread_main(void *arg)
         p->nwait--;
         pthread_mutex_unlock(&p->mu);
 
-        if (j->deadline_ms != 0 && gw_now_ms() >= j->deadline_ms) {
+        if (j->deadline_ms != 0 && lb_now_ms() >= j->deadline_ms) {
             j->outcome = MG_EXPIRED; /* nobody waits for the answer any more */
         } else {
             j->work(j);

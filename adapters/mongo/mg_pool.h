@@ -35,7 +35,7 @@ enum mg_outcome {
 struct mg_job {
     /* set by the caller */
     uint64_t id;                      /* for mg_pool_cancel(); need not be unique for others */
-    uint64_t deadline_ms;             /* gw_now_ms() clock; 0 = none */
+    uint64_t deadline_ms;             /* lb_now_ms() clock; 0 = none */
     void (*work)(struct mg_job *job); /* on a pool thread */
     void (*done)(struct mg_job *job); /* on the loop thread, exactly once */
     /* set by the pool */

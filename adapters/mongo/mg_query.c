@@ -48,8 +48,8 @@
 #include <string.h>
 
 #include "config/cf_config.h"
-#include "gateway/gw_query.h"
-#include "gateway/gw_util.h"
+#include "lib/lb_util.h"
+#include "model/md_query.h"
 
 #define MG_MAX_GROUPS 100000
 #define MG_MAX_STEPS 512
@@ -64,7 +64,7 @@ struct mg_afield { /* a field some aggregate reads */
 
 struct mg_plan {
     const struct cf_domain *d;
-    const struct gw_query *q;
+    const struct md_query *q;
     /* _query: one find per partition, in order */
     bson_t *opts; /* sort + projection */
     bson_t **steps;
@@ -80,7 +80,7 @@ struct mg_plan {
 
 /* ---- filters (loop thread) ------------------------------------------------------ */
 
-static int path_of(const struct gw_qnode *n, char *out, size_t outlen, struct mg_xerr *x)
+static int path_of(const struct md_qnode *n, char *out, size_t outlen, struct mg_xerr *x)
 {
     size_t o = (size_t)snprintf(out, outlen, "%s", n->field->name);
     for (size_t i = 0; i < n->npath; i++) {
@@ -106,7 +106,7 @@ static int path_of(const struct gw_qnode *n, char *out, size_t outlen, struct mg
 
 /* One comparison value: typed by the schema on a whole field (decimals
  * scaled), any scalar below a path. */
-static int leaf_value(bson_t *b, const char *k, const struct gw_qnode *n, struct json_object *v,
+static int leaf_value(bson_t *b, const char *k, const struct md_qnode *n, struct json_object *v,
                       struct mg_xerr *x)
 {
     x->field = n->field->name;
@@ -136,21 +136,21 @@ static void append_prefix_regex(bson_t *b, const char *s, size_t len)
     free(re);
 }
 
-static int leaf_ops(bson_t *cond, const struct gw_qnode *n, struct mg_xerr *x)
+static int leaf_ops(bson_t *cond, const struct md_qnode *n, struct mg_xerr *x)
 {
     static const char *const cmp[] = {"$eq", "$ne", "$gt", "$gte", "$lt", "$lte"};
     switch (n->op) {
-    case GW_QOP_EQ:
-    case GW_QOP_NE:
-    case GW_QOP_GT:
-    case GW_QOP_GTE:
-    case GW_QOP_LT:
-    case GW_QOP_LTE:
+    case MD_QOP_EQ:
+    case MD_QOP_NE:
+    case MD_QOP_GT:
+    case MD_QOP_GTE:
+    case MD_QOP_LT:
+    case MD_QOP_LTE:
         return leaf_value(cond, cmp[n->op], n, n->value, x);
-    case GW_QOP_IN:
-    case GW_QOP_NIN: {
+    case MD_QOP_IN:
+    case MD_QOP_NIN: {
         bson_t arr;
-        bson_append_array_begin(cond, n->op == GW_QOP_IN ? "$in" : "$nin", -1, &arr);
+        bson_append_array_begin(cond, n->op == MD_QOP_IN ? "$in" : "$nin", -1, &arr);
         size_t len = json_object_array_length(n->value);
         int rc = 0;
         for (size_t i = 0; i < len && rc == 0; i++) {
@@ -161,29 +161,29 @@ static int leaf_ops(bson_t *cond, const struct gw_qnode *n, struct mg_xerr *x)
         bson_append_array_end(cond, &arr);
         return rc;
     }
-    case GW_QOP_EXISTS:
+    case MD_QOP_EXISTS:
         bson_append_null(cond, json_object_get_boolean(n->value) ? "$ne" : "$eq", -1);
         return 0;
-    case GW_QOP_PREFIX:
+    case MD_QOP_PREFIX:
         append_prefix_regex(cond, json_object_get_string(n->value),
                             (size_t)json_object_get_string_len(n->value));
         return 0;
     default:
-        snprintf(x->msg, sizeof(x->msg), "unsupported operator '%s'", gw_qop_name(n->op));
+        snprintf(x->msg, sizeof(x->msg), "unsupported operator '%s'", md_qop_name(n->op));
         return -1;
     }
 }
 
 /* The node's condition, appended to the filter document doc. */
-static int node_bson(bson_t *doc, const struct gw_qnode *n, struct mg_xerr *x)
+static int node_bson(bson_t *doc, const struct md_qnode *n, struct mg_xerr *x)
 {
-    if (n->op == GW_QOP_AND && n->nkids == 0) {
+    if (n->op == MD_QOP_AND && n->nkids == 0) {
         return 0; /* `{}`: no condition (MongoDB refuses an empty $and) */
     }
-    if (n->op == GW_QOP_AND || n->op == GW_QOP_OR) {
+    if (n->op == MD_QOP_AND || n->op == MD_QOP_OR) {
         bson_t arr;
         int rc = 0;
-        bson_append_array_begin(doc, n->op == GW_QOP_AND ? "$and" : "$or", -1, &arr);
+        bson_append_array_begin(doc, n->op == MD_QOP_AND ? "$and" : "$or", -1, &arr);
         for (size_t i = 0; i < n->nkids && rc == 0; i++) {
             char idx[24];
             bson_t kid;
@@ -235,7 +235,7 @@ static bson_t *conj_end(struct conj *c)
     return out;
 }
 
-static int add_where(struct conj *c, const struct gw_query *q, struct mg_xerr *x)
+static int add_where(struct conj *c, const struct md_query *q, struct mg_xerr *x)
 {
     if (q->where == NULL) {
         return 0;
@@ -259,7 +259,7 @@ static void add_null_test(struct conj *c, const char *name, int isnull)
 
 /* ---- _query (loop thread) ---------------------------------------------------------- */
 
-static int is_nullable(const struct cf_domain *d, const struct gw_query *q, size_t i)
+static int is_nullable(const struct cf_domain *d, const struct md_query *q, size_t i)
 {
     const struct cf_field *f = q->order[i].field;
     return (!f->required && strcmp(f->name, d->key) != 0) ||
@@ -268,7 +268,7 @@ static int is_nullable(const struct cf_domain *d, const struct gw_query *q, size
 
 /* After the cursor's row inside its partition: an $or chain over the
  * columns whose cursor value is not NULL. */
-static int add_bound(struct conj *c, const struct gw_query *q, struct mg_xerr *x)
+static int add_bound(struct conj *c, const struct md_query *q, struct mg_xerr *x)
 {
     bson_t child, ors;
     int rc = 0, terms = 0;
@@ -328,7 +328,7 @@ static void project(bson_t *proj, const char *name)
 
 static int plan_query(struct mg_plan *p, struct mg_xerr *x)
 {
-    const struct gw_query *q = p->q;
+    const struct md_query *q = p->q;
     const struct cf_domain *d = p->d;
     /* sort and projection */
     p->opts = bson_new();
@@ -353,7 +353,7 @@ static int plan_query(struct mg_plan *p, struct mg_xerr *x)
     bson_append_document_end(p->opts, &proj);
 
     /* partitions of the nullable sort columns, in the contract's order */
-    size_t cols[GW_QUERY_MAX_ORDER + 1], k = 0;
+    size_t cols[MD_QUERY_MAX_ORDER + 1], k = 0;
     for (size_t i = 0; i < q->norder; i++) {
         if (is_nullable(d, q, i)) {
             cols[k++] = i;
@@ -409,7 +409,7 @@ static char *field_ref(char *buf, size_t cap, const char *name)
     return out;
 }
 
-static void group_id(bson_t *stage, const struct gw_query *q)
+static void group_id(bson_t *stage, const struct md_query *q)
 {
     if (q->ngroup == 0) {
         bson_append_null(stage, "_id", -1);
@@ -432,7 +432,7 @@ static void group_id(bson_t *stage, const struct gw_query *q)
 /* [{$match: filter}, {$group: {_id, v: {$sum: 1 | "$f"}}}]: one accumulator
  * per $group, because FerretDB 1.24 answers 0 for every accumulator after
  * the first one of a $group stage. */
-static bson_t *group_pipeline(const struct gw_query *q, bson_t *filter, const struct cf_field *f)
+static bson_t *group_pipeline(const struct md_query *q, bson_t *filter, const struct cf_field *f)
 {
     bson_t *pl = bson_new();
     bson_t arr, st, grp, acc;
@@ -463,7 +463,7 @@ static bson_t *group_pipeline(const struct gw_query *q, bson_t *filter, const st
 
 static int plan_aggregate(struct mg_plan *p, struct mg_xerr *x)
 {
-    const struct gw_query *q = p->q;
+    const struct md_query *q = p->q;
     struct conj c;
     conj_begin(&c);
     int rc = add_where(&c, q, x);
@@ -477,7 +477,7 @@ static int plan_aggregate(struct mg_plan *p, struct mg_xerr *x)
     p->agg_af = calloc(q->naggs + 1, sizeof(*p->agg_af));
     int any_minmax = 0;
     for (size_t i = 0; i < q->naggs; i++) {
-        const struct gw_qaggregate *a = &q->aggs[i];
+        const struct md_qaggregate *a = &q->aggs[i];
         p->agg_af[i] = -1;
         if (a->field == NULL) {
             continue;
@@ -490,11 +490,11 @@ static int plan_aggregate(struct mg_plan *p, struct mg_xerr *x)
         }
         p->agg_af[i] = (int)j;
         struct mg_afield *af = &p->af[j];
-        if (a->fn == GW_QAGG_MIN || a->fn == GW_QAGG_MAX) {
+        if (a->fn == MD_QAGG_MIN || a->fn == MD_QAGG_MAX) {
             af->minmax = 1;
             any_minmax = 1;
         } else {
-            int want_sum = a->fn != GW_QAGG_COUNT;
+            int want_sum = a->fn != MD_QAGG_COUNT;
             if (af->count_pl != NULL && (!want_sum || af->sum_pl != NULL)) {
                 continue;
             }
@@ -534,7 +534,7 @@ static int plan_aggregate(struct mg_plan *p, struct mg_xerr *x)
     return rc;
 }
 
-int mg_plan_new(const struct cf_domain *d, const struct gw_query *q, struct mg_plan **out,
+int mg_plan_new(const struct cf_domain *d, const struct md_query *q, struct mg_plan **out,
                 struct mg_xerr *x)
 {
     struct mg_plan *p = calloc(1, sizeof(*p));
@@ -580,7 +580,7 @@ static int add_max_time(bson_t *opts, uint64_t deadline_ms)
     if (deadline_ms == 0) {
         return 0;
     }
-    uint64_t now = gw_now_ms();
+    uint64_t now = lb_now_ms();
     if (now >= deadline_ms) {
         return -1;
     }
@@ -762,7 +762,7 @@ static int key_find(const bson_t *doc, const char *name, bson_iter_t *out)
 
 /* The group key of a $group row (_id: {k0, k1, …} or null) or, without
  * from_id, of a document's top-level fields.  Absent = NULL. */
-static bson_value_t *key_of(const bson_t *doc, size_t nkey, const struct gw_query *q, int from_id)
+static bson_value_t *key_of(const bson_t *doc, size_t nkey, const struct md_query *q, int from_id)
 {
     bson_value_t *key = calloc(nkey + 1, sizeof(*key));
     bson_iter_t id;
@@ -1024,29 +1024,29 @@ static void append_bvalue(bson_t *b, const char *k, const bson_value_t *v)
 
 static void agg_row(const struct mg_plan *p, bson_t *row, const struct grp *g)
 {
-    const struct gw_query *q = p->q;
+    const struct md_query *q = p->q;
     for (size_t i = 0; i < q->ngroup; i++) {
         append_bvalue(row, q->group_names[i], &g->key[i]);
     }
     for (size_t i = 0; i < q->naggs; i++) {
-        const struct gw_qaggregate *a = &q->aggs[i];
+        const struct md_qaggregate *a = &q->aggs[i];
         const struct acc *ac = p->agg_af[i] >= 0 && g->acc != NULL ? &g->acc[p->agg_af[i]] : NULL;
         static const struct acc none;
         if (ac == NULL) {
             ac = &none;
         }
         switch (a->fn) {
-        case GW_QAGG_COUNT:
+        case MD_QAGG_COUNT:
             bson_append_int64(row, a->alias, -1, a->field == NULL ? g->n : ac->nn);
             break;
-        case GW_QAGG_SUM:
+        case MD_QAGG_SUM:
             if (ac->nn == 0) {
                 bson_append_null(row, a->alias, -1);
             } else {
                 bson_append_int64(row, a->alias, -1, ac->sum);
             }
             break;
-        case GW_QAGG_AVG:
+        case MD_QAGG_AVG:
             if (ac->nn == 0) {
                 bson_append_null(row, a->alias, -1);
             } else {
@@ -1057,13 +1057,13 @@ static void agg_row(const struct mg_plan *p, bson_t *row, const struct grp *g)
                 bson_append_utf8(row, a->alias, -1, text, -1);
             }
             break;
-        case GW_QAGG_MIN:
-        case GW_QAGG_MAX: {
-            int has = a->fn == GW_QAGG_MIN ? ac->has_min : ac->has_max;
+        case MD_QAGG_MIN:
+        case MD_QAGG_MAX: {
+            int has = a->fn == MD_QAGG_MIN ? ac->has_min : ac->has_max;
             if (!has) {
                 bson_append_null(row, a->alias, -1);
             } else {
-                bson_append_value(row, a->alias, -1, a->fn == GW_QAGG_MIN ? &ac->min : &ac->max);
+                bson_append_value(row, a->alias, -1, a->fn == MD_QAGG_MIN ? &ac->min : &ac->max);
             }
             break;
         }
@@ -1124,7 +1124,7 @@ int mg_plan_run(const struct mg_plan *p, mongoc_collection_t *coll, uint64_t dea
 
 static struct json_object *query_item(const struct mg_plan *p, const bson_t *doc)
 {
-    const struct gw_query *q = p->q;
+    const struct md_query *q = p->q;
     int64_t ver;
     struct json_object *item = mg_item_of(doc, p->d, &ver);
     if (q->nfields == 0) {
@@ -1149,7 +1149,7 @@ static struct json_object *query_item(const struct mg_plan *p, const bson_t *doc
 
 static struct json_object *agg_item(const struct mg_plan *p, const bson_t *doc)
 {
-    const struct gw_query *q = p->q;
+    const struct md_query *q = p->q;
     struct json_object *item = json_object_new_object();
     bson_iter_t it;
     for (size_t i = 0; i < q->ngroup; i++) {
@@ -1159,12 +1159,12 @@ static struct json_object *agg_item(const struct mg_plan *p, const bson_t *doc)
             item, name, bson_iter_init_find(&it, doc, name) ? mg_field_to_json(&it, f) : NULL);
     }
     for (size_t i = 0; i < q->naggs; i++) {
-        const struct gw_qaggregate *a = &q->aggs[i];
+        const struct md_qaggregate *a = &q->aggs[i];
         struct json_object *v = NULL;
         if (bson_iter_init_find(&it, doc, a->alias) && !BSON_ITER_HOLDS_NULL(&it)) {
-            if (a->fn == GW_QAGG_COUNT) {
+            if (a->fn == MD_QAGG_COUNT) {
                 v = json_object_new_int64(bson_iter_as_int64(&it));
-            } else if (a->fn == GW_QAGG_AVG && BSON_ITER_HOLDS_UTF8(&it)) {
+            } else if (a->fn == MD_QAGG_AVG && BSON_ITER_HOLDS_UTF8(&it)) {
                 const char *s = bson_iter_utf8(&it, NULL);
                 v = json_object_new_double_s(strtod(s, NULL), s);
             } else {
@@ -1178,7 +1178,7 @@ static struct json_object *agg_item(const struct mg_plan *p, const bson_t *doc)
 
 struct json_object *mg_plan_result(const struct mg_plan *p, const bson_t *result)
 {
-    const struct gw_query *q = p->q;
+    const struct md_query *q = p->q;
     struct json_object *doc = json_object_new_object();
     struct json_object *items = json_object_new_array();
     struct json_object *cursor = NULL;
@@ -1221,7 +1221,7 @@ struct json_object *mg_plan_result(const struct mg_plan *p, const bson_t *result
             }
             json_object_array_add(vals, v);
         }
-        char *c = gw_query_cursor_make(q, vals);
+        char *c = md_query_cursor_make(q, vals);
         cursor = json_object_new_string(c);
         free(c);
         json_object_put(vals);

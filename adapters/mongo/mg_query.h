@@ -1,7 +1,7 @@
 /*
  * mg_query.h — `_query` and `_aggregate` on MongoDB.
  *
- * The store-neutral AST of gateway/gw_query.h becomes a plan of BSON
+ * The store-neutral AST of model/md_query.h becomes a plan of BSON
  * commands on the loop thread (mg_plan_new), runs with the blocking driver
  * on a pool thread (mg_plan_run, BSON only), and its BSON result becomes the
  * JSON answer {"items","cursor","shards_queried","partial"} on the loop
@@ -24,7 +24,7 @@
 #include "adapters/mongo/mg_bson.h"
 
 struct cf_domain;
-struct gw_query;
+struct md_query;
 struct mg_plan;
 
 /* mg_plan_run() outcomes. */
@@ -35,11 +35,11 @@ struct mg_plan;
 
 /* Loop thread.  0 with *out, or -1 with x filled (400).  q and d must stay
  * valid until mg_plan_free (the request body owns q). */
-int mg_plan_new(const struct cf_domain *d, const struct gw_query *q, struct mg_plan **out,
+int mg_plan_new(const struct cf_domain *d, const struct md_query *q, struct mg_plan **out,
                 struct mg_xerr *x) __attribute__((warn_unused_result));
 
 /* Pool thread: run the plan on coll; *result gets a BSON document to hand
- * to mg_plan_result.  deadline_ms: gw_now_ms() clock, 0 = none. */
+ * to mg_plan_result.  deadline_ms: lb_now_ms() clock, 0 = none. */
 int mg_plan_run(const struct mg_plan *p, mongoc_collection_t *coll, uint64_t deadline_ms,
                 bson_t **result, bson_error_t *err, char *msg, size_t msglen)
     __attribute__((warn_unused_result));

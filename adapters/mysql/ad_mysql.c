@@ -61,9 +61,9 @@
 #include "adapters/sql/sql_pool.h"
 #include "adapters/sql/sql_row.h"
 #include "config/cf_config.h"
-#include "gateway/gw_log.h"
-#include "gateway/gw_query.h"
-#include "gateway/gw_util.h"
+#include "lib/lb_log.h"
+#include "lib/lb_util.h"
+#include "model/md_query.h"
 
 #define MY_INIT_COMMAND                                                                            \
     "SET time_zone = '+00:00', sql_mode = "                                                        \
@@ -237,10 +237,10 @@ static struct json_object *cell(MYSQL_ROW row, const unsigned long *lens, size_t
         return json_object_new_int64(strtoll(v, NULL, 10));
     }
     if (sc->kind == SQL_COL_AGG) {
-        if (sc->agg->fn == GW_QAGG_COUNT) {
+        if (sc->agg->fn == MD_QAGG_COUNT) {
             return json_object_new_int64(strtoll(v, NULL, 10));
         }
-        if (sc->agg->fn == GW_QAGG_SUM || sc->agg->fn == GW_QAGG_AVG) {
+        if (sc->agg->fn == MD_QAGG_SUM || sc->agg->fn == MD_QAGG_AVG) {
             return json_object_new_double_s(strtod(v, NULL), v); /* exact digits */
         }
     }
@@ -295,7 +295,7 @@ static struct json_object *row_item(const struct my_call *call, MYSQL_ROW row,
 
 static void finish_query(struct my_call *call, struct ad_res *res)
 {
-    const struct gw_query *q = gw_query_of(call->b.req->body);
+    const struct md_query *q = md_query_of(call->b.req->body);
     MYSQL_RES *r = call->rows;
     int n = r != NULL ? (int)mysql_num_rows(r) : 0;
     unsigned nf = r != NULL ? mysql_num_fields(r) : 0;
@@ -327,7 +327,7 @@ static void finish_query(struct my_call *call, struct ad_res *res)
             }
             json_object_array_add(vals, v);
         }
-        char *c = gw_query_cursor_make(q, vals);
+        char *c = md_query_cursor_make(q, vals);
         cursor = json_object_new_string(c);
         free(c);
         json_object_put(vals);
@@ -464,7 +464,7 @@ static void error_result(struct my_call *call, unsigned int no, const char *sqls
     }
     int range = (no == 1690 /* BIGINT out of range */ || no == 1264 /* out of range */) &&
                 inc_out_of_range(req, msg, res);
-    gw_log(range ? GW_LOG_INFO : GW_LOG_WARN,
+    lb_log(range ? LB_LOG_INFO : LB_LOG_WARN,
            "mysql backend '%s' shard '%s' call %llu (%s): %s (error %u, SQLSTATE %s)", be, shn, id,
            op, msg, no, sqlstate);
     if (range) {

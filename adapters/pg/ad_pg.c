@@ -30,10 +30,10 @@
 #include "adapters/sql/sql_pool.h"
 #include "adapters/sql/sql_row.h"
 #include "config/cf_config.h"
-#include "gateway/gw_json.h"
-#include "gateway/gw_log.h"
-#include "gateway/gw_query.h"
-#include "gateway/gw_util.h"
+#include "lib/lb_json.h"
+#include "lib/lb_log.h"
+#include "lib/lb_util.h"
+#include "model/md_query.h"
 
 /* Prepared statements.  The item statements of a domain (get, insert, put,
  * patch, delete, the version probe) come in few shapes, and PostgreSQL
@@ -112,7 +112,7 @@ static void connect_step(evutil_socket_t fd, short what, void *arg)
 static void on_notice(void *arg, const char *message)
 {
     (void)arg;
-    gw_debug("pg notice: %s", message); /* e.g. "relation … already exists, skipping" */
+    lb_debug("pg notice: %s", message); /* e.g. "relation … already exists, skipping" */
 }
 
 static void pg_conn_start(struct sql_conn *sc)
@@ -184,10 +184,10 @@ static struct json_object *cell(const PGresult *r, int row, int colno, const str
         return json_object_new_int64(strtoll(v, NULL, 10));
     }
     if (sc->kind == SQL_COL_AGG) {
-        if (sc->agg->fn == GW_QAGG_COUNT) {
+        if (sc->agg->fn == MD_QAGG_COUNT) {
             return json_object_new_int64(strtoll(v, NULL, 10));
         }
-        if (sc->agg->fn == GW_QAGG_SUM || sc->agg->fn == GW_QAGG_AVG) {
+        if (sc->agg->fn == MD_QAGG_SUM || sc->agg->fn == MD_QAGG_AVG) {
             return json_object_new_double_s(strtod(v, NULL), v); /* exact digits */
         }
     }
@@ -253,7 +253,7 @@ static void row_raw(const struct pg_call *pc, const PGresult *r, int row, int64_
     size_t n = (size_t)PQnfields(r);
     if (n > MAXC) { /* wider than any domain we have seen: the tree */
         struct json_object *item = row_item(pc, r, row, version);
-        gw_json_write(out, item);
+        lb_json_write(out, item);
         json_object_put(item);
         return;
     }
@@ -266,7 +266,7 @@ static void row_raw(const struct pg_call *pc, const PGresult *r, int row, int64_
 
 static void finish_query(struct pg_call *pc, const PGresult *r, struct ad_res *res)
 {
-    const struct gw_query *q = gw_query_of(pc->b.req->body);
+    const struct md_query *q = md_query_of(pc->b.req->body);
     int n = PQntuples(r);
     int shown = q->aggregate || n <= q->limit ? n : q->limit;
     struct json_object *doc = json_object_new_object();
@@ -290,7 +290,7 @@ static void finish_query(struct pg_call *pc, const PGresult *r, struct ad_res *r
             }
             json_object_array_add(vals, v);
         }
-        char *c = gw_query_cursor_make(q, vals);
+        char *c = md_query_cursor_make(q, vals);
         cursor = json_object_new_string(c);
         free(c);
         json_object_put(vals);
@@ -386,7 +386,7 @@ static void error_result(struct pg_call *pc, const PGresult *r, struct ad_res *r
         return;
     }
     int range = strcmp(state, "22003") == 0 && inc_out_of_range(req, res);
-    gw_log(range ? GW_LOG_INFO : GW_LOG_WARN,
+    lb_log(range ? LB_LOG_INFO : LB_LOG_WARN,
            "pg backend '%s' shard '%s' call %llu (%s): %s (SQLSTATE %s)", be, shn, id, op, msg,
            state);
     if (range) {

@@ -28,10 +28,10 @@
 #include <openssl/sha.h>
 
 #include "config/cf_config.h"
-#include "gateway/gw_item.h"
-#include "gateway/gw_json.h"
-#include "gateway/gw_log.h"
-#include "gateway/gw_util.h"
+#include "lib/lb_json.h"
+#include "lib/lb_log.h"
+#include "lib/lb_util.h"
+#include "model/md_item.h"
 
 /* ---- scripts ------------------------------------------------------------- */
 
@@ -270,7 +270,7 @@ static void schedule_retry(struct rd_conn *c)
         }
     }
     /* full jitter in [backoff/2, backoff] so workers do not reconnect in step */
-    int64_t ms = c->backoff_ms / 2 + (int64_t)(gw_rand64() % (uint64_t)(c->backoff_ms / 2 + 1));
+    int64_t ms = c->backoff_ms / 2 + (int64_t)(lb_rand64() % (uint64_t)(c->backoff_ms / 2 + 1));
     struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)((ms % 1000) * 1000)};
     evtimer_add(c->retry_timer, &tv);
 }
@@ -285,7 +285,7 @@ static void shard_note_down(struct rd_shard *sh, const char *why)
         up |= sh->conns[i].connected;
     }
     if (!up && sh->was_up) {
-        gw_warn("redis shard '%s' (%s:%d) is down: %s", sh->cfs->name, sh->host, sh->port, why);
+        lb_warn("redis shard '%s' (%s:%d) is down: %s", sh->cfs->name, sh->host, sh->port, why);
         sh->was_up = 0;
     }
 }
@@ -299,7 +299,7 @@ static void on_connect(const redisAsyncContext *ac, int status)
     if (status != REDIS_OK) {
         evtimer_del(c->connect_timer);
         /* hiredis frees the context after this callback; no disconnect cb */
-        gw_debug("redis shard '%s': connect failed: %s", c->sh->cfs->name, ac->c.errstr);
+        lb_debug("redis shard '%s': connect failed: %s", c->sh->cfs->name, ac->c.errstr);
         c->ac = NULL;
         c->connected = 0;
         shard_note_down(c->sh, ac->c.errstr);
@@ -371,7 +371,7 @@ static void on_handshake(redisAsyncContext *ac, void *r, void *priv)
         return; /* freed (connect timeout, shutdown) or lost: handled there */
     }
     if (rep->type == REDIS_REPLY_ERROR) {
-        gw_warn("redis shard '%s' (%s:%d): connection set-up refused: %s", c->sh->cfs->name,
+        lb_warn("redis shard '%s' (%s:%d): connection set-up refused: %s", c->sh->cfs->name,
                 c->sh->host, c->sh->port, rep->str);
         redisAsyncDisconnect(ac); /* → on_disconnect → retry after backoff */
         return;
@@ -383,7 +383,7 @@ static void on_handshake(redisAsyncContext *ac, void *r, void *priv)
     c->connected = 1;
     c->backoff_ms = 0;
     if (!c->sh->was_up) {
-        gw_info("redis shard '%s' (%s:%d) is up", c->sh->cfs->name, c->sh->host, c->sh->port);
+        lb_info("redis shard '%s' (%s:%d) is up", c->sh->cfs->name, c->sh->host, c->sh->port);
         c->sh->was_up = 1;
     }
     waiters_send(c->sh, c);
@@ -440,12 +440,12 @@ static void stall_cb(evutil_socket_t fd, short what, void *arg)
     }
     /* a round trip's allowance on top of the longest deadline */
     uint64_t bound = c->stall_ms + (uint64_t)c->sh->st->be->pool.connect_timeout_ms;
-    uint64_t idle = gw_now_ms() - c->progress_ms;
+    uint64_t idle = lb_now_ms() - c->progress_ms;
     if (idle < bound) {
         stall_arm(c, bound - idle);
         return;
     }
-    gw_warn("redis shard '%s' (%s:%d): no reply for %llu ms with %d command(s) waiting; "
+    lb_warn("redis shard '%s' (%s:%d): no reply for %llu ms with %d command(s) waiting; "
             "reconnecting",
             c->sh->cfs->name, c->sh->host, c->sh->port, (unsigned long long)idle, c->pending);
     redisAsyncContext *ac = c->ac;
@@ -579,14 +579,14 @@ static int reply_failed(struct rd_call *call, redisReply *rep)
 {
     if (call->conn != NULL) {
         call->conn->pending--;
-        call->conn->progress_ms = gw_now_ms();
+        call->conn->progress_ms = lb_now_ms();
     }
     if (rep == NULL) { /* shard_note_down logged the outage */
         call_fail(call, AD_UNAVAILABLE, "is unavailable: the connection was lost");
         return 1;
     }
     if (rep->type == REDIS_REPLY_ERROR) {
-        gw_warn("redis shard '%s' (%s:%d) answered an error: %s", call->sh->cfs->name,
+        lb_warn("redis shard '%s' (%s:%d) answered an error: %s", call->sh->cfs->name,
                 call->sh->host, call->sh->port, rep->str);
         if (error_is_transient(rep->str)) {
             call_fail(call, AD_UNAVAILABLE, "cannot serve the request now (details in the log)");
@@ -827,7 +827,7 @@ static void patch_read_reply(redisAsyncContext *ac, void *r, void *priv)
     struct json_object *item = NULL;
     char msg[128];
     if (rep->type != REDIS_REPLY_STRING ||
-        gw_json_parse_stored(rep->str, rep->len, 1000, &item, msg, sizeof(msg)) != GW_JSON_OK ||
+        lb_json_parse_stored(rep->str, rep->len, 1000, &item, msg, sizeof(msg)) != LB_JSON_OK ||
         !json_object_is_type(item, json_type_object)) {
         json_object_put(item);
         ad_res_error(&res, AD_INTERNAL, NULL, "redis shard '%s': stored item is not a JSON object",
@@ -844,10 +844,10 @@ static void patch_read_reply(redisAsyncContext *ac, void *r, void *priv)
         call_done(call, &res);
         return;
     }
-    struct gw_error e = {0};
-    if (gw_patch_apply(call->req->domain, item, call->req->body, &e) < 0) {
+    struct md_error e = {0};
+    if (md_patch_apply(call->req->domain, item, call->req->body, &e) < 0) {
         json_object_put(item);
-        ad_res_error(&res, e.err == GW_E_CONFLICT ? AD_CONFLICT : AD_BAD_REQUEST, NULL, "%s",
+        ad_res_error(&res, e.err == MD_E_CONFLICT ? AD_CONFLICT : AD_BAD_REQUEST, NULL, "%s",
                      e.message);
         res.field = e.field;
         call_done(call, &res);
@@ -954,7 +954,7 @@ static void reply_counters(redisAsyncContext *ac, void *r, void *priv)
  * (eval_begin / argv_push): ttl, then (op, member, n) triples.  The texts
  * live in call->argbuf, one after the other, each with its length (a
  * member or an op's placeholder may be empty).  Their number has no cap of
- * its own: gw_item.c bounds the members of one write (GW_MAX_COUNTER_OPS). */
+ * its own: md_item.c bounds the members of one write (MD_MAX_COUNTER_OPS). */
 struct ops_buf {
     char *buf;
     size_t len, cap;
@@ -1084,12 +1084,12 @@ static size_t resp_format(char *buf, int argc, const char **argv, const size_t *
 {
     char *p = buf;
     *p++ = '*';
-    p = gw_put_u64(p, (size_t)argc);
+    p = lb_put_u64(p, (size_t)argc);
     *p++ = '\r';
     *p++ = '\n';
     for (int i = 0; i < argc; i++) {
         *p++ = '$';
-        p = gw_put_u64(p, argvlen[i]);
+        p = lb_put_u64(p, argvlen[i]);
         *p++ = '\r';
         *p++ = '\n';
         memcpy(p, argv[i], argvlen[i]);
@@ -1124,7 +1124,7 @@ static void conn_took(struct rd_conn *c, struct rd_call *call)
 {
     c->pending++;
     call->conn = c;
-    uint64_t now = gw_now_ms();
+    uint64_t now = lb_now_ms();
     if (c->pending == 1) {
         c->progress_ms = now;
         c->stall_ms = 0;

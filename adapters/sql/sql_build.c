@@ -9,7 +9,7 @@
 #include <string.h>
 
 #include "config/cf_config.h"
-#include "gateway/gw_query.h"
+#include "model/md_query.h"
 
 /* ---- buffers ------------------------------------------------------------------ */
 
@@ -140,7 +140,7 @@ static void param_s(struct sql_stmt *st, const char *val)
 }
 
 static void col(struct sql_stmt *st, enum sql_col_kind kind, const struct cf_field *f,
-                const struct gw_qaggregate *agg, int hidden)
+                const struct md_qaggregate *agg, int hidden)
 {
     if (st->ncols == st->ccap) {
         size_t cap = st->ccap ? st->ccap * 2 : 16;
@@ -265,9 +265,9 @@ static void doc_param(struct sql_stmt *st, const char *json_text)
 
 /* The expression of a leaf's operand: a column (paths go through
  * path_leaf below). */
-static const char *cmp_sql(enum gw_qop op);
+static const char *cmp_sql(enum md_qop op);
 
-static void operand(struct sql_stmt *st, const struct gw_qnode *n, int as_text)
+static void operand(struct sql_stmt *st, const struct md_qnode *n, int as_text)
 {
     (void)as_text;
     ident(st, n->field->name);
@@ -290,15 +290,15 @@ static void operand(struct sql_stmt *st, const struct gw_qnode *n, int as_text)
  * or '$', COLUMNS (v JSON PATH '$."a"."b"')), the paths parameters too;
  * arrays are walked at the array field (not inside object members). */
 
-static int path_elems(const struct gw_qnode *n)
+static int path_elems(const struct md_qnode *n)
 {
     return n->npath > 0 ||
-           (n->field->type == CF_T_ARRAY && (n->op == GW_QOP_IN || n->op == GW_QOP_NIN));
+           (n->field->type == CF_T_ARRAY && (n->op == MD_QOP_IN || n->op == MD_QOP_NIN));
 }
 
 /* '$' followed by ."seg" for each segment (quotes and backslashes escaped:
  * the same syntax in jsonpath and MariaDB JSON paths).  malloc'd. */
-static char *json_path_text(const struct gw_qnode *n, size_t extra)
+static char *json_path_text(const struct md_qnode *n, size_t extra)
 {
     size_t cap = 2 + extra;
     for (size_t i = 0; i < n->npath; i++) {
@@ -325,16 +325,16 @@ static char *json_path_text(const struct gw_qnode *n, size_t extra)
 }
 
 /* Is the leaf a negation of "some value at the path matches"? */
-static int path_negated(const struct gw_qnode *n)
+static int path_negated(const struct md_qnode *n)
 {
     switch (n->op) {
-    case GW_QOP_NE: /* ne null: some value is not null */
+    case MD_QOP_NE: /* ne null: some value is not null */
         return n->value != NULL;
-    case GW_QOP_NIN:
+    case MD_QOP_NIN:
         return 1;
-    case GW_QOP_EQ:
+    case MD_QOP_EQ:
         return n->value == NULL;
-    case GW_QOP_EXISTS:
+    case MD_QOP_EXISTS:
         return !json_object_get_boolean(n->value);
     default:
         return 0;
@@ -342,29 +342,29 @@ static int path_negated(const struct gw_qnode *n)
 }
 
 /* The leaf asks only for a non-null value at the path (exists, eq/ne null). */
-static int path_nonnull(const struct gw_qnode *n)
+static int path_nonnull(const struct md_qnode *n)
 {
-    return n->op == GW_QOP_EXISTS ||
-           ((n->op == GW_QOP_EQ || n->op == GW_QOP_NE) && n->value == NULL);
+    return n->op == MD_QOP_EXISTS ||
+           ((n->op == MD_QOP_EQ || n->op == MD_QOP_NE) && n->value == NULL);
 }
 
-static void pg_path_leaf(struct sql_stmt *st, const struct gw_qnode *n)
+static void pg_path_leaf(struct sql_stmt *st, const struct md_qnode *n)
 {
     const char *filter;
     switch (n->op) {
-    case GW_QOP_GT:
+    case MD_QOP_GT:
         filter = " ? (@ > $v)";
         break;
-    case GW_QOP_GTE:
+    case MD_QOP_GTE:
         filter = " ? (@ >= $v)";
         break;
-    case GW_QOP_LT:
+    case MD_QOP_LT:
         filter = " ? (@ < $v)";
         break;
-    case GW_QOP_LTE:
+    case MD_QOP_LTE:
         filter = " ? (@ <= $v)";
         break;
-    case GW_QOP_PREFIX:
+    case MD_QOP_PREFIX:
         filter = " ? (@ starts with $v)";
         break;
     default: /* eq ne in nin (lax mode: $v a list compares with each member) */
@@ -401,14 +401,14 @@ static void pg_path_leaf(struct sql_stmt *st, const struct gw_qnode *n)
 #define MY_PV "`_pgjt`.`_pgv`" /* the value found at the path, as JSON */
 
 /* MariaDB: `v` (a scalar) compared with the JSON value MY_PV, typed. */
-static void my_cmp(struct sql_stmt *st, struct json_object *v, enum gw_qop op)
+static void my_cmp(struct sql_stmt *st, struct json_object *v, enum md_qop op)
 {
-    const char *cmp = op == GW_QOP_PREFIX ? " LIKE " : cmp_sql(op);
+    const char *cmp = op == MD_QOP_PREFIX ? " LIKE " : cmp_sql(op);
     switch (json_object_get_type(v)) {
     case json_type_string:
         puts_(st, "(JSON_TYPE(" MY_PV ") = 'STRING' AND CAST(JSON_UNQUOTE(" MY_PV ") AS BINARY)");
         puts_(st, cmp);
-        if (op == GW_QOP_PREFIX) {
+        if (op == MD_QOP_PREFIX) {
             const char *s = json_object_get_string(v);
             size_t len = (size_t)json_object_get_string_len(v);
             char *buf = malloc(len * 2 + 2), *o = buf;
@@ -454,7 +454,7 @@ static void my_cmp(struct sql_stmt *st, struct json_object *v, enum gw_qop op)
     }
 }
 
-static void my_path_leaf(struct sql_stmt *st, const struct gw_qnode *n)
+static void my_path_leaf(struct sql_stmt *st, const struct md_qnode *n)
 {
     char *path = json_path_text(n, 0);
     if (path == NULL) {
@@ -475,23 +475,23 @@ static void my_path_leaf(struct sql_stmt *st, const struct gw_qnode *n)
         puts_(st, MY_PV " IS NOT NULL AND JSON_TYPE(" MY_PV ") <> 'NULL')");
         return;
     }
-    if (n->op == GW_QOP_IN || n->op == GW_QOP_NIN) {
+    if (n->op == MD_QOP_IN || n->op == MD_QOP_NIN) {
         size_t len = json_object_array_length(n->value);
         puts_(st, "(");
         for (size_t i = 0; i < len; i++) {
             if (i > 0) {
                 puts_(st, " OR ");
             }
-            my_cmp(st, json_object_array_get_idx(n->value, i), GW_QOP_EQ);
+            my_cmp(st, json_object_array_get_idx(n->value, i), MD_QOP_EQ);
         }
         puts_(st, "))");
         return;
     }
-    my_cmp(st, n->value, n->op == GW_QOP_NE ? GW_QOP_EQ : n->op);
+    my_cmp(st, n->value, n->op == MD_QOP_NE ? MD_QOP_EQ : n->op);
     puts_(st, ")");
 }
 
-static void path_leaf(struct sql_stmt *st, const struct gw_qnode *n)
+static void path_leaf(struct sql_stmt *st, const struct md_qnode *n)
 {
     if (st->dialect == SQL_PG) {
         pg_path_leaf(st, n);
@@ -500,16 +500,16 @@ static void path_leaf(struct sql_stmt *st, const struct gw_qnode *n)
     }
 }
 
-static const char *cmp_sql(enum gw_qop op)
+static const char *cmp_sql(enum md_qop op)
 {
     switch (op) {
-    case GW_QOP_GT:
+    case MD_QOP_GT:
         return " > ";
-    case GW_QOP_GTE:
+    case MD_QOP_GTE:
         return " >= ";
-    case GW_QOP_LT:
+    case MD_QOP_LT:
         return " < ";
-    case GW_QOP_LTE:
+    case MD_QOP_LTE:
         return " <= ";
     default:
         return " = ";
@@ -517,7 +517,7 @@ static const char *cmp_sql(enum gw_qop op)
 }
 
 /* A leaf value on the right-hand side of a comparison. */
-static void rhs(struct sql_stmt *st, const struct gw_qnode *n, struct json_object *v)
+static void rhs(struct sql_stmt *st, const struct md_qnode *n, struct json_object *v)
 {
     if (n->npath > 0 || is_doc(n->field)) {
         doc_param(st, json_object_to_json_string_ext(v, JSON_C_TO_STRING_PLAIN));
@@ -541,41 +541,41 @@ static void like_prefix(struct sql_stmt *st, const char *s, size_t len)
     puts_(st, st->dialect == SQL_PG ? " ESCAPE '\\'" : " ESCAPE '\\\\'");
 }
 
-static void where_node(struct sql_stmt *st, const struct gw_qnode *n)
+static void where_node(struct sql_stmt *st, const struct md_qnode *n)
 {
-    if (n->op != GW_QOP_AND && n->op != GW_QOP_OR && path_elems(n)) {
+    if (n->op != MD_QOP_AND && n->op != MD_QOP_OR && path_elems(n)) {
         path_leaf(st, n);
         return;
     }
     switch (n->op) {
-    case GW_QOP_AND:
-    case GW_QOP_OR:
+    case MD_QOP_AND:
+    case MD_QOP_OR:
         if (n->nkids == 0) { /* `{}` or `"and": []`: true; `"or": []`: false */
-            puts_(st, n->op == GW_QOP_AND ? "1=1" : "1=0");
+            puts_(st, n->op == MD_QOP_AND ? "1=1" : "1=0");
             return;
         }
         puts_(st, "(");
         for (size_t i = 0; i < n->nkids; i++) {
             if (i > 0) {
-                puts_(st, n->op == GW_QOP_AND ? " AND " : " OR ");
+                puts_(st, n->op == MD_QOP_AND ? " AND " : " OR ");
             }
             where_node(st, n->kids[i]);
         }
         puts_(st, ")");
         return;
-    case GW_QOP_EXISTS:
+    case MD_QOP_EXISTS:
         operand(st, n, 0);
         puts_(st, json_object_get_boolean(n->value) ? " IS NOT NULL" : " IS NULL");
         return;
-    case GW_QOP_PREFIX:
+    case MD_QOP_PREFIX:
         operand(st, n, 1);
         puts_(st, " LIKE ");
         like_prefix(st, json_object_get_string(n->value),
                     (size_t)json_object_get_string_len(n->value));
         return;
-    case GW_QOP_EQ:
-    case GW_QOP_NE: {
-        int ne = n->op == GW_QOP_NE;
+    case MD_QOP_EQ:
+    case MD_QOP_NE: {
+        int ne = n->op == MD_QOP_NE;
         if (n->value == NULL) {
             operand(st, n, 0);
             puts_(st, ne ? " IS NOT NULL" : " IS NULL");
@@ -610,9 +610,9 @@ static void where_node(struct sql_stmt *st, const struct gw_qnode *n)
         }
         return;
     }
-    case GW_QOP_IN:
-    case GW_QOP_NIN: {
-        int nin = n->op == GW_QOP_NIN;
+    case MD_QOP_IN:
+    case MD_QOP_NIN: {
+        int nin = n->op == MD_QOP_NIN;
         if (nin) {
             puts_(st, "(");
             operand(st, n, 0);
@@ -645,7 +645,7 @@ static int nullable(const struct cf_domain *d, const struct cf_field *f)
     return !f->required && strcmp(f->name, d->key) != 0;
 }
 
-static void keyset(struct sql_stmt *st, const struct cf_domain *d, const struct gw_query *q)
+static void keyset(struct sql_stmt *st, const struct cf_domain *d, const struct md_query *q)
 {
     int same = 1, nulls = 0;
     for (size_t i = 0; i < q->norder; i++) {
@@ -805,7 +805,7 @@ static void excl_clause(struct sql_stmt *st, const struct cf_domain *d, int *w)
     puts_(st, "))");
 }
 
-int sql_build_query(struct sql_stmt *st, const struct cf_domain *d, const struct gw_query *q,
+int sql_build_query(struct sql_stmt *st, const struct cf_domain *d, const struct md_query *q,
                     char *err, size_t errlen)
 {
     const struct cf_field *kf = cf_field_find(d, d->key);
@@ -864,7 +864,7 @@ int sql_build_query(struct sql_stmt *st, const struct cf_domain *d, const struct
     return finish(st, err, errlen);
 }
 
-int sql_build_aggregate(struct sql_stmt *st, const struct cf_domain *d, const struct gw_query *q,
+int sql_build_aggregate(struct sql_stmt *st, const struct cf_domain *d, const struct md_query *q,
                         char *err, size_t errlen)
 {
     static const char *const fns[] = {"COUNT", "SUM", "MIN", "MAX", "AVG"};
@@ -883,7 +883,7 @@ int sql_build_aggregate(struct sql_stmt *st, const struct cf_domain *d, const st
         col(st, SQL_COL_FIELD, q->group_by[i], NULL, 0);
     }
     for (size_t i = 0; i < q->naggs; i++) {
-        const struct gw_qaggregate *a = &q->aggs[i];
+        const struct md_qaggregate *a = &q->aggs[i];
         puts_(st, n++ ? ", " : "");
         puts_(st, fns[a->fn]);
         puts_(st, "(");

@@ -1,5 +1,5 @@
 /*
- * sql_build.h — the filter AST (gateway/gw_query.h) and item operations →
+ * sql_build.h — the filter AST (model/md_query.h) and item operations →
  * parameterised SQL, for PostgreSQL and MySQL/MariaDB.
  *
  * Identifiers (table, columns) come only from the config and are quoted
@@ -54,8 +54,8 @@
 
 struct cf_domain;
 struct cf_field;
-struct gw_query;
-struct gw_qaggregate;
+struct md_query;
+struct md_qaggregate;
 
 enum sql_dialect { SQL_PG, SQL_MYSQL };
 
@@ -70,7 +70,7 @@ enum sql_col_kind {
 struct sql_col {
     enum sql_col_kind kind;
     const struct cf_field *field;    /* FIELD; AGG over a field (NULL: count(*)) */
-    const struct gw_qaggregate *agg; /* AGG */
+    const struct md_qaggregate *agg; /* AGG */
     int hidden;                      /* selected for the cursor only: not returned */
 };
 
@@ -122,9 +122,9 @@ int sql_build_delete(struct sql_stmt *st, const struct cf_domain *d, const char 
 int sql_build_version(struct sql_stmt *st, const struct cf_domain *d, const char *key, char *err,
                       size_t errlen) __attribute__((warn_unused_result));
 /* _query: fetches q->limit + 1 rows (the extra one says whether a next page exists). */
-int sql_build_query(struct sql_stmt *st, const struct cf_domain *d, const struct gw_query *q,
+int sql_build_query(struct sql_stmt *st, const struct cf_domain *d, const struct md_query *q,
                     char *err, size_t errlen) __attribute__((warn_unused_result));
-int sql_build_aggregate(struct sql_stmt *st, const struct cf_domain *d, const struct gw_query *q,
+int sql_build_aggregate(struct sql_stmt *st, const struct cf_domain *d, const struct md_query *q,
                         char *err, size_t errlen) __attribute__((warn_unused_result));
 /* auto_migrate: idempotent DDL without parameters.  PostgreSQL: one
  * multi-statement script serialised between processes with an advisory

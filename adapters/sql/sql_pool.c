@@ -8,10 +8,10 @@
 #include <string.h>
 
 #include "config/cf_config.h"
-#include "gateway/gw_json.h"
-#include "gateway/gw_log.h"
-#include "gateway/gw_query.h"
-#include "gateway/gw_util.h"
+#include "lib/lb_json.h"
+#include "lib/lb_log.h"
+#include "lib/lb_util.h"
+#include "model/md_query.h"
 
 /* ---- small helpers ------------------------------------------------------------------ */
 
@@ -39,8 +39,8 @@ static void copy_line(char *dst, size_t n, const char *src, const char *dflt)
 struct json_object *sql_pool_json(const char *v, size_t len)
 {
     char msg[8];
-    if (gw_json_validate(v, len, 1000, msg, sizeof(msg)) == GW_JSON_OK) {
-        return gw_json_raw(v, len);
+    if (lb_json_validate(v, len, 1000, msg, sizeof(msg)) == LB_JSON_OK) {
+        return lb_json_raw(v, len);
     }
     return json_object_new_string_len(v, (int)len); /* not JSON (a hand-edited row) */
 }
@@ -116,12 +116,12 @@ void sql_pool_migrated(struct sql_call *call, const char *error)
     const char *table = p->migs[call->mig].table;
     if (error == NULL) {
         sh->migs[call->mig] = SQL_MIG_DONE;
-        gw_info("%s backend '%s' shard '%s': table '%s' migrated", p->drv->name, p->be->name,
+        lb_info("%s backend '%s' shard '%s': table '%s' migrated", p->drv->name, p->be->name,
                 sh->cfs->name, table);
     } else {
         char msg[200];
         copy_line(msg, sizeof(msg), error, "no result");
-        gw_error("%s backend '%s' shard '%s': auto_migrate of '%s' failed: %s", p->drv->name,
+        lb_error("%s backend '%s' shard '%s': auto_migrate of '%s' failed: %s", p->drv->name,
                  p->be->name, sh->cfs->name, table, msg);
         mig_failed(sh, call->mig, SQL_MIG_FAILED, msg);
     }
@@ -167,7 +167,7 @@ static void schedule_retry(struct sql_conn *c)
         c->backoff_ms = cp->backoff_max_ms;
     }
     /* jitter in [backoff/2, backoff]: workers do not reconnect in step */
-    int64_t ms = c->backoff_ms / 2 + (int64_t)(gw_rand64() % (uint64_t)(c->backoff_ms / 2 + 1));
+    int64_t ms = c->backoff_ms / 2 + (int64_t)(lb_rand64() % (uint64_t)(c->backoff_ms / 2 + 1));
     struct timeval tv;
     sql_tv_ms(&tv, ms);
     evtimer_add(c->timer, &tv);
@@ -180,7 +180,7 @@ static void shard_lost(struct sql_shard *sh, const char *why)
         return;
     }
     if (sh->was_up) {
-        gw_warn("%s backend '%s' shard '%s' is down: %s", p->drv->name, p->be->name, sh->cfs->name,
+        lb_warn("%s backend '%s' shard '%s' is down: %s", p->drv->name, p->be->name, sh->cfs->name,
                 why);
         sh->was_up = 0;
     }
@@ -213,7 +213,7 @@ void sql_pool_connected(struct sql_conn *c, const char *server_info)
     c->backoff_ms = 0;
     sh->down = 0;
     if (!sh->was_up) {
-        gw_info("%s backend '%s' shard '%s' is up%s%s%s", p->drv->name, p->be->name, sh->cfs->name,
+        lb_info("%s backend '%s' shard '%s' is up%s%s%s", p->drv->name, p->be->name, sh->cfs->name,
                 server_info != NULL ? " (" : "", server_info != NULL ? server_info : "",
                 server_info != NULL ? ")" : "");
         sh->was_up = 1;
@@ -225,7 +225,7 @@ void sql_pool_connect_failed(struct sql_conn *c, const char *why)
 {
     char msg[200];
     copy_line(msg, sizeof(msg), why, "connect failed");
-    gw_debug("%s shard '%s': connect failed: %s", c->sh->pool->drv->name, c->sh->cfs->name, msg);
+    lb_debug("%s shard '%s': connect failed: %s", c->sh->pool->drv->name, c->sh->cfs->name, msg);
     conn_close(c);
     shard_lost(c->sh, msg);
     schedule_retry(c);
@@ -395,7 +395,7 @@ static int mig_index(struct sql_pool *p, const struct cf_domain *d)
     char err[128];
     sql_stmt_init(&ddl, p->drv->dialect);
     if (sql_build_migrate(&ddl, d, err, sizeof(err)) < 0) {
-        gw_error("%s: cannot build the migration of '%s': %s", p->drv->name, d->table, err);
+        lb_error("%s: cannot build the migration of '%s': %s", p->drv->name, d->table, err);
         sql_stmt_free(&ddl);
         return -1;
     }
@@ -440,7 +440,7 @@ static int build(struct sql_call *call, char *err, size_t errlen)
         return sql_build_delete(st, d, req->key, req->if_match, err, errlen);
     case AD_QUERY:
     case AD_AGGREGATE: {
-        const struct gw_query *q = gw_query_of(req->body);
+        const struct md_query *q = md_query_of(req->body);
         if (q == NULL || q->aggregate != (req->op == AD_AGGREGATE)) {
             snprintf(err, errlen, "the query was not parsed by the gateway");
             return -1;

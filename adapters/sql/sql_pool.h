@@ -163,7 +163,7 @@ void sql_pool_fail(struct sql_call *call, enum ad_status status, const char *wha
 void sql_pool_migrated(struct sql_call *call, const char *error);
 
 /* A JSON column's text → a value that serializes as that document,
- * verbatim (gw_json_raw), after a check that it is JSON: the gateway never
+ * verbatim (lb_json_raw), after a check that it is JSON: the gateway never
  * looks into a JSON column (order_by and cursors take scalar fields only),
  * so parsing it into a tree and printing it again was pure cost (≈ half of
  * a 4-shard orders page).  Text that is not JSON comes back as a string. */

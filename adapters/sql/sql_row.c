@@ -9,7 +9,7 @@
 #include <event2/buffer.h>
 
 #include "config/cf_config.h"
-#include "gateway/gw_json.h"
+#include "lib/lb_json.h"
 
 size_t sql_ts_rfc3339(const char *v, size_t len, char *buf, size_t buflen)
 {
@@ -30,7 +30,7 @@ size_t sql_ts_rfc3339(const char *v, size_t len, char *buf, size_t buflen)
     }
     /* exactly six fraction digits (PostgreSQL trims trailing zeros and the
      * point, MySQL prints the column's precision): text that sorts in time
-     * order, the width the gateway writes (gw_item.c) */
+     * order, the width the gateway writes (md_item.c) */
     const char *dot = memchr(buf, '.', n);
     size_t frac = dot != NULL ? n - (size_t)(dot + 1 - buf) : 0;
     if (dot == NULL) {
@@ -69,7 +69,7 @@ void sql_row_write(struct evbuffer *out, const struct sql_stmt *st, const char *
             evbuffer_add(out, v, len);
             continue;
         }
-        gw_json_write_string(out, sc->field->name, strlen(sc->field->name));
+        lb_json_write_string(out, sc->field->name, strlen(sc->field->name));
         evbuffer_add(out, ":", 1);
         switch (sc->field->type) {
         case CF_T_INT:
@@ -82,10 +82,10 @@ void sql_row_write(struct evbuffer *out, const struct sql_stmt *st, const char *
         case CF_T_COUNTERS: {
             char msg[8];
             if (st->dialect == SQL_PG ||
-                gw_json_validate(v, len, 1000, msg, sizeof(msg)) == GW_JSON_OK) {
+                lb_json_validate(v, len, 1000, msg, sizeof(msg)) == LB_JSON_OK) {
                 evbuffer_add(out, v, len);
             } else {
-                gw_json_write_string(out, v, len); /* not JSON: a hand-edited row */
+                lb_json_write_string(out, v, len); /* not JSON: a hand-edited row */
             }
             break;
         }
@@ -96,11 +96,11 @@ void sql_row_write(struct evbuffer *out, const struct sql_stmt *st, const char *
         }
         case CF_T_TIMESTAMP: {
             char buf[64];
-            gw_json_write_string(out, buf, sql_ts_rfc3339(v, len, buf, sizeof(buf)));
+            lb_json_write_string(out, buf, sql_ts_rfc3339(v, len, buf, sizeof(buf)));
             break;
         }
         default:
-            gw_json_write_string(out, v, len);
+            lb_json_write_string(out, v, len);
         }
     }
     evbuffer_add(out, "}", 1);

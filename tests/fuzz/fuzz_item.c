@@ -9,8 +9,8 @@
 #include "adapters/ad.h"
 #include "config/cf_config.h"
 #include "config/cf_yaml.h"
-#include "gateway/gw_item.h"
-#include "gateway/gw_json.h"
+#include "lib/lb_json.h"
+#include "model/md_item.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -51,17 +51,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     const struct cf_domain *d = &cf->domains[0];
     char msg[200];
     struct json_object *v = NULL;
-    if (gw_json_parse((const char *)data, size, 16, &v, msg, sizeof(msg)) != GW_JSON_OK) {
+    if (lb_json_parse((const char *)data, size, 16, &v, msg, sizeof(msg)) != LB_JSON_OK) {
         return 0;
     }
-    struct gw_error e;
+    struct md_error e;
     memset(&e, 0, sizeof(e));
     struct json_object *copy = NULL;
     json_object_deep_copy(v, &copy, NULL);
-    (void)gw_item_check(d, &cf->limits, GW_ITEM_INSERT, NULL, v, &e);
-    if (gw_patch_check(d, &cf->limits, copy, &e) == 0) {
+    (void)md_item_check(d, &cf->limits, MD_ITEM_INSERT, NULL, v, &e);
+    if (md_patch_check(d, &cf->limits, copy, &e) == 0) {
         struct json_object *item = json_object_new_object();
-        (void)gw_patch_apply(d, item, copy, &e);
+        (void)md_patch_apply(d, item, copy, &e);
         json_object_put(item);
     }
     json_object_put(copy);

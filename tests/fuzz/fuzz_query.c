@@ -2,11 +2,11 @@
  * fuzz_query.c — the filter language and the cursor decoder.
  *
  * The first byte picks the mode; the rest is JSON:
- *   0  a _query body → gw_query_parse → SQL (PostgreSQL and MySQL) and the
+ *   0  a _query body → md_query_parse → SQL (PostgreSQL and MySQL) and the
  *      MongoDB plan, as the adapters build them;
  *   1  the same for an _aggregate body;
  *   2  an array of sort values → a cursor signed with the real key
- *      (gw_query_cursor_make) → parsed back in a body: the decoder past the
+ *      (md_query_cursor_make) → parsed back in a body: the decoder past the
  *      MAC check, which random bytes never reach.
  * A cursor in a mode-0 body exercises the decoder's refusals (bad base64,
  * bad MAC, wrong length).
@@ -20,8 +20,8 @@
 #include "adapters/sql/sql_build.h"
 #include "config/cf_config.h"
 #include "config/cf_yaml.h"
-#include "gateway/gw_json.h"
-#include "gateway/gw_query.h"
+#include "lib/lb_json.h"
+#include "model/md_query.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -46,7 +46,7 @@ static const char schema[] =
     "      j: json\n"
     "      e: {type: enum, values: [A, B]}\n";
 
-static void build_all(const struct cf_domain *d, const struct gw_query *q)
+static void build_all(const struct cf_domain *d, const struct md_query *q)
 {
     static const enum sql_dialect dialects[] = {SQL_PG, SQL_MYSQL};
     char err[256];
@@ -68,12 +68,12 @@ static void build_all(const struct cf_domain *d, const struct gw_query *q)
 
 static void parse_and_build(const struct cf_domain *d, int aggregate, struct json_object *body)
 {
-    struct gw_error e;
+    struct md_error e;
     memset(&e, 0, sizeof(e));
-    struct gw_query *q = NULL;
-    if (gw_query_parse(d, &cf->limits, cf->cursor_secret, aggregate, body, &q, &e) == 0) {
+    struct md_query *q = NULL;
+    if (md_query_parse(d, &cf->limits, cf->cursor_secret, aggregate, body, &q, &e) == 0) {
         build_all(d, q);
-        gw_query_free(q);
+        md_query_free(q);
     }
 }
 
@@ -96,7 +96,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     int mode = data[0] % 3;
     char msg[200];
     struct json_object *v = NULL;
-    if (gw_json_parse((const char *)data + 1, size - 1, 16, &v, msg, sizeof(msg)) != GW_JSON_OK) {
+    if (lb_json_parse((const char *)data + 1, size - 1, 16, &v, msg, sizeof(msg)) != LB_JSON_OK) {
         return 0;
     }
     if (mode < 2) {
@@ -107,14 +107,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     /* mode 2: v is the sort values of the last row of a page ordered by
      * s desc, t, id */
     struct json_object *base = json_tokener_parse("{\"order_by\":[\"-s\",\"t\"],\"limit\":5}");
-    struct gw_error e;
+    struct md_error e;
     memset(&e, 0, sizeof(e));
-    struct gw_query *q = NULL;
-    if (gw_query_parse(d, &cf->limits, cf->cursor_secret, 0, base, &q, &e) != 0) {
+    struct md_query *q = NULL;
+    if (md_query_parse(d, &cf->limits, cf->cursor_secret, 0, base, &q, &e) != 0) {
         abort(); /* the fixed body is valid */
     }
-    char *cursor = json_object_is_type(v, json_type_array) ? gw_query_cursor_make(q, v) : NULL;
-    gw_query_free(q);
+    char *cursor = json_object_is_type(v, json_type_array) ? md_query_cursor_make(q, v) : NULL;
+    md_query_free(q);
     if (cursor != NULL) {
         json_object_object_add(base, "cursor", json_object_new_string(cursor));
         free(cursor);

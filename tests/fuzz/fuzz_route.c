@@ -1,12 +1,12 @@
 /*
  * fuzz_route.c — ids and shard keys as they arrive in a path or a query
  * string (bytes, percent-decoded by the HTTP layer) → the item-key check
- * (gw_key_check) and shard-key routing (gw_route_text, string and int keys).
+ * (md_key_check) and shard-key routing (gw_route_text, string and int keys).
  *
  * Besides "no crash", it checks that an id is accepted exactly when a
  * string in a body could carry it: the bytes, written as a JSON string
- * (quote and backslash escaped), parse with gw_json_parse into the same
- * bytes iff gw_key_check takes them (length and control characters aside).
+ * (quote and backslash escaped), parse with lb_json_parse into the same
+ * bytes iff md_key_check takes them (length and control characters aside).
  * Input: first byte selects the shard-key domain (bit 0: int key), the rest
  * is the id.
  */
@@ -17,9 +17,9 @@
 #include "adapters/ad.h"
 #include "config/cf_config.h"
 #include "config/cf_yaml.h"
-#include "gateway/gw_item.h"
-#include "gateway/gw_json.h"
 #include "gateway/gw_route.h"
+#include "lib/lb_json.h"
+#include "model/md_item.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -61,7 +61,7 @@ static int body_string_carries(const uint8_t *s, size_t n)
     doc[o++] = ']';
     char msg[200];
     struct json_object *v = NULL;
-    int ok = gw_json_parse(doc, o, 4, &v, msg, sizeof(msg)) == GW_JSON_OK;
+    int ok = lb_json_parse(doc, o, 4, &v, msg, sizeof(msg)) == LB_JSON_OK;
     if (ok) {
         struct json_object *str = json_object_array_get_idx(v, 0);
         if ((size_t)json_object_get_string_len(str) != n ||
@@ -93,9 +93,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     const uint8_t *id = data + 1;
     size_t n = size - 1;
 
-    struct gw_error e;
+    struct md_error e;
     memset(&e, 0, sizeof(e));
-    int key_ok = gw_key_check((const char *)id, n, &e) == 0;
+    int key_ok = md_key_check((const char *)id, n, &e) == 0;
     int ctl = 0;
     for (size_t i = 0; i < n; i++) {
         ctl |= id[i] < 0x20 || id[i] == 0x7f;
@@ -103,7 +103,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (n >= 1 && n <= 512 && !ctl && key_ok != body_string_carries(id, n)) {
         abort(); /* an id is taken iff a body's string could carry it */
     }
-    if (key_ok && gw_utf8_check((const char *)id, n) != n) {
+    if (key_ok && lb_utf8_check((const char *)id, n) != n) {
         abort();
     }
 
@@ -114,7 +114,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             abort();
         }
         if (!(data[0] & 1) &&
-            (memchr(id, '\0', n) != NULL || gw_utf8_check((const char *)id, n) != n)) {
+            (memchr(id, '\0', n) != NULL || lb_utf8_check((const char *)id, n) != n)) {
             abort(); /* a string shard key is what a body's string may be */
         }
     } else if (e.field == NULL || strcmp(e.field, "cust") != 0) {

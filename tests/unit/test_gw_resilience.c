@@ -21,13 +21,14 @@
 #include "gateway/gw_breaker.h"
 #include "gateway/gw_idempotency.h"
 #include "gateway/gw_metrics.h"
+#include "gateway/gw_shard.h"
 
 /* ---- circuit breaker ------------------------------------------------------- */
 
 static void test_breaker_opens_after_n_failures(void **state)
 {
     (void)state;
-    int id = gw_metrics_shard_id("be-open", "s0");
+    int id = gw_shard_id("be-open", "s0");
     gw_breaker_configure(3, 1000);
     uint64_t retry = 0;
     assert_int_equal(gw_breaker_state(id), GW_BRK_CLOSED);
@@ -52,7 +53,7 @@ static void test_breaker_opens_after_n_failures(void **state)
 static void test_breaker_success_resets_the_count(void **state)
 {
     (void)state;
-    int id = gw_metrics_shard_id("be-reset", "s0");
+    int id = gw_shard_id("be-reset", "s0");
     gw_breaker_configure(3, 1000);
     gw_breaker_record(id, 0, 0, "x");
     gw_breaker_record(id, 0, 0, "x");
@@ -65,7 +66,7 @@ static void test_breaker_success_resets_the_count(void **state)
 static void test_breaker_half_open_probe(void **state)
 {
     (void)state;
-    int id = gw_metrics_shard_id("be-probe", "s0");
+    int id = gw_shard_id("be-probe", "s0");
     gw_breaker_configure(1, 1000);
     uint64_t retry = 0;
     gw_breaker_record(id, 0, 0, "down");
@@ -90,7 +91,7 @@ static void test_breaker_half_open_probe(void **state)
 static void test_breaker_disabled(void **state)
 {
     (void)state;
-    int id = gw_metrics_shard_id("be-off", "s0");
+    int id = gw_shard_id("be-off", "s0");
     gw_breaker_configure(0, 1000);
     uint64_t retry = 0;
     for (int i = 0; i < 100; i++) {
@@ -106,7 +107,7 @@ static void test_breaker_disabled(void **state)
 static void test_breaker_known_state(void **state)
 {
     (void)state;
-    int id = gw_metrics_shard_id("be-known", "s0");
+    int id = gw_shard_id("be-known", "s0");
     gw_breaker_configure(3, 1000);
     assert_false(gw_breaker_healthy(id)); /* nothing known yet: not proven healthy */
     assert_false(gw_breaker_known(id));

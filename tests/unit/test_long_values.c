@@ -20,8 +20,9 @@
 #include "adapters/ad.h"
 #include "config/cf_config.h"
 #include "gateway/gw_idempotency.h"
-#include "gateway/gw_log.h"
 #include "gateway/gw_metrics.h"
+#include "gateway/gw_shard.h"
+#include "lib/lb_log.h"
 #include "tests/unit/unit_config.h"
 
 static char *repeat(char c, size_t n, const char *suffix)
@@ -56,11 +57,11 @@ static void test_metrics_long_shard_names(void **state)
 {
     (void)state;
     char *be = repeat('b', 200, ""), *sh = repeat('s', 300, "-0");
-    int id = gw_metrics_shard_id(be, sh);
+    int id = gw_shard_id(be, sh);
     assert_true(id >= 0);
-    assert_int_equal(gw_metrics_shard_id(be, sh), id); /* found again, not added twice */
-    assert_string_equal(gw_metrics_shard_backend(id), be);
-    assert_string_equal(gw_metrics_shard_name(id), sh);
+    assert_int_equal(gw_shard_id(be, sh), id); /* found again, not added twice */
+    assert_string_equal(gw_shard_backend(id), be);
+    assert_string_equal(gw_shard_name(id), sh);
     free(be);
     free(sh);
 }
@@ -143,7 +144,7 @@ static void test_idem_long_headers_never_replayed_cut(void **state)
 static int setup(void **state)
 {
     (void)state;
-    gw_log_set_level("error"); /* the refused answer's warning is expected */
+    lb_log_set_level("error"); /* the refused answer's warning is expected */
     return 0;
 }
 

@@ -3,7 +3,7 @@
  *
  * Each row: a _query/_aggregate body, the dialect, the exact SQL text and
  * the parameters joined by '|' (NULL shown as ~).  The domain comes through
- * the config loader, the body through gw_query_parse — the gateway's path.
+ * the config loader, the body through md_query_parse — the gateway's path.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -21,7 +21,7 @@
 #include "adapters/ad.h"
 #include "adapters/sql/sql_build.h"
 #include "config/cf_config.h"
-#include "gateway/gw_query.h"
+#include "model/md_query.h"
 #include "tests/unit/unit_config.h"
 
 static const char config_json[] =
@@ -181,17 +181,17 @@ static char *join_params(const struct sql_stmt *st)
     return buf;
 }
 
-static struct gw_query *parse_in(int dom, const char *body, int aggregate, struct gw_error *e)
+static struct md_query *parse_in(int dom, const char *body, int aggregate, struct md_error *e)
 {
     struct json_object *b = json_tokener_parse(body);
     assert_non_null(b);
-    struct gw_query *q = NULL;
-    int rc = gw_query_parse(&cf->domains[dom], &cf->limits, cf->cursor_secret, aggregate, b, &q, e);
+    struct md_query *q = NULL;
+    int rc = md_query_parse(&cf->domains[dom], &cf->limits, cf->cursor_secret, aggregate, b, &q, e);
     json_object_put(b);
     return rc == 0 ? q : NULL;
 }
 
-static struct gw_query *parse(const char *body, int aggregate, struct gw_error *e)
+static struct md_query *parse(const char *body, int aggregate, struct md_error *e)
 {
     return parse_in(0, body, aggregate, e);
 }
@@ -200,8 +200,8 @@ static void run_rows(const struct row *table, size_t n, int dom)
 {
     for (size_t i = 0; i < n; i++) {
         const struct row *r = &table[i];
-        struct gw_error e = {0};
-        struct gw_query *q = parse_in(dom, r->body, r->aggregate, &e);
+        struct md_error e = {0};
+        struct md_query *q = parse_in(dom, r->body, r->aggregate, &e);
         if (q == NULL) {
             fail_msg("%s: parse failed: %s", r->name, e.message);
         }
@@ -219,7 +219,7 @@ static void run_rows(const struct row *table, size_t n, int dom)
             fail_msg("%s: params\n got  %s\n want %s", r->name, join_params(&st), r->params);
         }
         sql_stmt_free(&st);
-        gw_query_free(q);
+        md_query_free(q);
     }
 }
 
@@ -262,12 +262,12 @@ static void test_errors(void **state)
         {1, "{\"group_by\":[\"meta.a\\u0000b\"],\"aggregates\":{\"n\":{\"count\":\"*\"}}}", "NUL"},
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
-        struct gw_error e = {0};
-        struct gw_query *q = parse(bad[i].body, bad[i].aggregate, &e);
+        struct md_error e = {0};
+        struct md_query *q = parse(bad[i].body, bad[i].aggregate, &e);
         if (q != NULL) {
             fail_msg("%s: accepted", bad[i].body);
         }
-        assert_int_equal(e.err, GW_E_BAD_REQUEST);
+        assert_int_equal(e.err, MD_E_BAD_REQUEST);
         if (strstr(e.message, bad[i].needle) == NULL) {
             fail_msg("%s: message '%s' does not name '%s'", bad[i].body, e.message, bad[i].needle);
         }
@@ -278,15 +278,15 @@ static void test_errors(void **state)
 static void test_cursor(void **state)
 {
     (void)state;
-    struct gw_error e = {0};
-    struct gw_query *q = parse("{\"order_by\":[\"-age\",\"email\"]}", 0, &e);
+    struct md_error e = {0};
+    struct md_query *q = parse("{\"order_by\":[\"-age\",\"email\"]}", 0, &e);
     assert_non_null(q);
     struct json_object *vals = json_tokener_parse("[30,\"a@b\",\"id-1\"]");
-    char *c = gw_query_cursor_make(q, vals);
+    char *c = md_query_cursor_make(q, vals);
     json_object_put(vals);
     char body[2048];
     snprintf(body, sizeof(body), "{\"order_by\":[\"-age\",\"email\"],\"cursor\":\"%s\"}", c);
-    struct gw_query *q2 = parse(body, 0, &e);
+    struct md_query *q2 = parse(body, 0, &e);
     assert_non_null(q2);
     struct sql_stmt st;
     char err[128];
@@ -299,21 +299,21 @@ static void test_cursor(void **state)
                         "FIRST, \"email\" ASC NULLS LAST, \"id\" ASC NULLS LAST LIMIT $7");
     assert_string_equal(join_params(&st), "30|30|a@b|30|a@b|id-1|101");
     sql_stmt_free(&st);
-    gw_query_free(q2);
+    md_query_free(q2);
     /* same direction, non-null columns: a row-value bound */
-    struct gw_query *q3 = parse("{\"order_by\":[\"email\"]}", 0, &e);
+    struct md_query *q3 = parse("{\"order_by\":[\"email\"]}", 0, &e);
     vals = json_tokener_parse("[\"a@b\",\"id-1\"]");
-    char *c3 = gw_query_cursor_make(q3, vals);
+    char *c3 = md_query_cursor_make(q3, vals);
     json_object_put(vals);
     snprintf(body, sizeof(body), "{\"order_by\":[\"email\"],\"cursor\":\"%s\"}", c3);
-    struct gw_query *q4 = parse(body, 0, &e);
+    struct md_query *q4 = parse(body, 0, &e);
     assert_non_null(q4);
     sql_stmt_init(&st, SQL_PG);
     assert_int_equal(sql_build_query(&st, &cf->domains[0], q4, err, sizeof(err)), 0);
     assert_non_null(strstr(st.text, "WHERE (\"email\", \"id\") > ($1, $2)"));
     sql_stmt_free(&st);
-    gw_query_free(q3);
-    gw_query_free(q4);
+    md_query_free(q3);
+    md_query_free(q4);
     /* tampering: flip one payload character */
     c[3] = c[3] == 'A' ? 'B' : 'A';
     snprintf(body, sizeof(body), "{\"order_by\":[\"-age\",\"email\"],\"cursor\":\"%s\"}", c);
@@ -321,7 +321,7 @@ static void test_cursor(void **state)
     assert_non_null(strstr(e.message, "cursor"));
     free(c);
     free(c3);
-    gw_query_free(q);
+    md_query_free(q);
 }
 
 static void test_writes_and_migration(void **state)
@@ -511,7 +511,7 @@ static int teardown(void **state)
 
 /* A where of n copies of `cond` (JSON text) under "and", nested `depth`
  * levels deep: {"and":[{"and":[… {"and":[cond, cond, …]}]}]}. */
-static struct gw_query *parse_shape(int n, const char *cond, int depth, struct gw_error *e)
+static struct md_query *parse_shape(int n, const char *cond, int depth, struct md_error *e)
 {
     size_t cap = (size_t)n * (strlen(cond) + 1) + (size_t)depth * 16 + 64;
     char *body = malloc(cap), *o = body;
@@ -528,25 +528,25 @@ static struct gw_query *parse_shape(int n, const char *cond, int depth, struct g
         o += sprintf(o, "]}");
     }
     sprintf(o, "}");
-    struct gw_query *q = parse(body, 0, e);
+    struct md_query *q = parse(body, 0, e);
     free(body);
     return q;
 }
 
-static void accepted(struct gw_query *q, const struct gw_error *e)
+static void accepted(struct md_query *q, const struct md_error *e)
 {
     if (q == NULL) {
         fail_msg("refused: %s", e->message);
     }
-    gw_query_free(q);
+    md_query_free(q);
 }
 
-static void expect_limit(struct gw_query *q, const struct gw_error *e, const char *needle)
+static void expect_limit(struct md_query *q, const struct md_error *e, const char *needle)
 {
     if (q != NULL) {
         fail_msg("accepted beyond %s", needle);
     }
-    assert_int_equal(e->err, GW_E_BAD_REQUEST);
+    assert_int_equal(e->err, MD_E_BAD_REQUEST);
     if (strstr(e->message, needle) == NULL) {
         fail_msg("message '%s' does not name '%s'", e->message, needle);
     }
@@ -558,7 +558,7 @@ static void expect_limit(struct gw_query *q, const struct gw_error *e, const cha
 static void test_complexity_limits(void **state)
 {
     (void)state;
-    struct gw_error e = {0};
+    struct md_error e = {0};
     assert_int_equal(cf->limits.max_query_conditions, 256);
     assert_int_equal(cf->limits.max_query_depth, 8);
     assert_int_equal(cf->limits.max_prefix_conditions, 16);
@@ -578,9 +578,9 @@ static void test_complexity_limits(void **state)
 
     char cond[400];
     snprintf(cond, sizeof(cond), "{\"name\":{\"prefix\":\"%0256d\"}}", 0);
-    struct gw_query *q = parse_shape(1, cond, 0, &e);
+    struct md_query *q = parse_shape(1, cond, 0, &e);
     assert_non_null(q);
-    gw_query_free(q);
+    md_query_free(q);
     snprintf(cond, sizeof(cond), "{\"name\":{\"prefix\":\"%0257d\"}}", 0);
     expect_limit(parse_shape(1, cond, 0, &e), &e, "max_prefix_bytes (256)");
 
@@ -633,11 +633,11 @@ static void test_long_identifiers(void **state)
  * share their first 1,023 bytes (long field names) are told apart (the
  * signature was cut there, so a cursor passed for the other order). */
 static int parse_on(const struct cf_config *c, const struct cf_domain *d, const char *body,
-                    struct gw_query **q, struct gw_error *e)
+                    struct md_query **q, struct md_error *e)
 {
     struct json_object *b = json_tokener_parse(body);
     assert_non_null(b);
-    int rc = gw_query_parse(d, &c->limits, c->cursor_secret, 0, b, q, e);
+    int rc = md_query_parse(d, &c->limits, c->cursor_secret, 0, b, q, e);
     json_object_put(b);
     return rc;
 }
@@ -673,20 +673,20 @@ static void test_cursor_long_order(void **state)
     }
     snprintf(order1 + o1, 2048 - (size_t)o1, "\"%s\"", names[5]);
     snprintf(order2 + o2, 2048 - (size_t)o2, "\"%s\"", names[6]);
-    struct gw_error e = {0};
-    struct gw_query *q = NULL;
+    struct md_error e = {0};
+    struct md_query *q = NULL;
     snprintf(body, 16384, "{\"order_by\":[%s]}", order1);
     assert_int_equal(parse_on(lc, d, body, &q, &e), 0);
     struct json_object *vals = json_tokener_parse("[\"a\",\"b\",\"c\",\"d\",\"e\",\"f\",\"g\"]");
-    char *c = gw_query_cursor_make(q, vals);
+    char *c = md_query_cursor_make(q, vals);
     assert_non_null(c);
     json_object_put(vals);
-    gw_query_free(q);
+    md_query_free(q);
     /* the same order takes it back */
     snprintf(body, 16384, "{\"order_by\":[%s],\"cursor\":\"%s\"}", order1, c);
     q = NULL;
     assert_int_equal(parse_on(lc, d, body, &q, &e), 0);
-    gw_query_free(q);
+    md_query_free(q);
     /* the other order refuses it */
     snprintf(body, 16384, "{\"order_by\":[%s],\"cursor\":\"%s\"}", order2, c);
     q = NULL;

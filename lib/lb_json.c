@@ -1,7 +1,7 @@
 /*
- * gw_json.c — JSON parsing with limits, and writing into evbuffers.
+ * lb_json.c — JSON parsing with limits, and writing into evbuffers.
  */
-#include "gateway/gw_json.h"
+#include "lib/lb_json.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -20,10 +20,10 @@
 struct jv {
     const unsigned char *p, *end, *start;
     int depth, max_depth;
-    enum gw_json_status st;
+    enum lb_json_status st;
     char *msg;
     size_t msglen;
-    /* gw_json_parse only: integers must fit in int64 (json-c clamps the
+    /* lb_json_parse only: integers must fit in int64 (json-c clamps the
      * others to the bounds, silently), and the member names leading to the
      * value being read ("set.stock"), to name a refused one */
     int int64_only;
@@ -31,7 +31,7 @@ struct jv {
     size_t pathlen;
 };
 
-static int jv_fail(struct jv *v, enum gw_json_status st, const char *what)
+static int jv_fail(struct jv *v, enum lb_json_status st, const char *what)
 {
     v->st = st;
     snprintf(v->msg, v->msglen, "%s at byte %zu", what, (size_t)(v->p - v->start));
@@ -79,7 +79,7 @@ static size_t utf8_seq(const unsigned char *p, const unsigned char *end, int *tr
     return (size_t)n + 1;
 }
 
-size_t gw_utf8_check(const char *s, size_t len)
+size_t lb_utf8_check(const char *s, size_t len)
 {
     const unsigned char *p = (const unsigned char *)s, *end = p + len;
     while (p < end) {
@@ -103,7 +103,7 @@ static int jv_utf8(struct jv *v)
     size_t n = utf8_seq(v->p, v->end, &truncated);
     if (n == 0) {
         if (truncated) {
-            return jv_fail(v, GW_JSON_UTF8, "invalid UTF-8 (truncated sequence)");
+            return jv_fail(v, LB_JSON_UTF8, "invalid UTF-8 (truncated sequence)");
         }
         unsigned c = *v->p;
         if (c >= 0xc2 && c <= 0xf4) { /* a lead byte: its sequence is bad */
@@ -113,11 +113,11 @@ static int jv_utf8(struct jv *v)
                 cont &= (v->p[i] & 0xc0) == 0x80;
             }
             if (cont) {
-                return jv_fail(v, GW_JSON_UTF8,
+                return jv_fail(v, LB_JSON_UTF8,
                                "invalid UTF-8 (overlong, surrogate or out of range)");
             }
         }
-        return jv_fail(v, GW_JSON_UTF8, "invalid UTF-8");
+        return jv_fail(v, LB_JSON_UTF8, "invalid UTF-8");
     }
     v->p += n;
     return 0;
@@ -126,7 +126,7 @@ static int jv_utf8(struct jv *v)
 static int jv_hex4(struct jv *v, unsigned *out)
 {
     if (v->end - v->p < 4) {
-        return jv_fail(v, GW_JSON_SYNTAX, "malformed JSON: bad \\u escape");
+        return jv_fail(v, LB_JSON_SYNTAX, "malformed JSON: bad \\u escape");
     }
     unsigned x = 0;
     for (int i = 0; i < 4; i++) {
@@ -137,7 +137,7 @@ static int jv_hex4(struct jv *v, unsigned *out)
         } else if ((c | 0x20) >= 'a' && (c | 0x20) <= 'f') {
             x |= (c | 0x20) - 'a' + 10;
         } else {
-            return jv_fail(v, GW_JSON_SYNTAX, "malformed JSON: bad \\u escape");
+            return jv_fail(v, LB_JSON_SYNTAX, "malformed JSON: bad \\u escape");
         }
     }
     v->p += 4;
@@ -158,7 +158,7 @@ static int jv_string(struct jv *v, int key)
             return 0;
         }
         if (c < 0x20) {
-            return jv_fail(v, GW_JSON_SYNTAX,
+            return jv_fail(v, LB_JSON_SYNTAX,
                            "malformed JSON: unescaped control character in a string");
         }
         if (c == '\\') {
@@ -174,17 +174,17 @@ static int jv_string(struct jv *v, int key)
                 }
                 if (u >= 0xd800 && u <= 0xdbff) { /* a high surrogate needs its low half */
                     if (v->end - v->p < 6 || v->p[0] != '\\' || v->p[1] != 'u') {
-                        return jv_fail(v, GW_JSON_UTF8, "unpaired surrogate in a \\u escape");
+                        return jv_fail(v, LB_JSON_UTF8, "unpaired surrogate in a \\u escape");
                     }
                     v->p += 2;
                     if (jv_hex4(v, &u2) < 0) {
                         return -1;
                     }
                     if (u2 < 0xdc00 || u2 > 0xdfff) {
-                        return jv_fail(v, GW_JSON_UTF8, "unpaired surrogate in a \\u escape");
+                        return jv_fail(v, LB_JSON_UTF8, "unpaired surrogate in a \\u escape");
                     }
                 } else if (u >= 0xdc00 && u <= 0xdfff) {
-                    return jv_fail(v, GW_JSON_UTF8, "unpaired surrogate in a \\u escape");
+                    return jv_fail(v, LB_JSON_UTF8, "unpaired surrogate in a \\u escape");
                 } else if (u == 0 && key) {
                     /* name it by its text before the NUL (at most 40 bytes,
                      * cut at a character boundary) and its position */
@@ -196,7 +196,7 @@ static int jv_string(struct jv *v, int key)
                             before--;
                         }
                     }
-                    v->st = GW_JSON_SYNTAX;
+                    v->st = LB_JSON_SYNTAX;
                     snprintf(v->msg, v->msglen,
                              "member name \"%.*s\\u0000…\" at byte %zu contains a NUL character",
                              (int)before, (const char *)name, (size_t)(open - v->start));
@@ -204,7 +204,7 @@ static int jv_string(struct jv *v, int key)
                 }
             } else if (strchr("\"\\/bfnrt", c) == NULL || c == '\0') {
                 v->p--;
-                return jv_fail(v, GW_JSON_SYNTAX, "malformed JSON: bad escape in a string");
+                return jv_fail(v, LB_JSON_SYNTAX, "malformed JSON: bad escape in a string");
             }
             continue;
         }
@@ -216,7 +216,7 @@ static int jv_string(struct jv *v, int key)
         }
         v->p++;
     }
-    return jv_fail(v, GW_JSON_SYNTAX, "malformed JSON: the document ends early");
+    return jv_fail(v, LB_JSON_SYNTAX, "malformed JSON: the document ends early");
 }
 
 static int jv_digits(struct jv *v)
@@ -250,14 +250,14 @@ static int jv_number(struct jv *v)
     if (v->p < v->end && *v->p == '0') {
         v->p++;
         if (v->p < v->end && *v->p >= '0' && *v->p <= '9') {
-            return jv_fail(v, GW_JSON_SYNTAX, "malformed JSON: a number with a leading zero");
+            return jv_fail(v, LB_JSON_SYNTAX, "malformed JSON: a number with a leading zero");
         }
     } else if (jv_digits(v) < 0) {
-        return jv_fail(v, GW_JSON_SYNTAX, "malformed JSON: a value is expected");
+        return jv_fail(v, LB_JSON_SYNTAX, "malformed JSON: a value is expected");
     }
     if (v->int64_only && (v->p >= v->end || (*v->p != '.' && (*v->p | 0x20) != 'e')) &&
         !int64_fits(num, v->p)) {
-        v->st = GW_JSON_SYNTAX;
+        v->st = LB_JSON_SYNTAX;
         snprintf(v->msg, v->msglen,
                  "%s%.*s%sthe integer %.*s at byte %zu is out of the 64-bit range "
                  "(-9223372036854775808 to 9223372036854775807)",
@@ -269,7 +269,7 @@ static int jv_number(struct jv *v)
     if (v->p < v->end && *v->p == '.') {
         v->p++;
         if (jv_digits(v) < 0) {
-            return jv_fail(v, GW_JSON_SYNTAX,
+            return jv_fail(v, LB_JSON_SYNTAX,
                            "malformed JSON: digits must follow the decimal point");
         }
     }
@@ -279,7 +279,7 @@ static int jv_number(struct jv *v)
             v->p++;
         }
         if (jv_digits(v) < 0) {
-            return jv_fail(v, GW_JSON_SYNTAX, "malformed JSON: digits must follow the exponent");
+            return jv_fail(v, LB_JSON_SYNTAX, "malformed JSON: digits must follow the exponent");
         }
     }
     return 0;
@@ -289,7 +289,7 @@ static int jv_literal(struct jv *v, const char *lit)
 {
     size_t n = strlen(lit);
     if ((size_t)(v->end - v->p) < n || memcmp(v->p, lit, n) != 0) {
-        return jv_fail(v, GW_JSON_SYNTAX, "malformed JSON: a value is expected");
+        return jv_fail(v, LB_JSON_SYNTAX, "malformed JSON: a value is expected");
     }
     v->p += n;
     return 0;
@@ -317,7 +317,7 @@ static int jv_value(struct jv *v)
 {
     jv_ws(v);
     if (v->p >= v->end) {
-        return jv_fail(v, GW_JSON_SYNTAX, "malformed JSON: the document ends early");
+        return jv_fail(v, LB_JSON_SYNTAX, "malformed JSON: the document ends early");
     }
     switch (*v->p) {
     case '{':
@@ -325,7 +325,7 @@ static int jv_value(struct jv *v)
         unsigned char close = *v->p == '{' ? '}' : ']';
         int obj = close == '}';
         if (++v->depth > v->max_depth) {
-            v->st = GW_JSON_DEPTH;
+            v->st = LB_JSON_DEPTH;
             snprintf(v->msg, v->msglen, "JSON nested deeper than %d levels", v->max_depth);
             return -1;
         }
@@ -340,7 +340,7 @@ static int jv_value(struct jv *v)
             if (obj) {
                 jv_ws(v);
                 if (v->p >= v->end || *v->p != '"') {
-                    return jv_fail(v, GW_JSON_SYNTAX,
+                    return jv_fail(v, LB_JSON_SYNTAX,
                                    "malformed JSON: a quoted member name is expected");
                 }
                 const unsigned char *name = v->p + 1;
@@ -353,7 +353,7 @@ static int jv_value(struct jv *v)
                 }
                 jv_ws(v);
                 if (v->p >= v->end || *v->p != ':') {
-                    return jv_fail(v, GW_JSON_SYNTAX, "malformed JSON: ':' is expected");
+                    return jv_fail(v, LB_JSON_SYNTAX, "malformed JSON: ':' is expected");
                 }
                 v->p++;
                 if (jv_value(v) < 0) {
@@ -373,7 +373,7 @@ static int jv_value(struct jv *v)
                 v->depth--;
                 return 0;
             }
-            return jv_fail(v, GW_JSON_SYNTAX,
+            return jv_fail(v, LB_JSON_SYNTAX,
                            v->p >= v->end ? "malformed JSON: the document ends early"
                                           : "malformed JSON: ',' or a closing bracket is expected");
         }
@@ -390,11 +390,11 @@ static int jv_value(struct jv *v)
         if (*v->p == '-' || (*v->p >= '0' && *v->p <= '9')) {
             return jv_number(v);
         }
-        return jv_fail(v, GW_JSON_SYNTAX, "malformed JSON: a value is expected");
+        return jv_fail(v, LB_JSON_SYNTAX, "malformed JSON: a value is expected");
     }
 }
 
-static enum gw_json_status validate(const char *buf, size_t len, int max_depth, int int64_only,
+static enum lb_json_status validate(const char *buf, size_t len, int max_depth, int int64_only,
                                     char *msg, size_t msglen)
 {
     struct jv v = {.p = (const unsigned char *)buf,
@@ -407,38 +407,38 @@ static enum gw_json_status validate(const char *buf, size_t len, int max_depth, 
     jv_ws(&v);
     if (v.p == v.end) {
         snprintf(msg, msglen, "the request body is empty; a JSON document is expected");
-        return GW_JSON_EMPTY;
+        return LB_JSON_EMPTY;
     }
     if (jv_value(&v) < 0) {
         return v.st;
     }
     jv_ws(&v);
     if (v.p != v.end) {
-        jv_fail(&v, GW_JSON_SYNTAX, "malformed JSON: unexpected data after the document");
-        return GW_JSON_SYNTAX;
+        jv_fail(&v, LB_JSON_SYNTAX, "malformed JSON: unexpected data after the document");
+        return LB_JSON_SYNTAX;
     }
-    return GW_JSON_OK;
+    return LB_JSON_OK;
 }
 
-enum gw_json_status gw_json_validate(const char *buf, size_t len, int max_depth, char *msg,
+enum lb_json_status lb_json_validate(const char *buf, size_t len, int max_depth, char *msg,
                                      size_t msglen)
 {
     return validate(buf, len, max_depth, 0, msg, msglen);
 }
 
-static enum gw_json_status parse(const char *buf, size_t len, int max_depth, int int64_only,
+static enum lb_json_status parse(const char *buf, size_t len, int max_depth, int int64_only,
                                  struct json_object **out, char *msg, size_t msglen)
 {
     *out = NULL;
-    enum gw_json_status st = validate(buf, len, max_depth, int64_only, msg, msglen);
-    if (st != GW_JSON_OK) {
+    enum lb_json_status st = validate(buf, len, max_depth, int64_only, msg, msglen);
+    if (st != LB_JSON_OK) {
         return st;
     }
     /* valid JSON within the depth limit: json-c builds the tree */
     struct json_tokener *tok = json_tokener_new_ex(max_depth + 2);
     if (tok == NULL) {
         snprintf(msg, msglen, "out of memory");
-        return GW_JSON_SYNTAX;
+        return LB_JSON_SYNTAX;
     }
     json_tokener_set_flags(tok, JSON_TOKENER_STRICT);
     struct json_object *o = json_tokener_parse_ex(tok, buf, (int)len);
@@ -453,24 +453,24 @@ static enum gw_json_status parse(const char *buf, size_t len, int max_depth, int
     if (jerr != json_tokener_success) {
         json_object_put(o);
         snprintf(msg, msglen, "malformed JSON: %s", json_tokener_error_desc(jerr));
-        return GW_JSON_SYNTAX;
+        return LB_JSON_SYNTAX;
     }
     if (o == NULL) { /* the document is `null`: json-c's NULL reads as "no document" */
         snprintf(msg, msglen,
                  "the body is JSON null: a JSON object is expected (an array for _batch)");
-        return GW_JSON_NULL;
+        return LB_JSON_NULL;
     }
     *out = o;
-    return GW_JSON_OK;
+    return LB_JSON_OK;
 }
 
-enum gw_json_status gw_json_parse(const char *buf, size_t len, int max_depth,
+enum lb_json_status lb_json_parse(const char *buf, size_t len, int max_depth,
                                   struct json_object **out, char *msg, size_t msglen)
 {
     return parse(buf, len, max_depth, 1, out, msg, msglen);
 }
 
-enum gw_json_status gw_json_parse_stored(const char *buf, size_t len, int max_depth,
+enum lb_json_status lb_json_parse_stored(const char *buf, size_t len, int max_depth,
                                          struct json_object **out, char *msg, size_t msglen)
 {
     return parse(buf, len, max_depth, 0, out, msg, msglen);
@@ -483,7 +483,7 @@ static int raw_to_json(struct json_object *o, struct printbuf *pb, int level, in
     return printbuf_memappend(pb, json_object_get_string(o), json_object_get_string_len(o));
 }
 
-struct json_object *gw_json_raw(const char *text, size_t len)
+struct json_object *lb_json_raw(const char *text, size_t len)
 {
     struct json_object *o = json_object_new_string_len(text, (int)len);
     if (o != NULL) {
@@ -492,7 +492,7 @@ struct json_object *gw_json_raw(const char *text, size_t len)
     return o;
 }
 
-void gw_json_write_string(struct evbuffer *out, const char *s, size_t len)
+void lb_json_write_string(struct evbuffer *out, const char *s, size_t len)
 {
     static const char hex[] = "0123456789abcdef";
     char buf[512];
@@ -540,7 +540,7 @@ void gw_json_write_string(struct evbuffer *out, const char *s, size_t len)
     evbuffer_add(out, buf, n);
 }
 
-void gw_json_write(struct evbuffer *out, struct json_object *v)
+void lb_json_write(struct evbuffer *out, struct json_object *v)
 {
     size_t len;
     const char *s = json_object_to_json_string_length(

@@ -1,7 +1,7 @@
 /*
- * gw_item.c — schema validation and normalisation of items and patches.
+ * md_item.c — schema validation and normalisation of items and patches.
  */
-#include "gateway/gw_item.h"
+#include "model/md_item.h"
 
 #include <ctype.h>
 #include <inttypes.h>
@@ -11,31 +11,31 @@
 #include <time.h>
 
 #include "config/cf_config.h"
-#include "gateway/gw_json.h"
-#include "gateway/gw_util.h"
+#include "lib/lb_json.h"
+#include "lib/lb_util.h"
 
-int gw_key_check(const char *key, size_t len, struct gw_error *e)
+int md_key_check(const char *key, size_t len, struct md_error *e)
 {
     if (len == 0) {
-        gw_error_set(e, GW_E_BAD_REQUEST, NULL, "the item key is empty");
+        md_error_set(e, MD_E_BAD_REQUEST, NULL, "the item key is empty");
         return -1;
     }
     if (len > 512) {
-        gw_error_set(e, GW_E_BAD_REQUEST, NULL, "the item key is longer than 512 bytes");
+        md_error_set(e, MD_E_BAD_REQUEST, NULL, "the item key is longer than 512 bytes");
         return -1;
     }
     for (size_t i = 0; i < len; i++) {
         if ((unsigned char)key[i] < 0x20 || key[i] == 0x7f) {
-            gw_error_set(e, GW_E_BAD_REQUEST, NULL,
+            md_error_set(e, MD_E_BAD_REQUEST, NULL,
                          "the item key contains a control character (byte %zu)", i);
             return -1;
         }
     }
     /* as strings in a body: a key that is not UTF-8 would be changed by one
      * store (U+FFFD), refused by another, or sent back as invalid JSON */
-    size_t ok = gw_utf8_check(key, len);
+    size_t ok = lb_utf8_check(key, len);
     if (ok != len) {
-        gw_error_set(e, GW_E_BAD_REQUEST, NULL, "the item key is not valid UTF-8 (byte %zu)", ok);
+        md_error_set(e, MD_E_BAD_REQUEST, NULL, "the item key is not valid UTF-8 (byte %zu)", ok);
         return -1;
     }
     return 0;
@@ -122,7 +122,7 @@ static void dec_format(__int128 v, int scale, char *out, size_t outlen)
     out[o] = '\0';
 }
 
-int gw_decimal_add(const char *a, const char *b, int scale, char *out, size_t outlen)
+int md_decimal_add(const char *a, const char *b, int scale, char *out, size_t outlen)
 {
     __int128 x, y;
     if (dec_parse(a, scale, &x) < 0 || dec_parse(b, scale, &y) < 0) {
@@ -160,7 +160,7 @@ static int digits_at(const char *s, int n)
  * the microsecond are dropped).  One width for every timestamp the gateway
  * writes or a store returns, so their text sorts in time order.  Years
  * 0001–9999, before and after the offset is applied. */
-int gw_ts_normalise(const char *s, char *out, size_t outlen)
+int md_ts_normalise(const char *s, char *out, size_t outlen)
 {
     if (strlen(s) < 20 || s[4] != '-' || s[7] != '-' || s[13] != ':' || s[16] != ':' ||
         (s[10] != 'T' && s[10] != 't' && s[10] != ' ')) {
@@ -237,12 +237,12 @@ static int int64_exact(struct json_object *v)
 
 static int check_value(const struct cf_field *f, const struct cf_limits *lim,
                        struct json_object *parent, const char *key, struct json_object *v,
-                       struct gw_error *e)
+                       struct md_error *e)
 {
     enum json_type t = json_object_get_type(v);
     if (t == json_type_null) {
         if (f->required) {
-            gw_error_set(e, GW_E_BAD_REQUEST, f->name, "field '%s' is required and cannot be null",
+            md_error_set(e, MD_E_BAD_REQUEST, f->name, "field '%s' is required and cannot be null",
                          f->name);
             return -1;
         }
@@ -252,18 +252,18 @@ static int check_value(const struct cf_field *f, const struct cf_limits *lim,
     case CF_T_STRING:
     case CF_T_ENUM: {
         if (t != json_type_string) {
-            gw_error_set(e, GW_E_BAD_REQUEST, f->name, "field '%s' must be a string", f->name);
+            md_error_set(e, MD_E_BAD_REQUEST, f->name, "field '%s' must be a string", f->name);
             return -1;
         }
         size_t len = (size_t)json_object_get_string_len(v);
         size_t max = f->max_len ? f->max_len : lim->max_string;
         if (len > max) {
-            gw_error_set(e, GW_E_BAD_REQUEST, f->name, "field '%s' is longer than %zu bytes",
+            md_error_set(e, MD_E_BAD_REQUEST, f->name, "field '%s' is longer than %zu bytes",
                          f->name, max);
             return -1;
         }
         if (memchr(json_object_get_string(v), '\0', len) != NULL) {
-            gw_error_set(e, GW_E_BAD_REQUEST, f->name, "field '%s' contains a NUL character",
+            md_error_set(e, MD_E_BAD_REQUEST, f->name, "field '%s' contains a NUL character",
                          f->name);
             return -1;
         }
@@ -274,7 +274,7 @@ static int check_value(const struct cf_field *f, const struct cf_limits *lim,
                     return 0;
                 }
             }
-            gw_error_set(e, GW_E_BAD_REQUEST, f->name,
+            md_error_set(e, MD_E_BAD_REQUEST, f->name,
                          "field '%s' must be one of the allowed values", f->name);
             return -1;
         }
@@ -282,13 +282,13 @@ static int check_value(const struct cf_field *f, const struct cf_limits *lim,
     }
     case CF_T_INT: {
         if (t != json_type_int) {
-            gw_error_set(e, GW_E_BAD_REQUEST, f->name, "field '%s' must be an integer", f->name);
+            md_error_set(e, MD_E_BAD_REQUEST, f->name, "field '%s' must be an integer", f->name);
             return -1;
         }
-        /* gw_json_parse refuses integers beyond int64 (json-c would clamp
+        /* lb_json_parse refuses integers beyond int64 (json-c would clamp
          * them); one above INT64_MAX built another way is a uint64 here */
         if (!int64_exact(v)) {
-            gw_error_set(e, GW_E_BAD_REQUEST, f->name,
+            md_error_set(e, MD_E_BAD_REQUEST, f->name,
                          "field '%s' is out of the 64-bit range (-9223372036854775808 to "
                          "9223372036854775807)",
                          f->name);
@@ -302,13 +302,13 @@ static int check_value(const struct cf_field *f, const struct cf_limits *lim,
             text = json_object_get_string(v);
         } else if (t == json_type_int) {
             if (!int64_exact(v)) {
-                gw_error_set(e, GW_E_BAD_REQUEST, f->name,
+                md_error_set(e, MD_E_BAD_REQUEST, f->name,
                              "field '%s' is too large; send it as a string", f->name);
                 return -1;
             }
             text = json_object_get_string(v);
         } else {
-            gw_error_set(e, GW_E_BAD_REQUEST, f->name, "field '%s' must be a decimal number",
+            md_error_set(e, MD_E_BAD_REQUEST, f->name, "field '%s' must be a decimal number",
                          f->name);
             return -1;
         }
@@ -316,18 +316,18 @@ static int check_value(const struct cf_field *f, const struct cf_limits *lim,
         int scale = f->scale < 0 ? 18 : f->scale, idig = 0;
         int rc = dec_parse_ex(text, scale, &x, &idig);
         if (rc == -2) {
-            gw_error_set(e, GW_E_BAD_REQUEST, f->name, "field '%s' has more than %d decimal places",
+            md_error_set(e, MD_E_BAD_REQUEST, f->name, "field '%s' has more than %d decimal places",
                          f->name, scale);
             return -1;
         }
         if (rc == -3 || (rc == 0 && idig + scale > f->precision)) {
-            gw_error_set(e, GW_E_BAD_REQUEST, f->name,
+            md_error_set(e, MD_E_BAD_REQUEST, f->name,
                          "field '%s' has more than %d digits before the point", f->name,
                          f->precision - scale > 0 ? f->precision - scale : 0);
             return -1;
         }
         if (rc < 0) {
-            gw_error_set(e, GW_E_BAD_REQUEST, f->name,
+            md_error_set(e, MD_E_BAD_REQUEST, f->name,
                          "field '%s' must be a plain decimal number like 12.30", f->name);
             return -1;
         }
@@ -338,15 +338,15 @@ static int check_value(const struct cf_field *f, const struct cf_limits *lim,
     }
     case CF_T_BOOL:
         if (t != json_type_boolean) {
-            gw_error_set(e, GW_E_BAD_REQUEST, f->name, "field '%s' must be true or false", f->name);
+            md_error_set(e, MD_E_BAD_REQUEST, f->name, "field '%s' must be true or false", f->name);
             return -1;
         }
         return 0;
     case CF_T_TIMESTAMP: {
         char norm[48];
         if (t != json_type_string ||
-            gw_ts_normalise(json_object_get_string(v), norm, sizeof(norm)) < 0) {
-            gw_error_set(e, GW_E_BAD_REQUEST, f->name,
+            md_ts_normalise(json_object_get_string(v), norm, sizeof(norm)) < 0) {
+            md_error_set(e, MD_E_BAD_REQUEST, f->name,
                          "field '%s' must be an RFC 3339 timestamp like 2026-01-31T12:00:00Z",
                          f->name);
             return -1;
@@ -358,13 +358,13 @@ static int check_value(const struct cf_field *f, const struct cf_limits *lim,
     }
     case CF_T_OBJECT:
         if (t != json_type_object) {
-            gw_error_set(e, GW_E_BAD_REQUEST, f->name, "field '%s' must be an object", f->name);
+            md_error_set(e, MD_E_BAD_REQUEST, f->name, "field '%s' must be an object", f->name);
             return -1;
         }
         return 0;
     case CF_T_ARRAY:
         if (t != json_type_array) {
-            gw_error_set(e, GW_E_BAD_REQUEST, f->name, "field '%s' must be an array", f->name);
+            md_error_set(e, MD_E_BAD_REQUEST, f->name, "field '%s' must be an array", f->name);
             return -1;
         }
         return 0;
@@ -372,26 +372,26 @@ static int check_value(const struct cf_field *f, const struct cf_limits *lim,
         return 0;
     case CF_T_COUNTERS: {
         if (t != json_type_object) {
-            gw_error_set(e, GW_E_BAD_REQUEST, f->name,
+            md_error_set(e, MD_E_BAD_REQUEST, f->name,
                          "field '%s' must be an object of name → non-negative integer", f->name);
             return -1;
         }
-        if (json_object_object_length(v) > GW_MAX_COUNTER_OPS) {
-            gw_error_set(e, GW_E_BAD_REQUEST, f->name,
+        if (json_object_object_length(v) > MD_MAX_COUNTER_OPS) {
+            md_error_set(e, MD_E_BAD_REQUEST, f->name,
                          "field '%s' has %d members: at most %d in one write", f->name,
-                         json_object_object_length(v), GW_MAX_COUNTER_OPS);
+                         json_object_object_length(v), MD_MAX_COUNTER_OPS);
             return -1;
         }
         json_object_object_foreach(v, k, cv)
         {
             if (k[0] == '\0' || strlen(k) > 512) {
-                gw_error_set(e, GW_E_BAD_REQUEST, f->name,
+                md_error_set(e, MD_E_BAD_REQUEST, f->name,
                              "field '%s' has an empty or too long name", f->name);
                 return -1;
             }
             if (json_object_get_type(cv) != json_type_int || json_object_get_int64(cv) < 0 ||
                 json_object_get_int64(cv) > 1000000000) {
-                gw_error_set(e, GW_E_BAD_REQUEST, f->name,
+                md_error_set(e, MD_E_BAD_REQUEST, f->name,
                              "field '%s.%s' must be an integer between 0 and 1000000000", f->name,
                              k);
                 return -1;
@@ -403,18 +403,18 @@ static int check_value(const struct cf_field *f, const struct cf_limits *lim,
     return 0;
 }
 
-int gw_value_check(const struct cf_field *f, const struct cf_limits *lim,
+int md_value_check(const struct cf_field *f, const struct cf_limits *lim,
                    struct json_object *parent, const char *key, struct json_object *v,
-                   struct gw_error *e)
+                   struct md_error *e)
 {
     return check_value(f, lim, parent, key, v, e);
 }
 
-int gw_item_check(const struct cf_domain *d, const struct cf_limits *lim, enum gw_item_mode mode,
-                  const char *key, struct json_object *item, struct gw_error *e)
+int md_item_check(const struct cf_domain *d, const struct cf_limits *lim, enum md_item_mode mode,
+                  const char *key, struct json_object *item, struct md_error *e)
 {
     if (!json_object_is_type(item, json_type_object)) {
-        gw_error_set(e, GW_E_BAD_REQUEST, NULL, "the item must be a JSON object");
+        md_error_set(e, MD_E_BAD_REQUEST, NULL, "the item must be a JSON object");
         return -1;
     }
     json_object_object_foreach(item, name, v)
@@ -424,7 +424,7 @@ int gw_item_check(const struct cf_domain *d, const struct cf_limits *lim, enum g
         }
         const struct cf_field *f = cf_field_find(d, name);
         if (f == NULL) {
-            gw_error_set(e, GW_E_BAD_REQUEST, NULL, "unknown field '%s' for domain '%s'", name,
+            md_error_set(e, MD_E_BAD_REQUEST, NULL, "unknown field '%s' for domain '%s'", name,
                          d->name);
             e->field = NULL;
             return -1;
@@ -436,24 +436,24 @@ int gw_item_check(const struct cf_domain *d, const struct cf_limits *lim, enum g
     json_object_object_del(item, "version");
     struct json_object *kv = NULL;
     json_object_object_get_ex(item, d->key, &kv);
-    if (mode == GW_ITEM_PUT) {
+    if (mode == MD_ITEM_PUT) {
         if (kv != NULL && !json_object_is_type(kv, json_type_null) &&
             strcmp(json_object_get_string(kv), key) != 0) {
-            gw_error_set(e, GW_E_BAD_REQUEST, cf_field_find(d, d->key)->name,
+            md_error_set(e, MD_E_BAD_REQUEST, cf_field_find(d, d->key)->name,
                          "field '%s' in the body does not match the id in the path", d->key);
             return -1;
         }
         json_object_object_add(item, d->key, json_object_new_string(key));
     } else if (kv == NULL || json_object_is_type(kv, json_type_null)) {
         if (!d->key_generated) {
-            gw_error_set(e, GW_E_BAD_REQUEST, cf_field_find(d, d->key)->name,
+            md_error_set(e, MD_E_BAD_REQUEST, cf_field_find(d, d->key)->name,
                          "field '%s' is required", d->key);
             return -1;
         }
         char id[33];
-        gw_gen_id(id);
+        lb_gen_id(id);
         json_object_object_add(item, d->key, json_object_new_string(id));
-    } else if (gw_key_check(json_object_get_string(kv), (size_t)json_object_get_string_len(kv), e) <
+    } else if (md_key_check(json_object_get_string(kv), (size_t)json_object_get_string_len(kv), e) <
                0) {
         e->field = cf_field_find(d, d->key)->name;
         return -1;
@@ -465,10 +465,10 @@ int gw_item_check(const struct cf_domain *d, const struct cf_limits *lim, enum g
         }
         if (f->auto_created) {
             char now[40];
-            gw_now_ts(now, sizeof(now));
+            lb_now_ts(now, sizeof(now));
             json_object_object_add(item, f->name, json_object_new_string(now));
         } else if (f->required) {
-            gw_error_set(e, GW_E_BAD_REQUEST, f->name, "field '%s' is required", f->name);
+            md_error_set(e, MD_E_BAD_REQUEST, f->name, "field '%s' is required", f->name);
             return -1;
         }
     }
@@ -477,7 +477,7 @@ int gw_item_check(const struct cf_domain *d, const struct cf_limits *lim, enum g
 
 /* A patch path is a field name, or for hash domains "<counters>.<member>". */
 static const struct cf_field *patch_field(const struct cf_domain *d, const char *path,
-                                          const char **member, struct gw_error *e)
+                                          const char **member, struct md_error *e)
 {
     *member = NULL;
     if (d->kind == CF_KIND_HASH) {
@@ -485,7 +485,7 @@ static const struct cf_field *patch_field(const struct cf_domain *d, const char 
         if (strncmp(path, d->counters_field, cl) == 0 && path[cl] == '.' && path[cl + 1] != '\0') {
             *member = path + cl + 1;
             if (strlen(*member) > 512) {
-                gw_error_set(e, GW_E_BAD_REQUEST, NULL, "member name in '%s' is too long",
+                md_error_set(e, MD_E_BAD_REQUEST, NULL, "member name in '%s' is too long",
                              d->counters_field);
                 return NULL;
             }
@@ -495,11 +495,11 @@ static const struct cf_field *patch_field(const struct cf_domain *d, const char 
     const struct cf_field *f = cf_field_find(d, path);
     if (f == NULL) {
         if (d->kind == CF_KIND_HASH) {
-            gw_error_set(e, GW_E_BAD_REQUEST, NULL,
+            md_error_set(e, MD_E_BAD_REQUEST, NULL,
                          "unknown field '%s' for domain '%s' (use '%s.<name>')", path, d->name,
                          d->counters_field);
         } else {
-            gw_error_set(e, GW_E_BAD_REQUEST, NULL, "unknown field '%s' for domain '%s'", path,
+            md_error_set(e, MD_E_BAD_REQUEST, NULL, "unknown field '%s' for domain '%s'", path,
                          d->name);
         }
         return NULL;
@@ -511,11 +511,11 @@ static const struct cf_field *patch_field(const struct cf_domain *d, const char 
  * scalar values of the field's type, operators eq ne gt gte lt lte.  The
  * adapter puts it into the write's condition (409 when it does not hold). */
 static int guard_check(const struct cf_domain *d, const struct cf_limits *lim,
-                       struct json_object *where, struct gw_error *e)
+                       struct json_object *where, struct md_error *e)
 {
     static const char *const ops[] = {"eq", "ne", "gt", "gte", "lt", "lte", NULL};
     if (!json_object_is_type(where, json_type_object) || json_object_object_length(where) == 0) {
-        gw_error_set(e, GW_E_BAD_REQUEST, NULL,
+        md_error_set(e, MD_E_BAD_REQUEST, NULL,
                      "patch 'where' must be a non-empty object like {\"stock\":{\"gte\":2}}");
         return -1;
     }
@@ -523,14 +523,14 @@ static int guard_check(const struct cf_domain *d, const struct cf_limits *lim,
     {
         const struct cf_field *f = cf_field_find(d, name);
         if (f == NULL) {
-            gw_error_set(e, GW_E_BAD_REQUEST, NULL, "where: unknown field '%s' for domain '%s'",
+            md_error_set(e, MD_E_BAD_REQUEST, NULL, "where: unknown field '%s' for domain '%s'",
                          name, d->name);
             return -1;
         }
         struct json_object *one = NULL;
         if (json_object_is_type(cond, json_type_object)) {
             if (json_object_object_length(cond) == 0) {
-                gw_error_set(e, GW_E_BAD_REQUEST, f->name, "where.%s: no operator", f->name);
+                md_error_set(e, MD_E_BAD_REQUEST, f->name, "where.%s: no operator", f->name);
                 return -1;
             }
         } else {
@@ -547,12 +547,12 @@ static int guard_check(const struct cf_domain *d, const struct cf_limits *lim,
             }
             enum json_type t = json_object_get_type(v);
             if (*o == NULL) {
-                gw_error_set(e, GW_E_BAD_REQUEST, f->name,
+                md_error_set(e, MD_E_BAD_REQUEST, f->name,
                              "where.%s: unknown operator '%s' (eq ne gt gte lt lte)", f->name,
                              opname);
                 rc = -1;
             } else if (t == json_type_object || t == json_type_array) {
-                gw_error_set(e, GW_E_BAD_REQUEST, f->name,
+                md_error_set(e, MD_E_BAD_REQUEST, f->name,
                              "where.%s.%s: the value must be a scalar", f->name, opname);
                 rc = -1;
             } else if (t != json_type_null && check_value(f, lim, cond, opname, v, e) < 0) {
@@ -570,11 +570,11 @@ static int guard_check(const struct cf_domain *d, const struct cf_limits *lim,
     return 0;
 }
 
-int gw_patch_check(const struct cf_domain *d, const struct cf_limits *lim,
-                   struct json_object *patch, struct gw_error *e)
+int md_patch_check(const struct cf_domain *d, const struct cf_limits *lim,
+                   struct json_object *patch, struct md_error *e)
 {
     if (!json_object_is_type(patch, json_type_object)) {
-        gw_error_set(e, GW_E_BAD_REQUEST, NULL,
+        md_error_set(e, MD_E_BAD_REQUEST, NULL,
                      "a patch must be an object {\"set\":{…}, \"inc\":{…}, \"unset\":[…]}");
         return -1;
     }
@@ -584,7 +584,7 @@ int gw_patch_check(const struct cf_domain *d, const struct cf_limits *lim,
         if (strcmp(op, "set") == 0 || strcmp(op, "inc") == 0) {
             int inc = op[0] == 'i';
             if (!json_object_is_type(body, json_type_object)) {
-                gw_error_set(e, GW_E_BAD_REQUEST, NULL, "patch '%s' must be an object", op);
+                md_error_set(e, MD_E_BAD_REQUEST, NULL, "patch '%s' must be an object", op);
                 return -1;
             }
             json_object_object_foreach(body, path, v)
@@ -597,7 +597,7 @@ int gw_patch_check(const struct cf_domain *d, const struct cf_limits *lim,
                 nops++;
                 if (strcmp(f->name, d->key) == 0 ||
                     (d->shard_key != NULL && strcmp(f->name, d->shard_key) == 0)) {
-                    gw_error_set(e, GW_E_BAD_REQUEST, f->name, "field '%s' cannot be changed",
+                    md_error_set(e, MD_E_BAD_REQUEST, f->name, "field '%s' cannot be changed",
                                  f->name);
                     return -1;
                 }
@@ -605,7 +605,7 @@ int gw_patch_check(const struct cf_domain *d, const struct cf_limits *lim,
                     int64_t n = json_object_get_int64(v);
                     if (!json_object_is_type(v, json_type_int) || n < -1000000000 ||
                         n > 1000000000 || (!inc && n < 0)) {
-                        gw_error_set(e, GW_E_BAD_REQUEST, f->name, "'%s' must be an integer%s",
+                        md_error_set(e, MD_E_BAD_REQUEST, f->name, "'%s' must be an integer%s",
                                      path,
                                      inc ? " between -1000000000 and 1000000000"
                                          : " between 0 and 1000000000");
@@ -615,13 +615,13 @@ int gw_patch_check(const struct cf_domain *d, const struct cf_limits *lim,
                 }
                 if (inc) {
                     if (f->type != CF_T_INT && f->type != CF_T_DECIMAL) {
-                        gw_error_set(e, GW_E_BAD_REQUEST, f->name,
+                        md_error_set(e, MD_E_BAD_REQUEST, f->name,
                                      "field '%s' is not a number and cannot be incremented",
                                      f->name);
                         return -1;
                     }
                     if (json_object_is_type(v, json_type_null)) {
-                        gw_error_set(e, GW_E_BAD_REQUEST, f->name,
+                        md_error_set(e, MD_E_BAD_REQUEST, f->name,
                                      "an increment of '%s' must be a number", f->name);
                         return -1;
                     }
@@ -636,13 +636,13 @@ int gw_patch_check(const struct cf_domain *d, const struct cf_limits *lim,
             }
         } else if (strcmp(op, "unset") == 0) {
             if (!json_object_is_type(body, json_type_array)) {
-                gw_error_set(e, GW_E_BAD_REQUEST, NULL, "patch 'unset' must be an array of names");
+                md_error_set(e, MD_E_BAD_REQUEST, NULL, "patch 'unset' must be an array of names");
                 return -1;
             }
             for (size_t i = 0; i < json_object_array_length(body); i++) {
                 struct json_object *n = json_object_array_get_idx(body, i);
                 if (!json_object_is_type(n, json_type_string)) {
-                    gw_error_set(e, GW_E_BAD_REQUEST, NULL, "patch 'unset' must list field names");
+                    md_error_set(e, MD_E_BAD_REQUEST, NULL, "patch 'unset' must list field names");
                     return -1;
                 }
                 const char *member;
@@ -652,33 +652,33 @@ int gw_patch_check(const struct cf_domain *d, const struct cf_limits *lim,
                 }
                 nops++;
                 if (member == NULL && (f->required || strcmp(f->name, d->key) == 0)) {
-                    gw_error_set(e, GW_E_BAD_REQUEST, f->name,
+                    md_error_set(e, MD_E_BAD_REQUEST, f->name,
                                  "field '%s' is required and cannot be unset", f->name);
                     return -1;
                 }
             }
         } else {
-            gw_error_set(e, GW_E_BAD_REQUEST, NULL,
+            md_error_set(e, MD_E_BAD_REQUEST, NULL,
                          "unknown patch operation '%s' (set, inc, unset, where)", op);
             return -1;
         }
     }
     if (nops == 0) {
-        gw_error_set(e, GW_E_BAD_REQUEST, NULL, "the patch changes nothing");
+        md_error_set(e, MD_E_BAD_REQUEST, NULL, "the patch changes nothing");
         return -1;
     }
-    if (nops > GW_MAX_COUNTER_OPS) {
-        gw_error_set(e, GW_E_BAD_REQUEST, NULL,
+    if (nops > MD_MAX_COUNTER_OPS) {
+        md_error_set(e, MD_E_BAD_REQUEST, NULL,
                      "the patch has %d operations (set, inc and unset entries): at most %d in "
                      "one write",
-                     nops, GW_MAX_COUNTER_OPS);
+                     nops, MD_MAX_COUNTER_OPS);
         return -1;
     }
     return 0;
 }
 
-int gw_patch_apply(const struct cf_domain *d, struct json_object *item, struct json_object *patch,
-                   struct gw_error *e)
+int md_patch_apply(const struct cf_domain *d, struct json_object *item, struct json_object *patch,
+                   struct md_error *e)
 {
     struct json_object *ops;
     if (json_object_object_get_ex(patch, "unset", &ops)) {
@@ -704,7 +704,7 @@ int gw_patch_apply(const struct cf_domain *d, struct json_object *item, struct j
                 int64_t b = json_object_get_int64(v), r;
                 if ((ct != json_type_null && ct != json_type_int) ||
                     __builtin_add_overflow(a, b, &r)) {
-                    gw_error_set(e, GW_E_CONFLICT, f->name,
+                    md_error_set(e, MD_E_CONFLICT, f->name,
                                  "cannot increment '%s': the result is out of range", k);
                     return -1;
                 }
@@ -713,8 +713,8 @@ int gw_patch_apply(const struct cf_domain *d, struct json_object *item, struct j
                 char out[64];
                 const char *a = ct == json_type_null ? "0" : json_object_get_string(cur);
                 int scale = f->scale < 0 ? 18 : f->scale;
-                if (gw_decimal_add(a, json_object_get_string(v), scale, out, sizeof(out)) < 0) {
-                    gw_error_set(e, GW_E_CONFLICT, f->name, "cannot increment '%s'", k);
+                if (md_decimal_add(a, json_object_get_string(v), scale, out, sizeof(out)) < 0) {
+                    md_error_set(e, MD_E_CONFLICT, f->name, "cannot increment '%s'", k);
                     return -1;
                 }
                 json_object_object_add(item, k, json_object_new_double_s(strtod(out, NULL), out));

@@ -1,8 +1,8 @@
 /*
- * gw_query.c — parse and validate _query/_aggregate bodies into the AST of
- * gw_query.h; sign and check keyset cursors.
+ * md_query.c — parse and validate _query/_aggregate bodies into the AST of
+ * md_query.h; sign and check keyset cursors.
  */
-#include "gateway/gw_query.h"
+#include "model/md_query.h"
 
 #include <ctype.h>
 #include <stdio.h>
@@ -15,12 +15,12 @@
 #include <openssl/sha.h>
 
 #include "config/cf_config.h"
-#include "gateway/gw_item.h"
+#include "model/md_item.h"
 
 static const char *const qop_names[] = {"eq", "ne",  "gt",     "gte",    "lt",  "lte",
                                         "in", "nin", "exists", "prefix", "and", "or"};
 
-const char *gw_qop_name(enum gw_qop op)
+const char *md_qop_name(enum md_qop op)
 {
     return (unsigned)op < sizeof(qop_names) / sizeof(qop_names[0]) ? qop_names[op] : "?";
 }
@@ -28,7 +28,7 @@ const char *gw_qop_name(enum gw_qop op)
 struct pctx {
     const struct cf_domain *d;
     const struct cf_limits *lim;
-    struct gw_error *e;
+    struct md_error *e;
     int nodes;     /* leaf conditions so far (limits.max_query_conditions) */
     int nprefix;   /* prefix conditions so far (limits.max_prefix_conditions) */
     size_t nbytes; /* names and values so far (limits.max_filter_bytes) */
@@ -44,7 +44,7 @@ static int charge(struct pctx *c, size_t n)
     size_t max = LIM(c, max_filter_bytes, (size_t)65536);
     c->nbytes += n;
     if (c->nbytes > max) {
-        gw_error_set(c->e, GW_E_BAD_REQUEST, NULL,
+        md_error_set(c->e, MD_E_BAD_REQUEST, NULL,
                      "the filter is larger than limits.max_filter_bytes (%zu bytes of names and "
                      "values)",
                      max);
@@ -96,7 +96,7 @@ static int check_segment(struct pctx *c, const struct cf_field *f, const char *w
         }
     }
     if (why != NULL) {
-        gw_error_set(c->e, GW_E_BAD_REQUEST, f->name, "%s'%.128s': the path has %s", what, whole,
+        md_error_set(c->e, MD_E_BAD_REQUEST, f->name, "%s'%.128s': the path has %s", what, whole,
                      why);
         return -1;
     }
@@ -105,7 +105,7 @@ static int check_segment(struct pctx *c, const struct cf_field *f, const char *w
 
 /* ---- freeing ------------------------------------------------------------------ */
 
-static void node_free(struct gw_qnode *n)
+static void node_free(struct md_qnode *n)
 {
     if (n == NULL) {
         return;
@@ -122,7 +122,7 @@ static void node_free(struct gw_qnode *n)
     free(n);
 }
 
-void gw_query_free(struct gw_query *q)
+void md_query_free(struct md_query *q)
 {
     if (q == NULL) {
         return;
@@ -157,15 +157,15 @@ static int is_doc_type(enum cf_type t)
 
 /* Normalise one comparison value for a leaf; *out gets a new reference
  * (NULL for JSON null). */
-static int norm_value(struct pctx *c, const struct gw_qnode *n, const char *opname,
+static int norm_value(struct pctx *c, const struct md_qnode *n, const char *opname,
                       struct json_object *v, struct json_object **out)
 {
     const struct cf_field *f = n->field;
-    struct gw_error *e = c->e;
+    struct md_error *e = c->e;
     if (n->npath > 0) { /* below an object/json field: any scalar */
         enum json_type t = json_object_get_type(v);
         if (t == json_type_object || t == json_type_array) {
-            gw_error_set(e, GW_E_BAD_REQUEST, f->name,
+            md_error_set(e, MD_E_BAD_REQUEST, f->name,
                          "operator '%s' on '%s.…' takes a scalar value", opname, f->name);
             return -1;
         }
@@ -177,14 +177,14 @@ static int norm_value(struct pctx *c, const struct gw_qnode *n, const char *opna
         return 0;
     }
     if (f->type == CF_T_COUNTERS) {
-        gw_error_set(e, GW_E_BAD_REQUEST, f->name, "field '%s' cannot be filtered on", f->name);
+        md_error_set(e, MD_E_BAD_REQUEST, f->name, "field '%s' cannot be filtered on", f->name);
         return -1;
     }
     struct json_object *tmp = json_object_new_object();
     json_object_object_add(tmp, "v", json_object_get(v));
     struct cf_field relaxed = *f;
     relaxed.required = 0;
-    if (gw_value_check(&relaxed, c->lim, tmp, "v", v, e) < 0) {
+    if (md_value_check(&relaxed, c->lim, tmp, "v", v, e) < 0) {
         json_object_put(tmp);
         /* the message names the field; say which operator too */
         size_t ml = strlen(e->message);
@@ -199,39 +199,39 @@ static int norm_value(struct pctx *c, const struct gw_qnode *n, const char *opna
     return 0;
 }
 
-static int op_by_name(const char *s, enum gw_qop *op)
+static int op_by_name(const char *s, enum md_qop *op)
 {
-    for (int i = 0; i <= GW_QOP_PREFIX; i++) {
+    for (int i = 0; i <= MD_QOP_PREFIX; i++) {
         if (strcmp(qop_names[i], s) == 0) {
-            *op = (enum gw_qop)i;
+            *op = (enum md_qop)i;
             return 0;
         }
     }
     return -1;
 }
 
-static struct gw_qnode *leaf(struct pctx *c, const struct cf_field *f, char **path, size_t npath,
+static struct md_qnode *leaf(struct pctx *c, const struct cf_field *f, char **path, size_t npath,
                              const char *opname, struct json_object *v)
 {
-    struct gw_error *e = c->e;
-    enum gw_qop op;
+    struct md_error *e = c->e;
+    enum md_qop op;
     if (op_by_name(opname, &op) < 0) {
-        gw_error_set(e, GW_E_BAD_REQUEST, f->name,
+        md_error_set(e, MD_E_BAD_REQUEST, f->name,
                      "unknown operator '%s' on field '%s' (eq ne gt gte lt lte in nin exists "
                      "prefix)",
                      opname, f->name);
         return NULL;
     }
-    int maxc = LIM(c, max_query_conditions, GW_QUERY_MAX_NODES);
+    int maxc = LIM(c, max_query_conditions, MD_QUERY_MAX_NODES);
     if (++c->nodes > maxc) {
-        gw_error_set(e, GW_E_BAD_REQUEST, NULL,
+        md_error_set(e, MD_E_BAD_REQUEST, NULL,
                      "the filter has more than limits.max_query_conditions (%d) conditions", maxc);
         return NULL;
     }
     if (charge(c, value_cost(v)) < 0) {
         return NULL;
     }
-    struct gw_qnode *n = calloc(1, sizeof(*n));
+    struct md_qnode *n = calloc(1, sizeof(*n));
     n->op = op;
     n->field = f;
     n->npath = npath;
@@ -242,11 +242,11 @@ static struct gw_qnode *leaf(struct pctx *c, const struct cf_field *f, char **pa
     int whole_doc = npath == 0 && (f->type == CF_T_OBJECT || f->type == CF_T_ARRAY ||
                                    f->type == CF_T_JSON || f->type == CF_T_COUNTERS);
     switch (op) {
-    case GW_QOP_EQ:
-    case GW_QOP_NE:
+    case MD_QOP_EQ:
+    case MD_QOP_NE:
         if (whole_doc) {
             if (f->type == CF_T_COUNTERS) {
-                gw_error_set(e, GW_E_BAD_REQUEST, f->name, "field '%s' cannot be filtered on",
+                md_error_set(e, MD_E_BAD_REQUEST, f->name, "field '%s' cannot be filtered on",
                              f->name);
                 goto fail;
             }
@@ -257,18 +257,18 @@ static struct gw_qnode *leaf(struct pctx *c, const struct cf_field *f, char **pa
             goto fail;
         }
         break;
-    case GW_QOP_GT:
-    case GW_QOP_GTE:
-    case GW_QOP_LT:
-    case GW_QOP_LTE:
+    case MD_QOP_GT:
+    case MD_QOP_GTE:
+    case MD_QOP_LT:
+    case MD_QOP_LTE:
         if (npath == 0 && !is_ordered_type(f->type)) {
-            gw_error_set(e, GW_E_BAD_REQUEST, f->name,
+            md_error_set(e, MD_E_BAD_REQUEST, f->name,
                          "operator '%s' does not apply to field '%s' of type %s", opname, f->name,
                          cf_type_name(f->type));
             goto fail;
         }
         if (v == NULL) {
-            gw_error_set(e, GW_E_BAD_REQUEST, f->name,
+            md_error_set(e, MD_E_BAD_REQUEST, f->name,
                          "operator '%s' on field '%s' needs a value, not null", opname, f->name);
             goto fail;
         }
@@ -276,19 +276,19 @@ static struct gw_qnode *leaf(struct pctx *c, const struct cf_field *f, char **pa
             goto fail;
         }
         break;
-    case GW_QOP_IN:
-    case GW_QOP_NIN: {
+    case MD_QOP_IN:
+    case MD_QOP_NIN: {
         /* on an array field: some element is in the list / none is */
         int elems = npath == 0 && f->type == CF_T_ARRAY;
         if (whole_doc && !elems) {
-            gw_error_set(e, GW_E_BAD_REQUEST, f->name,
+            md_error_set(e, MD_E_BAD_REQUEST, f->name,
                          "operator '%s' does not apply to field '%s' of type %s", opname, f->name,
                          cf_type_name(f->type));
             goto fail;
         }
         size_t len = json_object_is_type(v, json_type_array) ? json_object_array_length(v) : 0;
         if (len == 0 || len > (size_t)c->lim->max_in) {
-            gw_error_set(e, GW_E_BAD_REQUEST, f->name,
+            md_error_set(e, MD_E_BAD_REQUEST, f->name,
                          "operator '%s' on field '%s' takes a list of 1 to %d values "
                          "(limits.max_in_items)",
                          opname, f->name, c->lim->max_in);
@@ -298,7 +298,7 @@ static struct gw_qnode *leaf(struct pctx *c, const struct cf_field *f, char **pa
         for (size_t i = 0; i < len; i++) {
             struct json_object *x = json_object_array_get_idx(v, i), *nx = NULL;
             if (x == NULL) {
-                gw_error_set(e, GW_E_BAD_REQUEST, f->name,
+                md_error_set(e, MD_E_BAD_REQUEST, f->name,
                              "operator '%s' on field '%s': null is not a list value (use "
                              "exists)",
                              opname, f->name);
@@ -306,7 +306,7 @@ static struct gw_qnode *leaf(struct pctx *c, const struct cf_field *f, char **pa
             }
             if (elems && (json_object_is_type(x, json_type_object) ||
                           json_object_is_type(x, json_type_array))) {
-                gw_error_set(e, GW_E_BAD_REQUEST, f->name,
+                md_error_set(e, MD_E_BAD_REQUEST, f->name,
                              "operator '%s' on array field '%s' takes a list of scalars", opname,
                              f->name);
                 goto fail;
@@ -320,17 +320,17 @@ static struct gw_qnode *leaf(struct pctx *c, const struct cf_field *f, char **pa
         }
         break;
     }
-    case GW_QOP_EXISTS:
+    case MD_QOP_EXISTS:
         if (!json_object_is_type(v, json_type_boolean)) {
-            gw_error_set(e, GW_E_BAD_REQUEST, f->name,
+            md_error_set(e, MD_E_BAD_REQUEST, f->name,
                          "operator 'exists' on field '%s' takes true or false", f->name);
             goto fail;
         }
         n->value = json_object_get(v);
         break;
-    case GW_QOP_PREFIX:
+    case MD_QOP_PREFIX:
         if (npath == 0 && f->type != CF_T_STRING && f->type != CF_T_ENUM) {
-            gw_error_set(e, GW_E_BAD_REQUEST, f->name,
+            md_error_set(e, MD_E_BAD_REQUEST, f->name,
                          "operator 'prefix' does not apply to field '%s' of type %s", f->name,
                          cf_type_name(f->type));
             goto fail;
@@ -338,7 +338,7 @@ static struct gw_qnode *leaf(struct pctx *c, const struct cf_field *f, char **pa
         if (!json_object_is_type(v, json_type_string) || json_object_get_string_len(v) == 0 ||
             memchr(json_object_get_string(v), '\0', (size_t)json_object_get_string_len(v)) !=
                 NULL) {
-            gw_error_set(e, GW_E_BAD_REQUEST, f->name,
+            md_error_set(e, MD_E_BAD_REQUEST, f->name,
                          "operator 'prefix' on field '%s' takes a non-empty string", f->name);
             goto fail;
         }
@@ -346,7 +346,7 @@ static struct gw_qnode *leaf(struct pctx *c, const struct cf_field *f, char **pa
          * bound how many and how long */
         size_t maxp = LIM(c, max_prefix_bytes, (size_t)256);
         if ((size_t)json_object_get_string_len(v) > maxp) {
-            gw_error_set(e, GW_E_BAD_REQUEST, f->name,
+            md_error_set(e, MD_E_BAD_REQUEST, f->name,
                          "operator 'prefix' on field '%s': the prefix is longer than "
                          "limits.max_prefix_bytes (%zu)",
                          f->name, maxp);
@@ -354,7 +354,7 @@ static struct gw_qnode *leaf(struct pctx *c, const struct cf_field *f, char **pa
         }
         int maxn = LIM(c, max_prefix_conditions, 16);
         if (++c->nprefix > maxn) {
-            gw_error_set(e, GW_E_BAD_REQUEST, f->name,
+            md_error_set(e, MD_E_BAD_REQUEST, f->name,
                          "the filter has more than limits.max_prefix_conditions (%d) prefix "
                          "conditions",
                          maxn);
@@ -371,36 +371,36 @@ fail:
     return NULL;
 }
 
-static struct gw_qnode *parse_where(struct pctx *c, struct json_object *w, int depth);
+static struct md_qnode *parse_where(struct pctx *c, struct json_object *w, int depth);
 
-static struct gw_qnode *group(enum gw_qop op)
+static struct md_qnode *group(enum md_qop op)
 {
-    struct gw_qnode *n = calloc(1, sizeof(*n));
+    struct md_qnode *n = calloc(1, sizeof(*n));
     n->op = op;
     return n;
 }
 
-static void add_kid(struct gw_qnode *g, struct gw_qnode *k)
+static void add_kid(struct md_qnode *g, struct md_qnode *k)
 {
     g->kids = realloc(g->kids, (g->nkids + 1) * sizeof(*g->kids));
     g->kids[g->nkids++] = k;
 }
 
 /* One member of a where object: "and"/"or" or a field path. */
-static struct gw_qnode *parse_member(struct pctx *c, const char *name, struct json_object *v,
+static struct md_qnode *parse_member(struct pctx *c, const char *name, struct json_object *v,
                                      int depth)
 {
-    struct gw_error *e = c->e;
+    struct md_error *e = c->e;
     if (strcmp(name, "and") == 0 || strcmp(name, "or") == 0) {
         size_t len = json_object_is_type(v, json_type_array) ? json_object_array_length(v) : 0;
         if (len == 0) {
-            gw_error_set(e, GW_E_BAD_REQUEST, NULL,
+            md_error_set(e, MD_E_BAD_REQUEST, NULL,
                          "operator '%s' takes a non-empty list of filter objects", name);
             return NULL;
         }
-        struct gw_qnode *g = group(name[0] == 'a' ? GW_QOP_AND : GW_QOP_OR);
+        struct md_qnode *g = group(name[0] == 'a' ? MD_QOP_AND : MD_QOP_OR);
         for (size_t i = 0; i < len; i++) {
-            struct gw_qnode *k = parse_where(c, json_object_array_get_idx(v, i), depth + 1);
+            struct md_qnode *k = parse_where(c, json_object_array_get_idx(v, i), depth + 1);
             if (k == NULL) {
                 node_free(g);
                 return NULL;
@@ -415,17 +415,17 @@ static struct gw_qnode *parse_member(struct pctx *c, const char *name, struct js
     }
     char buf[512];
     if (strlen(name) >= sizeof(buf)) {
-        gw_error_set(e, GW_E_BAD_REQUEST, NULL, "field path too long");
+        md_error_set(e, MD_E_BAD_REQUEST, NULL, "field path too long");
         return NULL;
     }
     strcpy(buf, name);
-    char *segs[GW_QUERY_MAX_PATH + 1];
+    char *segs[MD_QUERY_MAX_PATH + 1];
     size_t nseg = 0;
     char *p = buf;
     for (;;) {
         char *dot = strchr(p, '.');
-        if (nseg == GW_QUERY_MAX_PATH + 1) {
-            gw_error_set(e, GW_E_BAD_REQUEST, NULL, "field path '%.64s' is too deep", name);
+        if (nseg == MD_QUERY_MAX_PATH + 1) {
+            md_error_set(e, MD_E_BAD_REQUEST, NULL, "field path '%.64s' is too deep", name);
             return NULL;
         }
         segs[nseg++] = p;
@@ -437,14 +437,14 @@ static struct gw_qnode *parse_member(struct pctx *c, const char *name, struct js
     }
     const struct cf_field *f = cf_field_find(c->d, segs[0]);
     if (f == NULL) {
-        gw_error_set(e, GW_E_BAD_REQUEST, NULL, "unknown field '%.128s' for domain '%s'", segs[0],
+        md_error_set(e, MD_E_BAD_REQUEST, NULL, "unknown field '%.128s' for domain '%s'", segs[0],
                      c->d->name);
         return NULL;
     }
     if (nseg > 1) {
         /* arrays: the path reaches into their elements (an element matches) */
         if (!is_doc_type(f->type) && f->type != CF_T_ARRAY) {
-            gw_error_set(e, GW_E_BAD_REQUEST, f->name,
+            md_error_set(e, MD_E_BAD_REQUEST, f->name,
                          "'%.128s': dotted paths apply only to object, json or array fields, and "
                          "'%s' is a %s",
                          name, f->name, cf_type_name(f->type));
@@ -458,13 +458,13 @@ static struct gw_qnode *parse_member(struct pctx *c, const char *name, struct js
     }
     if (json_object_is_type(v, json_type_object)) {
         if (json_object_object_length(v) == 0) {
-            gw_error_set(e, GW_E_BAD_REQUEST, f->name, "no operator given for field '%s'", f->name);
+            md_error_set(e, MD_E_BAD_REQUEST, f->name, "no operator given for field '%s'", f->name);
             return NULL;
         }
-        struct gw_qnode *g = group(GW_QOP_AND);
+        struct md_qnode *g = group(MD_QOP_AND);
         json_object_object_foreach(v, opname, ov)
         {
-            struct gw_qnode *k = leaf(c, f, segs + 1, nseg - 1, opname, ov);
+            struct md_qnode *k = leaf(c, f, segs + 1, nseg - 1, opname, ov);
             if (k == NULL) {
                 node_free(g);
                 return NULL;
@@ -472,7 +472,7 @@ static struct gw_qnode *parse_member(struct pctx *c, const char *name, struct js
             add_kid(g, k);
         }
         if (g->nkids == 1) {
-            struct gw_qnode *k = g->kids[0];
+            struct md_qnode *k = g->kids[0];
             g->nkids = 0;
             node_free(g);
             return k;
@@ -481,29 +481,29 @@ static struct gw_qnode *parse_member(struct pctx *c, const char *name, struct js
     }
     if (json_object_is_type(v, json_type_array) &&
         !(nseg == 1 && (f->type == CF_T_ARRAY || f->type == CF_T_JSON))) {
-        gw_error_set(e, GW_E_BAD_REQUEST, f->name,
+        md_error_set(e, MD_E_BAD_REQUEST, f->name,
                      "field '%s': a list is not a value here; use {\"in\":[…]}", f->name);
         return NULL;
     }
     return leaf(c, f, segs + 1, nseg - 1, "eq", v);
 }
 
-static struct gw_qnode *parse_where(struct pctx *c, struct json_object *w, int depth)
+static struct md_qnode *parse_where(struct pctx *c, struct json_object *w, int depth)
 {
     if (!json_object_is_type(w, json_type_object)) {
-        gw_error_set(c->e, GW_E_BAD_REQUEST, NULL, "'where' must be an object of conditions");
+        md_error_set(c->e, MD_E_BAD_REQUEST, NULL, "'where' must be an object of conditions");
         return NULL;
     }
     int maxd = LIM(c, max_query_depth, 8);
     if (depth > maxd) {
-        gw_error_set(c->e, GW_E_BAD_REQUEST, NULL,
+        md_error_set(c->e, MD_E_BAD_REQUEST, NULL,
                      "'where' nests and/or deeper than limits.max_query_depth (%d)", maxd);
         return NULL;
     }
-    struct gw_qnode *g = group(GW_QOP_AND);
+    struct md_qnode *g = group(MD_QOP_AND);
     json_object_object_foreach(w, name, v)
     {
-        struct gw_qnode *k = parse_member(c, name, v, depth);
+        struct md_qnode *k = parse_member(c, name, v, depth);
         if (k == NULL) {
             node_free(g);
             return NULL;
@@ -511,7 +511,7 @@ static struct gw_qnode *parse_where(struct pctx *c, struct json_object *w, int d
         add_kid(g, k);
     }
     if (g->nkids == 1) {
-        struct gw_qnode *k = g->kids[0];
+        struct md_qnode *k = g->kids[0];
         g->nkids = 0;
         node_free(g);
         return k;
@@ -525,18 +525,18 @@ static const struct cf_field *plain_field(struct pctx *c, struct json_object *v,
                                           int sortable)
 {
     if (!json_object_is_type(v, json_type_string)) {
-        gw_error_set(c->e, GW_E_BAD_REQUEST, NULL, "'%s' must list field names", what);
+        md_error_set(c->e, MD_E_BAD_REQUEST, NULL, "'%s' must list field names", what);
         return NULL;
     }
     const char *name = json_object_get_string(v);
     const struct cf_field *f = cf_field_find(c->d, name);
     if (f == NULL) {
-        gw_error_set(c->e, GW_E_BAD_REQUEST, NULL, "%s: unknown field '%.128s' for domain '%s'",
+        md_error_set(c->e, MD_E_BAD_REQUEST, NULL, "%s: unknown field '%.128s' for domain '%s'",
                      what, name, c->d->name);
         return NULL;
     }
     if (sortable && !(is_ordered_type(f->type) || f->type == CF_T_BOOL)) {
-        gw_error_set(c->e, GW_E_BAD_REQUEST, f->name,
+        md_error_set(c->e, MD_E_BAD_REQUEST, f->name,
                      "%s: field '%s' of type %s cannot be used here", what, f->name,
                      cf_type_name(f->type));
         return NULL;
@@ -558,26 +558,26 @@ static const struct cf_field *group_key(struct pctx *c, struct json_object *v, c
     }
     char top[128];
     if ((size_t)(dot - s) >= sizeof(top) || strlen(s) > 512) {
-        gw_error_set(c->e, GW_E_BAD_REQUEST, NULL, "group_by: path '%.64s…' is too long", s);
+        md_error_set(c->e, MD_E_BAD_REQUEST, NULL, "group_by: path '%.64s…' is too long", s);
         return NULL;
     }
     memcpy(top, s, (size_t)(dot - s));
     top[dot - s] = '\0';
     const struct cf_field *f = cf_field_find(c->d, top);
     if (f == NULL) {
-        gw_error_set(c->e, GW_E_BAD_REQUEST, NULL,
+        md_error_set(c->e, MD_E_BAD_REQUEST, NULL,
                      "group_by: unknown field '%.128s' for domain '%s'", top, c->d->name);
         return NULL;
     }
     if (!is_doc_type(f->type)) {
-        gw_error_set(c->e, GW_E_BAD_REQUEST, f->name,
+        md_error_set(c->e, MD_E_BAD_REQUEST, f->name,
                      "group_by: '%.128s': dotted paths apply only to object or json fields, and "
                      "'%s' is a %s",
                      s, f->name, cf_type_name(f->type));
         return NULL;
     }
     if (strlen(s) != (size_t)json_object_get_string_len(v)) {
-        gw_error_set(c->e, GW_E_BAD_REQUEST, f->name, "group_by: '%.128s': the path has a NUL", s);
+        md_error_set(c->e, MD_E_BAD_REQUEST, f->name, "group_by: '%.128s': the path has a NUL", s);
         return NULL;
     }
     size_t nseg = 1;
@@ -592,26 +592,26 @@ static const struct cf_field *group_key(struct pctx *c, struct json_object *v, c
         }
         p = next;
     }
-    if (nseg > GW_QUERY_MAX_PATH) {
-        gw_error_set(c->e, GW_E_BAD_REQUEST, f->name, "group_by: path '%.64s' is too deep", s);
+    if (nseg > MD_QUERY_MAX_PATH) {
+        md_error_set(c->e, MD_E_BAD_REQUEST, f->name, "group_by: path '%.64s' is too deep", s);
         return NULL;
     }
     *name = strdup(s);
     return f;
 }
 
-static int parse_order(struct pctx *c, struct gw_query *q, struct json_object *ob)
+static int parse_order(struct pctx *c, struct md_query *q, struct json_object *ob)
 {
     if (ob != NULL) {
         if (!json_object_is_type(ob, json_type_array)) {
-            gw_error_set(c->e, GW_E_BAD_REQUEST, NULL,
+            md_error_set(c->e, MD_E_BAD_REQUEST, NULL,
                          "'order_by' must be a list like [\"-created_at\", \"id\"]");
             return -1;
         }
         size_t n = json_object_array_length(ob);
-        if (n > GW_QUERY_MAX_ORDER) {
-            gw_error_set(c->e, GW_E_BAD_REQUEST, NULL, "'order_by' takes at most %d fields",
-                         GW_QUERY_MAX_ORDER);
+        if (n > MD_QUERY_MAX_ORDER) {
+            md_error_set(c->e, MD_E_BAD_REQUEST, NULL, "'order_by' takes at most %d fields",
+                         MD_QUERY_MAX_ORDER);
             return -1;
         }
         for (size_t i = 0; i < n; i++) {
@@ -630,7 +630,7 @@ static int parse_order(struct pctx *c, struct gw_query *q, struct json_object *o
                                          ? json_object_get_string(dir)
                                          : "";
                     if (strcmp(ds, "asc") != 0 && strcmp(ds, "desc") != 0) {
-                        gw_error_set(c->e, GW_E_BAD_REQUEST, NULL,
+                        md_error_set(c->e, MD_E_BAD_REQUEST, NULL,
                                      "order_by: direction of '%.128s' must be \"asc\" or \"desc\"",
                                      k);
                         return -1;
@@ -639,8 +639,8 @@ static int parse_order(struct pctx *c, struct gw_query *q, struct json_object *o
                     name = json_object_new_string(k);
                 }
             } else {
-                gw_error_set(
-                    c->e, GW_E_BAD_REQUEST, NULL,
+                md_error_set(
+                    c->e, MD_E_BAD_REQUEST, NULL,
                     "order_by: each entry is \"field\", \"-field\" or {\"field\":\"desc\"}");
                 return -1;
             }
@@ -651,7 +651,7 @@ static int parse_order(struct pctx *c, struct gw_query *q, struct json_object *o
             }
             for (size_t j = 0; j < q->norder; j++) {
                 if (q->order[j].field == f) {
-                    gw_error_set(c->e, GW_E_BAD_REQUEST, f->name,
+                    md_error_set(c->e, MD_E_BAD_REQUEST, f->name,
                                  "order_by: field '%s' appears twice", f->name);
                     return -1;
                 }
@@ -725,7 +725,7 @@ static long b64_decode(const char *in, size_t len, unsigned char *out)
  * let a cursor of one order pass for another that shares its prefix).  In
  * buf when it fits, else malloc'd: the caller frees a result other than
  * buf.  NULL when out of memory. */
-static char *order_signature(const struct gw_query *q, char *buf, size_t cap)
+static char *order_signature(const struct md_query *q, char *buf, size_t cap)
 {
     size_t need = 1;
     for (size_t i = 0; i < q->norder; i++) {
@@ -751,14 +751,14 @@ static char *order_signature(const struct gw_query *q, char *buf, size_t cap)
     return out;
 }
 
-static void mac(const struct gw_query *q, const char *data, size_t len, unsigned char md[32])
+static void mac(const struct md_query *q, const char *data, size_t len, unsigned char md[32])
 {
     unsigned int mdlen = 32;
     HMAC(EVP_sha256(), q->mac_key, sizeof(q->mac_key), (const unsigned char *)data, len, md,
          &mdlen);
 }
 
-char *gw_query_cursor_make(const struct gw_query *q, struct json_object *vals)
+char *md_query_cursor_make(const struct md_query *q, struct json_object *vals)
 {
     char buf[256];
     char *sig = order_signature(q, buf, sizeof(buf));
@@ -788,13 +788,13 @@ char *gw_query_cursor_make(const struct gw_query *q, struct json_object *vals)
     return out;
 }
 
-static int bad_cursor(struct gw_error *e, const char *why)
+static int bad_cursor(struct md_error *e, const char *why)
 {
-    gw_error_set(e, GW_E_BAD_REQUEST, NULL, "invalid 'cursor': %s", why);
+    md_error_set(e, MD_E_BAD_REQUEST, NULL, "invalid 'cursor': %s", why);
     return -1;
 }
 
-static int parse_cursor(struct pctx *c, struct gw_query *q, struct json_object *cv)
+static int parse_cursor(struct pctx *c, struct md_query *q, struct json_object *cv)
 {
     if (cv == NULL) {
         return 0;
@@ -839,7 +839,7 @@ static int parse_cursor(struct pctx *c, struct gw_query *q, struct json_object *
     char *sig = order_signature(q, buf, sizeof(buf));
     if (sig == NULL) {
         json_object_put(doc);
-        gw_error_set(c->e, GW_E_INTERNAL, NULL, "out of memory reading 'cursor'");
+        md_error_set(c->e, MD_E_INTERNAL, NULL, "out of memory reading 'cursor'");
         return -1;
     }
     int same = strcmp(json_object_get_string(o), sig) == 0;
@@ -854,7 +854,7 @@ static int parse_cursor(struct pctx *c, struct gw_query *q, struct json_object *
     struct json_object *after = json_object_new_array();
     for (size_t i = 0; i < q->norder; i++) {
         struct json_object *x = json_object_array_get_idx(v, i), *nx = NULL;
-        struct gw_qnode tmp = {.op = GW_QOP_EQ, .field = q->order[i].field};
+        struct md_qnode tmp = {.op = MD_QOP_EQ, .field = q->order[i].field};
         if (x != NULL && norm_value(c, &tmp, "cursor", x, &nx) < 0) {
             json_object_put(after);
             json_object_put(doc);
@@ -869,14 +869,14 @@ static int parse_cursor(struct pctx *c, struct gw_query *q, struct json_object *
 
 /* ---- aggregates ------------------------------------------------------------------ */
 
-static int parse_aggs(struct pctx *c, struct gw_query *q, struct json_object *ag)
+static int parse_aggs(struct pctx *c, struct md_query *q, struct json_object *ag)
 {
-    struct gw_error *e = c->e;
+    struct md_error *e = c->e;
     if (!json_object_is_type(ag, json_type_object) || json_object_object_length(ag) == 0 ||
-        json_object_object_length(ag) > GW_QUERY_MAX_AGGS) {
-        gw_error_set(e, GW_E_BAD_REQUEST, NULL,
+        json_object_object_length(ag) > MD_QUERY_MAX_AGGS) {
+        md_error_set(e, MD_E_BAD_REQUEST, NULL,
                      "'aggregates' must be an object of 1 to %d {\"alias\":{\"count\":\"*\"}, …}",
-                     GW_QUERY_MAX_AGGS);
+                     MD_QUERY_MAX_AGGS);
         return -1;
     }
     q->aggs = calloc((size_t)json_object_object_length(ag), sizeof(*q->aggs));
@@ -888,25 +888,25 @@ static int parse_aggs(struct pctx *c, struct gw_query *q, struct json_object *ag
             ok = isalnum((unsigned char)alias[i]) || alias[i] == '_';
         }
         if (!ok) {
-            gw_error_set(e, GW_E_BAD_REQUEST, NULL,
+            md_error_set(e, MD_E_BAD_REQUEST, NULL,
                          "aggregate alias '%.64s' must be a name of letters, digits and _", alias);
             return -1;
         }
         for (size_t i = 0; i < q->ngroup; i++) {
             if (strcmp(q->group_names[i], alias) == 0) {
-                gw_error_set(e, GW_E_BAD_REQUEST, NULL,
+                md_error_set(e, MD_E_BAD_REQUEST, NULL,
                              "aggregate alias '%s' is also a group_by field", alias);
                 return -1;
             }
         }
         if (!json_object_is_type(spec, json_type_object) || json_object_object_length(spec) != 1) {
-            gw_error_set(e, GW_E_BAD_REQUEST, NULL,
+            md_error_set(e, MD_E_BAD_REQUEST, NULL,
                          "aggregate '%s' must be one {\"count\"|\"sum\"|\"min\"|\"max\"|\"avg\": "
                          "field}",
                          alias);
             return -1;
         }
-        struct gw_qaggregate *a = &q->aggs[q->naggs];
+        struct md_qaggregate *a = &q->aggs[q->naggs];
         json_object_object_foreach(spec, fn, arg)
         {
             static const char *const fns[] = {"count", "sum", "min", "max", "avg"};
@@ -914,13 +914,13 @@ static int parse_aggs(struct pctx *c, struct gw_query *q, struct json_object *ag
             for (k = 0; k < 5 && strcmp(fns[k], fn) != 0; k++) {
             }
             if (k == 5) {
-                gw_error_set(e, GW_E_BAD_REQUEST, NULL,
+                md_error_set(e, MD_E_BAD_REQUEST, NULL,
                              "aggregate '%s': unknown function '%.32s' (count sum min max avg)",
                              alias, fn);
                 return -1;
             }
-            a->fn = (enum gw_qagg)k;
-            if (a->fn == GW_QAGG_COUNT && json_object_is_type(arg, json_type_string) &&
+            a->fn = (enum md_qagg)k;
+            if (a->fn == MD_QAGG_COUNT && json_object_is_type(arg, json_type_string) &&
                 strcmp(json_object_get_string(arg), "*") == 0) {
                 a->field = NULL;
             } else {
@@ -929,12 +929,12 @@ static int parse_aggs(struct pctx *c, struct gw_query *q, struct json_object *ag
                     return -1;
                 }
                 enum cf_type t = f->type;
-                int okt = a->fn == GW_QAGG_COUNT ||
-                          ((a->fn == GW_QAGG_SUM || a->fn == GW_QAGG_AVG) &&
+                int okt = a->fn == MD_QAGG_COUNT ||
+                          ((a->fn == MD_QAGG_SUM || a->fn == MD_QAGG_AVG) &&
                            (t == CF_T_INT || t == CF_T_DECIMAL)) ||
-                          ((a->fn == GW_QAGG_MIN || a->fn == GW_QAGG_MAX) && is_ordered_type(t));
+                          ((a->fn == MD_QAGG_MIN || a->fn == MD_QAGG_MAX) && is_ordered_type(t));
                 if (!okt) {
-                    gw_error_set(e, GW_E_BAD_REQUEST, f->name,
+                    md_error_set(e, MD_E_BAD_REQUEST, f->name,
                                  "aggregate '%s': %s does not apply to field '%s' of type %s",
                                  alias, fn, f->name, cf_type_name(t));
                     return -1;
@@ -953,15 +953,15 @@ static int parse_aggs(struct pctx *c, struct gw_query *q, struct json_object *ag
 static void query_delete(struct json_object *jso, void *userdata)
 {
     (void)jso;
-    gw_query_free(userdata);
+    md_query_free(userdata);
 }
 
-void gw_query_attach(struct json_object *body, struct gw_query *q)
+void md_query_attach(struct json_object *body, struct md_query *q)
 {
     json_object_set_userdata(body, q, query_delete);
 }
 
-const struct gw_query *gw_query_of(struct json_object *body)
+const struct md_query *md_query_of(struct json_object *body)
 {
     return body != NULL ? json_object_get_userdata(body) : NULL;
 }
@@ -984,9 +984,9 @@ static int cursor_key(const char *secret, unsigned char key[32])
     return ok ? 0 : -1;
 }
 
-int gw_query_parse(const struct cf_domain *d, const struct cf_limits *lim, const char *secret,
-                   int aggregate, struct json_object *body, struct gw_query **out,
-                   struct gw_error *e)
+int md_query_parse(const struct cf_domain *d, const struct cf_limits *lim, const char *secret,
+                   int aggregate, struct json_object *body, struct md_query **out,
+                   struct md_error *e)
 {
     struct pctx c = {.d = d, .lim = lim, .e = e};
     *out = NULL;
@@ -996,7 +996,7 @@ int gw_query_parse(const struct cf_domain *d, const struct cf_limits *lim, const
         json_object_get(body);
     }
     if (!json_object_is_type(body, json_type_object)) {
-        gw_error_set(e, GW_E_BAD_REQUEST, NULL, "the %s body must be a JSON object",
+        md_error_set(e, MD_E_BAD_REQUEST, NULL, "the %s body must be a JSON object",
                      aggregate ? "_aggregate" : "_query");
         json_object_put(body);
         return -1;
@@ -1014,7 +1014,7 @@ int gw_query_parse(const struct cf_domain *d, const struct cf_limits *lim, const
             a++;
         }
         if (*a == NULL) {
-            gw_error_set(e, GW_E_BAD_REQUEST, NULL, "unknown member '%.64s' in the %s body (%s)", k,
+            md_error_set(e, MD_E_BAD_REQUEST, NULL, "unknown member '%.64s' in the %s body (%s)", k,
                          aggregate ? "_aggregate" : "_query",
                          aggregate ? "where, group_by, aggregates, limit, partial"
                                    : "where, order_by, limit, cursor, fields, partial");
@@ -1022,16 +1022,16 @@ int gw_query_parse(const struct cf_domain *d, const struct cf_limits *lim, const
             return -1;
         }
     }
-    struct gw_query *q = calloc(1, sizeof(*q));
+    struct md_query *q = calloc(1, sizeof(*q));
     q->aggregate = aggregate;
     if (cursor_key(secret, q->mac_key) < 0) {
-        gw_error_set(e, GW_E_INTERNAL, NULL, "cannot derive the cursor key");
+        md_error_set(e, MD_E_INTERNAL, NULL, "cannot derive the cursor key");
         goto fail;
     }
     struct json_object *v;
     if (json_object_object_get_ex(body, "partial", &v)) {
         if (!json_object_is_type(v, json_type_boolean)) {
-            gw_error_set(e, GW_E_BAD_REQUEST, NULL, "'partial' must be true or false");
+            md_error_set(e, MD_E_BAD_REQUEST, NULL, "'partial' must be true or false");
             goto fail;
         }
         q->partial = json_object_get_boolean(v);
@@ -1042,14 +1042,14 @@ int gw_query_parse(const struct cf_domain *d, const struct cf_limits *lim, const
             goto fail;
         }
     }
-    q->limit = aggregate ? lim->max_limit : GW_QUERY_DEFAULT_LIMIT;
+    q->limit = aggregate ? lim->max_limit : MD_QUERY_DEFAULT_LIMIT;
     if (q->limit > lim->max_limit) {
         q->limit = lim->max_limit;
     }
     if (json_object_object_get_ex(body, "limit", &v) && v != NULL) {
         int64_t n = json_object_get_int64(v);
         if (!json_object_is_type(v, json_type_int) || n < 1 || n > lim->max_limit) {
-            gw_error_set(e, GW_E_BAD_REQUEST, NULL, "'limit' must be an integer from 1 to %d",
+            md_error_set(e, MD_E_BAD_REQUEST, NULL, "'limit' must be an integer from 1 to %d",
                          lim->max_limit);
             goto fail;
         }
@@ -1062,7 +1062,7 @@ int gw_query_parse(const struct cf_domain *d, const struct cf_limits *lim, const
         if (json_object_object_get_ex(body, "fields", &v) && v != NULL) {
             size_t n = json_object_is_type(v, json_type_array) ? json_object_array_length(v) : 0;
             if (n == 0) {
-                gw_error_set(e, GW_E_BAD_REQUEST, NULL,
+                md_error_set(e, MD_E_BAD_REQUEST, NULL,
                              "'fields' must be a non-empty list of field names");
                 goto fail;
             }
@@ -1082,10 +1082,10 @@ int gw_query_parse(const struct cf_domain *d, const struct cf_limits *lim, const
     } else {
         if (json_object_object_get_ex(body, "group_by", &v) && v != NULL) {
             size_t n = json_object_is_type(v, json_type_array) ? json_object_array_length(v) : 0;
-            if (!json_object_is_type(v, json_type_array) || n > GW_QUERY_MAX_ORDER) {
-                gw_error_set(e, GW_E_BAD_REQUEST, NULL,
+            if (!json_object_is_type(v, json_type_array) || n > MD_QUERY_MAX_ORDER) {
+                md_error_set(e, MD_E_BAD_REQUEST, NULL,
                              "'group_by' must be a list of at most %d field names",
-                             GW_QUERY_MAX_ORDER);
+                             MD_QUERY_MAX_ORDER);
                 goto fail;
             }
             q->group_by = calloc(n + 1, sizeof(*q->group_by));
@@ -1109,6 +1109,6 @@ int gw_query_parse(const struct cf_domain *d, const struct cf_limits *lim, const
     return 0;
 fail:
     json_object_put(body);
-    gw_query_free(q);
+    md_query_free(q);
     return -1;
 }

@@ -1,5 +1,5 @@
 /*
- * test_gw_json.c — JSON on the data path: parsing with limits, writing
+ * test_lb_json.c — JSON on the data path: parsing with limits, writing
  * strings and values into evbuffers, and the one JSON error shape.
  *
  * Some tests pin bugs found and fixed (regressions).
@@ -18,8 +18,8 @@
 #include <event2/buffer.h>
 #include <json-c/json.h>
 
-#include "gateway/gw_error.h"
-#include "gateway/gw_json.h"
+#include "lib/lb_json.h"
+#include "model/md_error.h"
 
 /* ---- helpers ------------------------------------------------------------ */
 
@@ -43,7 +43,7 @@ static char *write_string(const char *s, size_t len)
 {
     struct evbuffer *b = evbuffer_new();
     assert_non_null(b);
-    gw_json_write_string(b, s, len);
+    lb_json_write_string(b, s, len);
     return drain(b, NULL);
 }
 
@@ -51,16 +51,16 @@ static char *write_value(struct json_object *v)
 {
     struct evbuffer *b = evbuffer_new();
     assert_non_null(b);
-    gw_json_write(b, v);
+    lb_json_write(b, v);
     return drain(b, NULL);
 }
 
-static enum gw_json_status parse_n(const char *buf, size_t len, int depth, struct json_object **out,
+static enum lb_json_status parse_n(const char *buf, size_t len, int depth, struct json_object **out,
                                    char *msg, size_t msglen)
 {
     msg[0] = '\0';
-    enum gw_json_status st = gw_json_parse(buf, len, depth, out, msg, msglen);
-    if (st != GW_JSON_OK) {
+    enum lb_json_status st = lb_json_parse(buf, len, depth, out, msg, msglen);
+    if (st != LB_JSON_OK) {
         assert_null(*out); /* nothing to free on failure */
         assert_true(msg[0] != '\0');
     } else {
@@ -69,13 +69,13 @@ static enum gw_json_status parse_n(const char *buf, size_t len, int depth, struc
     return st;
 }
 
-static enum gw_json_status parse(const char *text, int depth, struct json_object **out, char *msg,
+static enum lb_json_status parse(const char *text, int depth, struct json_object **out, char *msg,
                                  size_t msglen)
 {
     return parse_n(text, strlen(text), depth, out, msg, msglen);
 }
 
-static const char *status_name(enum gw_json_status st)
+static const char *status_name(enum lb_json_status st)
 {
     static const char *const names[] = {"OK", "SYNTAX", "DEPTH", "UTF8", "EMPTY", "NULL"};
     return (unsigned)st < 6 ? names[st] : "?";
@@ -85,7 +85,7 @@ struct parse_case {
     const char *name;
     const char *text;
     int depth;
-    enum gw_json_status want;
+    enum lb_json_status want;
     const char *msg; /* a fragment of the message (failures), or NULL */
 };
 
@@ -96,7 +96,7 @@ static int run_parse_cases(const struct parse_case *cases, size_t n)
         const struct parse_case *c = &cases[i];
         struct json_object *v = NULL;
         char msg[256];
-        enum gw_json_status st = parse(c->text, c->depth, &v, msg, sizeof(msg));
+        enum lb_json_status st = parse(c->text, c->depth, &v, msg, sizeof(msg));
         if (st != c->want) {
             print_error("FAIL [%s] %s (max_depth %d): %s, want %s (%s)\n", c->name, c->text,
                         c->depth, status_name(st), status_name(c->want), msg);
@@ -110,7 +110,7 @@ static int run_parse_cases(const struct parse_case *cases, size_t n)
     return failed;
 }
 
-/* ---- gw_json_parse -------------------------------------------------------------- */
+/* ---- lb_json_parse -------------------------------------------------------------- */
 
 static void test_parse_valid(void **state)
 {
@@ -119,7 +119,7 @@ static void test_parse_valid(void **state)
     char msg[256];
     const char *text =
         " \r\n\t{\"a\":1,\"b\":[true,null,\"x\"],\"c\":{\"d\":-2.5},\"e\":\"\\u00e9\"}\n ";
-    assert_int_equal(parse(text, 32, &v, msg, sizeof(msg)), GW_JSON_OK);
+    assert_int_equal(parse(text, 32, &v, msg, sizeof(msg)), LB_JSON_OK);
     assert_true(json_object_is_type(v, json_type_object));
     assert_int_equal(json_object_get_int64(json_object_object_get(v, "a")), 1);
     struct json_object *b = json_object_object_get(v, "b");
@@ -132,47 +132,47 @@ static void test_parse_valid(void **state)
 
     /* the length bounds the document: bytes after it are not read */
     const char *buf = "{\"a\":1}GARBAGE";
-    assert_int_equal(parse_n(buf, 7, 32, &v, msg, sizeof(msg)), GW_JSON_OK);
+    assert_int_equal(parse_n(buf, 7, 32, &v, msg, sizeof(msg)), LB_JSON_OK);
     json_object_put(v);
 }
 
 static const struct parse_case parse_cases[] = {
     /* trailing garbage and other syntax errors */
-    {"trailing word", "{\"a\":1} x", 32, GW_JSON_SYNTAX, NULL},
-    {"trailing letter", "{\"a\":1}x", 32, GW_JSON_SYNTAX, NULL},
-    {"two documents", "{}{}", 32, GW_JSON_SYNTAX, NULL},
-    {"garbage after whitespace", "{} \n x", 32, GW_JSON_SYNTAX, "malformed JSON"},
-    {"two documents with a space", "[1] [2]", 32, GW_JSON_SYNTAX, NULL},
-    {"stray bracket", "{\"a\":1}]", 32, GW_JSON_SYNTAX, NULL},
-    {"trailing vertical tab", "{}\v", 32, GW_JSON_SYNTAX, NULL},
-    {"truncated", "{\"a\":", 32, GW_JSON_SYNTAX, "ends early"},
-    {"truncated string", "[\"abc", 32, GW_JSON_SYNTAX, "ends early"},
-    {"trailing comma", "{\"a\":1,}", 32, GW_JSON_SYNTAX, "malformed JSON"},
-    {"single-quoted value", "['a']", 32, GW_JSON_SYNTAX, "malformed JSON"},
-    {"unquoted key", "{a:1}", 32, GW_JSON_SYNTAX, "malformed JSON"},
-    {"comment", "{/*c*/\"a\":1}", 32, GW_JSON_SYNTAX, "malformed JSON"},
-    {"leading zero", "[01]", 32, GW_JSON_SYNTAX, "malformed JSON"},
-    {"plus sign", "[+1]", 32, GW_JSON_SYNTAX, "malformed JSON"},
+    {"trailing word", "{\"a\":1} x", 32, LB_JSON_SYNTAX, NULL},
+    {"trailing letter", "{\"a\":1}x", 32, LB_JSON_SYNTAX, NULL},
+    {"two documents", "{}{}", 32, LB_JSON_SYNTAX, NULL},
+    {"garbage after whitespace", "{} \n x", 32, LB_JSON_SYNTAX, "malformed JSON"},
+    {"two documents with a space", "[1] [2]", 32, LB_JSON_SYNTAX, NULL},
+    {"stray bracket", "{\"a\":1}]", 32, LB_JSON_SYNTAX, NULL},
+    {"trailing vertical tab", "{}\v", 32, LB_JSON_SYNTAX, NULL},
+    {"truncated", "{\"a\":", 32, LB_JSON_SYNTAX, "ends early"},
+    {"truncated string", "[\"abc", 32, LB_JSON_SYNTAX, "ends early"},
+    {"trailing comma", "{\"a\":1,}", 32, LB_JSON_SYNTAX, "malformed JSON"},
+    {"single-quoted value", "['a']", 32, LB_JSON_SYNTAX, "malformed JSON"},
+    {"unquoted key", "{a:1}", 32, LB_JSON_SYNTAX, "malformed JSON"},
+    {"comment", "{/*c*/\"a\":1}", 32, LB_JSON_SYNTAX, "malformed JSON"},
+    {"leading zero", "[01]", 32, LB_JSON_SYNTAX, "malformed JSON"},
+    {"plus sign", "[+1]", 32, LB_JSON_SYNTAX, "malformed JSON"},
     /* empty */
-    {"empty", "", 32, GW_JSON_EMPTY, "empty"},
-    {"whitespace", " \t\r\n ", 32, GW_JSON_EMPTY, "empty"},
+    {"empty", "", 32, LB_JSON_EMPTY, "empty"},
+    {"whitespace", " \t\r\n ", 32, LB_JSON_EMPTY, "empty"},
     /* depth: max_depth 3 */
-    {"depth 1", "{}", 3, GW_JSON_OK, NULL},
-    {"depth 3 objects", "{\"a\":{\"b\":{\"c\":1}}}", 3, GW_JSON_OK, NULL},
-    {"depth 3 arrays", "[[[1]]]", 3, GW_JSON_OK, NULL},
-    {"depth 3 empty innermost", "[[[]]]", 3, GW_JSON_OK, NULL},
-    {"depth 3, wide", "[[[1,2],[3]],{\"a\":{\"b\":1}}]", 3, GW_JSON_OK, NULL},
-    {"depth 4 objects", "{\"a\":{\"b\":{\"c\":{\"d\":1}}}}", 3, GW_JSON_DEPTH,
+    {"depth 1", "{}", 3, LB_JSON_OK, NULL},
+    {"depth 3 objects", "{\"a\":{\"b\":{\"c\":1}}}", 3, LB_JSON_OK, NULL},
+    {"depth 3 arrays", "[[[1]]]", 3, LB_JSON_OK, NULL},
+    {"depth 3 empty innermost", "[[[]]]", 3, LB_JSON_OK, NULL},
+    {"depth 3, wide", "[[[1,2],[3]],{\"a\":{\"b\":1}}]", 3, LB_JSON_OK, NULL},
+    {"depth 4 objects", "{\"a\":{\"b\":{\"c\":{\"d\":1}}}}", 3, LB_JSON_DEPTH,
      "nested deeper than 3 levels"},
-    {"depth 4 arrays", "[[[[1]]]]", 3, GW_JSON_DEPTH, "deeper than 3"},
-    {"depth 4 mixed", "[{\"a\":[{\"b\":true}]}]", 3, GW_JSON_DEPTH, NULL},
-    {"depth 5", "[[[[[1]]]]]", 3, GW_JSON_DEPTH, NULL},
+    {"depth 4 arrays", "[[[[1]]]]", 3, LB_JSON_DEPTH, "deeper than 3"},
+    {"depth 4 mixed", "[{\"a\":[{\"b\":true}]}]", 3, LB_JSON_DEPTH, NULL},
+    {"depth 5", "[[[[[1]]]]]", 3, LB_JSON_DEPTH, NULL},
     /* UTF-8 */
-    {"invalid byte", "{\"a\":\"\xff\"}", 32, GW_JSON_UTF8, "invalid UTF-8"},
-    {"truncated sequence", "{\"a\":\"\xe2\x82\"}", 32, GW_JSON_UTF8, "invalid UTF-8"},
-    {"lone continuation byte", "{\"a\":\"x\x80y\"}", 32, GW_JSON_UTF8, "invalid UTF-8"},
-    {"invalid UTF-8 in a key", "{\"\xfe\":1}", 32, GW_JSON_UTF8, "invalid UTF-8"},
-    {"valid 2-, 3- and 4-byte UTF-8", "[\"\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80\"]", 32, GW_JSON_OK,
+    {"invalid byte", "{\"a\":\"\xff\"}", 32, LB_JSON_UTF8, "invalid UTF-8"},
+    {"truncated sequence", "{\"a\":\"\xe2\x82\"}", 32, LB_JSON_UTF8, "invalid UTF-8"},
+    {"lone continuation byte", "{\"a\":\"x\x80y\"}", 32, LB_JSON_UTF8, "invalid UTF-8"},
+    {"invalid UTF-8 in a key", "{\"\xfe\":1}", 32, LB_JSON_UTF8, "invalid UTF-8"},
+    {"valid 2-, 3- and 4-byte UTF-8", "[\"\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80\"]", 32, LB_JSON_OK,
      NULL},
 };
 
@@ -192,10 +192,10 @@ static void test_parse_nul(void **state)
     (void)state;
     struct json_object *v;
     char msg[256];
-    assert_int_equal(parse_n("{\"a\":\"x\0y\"}", 11, 32, &v, msg, sizeof(msg)), GW_JSON_SYNTAX);
-    assert_int_equal(parse_n("{\"a\":1}\0", 8, 32, &v, msg, sizeof(msg)), GW_JSON_SYNTAX);
+    assert_int_equal(parse_n("{\"a\":\"x\0y\"}", 11, 32, &v, msg, sizeof(msg)), LB_JSON_SYNTAX);
+    assert_int_equal(parse_n("{\"a\":1}\0", 8, 32, &v, msg, sizeof(msg)), LB_JSON_SYNTAX);
     /* an escaped NUL is a character like any other */
-    assert_int_equal(parse("{\"a\":\"x\\u0000y\"}", 32, &v, msg, sizeof(msg)), GW_JSON_OK);
+    assert_int_equal(parse("{\"a\":\"x\\u0000y\"}", 32, &v, msg, sizeof(msg)), LB_JSON_OK);
     struct json_object *a = json_object_object_get(v, "a");
     assert_int_equal(json_object_get_string_len(a), 3);
     assert_memory_equal(json_object_get_string(a), "x\0y", 3);
@@ -211,25 +211,25 @@ static void test_parse_top_level_scalars(void **state)
     (void)state;
     struct json_object *v = NULL;
     char msg[256];
-    assert_int_equal(gw_json_parse("null", 4, 32, &v, msg, sizeof(msg)), GW_JSON_NULL);
+    assert_int_equal(lb_json_parse("null", 4, 32, &v, msg, sizeof(msg)), LB_JSON_NULL);
     assert_null(v);
     assert_non_null(strstr(msg, "JSON null"));
     assert_null(strstr(msg, "continue"));
-    assert_int_equal(gw_json_parse(" null \n", 7, 32, &v, msg, sizeof(msg)), GW_JSON_NULL);
-    assert_int_equal(parse("true", 32, &v, msg, sizeof(msg)), GW_JSON_OK);
+    assert_int_equal(lb_json_parse(" null \n", 7, 32, &v, msg, sizeof(msg)), LB_JSON_NULL);
+    assert_int_equal(parse("true", 32, &v, msg, sizeof(msg)), LB_JSON_OK);
     assert_true(json_object_get_boolean(v));
     json_object_put(v);
-    assert_int_equal(parse("5", 32, &v, msg, sizeof(msg)), GW_JSON_OK);
+    assert_int_equal(parse("5", 32, &v, msg, sizeof(msg)), LB_JSON_OK);
     assert_int_equal(json_object_get_int64(v), 5);
     json_object_put(v);
-    assert_int_equal(parse("-1.25 ", 32, &v, msg, sizeof(msg)), GW_JSON_OK);
+    assert_int_equal(parse("-1.25 ", 32, &v, msg, sizeof(msg)), LB_JSON_OK);
     assert_string_equal(json_object_to_json_string(v), "-1.25");
     json_object_put(v);
     /* null inside a document is a value like any other */
-    assert_int_equal(parse("[null]", 32, &v, msg, sizeof(msg)), GW_JSON_OK);
+    assert_int_equal(parse("[null]", 32, &v, msg, sizeof(msg)), LB_JSON_OK);
     json_object_put(v);
-    /* gw_json_validate (documents a store returns) takes a null document */
-    assert_int_equal(gw_json_validate("null", 4, 32, msg, sizeof(msg)), GW_JSON_OK);
+    /* lb_json_validate (documents a store returns) takes a null document */
+    assert_int_equal(lb_json_validate("null", 4, 32, msg, sizeof(msg)), LB_JSON_OK);
 }
 
 /* A \u0000 in a member name was accepted and json-c cut the name at the
@@ -239,22 +239,22 @@ static void test_parse_nul_in_member_name(void **state)
     (void)state;
     struct json_object *v = NULL;
     char msg[256];
-    assert_int_equal(parse("{\"a\\u0000b\":1}", 32, &v, msg, sizeof(msg)), GW_JSON_SYNTAX);
+    assert_int_equal(parse("{\"a\\u0000b\":1}", 32, &v, msg, sizeof(msg)), LB_JSON_SYNTAX);
     assert_non_null(strstr(msg, "member name \"a\\u0000"));
     assert_non_null(strstr(msg, "NUL"));
     assert_int_equal(parse("{\"o\":{\"x\":[{\"\\u0000\":true}]}}", 32, &v, msg, sizeof(msg)),
-                     GW_JSON_SYNTAX);
+                     LB_JSON_SYNTAX);
     assert_non_null(strstr(msg, "at byte 12"));
     /* a long name is named by its first 40 bytes, cut at a character */
     char doc[200];
     snprintf(doc, sizeof(doc), "{\"%s\xc3\xa9\\u0000\":1}",
              "0123456789012345678901234567890123456789");
-    assert_int_equal(parse(doc, 32, &v, msg, sizeof(msg)), GW_JSON_SYNTAX);
+    assert_int_equal(parse(doc, 32, &v, msg, sizeof(msg)), LB_JSON_SYNTAX);
     assert_non_null(strstr(msg, "0123456789012345678901234567890123456789\\u0000"));
     /* in a value it is a character like any other (test_parse_nul) */
-    assert_int_equal(parse("{\"a\":\"\\u0000\"}", 32, &v, msg, sizeof(msg)), GW_JSON_OK);
+    assert_int_equal(parse("{\"a\":\"\\u0000\"}", 32, &v, msg, sizeof(msg)), LB_JSON_OK);
     json_object_put(v);
-    assert_int_equal(parse("{\"a\\u0001\":1}", 32, &v, msg, sizeof(msg)), GW_JSON_OK);
+    assert_int_equal(parse("{\"a\\u0001\":1}", 32, &v, msg, sizeof(msg)), LB_JSON_OK);
     json_object_put(v);
 }
 
@@ -268,7 +268,7 @@ static void test_parse_int64_bounds(void **state)
     char msg[256];
     assert_int_equal(
         parse("{\"n\":9223372036854775807,\"m\":-9223372036854775808}", 32, &v, msg, sizeof(msg)),
-        GW_JSON_OK);
+        LB_JSON_OK);
     assert_int_equal(json_object_get_int64(json_object_object_get(v, "n")), INT64_MAX);
     assert_int_equal(json_object_get_int64(json_object_object_get(v, "m")), INT64_MIN);
     json_object_put(v);
@@ -282,35 +282,35 @@ static void test_parse_int64_bounds(void **state)
         {"[100000000000000000000]", "the integer 100000000000000000000 at byte 1"},
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
-        assert_int_equal(parse(bad[i].text, 32, &v, msg, sizeof(msg)), GW_JSON_SYNTAX);
+        assert_int_equal(parse(bad[i].text, 32, &v, msg, sizeof(msg)), LB_JSON_SYNTAX);
         if (strstr(msg, bad[i].msg) == NULL) {
             fail_msg("%s: message \"%s\" lacks \"%s\"", bad[i].text, msg, bad[i].msg);
         }
         assert_non_null(strstr(msg, "out of the 64-bit range"));
     }
     /* a fraction or an exponent makes it a number json-c keeps as text */
-    assert_int_equal(parse("[9223372036854775808.0,1e400]", 32, &v, msg, sizeof(msg)), GW_JSON_OK);
+    assert_int_equal(parse("[9223372036854775808.0,1e400]", 32, &v, msg, sizeof(msg)), LB_JSON_OK);
     json_object_put(v);
     /* documents a store returns are only checked, and may hold any number */
-    assert_int_equal(gw_json_validate("[99999999999999999999]", 22, 32, msg, sizeof(msg)),
-                     GW_JSON_OK);
+    assert_int_equal(lb_json_validate("[99999999999999999999]", 22, 32, msg, sizeof(msg)),
+                     LB_JSON_OK);
     assert_int_equal(
-        gw_json_parse_stored("{\"n\":-99999999999999999999}", 27, 32, &v, msg, sizeof(msg)),
-        GW_JSON_OK);
+        lb_json_parse_stored("{\"n\":-99999999999999999999}", 27, 32, &v, msg, sizeof(msg)),
+        LB_JSON_OK);
     json_object_put(v);
 }
 
 static void test_utf8_check(void **state)
 {
     (void)state;
-    assert_int_equal(gw_utf8_check("abc", 3), 3);
-    assert_int_equal(gw_utf8_check("\xc3\xa9t\xc3\xa9", 5), 5);
-    assert_int_equal(gw_utf8_check("ab\xff", 3), 2);
-    assert_int_equal(gw_utf8_check("a\xe2\x82", 3), 1);        /* truncated */
-    assert_int_equal(gw_utf8_check("\xc0\xaf", 2), 0);         /* overlong '/' */
-    assert_int_equal(gw_utf8_check("x\xed\xa0\x80", 4), 1);    /* surrogate */
-    assert_int_equal(gw_utf8_check("\xf4\x90\x80\x80", 4), 0); /* above U+10FFFF */
-    assert_int_equal(gw_utf8_check("\xf0\x9f\x98\x80", 4), 4);
+    assert_int_equal(lb_utf8_check("abc", 3), 3);
+    assert_int_equal(lb_utf8_check("\xc3\xa9t\xc3\xa9", 5), 5);
+    assert_int_equal(lb_utf8_check("ab\xff", 3), 2);
+    assert_int_equal(lb_utf8_check("a\xe2\x82", 3), 1);        /* truncated */
+    assert_int_equal(lb_utf8_check("\xc0\xaf", 2), 0);         /* overlong '/' */
+    assert_int_equal(lb_utf8_check("x\xed\xa0\x80", 4), 1);    /* surrogate */
+    assert_int_equal(lb_utf8_check("\xf4\x90\x80\x80", 4), 0); /* above U+10FFFF */
+    assert_int_equal(lb_utf8_check("\xf0\x9f\x98\x80", 4), 4);
 }
 
 /* The configured default depth works at its edge too. */
@@ -330,8 +330,8 @@ static void test_parse_depth_32(void **state)
             doc[n++] = ']';
         }
         doc[n] = '\0';
-        enum gw_json_status st = parse(doc, 32, &v, msg, sizeof(msg));
-        assert_int_equal(st, depth <= 32 ? GW_JSON_OK : GW_JSON_DEPTH);
+        enum lb_json_status st = parse(doc, 32, &v, msg, sizeof(msg));
+        assert_int_equal(st, depth <= 32 ? LB_JSON_OK : LB_JSON_DEPTH);
         json_object_put(v);
     }
 }
@@ -343,7 +343,7 @@ static void test_parse_decimal_digits(void **state)
     struct json_object *v;
     char msg[256];
     const char *text = "{\"price\":12.30,\"list\":[0.10,100.000,-0.0,1.5e3,1E-2,7]}";
-    assert_int_equal(parse(text, 32, &v, msg, sizeof(msg)), GW_JSON_OK);
+    assert_int_equal(parse(text, 32, &v, msg, sizeof(msg)), LB_JSON_OK);
     char *out = write_value(v);
     assert_string_equal(out, text);
     free(out);
@@ -354,18 +354,18 @@ static void test_parse_decimal_digits(void **state)
     json_object_put(v);
 }
 
-/* regression (gateway/gw_json.c gw_json_parse): json-c's "strict" mode is not
+/* regression (lib/lb_json.c lb_json_parse): json-c's "strict" mode is not
  * RFC 8259.  It accepts numbers JSON does not have (NaN, Infinity, "12.",
  * "007.5", "-.5") and, since json-c keeps the text of numbers, the gateway
  * stores them and writes them back verbatim: clients get invalid JSON.  (It
  * also takes single-quoted object keys, though values are refused.) */
 static const struct parse_case bug_number_cases[] = {
-    {"NaN", "[NaN]", 32, GW_JSON_SYNTAX, NULL},
-    {"-Infinity", "{\"a\":-Infinity}", 32, GW_JSON_SYNTAX, NULL},
-    {"trailing point", "{\"price\":12.}", 32, GW_JSON_SYNTAX, NULL},
-    {"leading zeros with a fraction", "[007.5]", 32, GW_JSON_SYNTAX, NULL},
-    {"minus point", "[-.5]", 32, GW_JSON_SYNTAX, NULL},
-    {"single-quoted key", "{'a':1}", 32, GW_JSON_SYNTAX, NULL},
+    {"NaN", "[NaN]", 32, LB_JSON_SYNTAX, NULL},
+    {"-Infinity", "{\"a\":-Infinity}", 32, LB_JSON_SYNTAX, NULL},
+    {"trailing point", "{\"price\":12.}", 32, LB_JSON_SYNTAX, NULL},
+    {"leading zeros with a fraction", "[007.5]", 32, LB_JSON_SYNTAX, NULL},
+    {"minus point", "[-.5]", 32, LB_JSON_SYNTAX, NULL},
+    {"single-quoted key", "{'a':1}", 32, LB_JSON_SYNTAX, NULL},
 };
 
 static void test_parse_accepts_non_json(void **state)
@@ -376,29 +376,29 @@ static void test_parse_accepts_non_json(void **state)
     /* show what goes out again */
     struct json_object *v;
     char msg[256];
-    if (parse("{\"price\":12.}", 32, &v, msg, sizeof(msg)) == GW_JSON_OK) {
+    if (parse("{\"price\":12.}", 32, &v, msg, sizeof(msg)) == LB_JSON_OK) {
         char *out = write_value(v);
         print_error("  e.g. {\"price\":12.} is written back as %s\n", out);
         free(out);
         json_object_put(v);
     }
     if (failed > 0) {
-        fail_msg("regression (gateway/gw_json.c gw_json_parse, json-c strict mode): %d of %zu "
+        fail_msg("regression (lib/lb_json.c lb_json_parse, json-c strict mode): %d of %zu "
                  "non-JSON inputs accepted",
                  failed, n);
     }
 }
 
-/* regression (gateway/gw_json.c gw_json_parse, JSON_TOKENER_VALIDATE_UTF8):
+/* regression (lib/lb_json.c lb_json_parse, JSON_TOKENER_VALIDATE_UTF8):
  * json-c 0.16's check only catches bad lead/continuation structure; it lets
  * through overlong forms ("\xc0\xaf" is '/'), UTF-16 surrogates encoded in
  * UTF-8, and code points above U+10FFFF — none of which is UTF-8 (RFC 3629).
  * They reach the stores (PostgreSQL refuses them: a 500 instead of a 400). */
 static const struct parse_case bug_utf8_cases[] = {
-    {"overlong '/'", "[\"\xc0\xaf\"]", 32, GW_JSON_UTF8, NULL},
-    {"overlong 3-byte NUL", "[\"\xe0\x80\x80\"]", 32, GW_JSON_UTF8, NULL},
-    {"encoded surrogate U+D800", "[\"\xed\xa0\x80\"]", 32, GW_JSON_UTF8, NULL},
-    {"above U+10FFFF", "[\"\xf4\x90\x80\x80\"]", 32, GW_JSON_UTF8, NULL},
+    {"overlong '/'", "[\"\xc0\xaf\"]", 32, LB_JSON_UTF8, NULL},
+    {"overlong 3-byte NUL", "[\"\xe0\x80\x80\"]", 32, LB_JSON_UTF8, NULL},
+    {"encoded surrogate U+D800", "[\"\xed\xa0\x80\"]", 32, LB_JSON_UTF8, NULL},
+    {"above U+10FFFF", "[\"\xf4\x90\x80\x80\"]", 32, LB_JSON_UTF8, NULL},
 };
 
 static void test_parse_utf8_not_validated(void **state)
@@ -407,20 +407,20 @@ static void test_parse_utf8_not_validated(void **state)
     size_t n = sizeof(bug_utf8_cases) / sizeof(bug_utf8_cases[0]);
     int failed = run_parse_cases(bug_utf8_cases, n);
     if (failed > 0) {
-        fail_msg("regression (gateway/gw_json.c gw_json_parse): %d of %zu invalid UTF-8 "
+        fail_msg("regression (lib/lb_json.c lb_json_parse): %d of %zu invalid UTF-8 "
                  "sequences accepted",
                  failed, n);
     }
 }
 
-/* regression (gateway/gw_json.c gw_json_parse: json_tokener_new_ex(max_depth + 1)):
+/* regression (lib/lb_json.c lb_json_parse: json_tokener_new_ex(max_depth + 1)):
  * json-c counts a scalar inside a container as one more level, so the "+ 1"
  * that lets [[[1]]] through at max_depth 3 also lets a 4th (or N+1th) level
  * through when that innermost container is empty. */
 static const struct parse_case bug_depth_cases[] = {
-    {"depth 4, innermost array empty", "[[[[]]]]", 3, GW_JSON_DEPTH, NULL},
-    {"depth 4, innermost object empty", "{\"a\":{\"b\":{\"c\":{}}}}", 3, GW_JSON_DEPTH, NULL},
-    {"depth 2 at max_depth 1", "{\"a\":{}}", 1, GW_JSON_DEPTH, NULL},
+    {"depth 4, innermost array empty", "[[[[]]]]", 3, LB_JSON_DEPTH, NULL},
+    {"depth 4, innermost object empty", "{\"a\":{\"b\":{\"c\":{}}}}", 3, LB_JSON_DEPTH, NULL},
+    {"depth 2 at max_depth 1", "{\"a\":{}}", 1, LB_JSON_DEPTH, NULL},
 };
 
 static void test_parse_depth_off_by_one(void **state)
@@ -429,13 +429,13 @@ static void test_parse_depth_off_by_one(void **state)
     size_t n = sizeof(bug_depth_cases) / sizeof(bug_depth_cases[0]);
     int failed = run_parse_cases(bug_depth_cases, n);
     if (failed > 0) {
-        fail_msg("regression (gateway/gw_json.c gw_json_parse depth limit): %d of %zu too-deep "
+        fail_msg("regression (lib/lb_json.c lb_json_parse depth limit): %d of %zu too-deep "
                  "documents accepted",
                  failed, n);
     }
 }
 
-/* ---- gw_json_write_string ------------------------------------------------------------ */
+/* ---- lb_json_write_string ------------------------------------------------------------ */
 
 static void test_write_string_escapes(void **state)
 {
@@ -485,7 +485,7 @@ static void test_write_string_round_trip(void **state)
     assert_true(out[0] == '"');
     struct json_object *v;
     char msg[256];
-    if (parse(out, 32, &v, msg, sizeof(msg)) != GW_JSON_OK) {
+    if (parse(out, 32, &v, msg, sizeof(msg)) != LB_JSON_OK) {
         fail_msg("written string does not parse: %s", msg);
     }
     assert_true(json_object_is_type(v, json_type_string));
@@ -526,21 +526,21 @@ static void test_write_value(void **state)
     json_object_put(v);
 }
 
-/* ---- gw_error_write ----------------------------------------------------------------------- */
+/* ---- md_error_write ----------------------------------------------------------------------- */
 
 /* Parse the error body; fail unless it is {"error":{…}} and nothing else. */
-static struct json_object *error_body(const struct gw_error *e, const char *request_id,
+static struct json_object *error_body(const struct md_error *e, const char *request_id,
                                       char **textp)
 {
     struct evbuffer *b = evbuffer_new();
     assert_non_null(b);
-    gw_error_write(b, e, request_id);
+    md_error_write(b, e, request_id);
     size_t len;
     char *text = drain(b, &len);
     struct json_object *v;
     char msg[256];
-    enum gw_json_status st = parse_n(text, len, 32, &v, msg, sizeof(msg));
-    if (st != GW_JSON_OK) {
+    enum lb_json_status st = parse_n(text, len, 32, &v, msg, sizeof(msg));
+    if (st != LB_JSON_OK) {
         print_error("error body: %s\n", text);
         free(text);
         fail_msg("the error body is not valid JSON (%s): %s", status_name(st), msg);
@@ -570,8 +570,8 @@ static const char *member_str(struct json_object *obj, const char *name)
 static void test_error_write_full(void **state)
 {
     (void)state;
-    struct gw_error e = {0};
-    gw_error_set(&e, GW_E_NOT_FOUND, "user_id", "no %s item \"%s\" \\ here\n", "sessions", "s1");
+    struct md_error e = {0};
+    md_error_set(&e, MD_E_NOT_FOUND, "user_id", "no %s item \"%s\" \\ here\n", "sessions", "s1");
     e.domain = "sessions";
     e.shard = "redis-main";
     char *text;
@@ -594,8 +594,8 @@ static void test_error_write_full(void **state)
 static void test_error_write_absent(void **state)
 {
     (void)state;
-    struct gw_error e = {0};
-    gw_error_set(&e, GW_E_BAD_REQUEST, NULL, "%s", "bad");
+    struct md_error e = {0};
+    md_error_set(&e, MD_E_BAD_REQUEST, NULL, "%s", "bad");
     char *text;
     struct json_object *v = error_body(&e, NULL, &text);
     assert_string_equal(text, "{\"error\":{\"code\":\"bad_request\",\"message\":\"bad\"}}");
@@ -614,8 +614,8 @@ static void test_error_write_absent(void **state)
     json_object_put(v);
 
     /* an empty message is still a message */
-    struct gw_error empty = {0};
-    gw_error_set(&empty, GW_E_INTERNAL, NULL, "%s", "");
+    struct md_error empty = {0};
+    md_error_set(&empty, MD_E_INTERNAL, NULL, "%s", "");
     v = error_body(&empty, NULL, NULL);
     assert_string_equal(member_str(json_object_object_get(v, "error"), "message"), "");
     json_object_put(v);
@@ -625,34 +625,34 @@ static void test_error_codes(void **state)
 {
     (void)state;
     static const struct {
-        enum gw_err err;
+        enum md_err err;
         int status;
         const char *code;
     } codes[] = {
-        {GW_E_BAD_REQUEST, 400, "bad_request"},
-        {GW_E_UNSUPPORTED, 400, "unsupported_operation"},
-        {GW_E_UNKNOWN_DOMAIN, 404, "unknown_domain"},
-        {GW_E_NOT_FOUND, 404, "not_found"},
-        {GW_E_UNAUTHORIZED, 401, "unauthorized"},
-        {GW_E_FORBIDDEN, 403, "forbidden"},
-        {GW_E_RATE_LIMITED, 429, "rate_limited"},
-        {GW_E_METHOD, 405, "method_not_allowed"},
-        {GW_E_REQ_TIMEOUT, 408, "request_timeout"},
-        {GW_E_CONFLICT, 409, "conflict"},
-        {GW_E_PRECONDITION, 412, "precondition_failed"},
-        {GW_E_TOO_LARGE, 413, "payload_too_large"},
-        {GW_E_URI_TOO_LONG, 414, "uri_too_long"},
-        {GW_E_HEADERS_TOO_LARGE, 431, "headers_too_large"},
-        {GW_E_INTERNAL, 500, "internal"},
-        {GW_E_UNAVAILABLE, 503, "backend_unavailable"},
-        {GW_E_SHUTTING_DOWN, 503, "shutting_down"},
-        {GW_E_TIMEOUT, 504, "timeout"},
+        {MD_E_BAD_REQUEST, 400, "bad_request"},
+        {MD_E_UNSUPPORTED, 400, "unsupported_operation"},
+        {MD_E_UNKNOWN_DOMAIN, 404, "unknown_domain"},
+        {MD_E_NOT_FOUND, 404, "not_found"},
+        {MD_E_UNAUTHORIZED, 401, "unauthorized"},
+        {MD_E_FORBIDDEN, 403, "forbidden"},
+        {MD_E_RATE_LIMITED, 429, "rate_limited"},
+        {MD_E_METHOD, 405, "method_not_allowed"},
+        {MD_E_REQ_TIMEOUT, 408, "request_timeout"},
+        {MD_E_CONFLICT, 409, "conflict"},
+        {MD_E_PRECONDITION, 412, "precondition_failed"},
+        {MD_E_TOO_LARGE, 413, "payload_too_large"},
+        {MD_E_URI_TOO_LONG, 414, "uri_too_long"},
+        {MD_E_HEADERS_TOO_LARGE, 431, "headers_too_large"},
+        {MD_E_INTERNAL, 500, "internal"},
+        {MD_E_UNAVAILABLE, 503, "backend_unavailable"},
+        {MD_E_SHUTTING_DOWN, 503, "shutting_down"},
+        {MD_E_TIMEOUT, 504, "timeout"},
     };
     for (size_t i = 0; i < sizeof(codes) / sizeof(codes[0]); i++) {
-        assert_int_equal(gw_err_status(codes[i].err), codes[i].status);
-        assert_string_equal(gw_err_code(codes[i].err), codes[i].code);
-        struct gw_error e = {0};
-        gw_error_set(&e, codes[i].err, NULL, "m%zu", i);
+        assert_int_equal(md_err_status(codes[i].err), codes[i].status);
+        assert_string_equal(md_err_code(codes[i].err), codes[i].code);
+        struct md_error e = {0};
+        md_error_set(&e, codes[i].err, NULL, "m%zu", i);
         struct json_object *v = error_body(&e, NULL, NULL);
         assert_string_equal(member_str(json_object_object_get(v, "error"), "code"), codes[i].code);
         json_object_put(v);
@@ -666,8 +666,8 @@ static void test_error_message_truncated(void **state)
     char big[1000];
     memset(big, '"', sizeof(big) - 1);
     big[sizeof(big) - 1] = '\0';
-    struct gw_error e = {0};
-    gw_error_set(&e, GW_E_BAD_REQUEST, NULL, "%s", big);
+    struct md_error e = {0};
+    md_error_set(&e, MD_E_BAD_REQUEST, NULL, "%s", big);
     assert_int_equal(strlen(e.message), sizeof(e.message) - 1);
     struct json_object *v = error_body(&e, NULL, NULL);
     assert_int_equal(strlen(member_str(json_object_object_get(v, "error"), "message")),
@@ -675,10 +675,10 @@ static void test_error_message_truncated(void **state)
     json_object_put(v);
 }
 
-/* regression (gateway/gw_error.c gw_error_set): vsnprintf cuts the message at
+/* regression (model/md_error.c md_error_set): vsnprintf cuts the message at
  * 319 bytes without regard to UTF-8, so a long message with non-ASCII text
  * (e.g. "unknown field '<300 bytes of é>'" built from a client's field name)
- * ends in half a character, and gw_error_write sends invalid UTF-8. */
+ * ends in half a character, and md_error_write sends invalid UTF-8. */
 static void test_error_message_cut_mid_utf8(void **state)
 {
     (void)state;
@@ -689,21 +689,21 @@ static void test_error_message_cut_mid_utf8(void **state)
         name[i + 1] = '\xa9';
     }
     name[401] = '\0';
-    struct gw_error e = {0};
+    struct md_error e = {0};
     /* "unknown field 'x" is 16 bytes, then 2-byte characters: 16 + 2k is never 319 */
-    gw_error_set(&e, GW_E_BAD_REQUEST, NULL, "unknown field '%s' for domain '%s'", name, "d");
+    md_error_set(&e, MD_E_BAD_REQUEST, NULL, "unknown field '%s' for domain '%s'", name, "d");
     struct evbuffer *b = evbuffer_new();
     assert_non_null(b);
-    gw_error_write(b, &e, NULL);
+    md_error_write(b, &e, NULL);
     size_t len;
     char *text = drain(b, &len);
     struct json_object *v;
     char msg[256];
-    enum gw_json_status st = parse_n(text, len, 32, &v, msg, sizeof(msg));
+    enum lb_json_status st = parse_n(text, len, 32, &v, msg, sizeof(msg));
     json_object_put(v);
     free(text);
-    if (st != GW_JSON_OK) {
-        fail_msg("regression (gateway/gw_error.c gw_error_set): a message cut at %zu bytes "
+    if (st != LB_JSON_OK) {
+        fail_msg("regression (model/md_error.c md_error_set): a message cut at %zu bytes "
                  "ends mid-character; the error body is rejected: %s",
                  sizeof(e.message) - 1, msg);
     }

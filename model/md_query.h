@@ -1,5 +1,5 @@
 /*
- * gw_query.h — the filter language, store-neutral.
+ * md_query.h — the filter language, store-neutral.
  *
  * A `_query` body {"where","order_by","limit","cursor","fields"} or an
  * `_aggregate` body {"where","group_by","aggregates"} is parsed and checked
@@ -33,48 +33,48 @@
  * foreign (other order_by) cursor is a 400.
  *
  * The parsed query travels to the adapter attached to the request body
- * (json-c userdata, see gw_query_attach/gw_query_of): the gateway parses and
+ * (json-c userdata, see md_query_attach/md_query_of): the gateway parses and
  * validates once, with the config's limits and secret, before submitting.
  */
-#ifndef GW_QUERY_H
-#define GW_QUERY_H
+#ifndef MD_QUERY_H
+#define MD_QUERY_H
 
 #include <stddef.h>
 
 #include <json-c/json.h>
 
-#include "gateway/gw_error.h"
+#include "model/md_error.h"
 
 struct cf_domain;
 struct cf_field;
 struct cf_limits;
 
-#define GW_QUERY_MAX_ORDER 8
-#define GW_QUERY_MAX_PATH 8
-#define GW_QUERY_MAX_NODES 256 /* default of limits.max_query_conditions */
-#define GW_QUERY_MAX_AGGS 32
-#define GW_QUERY_DEFAULT_LIMIT 100
+#define MD_QUERY_MAX_ORDER 8
+#define MD_QUERY_MAX_PATH 8
+#define MD_QUERY_MAX_NODES 256 /* default of limits.max_query_conditions */
+#define MD_QUERY_MAX_AGGS 32
+#define MD_QUERY_DEFAULT_LIMIT 100
 
-enum gw_qop {
-    GW_QOP_EQ,
-    GW_QOP_NE,
-    GW_QOP_GT,
-    GW_QOP_GTE,
-    GW_QOP_LT,
-    GW_QOP_LTE,
-    GW_QOP_IN,
-    GW_QOP_NIN,
-    GW_QOP_EXISTS,
-    GW_QOP_PREFIX,
-    GW_QOP_AND,
-    GW_QOP_OR,
+enum md_qop {
+    MD_QOP_EQ,
+    MD_QOP_NE,
+    MD_QOP_GT,
+    MD_QOP_GTE,
+    MD_QOP_LT,
+    MD_QOP_LTE,
+    MD_QOP_IN,
+    MD_QOP_NIN,
+    MD_QOP_EXISTS,
+    MD_QOP_PREFIX,
+    MD_QOP_AND,
+    MD_QOP_OR,
 };
 
-const char *gw_qop_name(enum gw_qop op);
+const char *md_qop_name(enum md_qop op);
 
 /* One node of the where tree. */
-struct gw_qnode {
-    enum gw_qop op;
+struct md_qnode {
+    enum md_qop op;
     /* leaves (EQ … PREFIX) */
     const struct cf_field *field; /* from the domain's config */
     char **path;                  /* dotted segments below an object/json field */
@@ -85,28 +85,28 @@ struct gw_qnode {
      * (json_object_get_string gives the digits).  Timestamps: RFC 3339 UTC. */
     struct json_object *value;
     /* AND / OR */
-    struct gw_qnode **kids;
+    struct md_qnode **kids;
     size_t nkids;
 };
 
-struct gw_qorder {
+struct md_qorder {
     const struct cf_field *field;
     int desc;
 };
 
-enum gw_qagg { GW_QAGG_COUNT, GW_QAGG_SUM, GW_QAGG_MIN, GW_QAGG_MAX, GW_QAGG_AVG };
+enum md_qagg { MD_QAGG_COUNT, MD_QAGG_SUM, MD_QAGG_MIN, MD_QAGG_MAX, MD_QAGG_AVG };
 
-struct gw_qaggregate {
+struct md_qaggregate {
     char *alias; /* client-chosen output name (never an SQL identifier) */
-    enum gw_qagg fn;
+    enum md_qagg fn;
     const struct cf_field *field; /* NULL: count(*) */
 };
 
-struct gw_query {
+struct md_query {
     int aggregate;          /* 0: _query, 1: _aggregate */
-    struct gw_qnode *where; /* NULL: everything */
+    struct md_qnode *where; /* NULL: everything */
     /* _query */
-    struct gw_qorder order[GW_QUERY_MAX_ORDER + 1]; /* ends with the key (tiebreak) */
+    struct md_qorder order[MD_QUERY_MAX_ORDER + 1]; /* ends with the key (tiebreak) */
     size_t norder;
     int limit;
     struct json_object *after;      /* decoded cursor: array of norder values (NULL: first page) */
@@ -119,7 +119,7 @@ struct gw_query {
      * answer.  Stores that cannot group on a path refuse it (400). */
     char **group_names;
     size_t ngroup;
-    struct gw_qaggregate *aggs;
+    struct md_qaggregate *aggs;
     size_t naggs;
     /* sharded domains: `"partial": true` returns what the shards that
      * answered gave (plus missing_shards) instead of failing */
@@ -131,20 +131,20 @@ struct gw_query {
 /* Parse and validate a body.  `secret` signs cursors: the config's
  * `cursor_secret`, or the random one drawn per process when it is unset
  * (there is no built-in constant).
- * 0 with *out (free with gw_query_free), or -1 with e (400 naming the
+ * 0 with *out (free with md_query_free), or -1 with e (400 naming the
  * field or operator). */
-int gw_query_parse(const struct cf_domain *d, const struct cf_limits *lim, const char *secret,
-                   int aggregate, struct json_object *body, struct gw_query **out,
-                   struct gw_error *e) __attribute__((warn_unused_result));
-void gw_query_free(struct gw_query *q);
+int md_query_parse(const struct cf_domain *d, const struct cf_limits *lim, const char *secret,
+                   int aggregate, struct json_object *body, struct md_query **out,
+                   struct md_error *e) __attribute__((warn_unused_result));
+void md_query_free(struct md_query *q);
 
 /* The cursor continuing after a row whose sort values are `vals` (an array
  * of q->norder JSON values, in order; JSON null allowed).  malloc'd. */
-char *gw_query_cursor_make(const struct gw_query *q, struct json_object *vals);
+char *md_query_cursor_make(const struct md_query *q, struct json_object *vals);
 
 /* Attach q to the body it was parsed from (the body owns it from then on,
  * freed with the body), and find it again in an adapter. */
-void gw_query_attach(struct json_object *body, struct gw_query *q);
-const struct gw_query *gw_query_of(struct json_object *body);
+void md_query_attach(struct json_object *body, struct md_query *q);
+const struct md_query *md_query_of(struct json_object *body);
 
 #endif

@@ -1,14 +1,14 @@
 /*
- * gw_util.c — clocks, ids, random numbers.
+ * lb_util.c — clocks, ids, random numbers.
  */
-#include "gateway/gw_util.h"
+#include "lib/lb_util.h"
 
 #include <stdio.h>
 #include <string.h>
 #include <sys/random.h>
 #include <time.h>
 
-uint64_t gw_now_ms(void)
+uint64_t lb_now_ms(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -28,12 +28,12 @@ static void now_text(char *buf, size_t len, int digits)
     snprintf(buf, len, "%s.%0*ldZ", tmp, digits, frac);
 }
 
-void gw_now_rfc3339(char *buf, size_t len)
+void lb_now_rfc3339(char *buf, size_t len)
 {
     now_text(buf, len, 3);
 }
 
-void gw_now_ts(char *buf, size_t len)
+void lb_now_ts(char *buf, size_t len)
 {
     now_text(buf, len, 6);
 }
@@ -46,7 +46,7 @@ static uint64_t rotl(uint64_t x, int k)
     return (x << k) | (x >> (64 - k));
 }
 
-uint64_t gw_rand64(void)
+uint64_t lb_rand64(void)
 {
     if (!rng_seeded) {
         if (getrandom(rng, sizeof(rng), 0) != (ssize_t)sizeof(rng)) {
@@ -70,10 +70,10 @@ uint64_t gw_rand64(void)
     return r;
 }
 
-void gw_gen_id(char *buf)
+void lb_gen_id(char *buf)
 {
     static const char hex[] = "0123456789abcdef";
-    uint64_t a = gw_rand64(), b = gw_rand64();
+    uint64_t a = lb_rand64(), b = lb_rand64();
     for (int i = 0; i < 16; i++) {
         buf[i] = hex[(a >> (i * 4)) & 15];
         buf[16 + i] = hex[(b >> (i * 4)) & 15];
@@ -81,7 +81,7 @@ void gw_gen_id(char *buf)
     buf[32] = '\0';
 }
 
-char *gw_put_u64(char *p, uint64_t v)
+char *lb_put_u64(char *p, uint64_t v)
 {
     char tmp[20];
     int n = 0;

@@ -1,5 +1,5 @@
 /*
- * test_gw_item.c — items and patches checked against a domain's schema,
+ * test_md_item.c — items and patches checked against a domain's schema,
  * exact decimals, and item keys.
  *
  * The domains are built through the config loader (the same path the
@@ -29,8 +29,8 @@
 #include "adapters/ad.h"
 #include "config/cf_config.h"
 #include "config/cf_yaml.h"
-#include "gateway/gw_error.h"
-#include "gateway/gw_item.h"
+#include "model/md_error.h"
+#include "model/md_item.h"
 
 /* ---- fixtures ------------------------------------------------------------ */
 
@@ -83,7 +83,7 @@ static int setup(void **state)
         fprintf(stderr, "test config: %s\n", err);
         return -1;
     }
-    cf = cf_config_from_json(root, "test_gw_item", err, sizeof(err));
+    cf = cf_config_from_json(root, "test_md_item", err, sizeof(err));
     json_object_put(root);
     if (cf == NULL) {
         fprintf(stderr, "test config: %s\n", err);
@@ -200,13 +200,13 @@ static int is_hex32(const char *s)
     return 1;
 }
 
-/* ---- gw_item_check, table-driven ------------------------------------------------ */
+/* ---- md_item_check, table-driven ------------------------------------------------ */
 
 #define EM "\"email\":\"a@b.c\"" /* the required field, for rows about something else */
 
 struct item_case {
     const char *name;
-    enum gw_item_mode mode;
+    enum md_item_mode mode;
     const char *key; /* path id (PUT) */
     const char *body;
     int rc;
@@ -218,174 +218,174 @@ struct item_case {
 
 static const struct item_case item_cases[] = {
     /* shape */
-    {"not an object", GW_ITEM_PUT, "k", "[1]", -1, NULL, "must be a JSON object", NULL, NULL},
-    {"minimal PUT", GW_ITEM_PUT, "k", "{" EM "}", 0, NULL, NULL, "id", "\"k\""},
-    {"unknown field", GW_ITEM_PUT, "k", "{" EM ",\"colour\":1}", -1, NULL,
+    {"not an object", MD_ITEM_PUT, "k", "[1]", -1, NULL, "must be a JSON object", NULL, NULL},
+    {"minimal PUT", MD_ITEM_PUT, "k", "{" EM "}", 0, NULL, NULL, "id", "\"k\""},
+    {"unknown field", MD_ITEM_PUT, "k", "{" EM ",\"colour\":1}", -1, NULL,
      "unknown field 'colour' for domain 'things'", NULL, NULL},
-    {"version is ignored and dropped", GW_ITEM_PUT, "k", "{" EM ",\"version\":7}", 0, NULL, NULL,
+    {"version is ignored and dropped", MD_ITEM_PUT, "k", "{" EM ",\"version\":7}", 0, NULL, NULL,
      "version", "<absent>"},
     /* required */
-    {"missing required", GW_ITEM_PUT, "k", "{\"n\":1}", -1, "email", "field 'email' is required",
+    {"missing required", MD_ITEM_PUT, "k", "{\"n\":1}", -1, "email", "field 'email' is required",
      NULL, NULL},
-    {"required null", GW_ITEM_PUT, "k", "{\"email\":null}", -1, "email",
+    {"required null", MD_ITEM_PUT, "k", "{\"email\":null}", -1, "email",
      "'email' is required and cannot be null", NULL, NULL},
-    {"optional null kept", GW_ITEM_PUT, "k", "{" EM ",\"n\":null}", 0, NULL, NULL, "n", "null"},
+    {"optional null kept", MD_ITEM_PUT, "k", "{" EM ",\"n\":null}", 0, NULL, NULL, "n", "null"},
     /* wrong type, per field type */
-    {"string given a number", GW_ITEM_PUT, "k", "{\"email\":5}", -1, "email",
+    {"string given a number", MD_ITEM_PUT, "k", "{\"email\":5}", -1, "email",
      "'email' must be a string", NULL, NULL},
-    {"int given a string", GW_ITEM_PUT, "k", "{" EM ",\"n\":\"5\"}", -1, "n",
+    {"int given a string", MD_ITEM_PUT, "k", "{" EM ",\"n\":\"5\"}", -1, "n",
      "'n' must be an integer", NULL, NULL},
-    {"int given a real", GW_ITEM_PUT, "k", "{" EM ",\"n\":1.5}", -1, "n", "'n' must be an integer",
+    {"int given a real", MD_ITEM_PUT, "k", "{" EM ",\"n\":1.5}", -1, "n", "'n' must be an integer",
      NULL, NULL},
-    {"decimal given a bool", GW_ITEM_PUT, "k", "{" EM ",\"price\":true}", -1, "price",
+    {"decimal given a bool", MD_ITEM_PUT, "k", "{" EM ",\"price\":true}", -1, "price",
      "'price' must be a decimal number", NULL, NULL},
-    {"decimal given an object", GW_ITEM_PUT, "k", "{" EM ",\"price\":{}}", -1, "price",
+    {"decimal given an object", MD_ITEM_PUT, "k", "{" EM ",\"price\":{}}", -1, "price",
      "'price' must be a decimal number", NULL, NULL},
-    {"timestamp given a number", GW_ITEM_PUT, "k", "{" EM ",\"at\":1700000000}", -1, "at",
+    {"timestamp given a number", MD_ITEM_PUT, "k", "{" EM ",\"at\":1700000000}", -1, "at",
      "'at' must be an RFC 3339 timestamp", NULL, NULL},
-    {"enum given a number", GW_ITEM_PUT, "k", "{" EM ",\"status\":1}", -1, "status",
+    {"enum given a number", MD_ITEM_PUT, "k", "{" EM ",\"status\":1}", -1, "status",
      "'status' must be a string", NULL, NULL},
-    {"enum value not allowed", GW_ITEM_PUT, "k", "{" EM ",\"status\":\"C\"}", -1, "status",
+    {"enum value not allowed", MD_ITEM_PUT, "k", "{" EM ",\"status\":\"C\"}", -1, "status",
      "'status' must be one of the allowed values", NULL, NULL},
-    {"enum value allowed", GW_ITEM_PUT, "k", "{" EM ",\"status\":\"B\"}", 0, NULL, NULL, "status",
+    {"enum value allowed", MD_ITEM_PUT, "k", "{" EM ",\"status\":\"B\"}", 0, NULL, NULL, "status",
      "\"B\""},
-    {"object given an array", GW_ITEM_PUT, "k", "{" EM ",\"o\":[]}", -1, "o",
+    {"object given an array", MD_ITEM_PUT, "k", "{" EM ",\"o\":[]}", -1, "o",
      "'o' must be an object", NULL, NULL},
-    {"array given an object", GW_ITEM_PUT, "k", "{" EM ",\"a\":{}}", -1, "a",
+    {"array given an object", MD_ITEM_PUT, "k", "{" EM ",\"a\":{}}", -1, "a",
      "'a' must be an array", NULL, NULL},
-    {"bool given a number", GW_ITEM_PUT, "k", "{" EM ",\"flag\":1}", -1, "flag",
+    {"bool given a number", MD_ITEM_PUT, "k", "{" EM ",\"flag\":1}", -1, "flag",
      "'flag' must be true or false", NULL, NULL},
-    {"json takes anything", GW_ITEM_PUT, "k", "{" EM ",\"any\":[1,{\"x\":null}]}", 0, NULL, NULL,
+    {"json takes anything", MD_ITEM_PUT, "k", "{" EM ",\"any\":[1,{\"x\":null}]}", 0, NULL, NULL,
      "any", "[1,{\"x\":null}]"},
-    {"string too long (max_len 4)", GW_ITEM_PUT, "k", "{" EM ",\"nick\":\"abcde\"}", -1, "nick",
+    {"string too long (max_len 4)", MD_ITEM_PUT, "k", "{" EM ",\"nick\":\"abcde\"}", -1, "nick",
      "'nick' is longer than 4 bytes", NULL, NULL},
-    {"string at max_len", GW_ITEM_PUT, "k", "{" EM ",\"nick\":\"abcd\"}", 0, NULL, NULL, "nick",
+    {"string at max_len", MD_ITEM_PUT, "k", "{" EM ",\"nick\":\"abcd\"}", 0, NULL, NULL, "nick",
      "\"abcd\""},
-    {"string with a NUL", GW_ITEM_PUT, "k", "{\"email\":\"a\\u0000b\"}", -1, "email",
+    {"string with a NUL", MD_ITEM_PUT, "k", "{\"email\":\"a\\u0000b\"}", -1, "email",
      "contains a NUL character", NULL, NULL},
     /* integers */
-    {"int64 max - 1", GW_ITEM_PUT, "k", "{" EM ",\"n\":9223372036854775806}", 0, NULL, NULL, "n",
+    {"int64 max - 1", MD_ITEM_PUT, "k", "{" EM ",\"n\":9223372036854775806}", 0, NULL, NULL, "n",
      "9223372036854775806"},
-    {"int64 max exactly", GW_ITEM_PUT, "k", "{" EM ",\"n\":9223372036854775807}", 0, NULL, NULL,
+    {"int64 max exactly", MD_ITEM_PUT, "k", "{" EM ",\"n\":9223372036854775807}", 0, NULL, NULL,
      "n", "9223372036854775807"},
-    {"int64 min exactly", GW_ITEM_PUT, "k", "{" EM ",\"n\":-9223372036854775808}", 0, NULL, NULL,
+    {"int64 min exactly", MD_ITEM_PUT, "k", "{" EM ",\"n\":-9223372036854775808}", 0, NULL, NULL,
      "n", "-9223372036854775808"},
-    {"int64 max + 1 (json-c holds it as a uint64)", GW_ITEM_PUT, "k",
+    {"int64 max + 1 (json-c holds it as a uint64)", MD_ITEM_PUT, "k",
      "{" EM ",\"n\":9223372036854775808}", -1, "n", "'n' is out of the 64-bit range", NULL, NULL},
-    {"huge integer", GW_ITEM_PUT, "k", "{" EM ",\"n\":99999999999999999999}", -1, "n",
+    {"huge integer", MD_ITEM_PUT, "k", "{" EM ",\"n\":99999999999999999999}", -1, "n",
      "out of the 64-bit range", NULL, NULL},
-    {"uint64 range integer", GW_ITEM_PUT, "k", "{" EM ",\"n\":18446744073709551615}", -1, "n",
+    {"uint64 range integer", MD_ITEM_PUT, "k", "{" EM ",\"n\":18446744073709551615}", -1, "n",
      "out of the 64-bit range", NULL, NULL},
-    /* (below INT64_MIN: json-c clamps to INT64_MIN, so gw_json_parse refuses
-     * the text before any tree is built — test_gw_json.c) */
+    /* (below INT64_MIN: json-c clamps to INT64_MIN, so lb_json_parse refuses
+     * the text before any tree is built — test_lb_json.c) */
     /* decimals (scale 2) */
-    {"decimal string 12.345", GW_ITEM_PUT, "k", "{" EM ",\"price\":\"12.345\"}", -1, "price",
+    {"decimal string 12.345", MD_ITEM_PUT, "k", "{" EM ",\"price\":\"12.345\"}", -1, "price",
      "more than 2 decimal places", NULL, NULL},
-    {"decimal number 12.345", GW_ITEM_PUT, "k", "{" EM ",\"price\":12.345}", -1, "price",
+    {"decimal number 12.345", MD_ITEM_PUT, "k", "{" EM ",\"price\":12.345}", -1, "price",
      "more than 2 decimal places", NULL, NULL},
-    {"decimal string 12.30 → number", GW_ITEM_PUT, "k", "{" EM ",\"price\":\"12.30\"}", 0, NULL,
+    {"decimal string 12.30 → number", MD_ITEM_PUT, "k", "{" EM ",\"price\":\"12.30\"}", 0, NULL,
      NULL, "price", "12.30"},
-    {"decimal number 12.3", GW_ITEM_PUT, "k", "{" EM ",\"price\":12.3}", 0, NULL, NULL, "price",
+    {"decimal number 12.3", MD_ITEM_PUT, "k", "{" EM ",\"price\":12.3}", 0, NULL, NULL, "price",
      "12.3"},
-    {"decimal number 12.30 keeps digits", GW_ITEM_PUT, "k", "{" EM ",\"price\":12.30}", 0, NULL,
+    {"decimal number 12.30 keeps digits", MD_ITEM_PUT, "k", "{" EM ",\"price\":12.30}", 0, NULL,
      NULL, "price", "12.30"},
-    {"decimal integer", GW_ITEM_PUT, "k", "{" EM ",\"price\":12}", 0, NULL, NULL, "price", "12"},
-    {"decimal negative string", GW_ITEM_PUT, "k", "{" EM ",\"price\":\"-0.50\"}", 0, NULL, NULL,
+    {"decimal integer", MD_ITEM_PUT, "k", "{" EM ",\"price\":12}", 0, NULL, NULL, "price", "12"},
+    {"decimal negative string", MD_ITEM_PUT, "k", "{" EM ",\"price\":\"-0.50\"}", 0, NULL, NULL,
      "price", "-0.50"},
-    {"decimal trailing zeros past the scale", GW_ITEM_PUT, "k", "{" EM ",\"price\":\"1.500\"}", 0,
+    {"decimal trailing zeros past the scale", MD_ITEM_PUT, "k", "{" EM ",\"price\":\"1.500\"}", 0,
      NULL, NULL, "price", "1.500"},
-    {"decimal exponent", GW_ITEM_PUT, "k", "{" EM ",\"price\":1.2e3}", -1, "price",
+    {"decimal exponent", MD_ITEM_PUT, "k", "{" EM ",\"price\":1.2e3}", -1, "price",
      "must be a plain decimal number", NULL, NULL},
-    {"decimal string not a number", GW_ITEM_PUT, "k", "{" EM ",\"price\":\"12,30\"}", -1, "price",
+    {"decimal string not a number", MD_ITEM_PUT, "k", "{" EM ",\"price\":\"12,30\"}", -1, "price",
      "must be a plain decimal number", NULL, NULL},
-    {"decimal string empty", GW_ITEM_PUT, "k", "{" EM ",\"price\":\"\"}", -1, "price",
+    {"decimal string empty", MD_ITEM_PUT, "k", "{" EM ",\"price\":\"\"}", -1, "price",
      "must be a plain decimal number", NULL, NULL},
     /* the field's precision (18) bounds the digits, and 36 is the hard limit */
-    {"decimal 16+2 digits", GW_ITEM_PUT, "k", "{" EM ",\"price\":\"9999999999999999.99\"}", 0, NULL,
+    {"decimal 16+2 digits", MD_ITEM_PUT, "k", "{" EM ",\"price\":\"9999999999999999.99\"}", 0, NULL,
      NULL, "price", "9999999999999999.99"},
-    {"decimal 17+2 digits (precision 18)", GW_ITEM_PUT, "k",
+    {"decimal 17+2 digits (precision 18)", MD_ITEM_PUT, "k",
      "{" EM ",\"price\":\"99999999999999999.99\"}", -1, "price", "digits before the point", NULL,
      NULL},
-    {"decimal 37 digits", GW_ITEM_PUT, "k",
+    {"decimal 37 digits", MD_ITEM_PUT, "k",
      "{" EM ",\"price\":\"99999999999999999999999999999999999.99\"}", -1, "price",
      "digits before the point", NULL, NULL},
-    {"decimal integer beyond int64", GW_ITEM_PUT, "k", "{" EM ",\"price\":99999999999999999999}",
+    {"decimal integer beyond int64", MD_ITEM_PUT, "k", "{" EM ",\"price\":99999999999999999999}",
      -1, "price", "too large; send it as a string", NULL, NULL},
     /* timestamps */
-    {"timestamp offset → UTC", GW_ITEM_PUT, "k", "{" EM ",\"at\":\"2026-01-31T12:00:00+02:00\"}", 0,
+    {"timestamp offset → UTC", MD_ITEM_PUT, "k", "{" EM ",\"at\":\"2026-01-31T12:00:00+02:00\"}", 0,
      NULL, NULL, "at", "\"2026-01-31T10:00:00.000000Z\""},
-    {"timestamp negative offset", GW_ITEM_PUT, "k", "{" EM ",\"at\":\"2026-01-31T22:00:00-05:30\"}",
+    {"timestamp negative offset", MD_ITEM_PUT, "k", "{" EM ",\"at\":\"2026-01-31T22:00:00-05:30\"}",
      0, NULL, NULL, "at", "\"2026-02-01T03:30:00.000000Z\""},
-    {"timestamp offset crosses the year", GW_ITEM_PUT, "k",
+    {"timestamp offset crosses the year", MD_ITEM_PUT, "k",
      "{" EM ",\"at\":\"2026-01-01T00:30:00+01:00\"}", 0, NULL, NULL, "at",
      "\"2025-12-31T23:30:00.000000Z\""},
-    {"timestamp UTC unchanged", GW_ITEM_PUT, "k", "{" EM ",\"at\":\"2026-01-31T12:00:00Z\"}", 0,
+    {"timestamp UTC unchanged", MD_ITEM_PUT, "k", "{" EM ",\"at\":\"2026-01-31T12:00:00Z\"}", 0,
      NULL, NULL, "at", "\"2026-01-31T12:00:00.000000Z\""},
-    {"timestamp lower-case t and z", GW_ITEM_PUT, "k", "{" EM ",\"at\":\"2026-01-31t12:00:00z\"}",
+    {"timestamp lower-case t and z", MD_ITEM_PUT, "k", "{" EM ",\"at\":\"2026-01-31t12:00:00z\"}",
      0, NULL, NULL, "at", "\"2026-01-31T12:00:00.000000Z\""},
-    {"timestamp fraction kept, six digits", GW_ITEM_PUT, "k",
+    {"timestamp fraction kept, six digits", MD_ITEM_PUT, "k",
      "{" EM ",\"at\":\"2026-01-31T12:00:00.123Z\"}", 0, NULL, NULL, "at",
      "\"2026-01-31T12:00:00.123000Z\""},
-    {"timestamp fraction of one digit", GW_ITEM_PUT, "k",
+    {"timestamp fraction of one digit", MD_ITEM_PUT, "k",
      "{" EM ",\"at\":\"2026-01-31T12:00:00.3Z\"}", 0, NULL, NULL, "at",
      "\"2026-01-31T12:00:00.300000Z\""},
-    {"timestamp fraction with offset", GW_ITEM_PUT, "k",
+    {"timestamp fraction with offset", MD_ITEM_PUT, "k",
      "{" EM ",\"at\":\"2026-01-31T12:00:00.5+01:00\"}", 0, NULL, NULL, "at",
      "\"2026-01-31T11:00:00.500000Z\""},
-    {"timestamp fraction cut to microseconds", GW_ITEM_PUT, "k",
+    {"timestamp fraction cut to microseconds", MD_ITEM_PUT, "k",
      "{" EM ",\"at\":\"2026-01-31T12:00:00.1234567Z\"}", 0, NULL, NULL, "at",
      "\"2026-01-31T12:00:00.123456Z\""},
-    {"timestamp offset cut short", GW_ITEM_PUT, "k", "{" EM ",\"at\":\"2026-01-31T12:00:00+\"}", -1,
+    {"timestamp offset cut short", MD_ITEM_PUT, "k", "{" EM ",\"at\":\"2026-01-31T12:00:00+\"}", -1,
      "at", "RFC 3339", NULL, NULL},
-    {"timestamp offset without minutes", GW_ITEM_PUT, "k",
+    {"timestamp offset without minutes", MD_ITEM_PUT, "k",
      "{" EM ",\"at\":\"2026-01-31T12:00:00+01\"}", -1, "at", "RFC 3339", NULL, NULL},
-    {"timestamp Feb 30", GW_ITEM_PUT, "k", "{" EM ",\"at\":\"2026-02-30T00:00:00Z\"}", -1, "at",
+    {"timestamp Feb 30", MD_ITEM_PUT, "k", "{" EM ",\"at\":\"2026-02-30T00:00:00Z\"}", -1, "at",
      "RFC 3339", NULL, NULL},
-    {"timestamp Feb 29 of a common year", GW_ITEM_PUT, "k",
+    {"timestamp Feb 29 of a common year", MD_ITEM_PUT, "k",
      "{" EM ",\"at\":\"2025-02-29T00:00:00Z\"}", -1, "at", "RFC 3339", NULL, NULL},
-    {"timestamp Feb 29 of 1900", GW_ITEM_PUT, "k", "{" EM ",\"at\":\"1900-02-29T00:00:00Z\"}", -1,
+    {"timestamp Feb 29 of 1900", MD_ITEM_PUT, "k", "{" EM ",\"at\":\"1900-02-29T00:00:00Z\"}", -1,
      "at", "RFC 3339", NULL, NULL},
-    {"timestamp Feb 29 of a leap year", GW_ITEM_PUT, "k",
+    {"timestamp Feb 29 of a leap year", MD_ITEM_PUT, "k",
      "{" EM ",\"at\":\"2024-02-29T00:00:00Z\"}", 0, NULL, NULL, "at",
      "\"2024-02-29T00:00:00.000000Z\""},
-    {"timestamp Feb 29 of 2000", GW_ITEM_PUT, "k", "{" EM ",\"at\":\"2000-02-29T00:00:00Z\"}", 0,
+    {"timestamp Feb 29 of 2000", MD_ITEM_PUT, "k", "{" EM ",\"at\":\"2000-02-29T00:00:00Z\"}", 0,
      NULL, NULL, "at", "\"2000-02-29T00:00:00.000000Z\""},
-    {"timestamp April 31", GW_ITEM_PUT, "k", "{" EM ",\"at\":\"2026-04-31T00:00:00Z\"}", -1, "at",
+    {"timestamp April 31", MD_ITEM_PUT, "k", "{" EM ",\"at\":\"2026-04-31T00:00:00Z\"}", -1, "at",
      "RFC 3339", NULL, NULL},
-    {"timestamp month 13", GW_ITEM_PUT, "k", "{" EM ",\"at\":\"2026-13-01T00:00:00Z\"}", -1, "at",
+    {"timestamp month 13", MD_ITEM_PUT, "k", "{" EM ",\"at\":\"2026-13-01T00:00:00Z\"}", -1, "at",
      "RFC 3339", NULL, NULL},
-    {"timestamp hour 24", GW_ITEM_PUT, "k", "{" EM ",\"at\":\"2026-01-31T24:00:00Z\"}", -1, "at",
+    {"timestamp hour 24", MD_ITEM_PUT, "k", "{" EM ",\"at\":\"2026-01-31T24:00:00Z\"}", -1, "at",
      "RFC 3339", NULL, NULL},
-    {"timestamp without zone", GW_ITEM_PUT, "k", "{" EM ",\"at\":\"2026-01-31T12:00:00\"}", -1,
+    {"timestamp without zone", MD_ITEM_PUT, "k", "{" EM ",\"at\":\"2026-01-31T12:00:00\"}", -1,
      "at", "RFC 3339", NULL, NULL},
-    {"timestamp date only", GW_ITEM_PUT, "k", "{" EM ",\"at\":\"2026-01-31\"}", -1, "at",
+    {"timestamp date only", MD_ITEM_PUT, "k", "{" EM ",\"at\":\"2026-01-31\"}", -1, "at",
      "RFC 3339", NULL, NULL},
-    {"timestamp trailing junk", GW_ITEM_PUT, "k", "{" EM ",\"at\":\"2026-01-31T12:00:00Zx\"}", -1,
+    {"timestamp trailing junk", MD_ITEM_PUT, "k", "{" EM ",\"at\":\"2026-01-31T12:00:00Zx\"}", -1,
      "at", "RFC 3339", NULL, NULL},
-    {"timestamp empty fraction", GW_ITEM_PUT, "k", "{" EM ",\"at\":\"2026-01-31T12:00:00.Z\"}", -1,
+    {"timestamp empty fraction", MD_ITEM_PUT, "k", "{" EM ",\"at\":\"2026-01-31T12:00:00.Z\"}", -1,
      "at", "RFC 3339", NULL, NULL},
-    {"timestamp bad offset", GW_ITEM_PUT, "k", "{" EM ",\"at\":\"2026-01-31T12:00:00+2:00\"}", -1,
+    {"timestamp bad offset", MD_ITEM_PUT, "k", "{" EM ",\"at\":\"2026-01-31T12:00:00+2:00\"}", -1,
      "at", "RFC 3339", NULL, NULL},
     /* keys */
-    {"PUT key from the path", GW_ITEM_PUT, "k1", "{" EM "}", 0, NULL, NULL, "id", "\"k1\""},
-    {"PUT key in the body agrees", GW_ITEM_PUT, "k1", "{" EM ",\"id\":\"k1\"}", 0, NULL, NULL, "id",
+    {"PUT key from the path", MD_ITEM_PUT, "k1", "{" EM "}", 0, NULL, NULL, "id", "\"k1\""},
+    {"PUT key in the body agrees", MD_ITEM_PUT, "k1", "{" EM ",\"id\":\"k1\"}", 0, NULL, NULL, "id",
      "\"k1\""},
-    {"PUT key in the body contradicts the path", GW_ITEM_PUT, "k1", "{" EM ",\"id\":\"k2\"}", -1,
+    {"PUT key in the body contradicts the path", MD_ITEM_PUT, "k1", "{" EM ",\"id\":\"k2\"}", -1,
      "id", "'id' in the body does not match the id in the path", NULL, NULL},
-    {"PUT key null in the body", GW_ITEM_PUT, "k1", "{" EM ",\"id\":null}", 0, NULL, NULL, "id",
+    {"PUT key null in the body", MD_ITEM_PUT, "k1", "{" EM ",\"id\":null}", 0, NULL, NULL, "id",
      "\"k1\""},
-    {"PUT key of the wrong type", GW_ITEM_PUT, "k1", "{" EM ",\"id\":1}", -1, "id",
+    {"PUT key of the wrong type", MD_ITEM_PUT, "k1", "{" EM ",\"id\":1}", -1, "id",
      "'id' must be a string", NULL, NULL},
-    {"INSERT key given", GW_ITEM_INSERT, NULL, "{" EM ",\"id\":\"mine\"}", 0, NULL, NULL, "id",
+    {"INSERT key given", MD_ITEM_INSERT, NULL, "{" EM ",\"id\":\"mine\"}", 0, NULL, NULL, "id",
      "\"mine\""},
-    {"INSERT key with a control character", GW_ITEM_INSERT, NULL, "{" EM ",\"id\":\"a\\u0001b\"}",
+    {"INSERT key with a control character", MD_ITEM_INSERT, NULL, "{" EM ",\"id\":\"a\\u0001b\"}",
      -1, "id", "control character", NULL, NULL},
-    {"INSERT key empty", GW_ITEM_INSERT, NULL, "{" EM ",\"id\":\"\"}", -1, "id", "key is empty",
+    {"INSERT key empty", MD_ITEM_INSERT, NULL, "{" EM ",\"id\":\"\"}", -1, "id", "key is empty",
      NULL, NULL},
-    {"INSERT still checks required", GW_ITEM_INSERT, NULL, "{}", -1, "email",
+    {"INSERT still checks required", MD_ITEM_INSERT, NULL, "{}", -1, "email",
      "field 'email' is required", NULL, NULL},
     /* auto: created */
-    {"auto created kept when given", GW_ITEM_PUT, "k",
+    {"auto created kept when given", MD_ITEM_PUT, "k",
      "{" EM ",\"created\":\"2020-01-01T00:00:00+01:00\"}", 0, NULL, NULL, "created",
      "\"2019-12-31T23:00:00.000000Z\""},
 };
@@ -393,10 +393,10 @@ static const struct item_case item_cases[] = {
 static void run_item_case(const struct cf_domain *d, const struct item_case *c, int *failed)
 {
     struct json_object *item = parse(c->body);
-    struct gw_error e;
+    struct md_error e;
     memset(&e, 0, sizeof(e));
-    e.err = GW_E_INTERNAL;
-    int rc = gw_item_check(d, &cf->limits, c->mode, c->key, item, &e);
+    e.err = MD_E_INTERNAL;
+    int rc = md_item_check(d, &cf->limits, c->mode, c->key, item, &e);
     const char *why = NULL;
     char buf[512];
     if (rc != c->rc) {
@@ -404,7 +404,7 @@ static void run_item_case(const struct cf_domain *d, const struct item_case *c, 
                  rc < 0 ? e.message : "-");
         why = buf;
     } else if (rc < 0) {
-        if (e.err != GW_E_BAD_REQUEST) {
+        if (e.err != MD_E_BAD_REQUEST) {
             why = "error is not bad_request";
         } else if (c->field == NULL ? e.field != NULL
                                     : e.field == NULL || strcmp(e.field, c->field) != 0) {
@@ -450,10 +450,10 @@ static void test_item_table(void **state)
 static void test_item_generated_key(void **state)
 {
     (void)state;
-    struct gw_error e = {0};
+    struct md_error e = {0};
     struct json_object *a = parse("{" EM "}"), *b = parse("{" EM ",\"id\":null}");
-    assert_int_equal(gw_item_check(things, &cf->limits, GW_ITEM_INSERT, NULL, a, &e), 0);
-    assert_int_equal(gw_item_check(things, &cf->limits, GW_ITEM_INSERT, NULL, b, &e), 0);
+    assert_int_equal(md_item_check(things, &cf->limits, MD_ITEM_INSERT, NULL, a, &e), 0);
+    assert_int_equal(md_item_check(things, &cf->limits, MD_ITEM_INSERT, NULL, b, &e), 0);
     const char *ka = json_object_get_string(json_object_object_get(a, "id"));
     const char *kb = json_object_get_string(json_object_object_get(b, "id"));
     assert_non_null(ka);
@@ -467,12 +467,12 @@ static void test_item_generated_key(void **state)
 
     /* a domain that does not generate keys wants one on insert */
     struct json_object *c = parse("{\"label\":\"x\"}");
-    assert_int_equal(gw_item_check(fixed, &cf->limits, GW_ITEM_INSERT, NULL, c, &e), -1);
+    assert_int_equal(md_item_check(fixed, &cf->limits, MD_ITEM_INSERT, NULL, c, &e), -1);
     assert_string_equal(e.field, "code");
     assert_non_null(strstr(e.message, "'code' is required"));
     json_object_put(c);
     c = parse("{\"code\":\"X1\"}");
-    assert_int_equal(gw_item_check(fixed, &cf->limits, GW_ITEM_INSERT, NULL, c, &e), 0);
+    assert_int_equal(md_item_check(fixed, &cf->limits, MD_ITEM_INSERT, NULL, c, &e), 0);
     assert_string_equal(member_json(c, "code"), "\"X1\"");
     json_object_put(c);
 }
@@ -480,10 +480,10 @@ static void test_item_generated_key(void **state)
 static void test_item_auto_created(void **state)
 {
     (void)state;
-    struct gw_error e = {0};
+    struct md_error e = {0};
     struct json_object *item = parse("{" EM "}");
     time_t before = time(NULL);
-    assert_int_equal(gw_item_check(things, &cf->limits, GW_ITEM_INSERT, NULL, item, &e), 0);
+    assert_int_equal(md_item_check(things, &cf->limits, MD_ITEM_INSERT, NULL, item, &e), 0);
     time_t after = time(NULL);
     const char *s = json_object_get_string(json_object_object_get(item, "created"));
     assert_non_null(s);
@@ -509,7 +509,7 @@ static void test_item_auto_created(void **state)
     struct json_object *again = json_object_new_object();
     json_object_object_add(again, "email", json_object_new_string("x"));
     json_object_object_add(again, "at", json_object_new_string(copy));
-    assert_int_equal(gw_item_check(things, &cf->limits, GW_ITEM_PUT, "k", again, &e), 0);
+    assert_int_equal(md_item_check(things, &cf->limits, MD_ITEM_PUT, "k", again, &e), 0);
     assert_string_equal(json_object_get_string(json_object_object_get(again, "at")), copy);
     json_object_put(again);
     json_object_put(item);
@@ -531,9 +531,9 @@ static void test_item_counters(void **state)
         {"{\"items\":[1]}", -1},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
-        struct gw_error e = {0};
+        struct md_error e = {0};
         struct json_object *item = parse(cases[i].body);
-        int rc = gw_item_check(carts, &cf->limits, GW_ITEM_PUT, "u1", item, &e);
+        int rc = md_item_check(carts, &cf->limits, MD_ITEM_PUT, "u1", item, &e);
         if (rc != cases[i].rc) {
             fail_msg("%s: rc %d, want %d (%s)", cases[i].body, rc, cases[i].rc, e.message);
         }
@@ -546,7 +546,7 @@ static void test_item_counters(void **state)
     }
 }
 
-/* regression (gateway/gw_item.c check_value, CF_T_DECIMAL): a decimal given as a
+/* regression (model/md_item.c check_value, CF_T_DECIMAL): a decimal given as a
  * string is accepted by dec_parse in forms that are not JSON numbers ("12.",
  * ".5", "+1.5", "007.5", "-.5"), and json_object_new_double_s() then keeps that
  * text, so the item the gateway stores and returns is not valid JSON.  Either
@@ -560,8 +560,8 @@ static void test_decimal_string_not_json(void **state)
         char body[128];
         snprintf(body, sizeof(body), "{" EM ",\"price\":\"%s\"}", texts[i]);
         struct json_object *item = parse(body);
-        struct gw_error e = {0};
-        int rc = gw_item_check(things, &cf->limits, GW_ITEM_PUT, "k", item, &e);
+        struct md_error e = {0};
+        int rc = md_item_check(things, &cf->limits, MD_ITEM_PUT, "k", item, &e);
         if (rc == 0 && !is_json_number(member_json(item, "price"))) {
             print_error("FAIL: price \"%s\" accepted and serialised as %s (not JSON)\n", texts[i],
                         member_json(item, "price"));
@@ -570,13 +570,13 @@ static void test_decimal_string_not_json(void **state)
         json_object_put(item);
     }
     if (failed > 0) {
-        fail_msg("regression (gateway/gw_item.c check_value, decimal strings): %d decimal "
+        fail_msg("regression (model/md_item.c check_value, decimal strings): %d decimal "
                  "string(s) accepted that serialise as invalid JSON",
                  failed);
     }
 }
 
-/* regression (gateway/gw_item.c ts_normalise): the sscanf("%4d-%2d-%2d") /
+/* regression (model/md_item.c ts_normalise): the sscanf("%4d-%2d-%2d") /
  * ("%2d:%2d:%2d") parse takes signs and leading blanks inside the fields, only
  * upper bounds are checked (negative hours, minutes and seconds pass and shift
  * the time), and strftime("%Y") does not pad, so years before 1000 (or after
@@ -605,8 +605,8 @@ static void test_timestamp_lenient(void **state)
         struct json_object *item = json_object_new_object();
         json_object_object_add(item, "email", json_object_new_string("x"));
         json_object_object_add(item, "at", json_object_new_string(cases[i].in));
-        struct gw_error e = {0};
-        int rc = gw_item_check(things, &cf->limits, GW_ITEM_PUT, "k", item, &e);
+        struct md_error e = {0};
+        int rc = md_item_check(things, &cf->limits, MD_ITEM_PUT, "k", item, &e);
         const char *got =
             rc == 0 ? json_object_get_string(json_object_object_get(item, "at")) : NULL;
         if (cases[i].want == NULL ? rc == 0 : got == NULL || strcmp(got, cases[i].want) != 0) {
@@ -617,7 +617,7 @@ static void test_timestamp_lenient(void **state)
         json_object_put(item);
     }
     if (failed > 0) {
-        fail_msg("regression (gateway/gw_item.c ts_normalise): %d malformed timestamp(s) accepted "
+        fail_msg("regression (model/md_item.c ts_normalise): %d malformed timestamp(s) accepted "
                  "or normalised to non-RFC 3339 text",
                  failed);
     }
@@ -650,11 +650,11 @@ static int run_isolated(int (*fn)(void))
 #define NINES36 "999999999999999999999999999999999999"
 
 /* 36 digits + 36 digits at scale 2: each operand is ~1e38 as an __int128, so
- * the sum x + y overflows before the range check (gw_item.c gw_decimal_add). */
+ * the sum x + y overflows before the range check (md_item.c md_decimal_add). */
 static int child_add_overflow(void)
 {
     char out[64];
-    return gw_decimal_add(NINES36, NINES36, 2, out, sizeof(out)) == -1 ? 0 : 2;
+    return md_decimal_add(NINES36, NINES36, 2, out, sizeof(out)) == -1 ? 0 : 2;
 }
 
 /* 36 digits padded to scale 3 is ~1e39: dec_parse's `v *= 10` padding loop
@@ -662,7 +662,7 @@ static int child_add_overflow(void)
 static int child_parse_overflow(void)
 {
     char out[64];
-    return gw_decimal_add(NINES36, "0", 3, out, sizeof(out)) == -1 ? 0 : 2;
+    return md_decimal_add(NINES36, "0", 3, out, sizeof(out)) == -1 ? 0 : 2;
 }
 
 /* Through validation: a decimal field with scale 6 and a 33-digit value. */
@@ -670,17 +670,17 @@ static int child_item_overflow(void)
 {
     struct json_object *item =
         json_tokener_parse("{" EM ",\"rate\":\"999999999999999999999999999999999\"}");
-    struct gw_error e = {0};
-    int rc = gw_item_check(things, &cf->limits, GW_ITEM_PUT, "k", item, &e);
+    struct md_error e = {0};
+    int rc = md_item_check(things, &cf->limits, MD_ITEM_PUT, "k", item, &e);
     json_object_put(item);
     return rc == -1 ? 0 : 2;
 }
 
-/* regression (gateway/gw_item.c dec_parse / gw_decimal_add): signed __int128
+/* regression (model/md_item.c dec_parse / md_decimal_add): signed __int128
  * overflow (undefined behaviour) on operands near the 36-digit limit.  Under
  * -fsanitize=undefined the child dies with "signed integer overflow"; in a
  * plain build the result is whatever the wrap-around gives.  Expected: -1 (or,
- * for gw_item_check, a 400) without overflowing. */
+ * for md_item_check, a 400) without overflowing. */
 static void test_decimal_overflow(void **state)
 {
     (void)state;
@@ -688,9 +688,9 @@ static void test_decimal_overflow(void **state)
         const char *name;
         int (*fn)(void);
     } cases[] = {
-        {"gw_decimal_add(36 nines, 36 nines, scale 2): x + y overflows", child_add_overflow},
-        {"gw_decimal_add(36 nines, 0, scale 3): dec_parse padding overflows", child_parse_overflow},
-        {"gw_item_check rate (scale 6) = 33 nines: dec_parse padding overflows",
+        {"md_decimal_add(36 nines, 36 nines, scale 2): x + y overflows", child_add_overflow},
+        {"md_decimal_add(36 nines, 0, scale 3): dec_parse padding overflows", child_parse_overflow},
+        {"md_item_check rate (scale 6) = 33 nines: dec_parse padding overflows",
          child_item_overflow},
     };
     int failed = 0;
@@ -703,13 +703,13 @@ static void test_decimal_overflow(void **state)
         }
     }
     if (failed > 0) {
-        fail_msg("regression (gateway/gw_item.c dec_parse/gw_decimal_add __int128 overflow): "
+        fail_msg("regression (model/md_item.c dec_parse/md_decimal_add __int128 overflow): "
                  "%d case(s) failed",
                  failed);
     }
 }
 
-/* ---- gw_patch_check ------------------------------------------------------------------- */
+/* ---- md_patch_check ------------------------------------------------------------------- */
 
 struct patch_case {
     const char *name;
@@ -789,14 +789,14 @@ static void test_patch_check_table(void **state)
     for (size_t i = 0; i < n; i++) {
         const struct patch_case *c = &patch_cases[i];
         struct json_object *p = parse(c->patch);
-        struct gw_error e;
+        struct md_error e;
         memset(&e, 0, sizeof(e));
-        e.err = GW_E_INTERNAL;
-        int rc = gw_patch_check(c->which == 0 ? things : carts, &cf->limits, p, &e);
+        e.err = MD_E_INTERNAL;
+        int rc = md_patch_check(c->which == 0 ? things : carts, &cf->limits, p, &e);
         char why[512] = "";
         if (rc != c->rc) {
             snprintf(why, sizeof(why), "rc %d, want %d (%s)", rc, c->rc, rc < 0 ? e.message : "-");
-        } else if (rc < 0 && e.err != GW_E_BAD_REQUEST) {
+        } else if (rc < 0 && e.err != MD_E_BAD_REQUEST) {
             snprintf(why, sizeof(why), "error is not bad_request");
         } else if (rc < 0 &&
                    (c->field == NULL ? e.field != NULL
@@ -822,16 +822,16 @@ static void test_patch_check_table(void **state)
 static void test_patch_check_normalises(void **state)
 {
     (void)state;
-    struct gw_error e = {0};
+    struct md_error e = {0};
     struct json_object *p =
         parse("{\"set\":{\"at\":\"2026-01-31T12:00:00+02:00\",\"price\":\"12.30\"}}");
-    assert_int_equal(gw_patch_check(things, &cf->limits, p, &e), 0);
+    assert_int_equal(md_patch_check(things, &cf->limits, p, &e), 0);
     assert_string_equal(plain(p),
                         "{\"set\":{\"at\":\"2026-01-31T10:00:00.000000Z\",\"price\":12.30}}");
     json_object_put(p);
 }
 
-/* ---- gw_patch_apply ---------------------------------------------------------------------- */
+/* ---- md_patch_apply ---------------------------------------------------------------------- */
 
 struct apply_case {
     const char *name;
@@ -883,20 +883,20 @@ static void test_patch_apply_table(void **state)
     for (size_t i = 0; i < n; i++) {
         const struct apply_case *c = &apply_cases[i];
         struct json_object *item = parse(c->item), *p = parse(c->patch);
-        struct gw_error e = {0};
+        struct md_error e = {0};
         char why[512] = "";
-        if (gw_patch_check(things, &cf->limits, p, &e) != 0) {
-            snprintf(why, sizeof(why), "gw_patch_check refused it: %s", e.message);
+        if (md_patch_check(things, &cf->limits, p, &e) != 0) {
+            snprintf(why, sizeof(why), "md_patch_check refused it: %s", e.message);
         } else {
-            int rc = gw_patch_apply(things, item, p, &e);
+            int rc = md_patch_apply(things, item, p, &e);
             if (rc != c->rc) {
                 snprintf(why, sizeof(why), "rc %d, want %d (%s)", rc, c->rc,
                          rc < 0 ? e.message : plain(item));
             } else if (rc == 0 && strcmp(plain(item), c->want) != 0) {
                 snprintf(why, sizeof(why), "got %s, want %s", plain(item), c->want);
-            } else if (rc < 0 && (e.err != GW_E_CONFLICT || strstr(e.message, c->want) == NULL)) {
+            } else if (rc < 0 && (e.err != MD_E_CONFLICT || strstr(e.message, c->want) == NULL)) {
                 snprintf(why, sizeof(why), "error %s \"%s\", want conflict \"%s\"",
-                         gw_err_code(e.err), e.message, c->want);
+                         md_err_code(e.err), e.message, c->want);
             }
         }
         if (why[0] != '\0') {
@@ -918,16 +918,16 @@ static void test_patch_apply_exact_sum(void **state)
     struct json_object *item = parse("{\"id\":\"k\",\"price\":0.00}");
     for (int i = 0; i < 10; i++) {
         struct json_object *p = parse("{\"inc\":{\"price\":\"0.10\"}}");
-        struct gw_error e = {0};
-        assert_int_equal(gw_patch_check(things, &cf->limits, p, &e), 0);
-        assert_int_equal(gw_patch_apply(things, item, p, &e), 0);
+        struct md_error e = {0};
+        assert_int_equal(md_patch_check(things, &cf->limits, p, &e), 0);
+        assert_int_equal(md_patch_apply(things, item, p, &e), 0);
         json_object_put(p);
     }
     assert_string_equal(member_json(item, "price"), "1.00");
     json_object_put(item);
 }
 
-/* ---- gw_decimal_add ---------------------------------------------------------------------- */
+/* ---- md_decimal_add ---------------------------------------------------------------------- */
 
 static void test_decimal_add(void **state)
 {
@@ -974,7 +974,7 @@ static void test_decimal_add(void **state)
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         char out[80];
         memset(out, 'x', sizeof(out));
-        int rc = gw_decimal_add(cases[i].a, cases[i].b, cases[i].scale, out, sizeof(out));
+        int rc = md_decimal_add(cases[i].a, cases[i].b, cases[i].scale, out, sizeof(out));
         if (cases[i].want == NULL) {
             if (rc != -1) {
                 fail_msg("%s + %s (scale %d) = %s, want -1", cases[i].a, cases[i].b, cases[i].scale,
@@ -987,15 +987,15 @@ static void test_decimal_add(void **state)
     }
 }
 
-/* ---- gw_key_check ------------------------------------------------------------------------ */
+/* ---- md_key_check ------------------------------------------------------------------------ */
 
-/* A cart of more than GW_MAX_COUNTER_OPS members, or a patch of more
+/* A cart of more than MD_MAX_COUNTER_OPS members, or a patch of more
  * entries, is refused naming the limit; up to it is accepted (the Redis
  * adapter had a fixed argument array: 9 members were refused). */
 static void test_counters_limit(void **state)
 {
     (void)state;
-    for (int n = GW_MAX_COUNTER_OPS; n <= GW_MAX_COUNTER_OPS + 1; n++) {
+    for (int n = MD_MAX_COUNTER_OPS; n <= MD_MAX_COUNTER_OPS + 1; n++) {
         struct json_object *members = json_object_new_object();
         struct json_object *set = json_object_new_object();
         for (int i = 0; i < n; i++) {
@@ -1009,16 +1009,16 @@ static void test_counters_limit(void **state)
         json_object_object_add(item, "items", members);
         struct json_object *patch = json_object_new_object();
         json_object_object_add(patch, "set", set);
-        struct gw_error e = {0};
-        int rc = gw_item_check(carts, &cf->limits, GW_ITEM_PUT, "u1", item, &e);
-        struct gw_error pe = {0};
-        int prc = gw_patch_check(carts, &cf->limits, patch, &pe);
-        if (n <= GW_MAX_COUNTER_OPS) {
+        struct md_error e = {0};
+        int rc = md_item_check(carts, &cf->limits, MD_ITEM_PUT, "u1", item, &e);
+        struct md_error pe = {0};
+        int prc = md_patch_check(carts, &cf->limits, patch, &pe);
+        if (n <= MD_MAX_COUNTER_OPS) {
             assert_int_equal(rc, 0);
             assert_int_equal(prc, 0);
         } else {
             char want[64];
-            snprintf(want, sizeof(want), "at most %d in one write", GW_MAX_COUNTER_OPS);
+            snprintf(want, sizeof(want), "at most %d in one write", MD_MAX_COUNTER_OPS);
             assert_int_equal(rc, -1);
             assert_string_equal(e.field, "items");
             assert_non_null(strstr(e.message, want));
@@ -1063,19 +1063,19 @@ static void test_key_check(void **state)
         {"\xf0\x9f\x90\x8e", 4, 0, NULL},                 /* U+1F40E */
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
-        struct gw_error e = {0};
-        int rc = gw_key_check(cases[i].key, cases[i].len, &e);
+        struct md_error e = {0};
+        int rc = md_key_check(cases[i].key, cases[i].len, &e);
         if (rc != cases[i].rc) {
             fail_msg("key case %zu: rc %d, want %d", i, rc, cases[i].rc);
         }
         if (rc < 0) {
-            assert_int_equal(e.err, GW_E_BAD_REQUEST);
+            assert_int_equal(e.err, MD_E_BAD_REQUEST);
             assert_non_null(strstr(e.message, cases[i].msg));
         }
     }
-    struct gw_error e = {0};
-    assert_int_equal(gw_key_check(big, 512, &e), 0);
-    assert_int_equal(gw_key_check(big, 513, &e), -1);
+    struct md_error e = {0};
+    assert_int_equal(md_key_check(big, 512, &e), 0);
+    assert_int_equal(md_key_check(big, 513, &e), -1);
     assert_non_null(strstr(e.message, "longer than 512 bytes"));
 }
 

@@ -1,7 +1,7 @@
 /*
- * gw_error.c — the JSON error shape.
+ * md_error.c — the JSON error shape.
  */
-#include "gateway/gw_error.h"
+#include "model/md_error.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -9,47 +9,47 @@
 
 #include <event2/buffer.h>
 
-#include "gateway/gw_json.h"
+#include "lib/lb_json.h"
 
 static const struct {
     int status;
     const char *code;
 } errs[] = {
-    [GW_E_BAD_REQUEST] = {400, "bad_request"},
-    [GW_E_UNSUPPORTED] = {400, "unsupported_operation"},
-    [GW_E_UNKNOWN_DOMAIN] = {404, "unknown_domain"},
-    [GW_E_NOT_FOUND] = {404, "not_found"},
-    [GW_E_UNAUTHORIZED] = {401, "unauthorized"},
-    [GW_E_FORBIDDEN] = {403, "forbidden"},
-    [GW_E_RATE_LIMITED] = {429, "rate_limited"},
-    [GW_E_METHOD] = {405, "method_not_allowed"},
-    [GW_E_REQ_TIMEOUT] = {408, "request_timeout"},
-    [GW_E_CONFLICT] = {409, "conflict"},
-    [GW_E_PRECONDITION] = {412, "precondition_failed"},
-    [GW_E_TOO_LARGE] = {413, "payload_too_large"},
-    [GW_E_URI_TOO_LONG] = {414, "uri_too_long"},
-    [GW_E_HEADERS_TOO_LARGE] = {431, "headers_too_large"},
-    [GW_E_INTERNAL] = {500, "internal"},
-    [GW_E_UNAVAILABLE] = {503, "backend_unavailable"},
-    [GW_E_SHUTTING_DOWN] = {503, "shutting_down"},
-    [GW_E_TIMEOUT] = {504, "timeout"},
-    [GW_E_IDEM_REUSED] = {422, "idempotency_key_reused"},
-    [GW_E_IDEM_BUSY] = {409, "idempotency_in_progress"},
-    [GW_E_HTTP_VERSION] = {505, "http_version_not_supported"},
-    [GW_E_RESPONSE_TOO_LARGE] = {400, "response_too_large"},
+    [MD_E_BAD_REQUEST] = {400, "bad_request"},
+    [MD_E_UNSUPPORTED] = {400, "unsupported_operation"},
+    [MD_E_UNKNOWN_DOMAIN] = {404, "unknown_domain"},
+    [MD_E_NOT_FOUND] = {404, "not_found"},
+    [MD_E_UNAUTHORIZED] = {401, "unauthorized"},
+    [MD_E_FORBIDDEN] = {403, "forbidden"},
+    [MD_E_RATE_LIMITED] = {429, "rate_limited"},
+    [MD_E_METHOD] = {405, "method_not_allowed"},
+    [MD_E_REQ_TIMEOUT] = {408, "request_timeout"},
+    [MD_E_CONFLICT] = {409, "conflict"},
+    [MD_E_PRECONDITION] = {412, "precondition_failed"},
+    [MD_E_TOO_LARGE] = {413, "payload_too_large"},
+    [MD_E_URI_TOO_LONG] = {414, "uri_too_long"},
+    [MD_E_HEADERS_TOO_LARGE] = {431, "headers_too_large"},
+    [MD_E_INTERNAL] = {500, "internal"},
+    [MD_E_UNAVAILABLE] = {503, "backend_unavailable"},
+    [MD_E_SHUTTING_DOWN] = {503, "shutting_down"},
+    [MD_E_TIMEOUT] = {504, "timeout"},
+    [MD_E_IDEM_REUSED] = {422, "idempotency_key_reused"},
+    [MD_E_IDEM_BUSY] = {409, "idempotency_in_progress"},
+    [MD_E_HTTP_VERSION] = {505, "http_version_not_supported"},
+    [MD_E_RESPONSE_TOO_LARGE] = {400, "response_too_large"},
 };
 
-int gw_err_status(enum gw_err e)
+int md_err_status(enum md_err e)
 {
     return errs[e].status;
 }
 
-const char *gw_err_code(enum gw_err e)
+const char *md_err_code(enum md_err e)
 {
     return errs[e].code;
 }
 
-void gw_error_set(struct gw_error *e, enum gw_err code, const char *field, const char *fmt, ...)
+void md_error_set(struct md_error *e, enum md_err code, const char *field, const char *fmt, ...)
 {
     e->err = code;
     e->field = field;
@@ -79,7 +79,7 @@ static void member(struct evbuffer *out, const char *name, const char *val)
         return;
     }
     evbuffer_add_printf(out, ",\"%s\":", name);
-    gw_json_write_string(out, val, strlen(val));
+    lb_json_write_string(out, val, strlen(val));
 }
 
 static void jmember(struct json_object *o, const char *name, const char *val)
@@ -89,7 +89,7 @@ static void jmember(struct json_object *o, const char *name, const char *val)
     }
 }
 
-struct json_object *gw_error_json(const struct gw_error *e, const char *request_id)
+struct json_object *md_error_json(const struct md_error *e, const char *request_id)
 {
     struct json_object *o = json_object_new_object();
     json_object_object_add(o, "code", json_object_new_string(errs[e->err].code));
@@ -101,10 +101,10 @@ struct json_object *gw_error_json(const struct gw_error *e, const char *request_
     return o;
 }
 
-void gw_error_write(struct evbuffer *out, const struct gw_error *e, const char *request_id)
+void md_error_write(struct evbuffer *out, const struct md_error *e, const char *request_id)
 {
     evbuffer_add_printf(out, "{\"error\":{\"code\":\"%s\",\"message\":", errs[e->err].code);
-    gw_json_write_string(out, e->message, strlen(e->message));
+    lb_json_write_string(out, e->message, strlen(e->message));
     member(out, "domain", e->domain);
     member(out, "shard", e->shard);
     member(out, "field", e->field);

@@ -1,37 +1,37 @@
 /*
- * gw_log.c — one-line logs to stderr.
+ * lb_log.c — one-line logs to stderr.
  */
-#include "gateway/gw_log.h"
+#include "lib/lb_log.h"
 
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
 
-static int level = GW_LOG_INFO;
+static int level = LB_LOG_INFO;
 
-void gw_log_set_level(const char *name)
+void lb_log_set_level(const char *name)
 {
-    int lv = GW_LOG_INFO;
+    int lv = LB_LOG_INFO;
     if (strcmp(name, "debug") == 0) {
-        lv = GW_LOG_DEBUG;
+        lv = LB_LOG_DEBUG;
     } else if (strcmp(name, "warn") == 0) {
-        lv = GW_LOG_WARN;
+        lv = LB_LOG_WARN;
     } else if (strcmp(name, "error") == 0) {
-        lv = GW_LOG_ERROR;
+        lv = LB_LOG_ERROR;
     }
     __atomic_store_n(&level, lv, __ATOMIC_RELAXED);
 }
 
-int gw_log_enabled(enum gw_log_level lv)
+int lb_log_enabled(enum lb_log_level lv)
 {
     return (int)lv >= __atomic_load_n(&level, __ATOMIC_RELAXED);
 }
 
-void gw_log(enum gw_log_level lv, const char *fmt, ...)
+void lb_log(enum lb_log_level lv, const char *fmt, ...)
 {
     static const char *const names[] = {"debug", "info", "warn", "error"};
-    if (!gw_log_enabled(lv)) {
+    if (!lb_log_enabled(lv)) {
         return;
     }
     char line[2048];
