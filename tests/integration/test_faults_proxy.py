@@ -89,7 +89,13 @@ def wait_ready(timeout=30):
             finally:
                 c.close()
         return ok == 6
-    return poll(ready, timeout, 0.1)
+    if not poll(ready, timeout, 0.1):
+        return False
+    # a ping proves one connection per shard; the catalog's driver keeps a
+    # client per pool thread, each of which must have rediscovered the
+    # server after the previous test's fault: reads of a missing item must
+    # be answered by the store (404) several times in a row
+    return recovers("GET", "/v1/catalog/READY-PROBE", want=(404,), timeout=timeout)
 
 
 def recovers(method, path, body=None, want=(200,), timeout=30):
