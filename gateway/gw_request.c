@@ -100,7 +100,7 @@ struct gw_req {
     int detailed;             /* /ready on the admin listener: every shard's state */
     int ready_late;           /* /ready past READY_WAIT_MS, waiting for unknown shards */
     size_t resp_bytes;        /* batch: bytes of the answers collected so far */
-    /* issue 6: a backend being rebalanced (routing/rt_live.h, live_gate()) */
+    /* a backend being rebalanced (routing/rt_live.h, live_gate()) */
     struct rt_live *live;
     struct rt_live_ticket ticket;
     struct rt_live_excl excl[RT_LIVE_MAX_EXCL]; /* the exclusions of the ticket */
@@ -1277,7 +1277,7 @@ static void guard_finish(struct gw_req *g)
     req_release(r);
 }
 
-/* ---- issue 6: requests on a backend whose slots are being moved ---------------- */
+/* ---- requests on a backend whose slots are being moved ------------------------- */
 
 static void req_start(struct gw_req *r);
 
@@ -1334,7 +1334,7 @@ static int live_gate(struct gw_req *r)
     return -1;
 }
 
-/* ---- end of issue 6 ------------------------------------------------------------ */
+/* ---- end of the rebalance gate ------------------------------------------------- */
 
 /* Start a prepared request: one shard, or a fan-out. */
 static void req_start(struct gw_req *r)
@@ -2156,7 +2156,7 @@ static void admin_route(struct gw_req *r, struct gw_http_req *hr)
     send_json(r, 200, doc);
 }
 
-/* ---- /admin/shardmap (issue 6; the checks live in gw_shardmap.c) -------------- */
+/* ---- /admin/shardmap (the checks live in gw_shardmap.c) ----------------------- */
 
 static void admin_map_done(const struct md_error *e, int rebalancing, void *arg)
 {
@@ -2282,10 +2282,10 @@ void gw_admin_handle(struct gw_http_req *hr, void *arg)
         admin_route(r, hr);
     } else if (strcmp(hr->path, "/admin/shardmap") == 0 ||
                strncmp(hr->path, "/admin/shardmap/", 16) == 0) {
-        admin_shardmap(r, hr); /* issue 6 */
+        admin_shardmap(r, hr);
     } else if (strcmp(hr->path, "/admin/rebalance") == 0 ||
                strncmp(hr->path, "/admin/rebalance/", 17) == 0) {
-        admin_rebalance(r, hr); /* issue 6 */
+        admin_rebalance(r, hr);
     } else if (strcmp(hr->path, "/admin/config") == 0 && hr->method == GW_GET) {
         struct json_object *doc = json_object_new_object();
         json_object_object_add(doc, "path", json_object_new_string(r->cf->path));

@@ -36,7 +36,7 @@ void gw_request_set_put_map(gw_put_map_fn put_map);
 void gw_requests_abandon(struct gw_worker *w);
 void gw_requests_free_all(struct gw_worker *w);
 
-/* Issue 6: once no request started before w->join_id is in flight, tell the
+/* Rebalancing: once no request started before w->join_id is in flight, tell the
  * live slot table (rt_live_worker_drained). */
 void gw_requests_check_drained(struct gw_worker *w);
 

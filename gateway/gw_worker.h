@@ -76,7 +76,7 @@ struct gw_worker {
     int exit_code;
     struct event *stats_timer; /* samples the pools for /metrics (gw_metrics.h) */
 
-    /* issue 6: the live slot table of a rebalance this worker runs on, and
+    /* rebalancing: the live slot table of a rebalance this worker runs on, and
      * whether requests it started before (routed without a ticket) are still
      * in flight: ids below join_id (gw_requests_check_drained). */
     struct rt_live *join_live;

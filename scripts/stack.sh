@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # polygate local stack: real database servers on loopback, for the integration
-# tests and benchmarks (DESIGN.md §7).  Debian 12, run as root.
+# tests and benchmarks.  Debian 12, run as root.
 #
 #   scripts/stack.sh up            install what is missing, start everything,
 #                                  create the databases, print status
