@@ -836,9 +836,12 @@ static int env_prepare(struct gw_req *r, enum ad_op op, const struct cf_domain *
     return 0;
 }
 
-static const char *allow_for(const struct ad_ops *ops, const struct cf_domain *d, int item)
+/* The methods a route allows, into the caller's buf (each worker thread
+ * answers on its own: no shared buffer). */
+#define ALLOW_MAX 40 /* "GET, PUT, PATCH, DELETE" and a NUL */
+static const char *allow_for(const struct ad_ops *ops, const struct cf_domain *d, int item,
+                             char buf[ALLOW_MAX])
 {
-    static char buf[64];
     buf[0] = '\0';
     if (item) {
         if (ops->supports(d, AD_GET)) {
@@ -880,7 +883,8 @@ static int method_allowed(struct gw_req *r, const struct cf_domain *d, enum ad_o
                      d->key);
         return 0;
     }
-    const char *allow = allow_for(ops, d, item);
+    char abuf[ALLOW_MAX];
+    const char *allow = allow_for(ops, d, item, abuf);
     if (!item && ops->supports(d, AD_PUT)) {
         md_error_set(e, MD_E_METHOD, NULL,
                      "domain '%s' has no insert; create or replace with PUT /v1/%s/{%s}", d->name,
@@ -1949,7 +1953,8 @@ static void handle_data(struct gw_req *r, struct gw_http_req *hr)
             op = AD_DELETE;
             break;
         default: {
-            const char *allow = allow_for(ad_lookup(d->backend->type), d, 1);
+            char abuf[ALLOW_MAX];
+            const char *allow = allow_for(ad_lookup(d->backend->type), d, 1, abuf);
             snprintf(hdr, sizeof(hdr), "Allow: %s\r\n", allow);
             md_error_set(&e, MD_E_METHOD, NULL, "%s is not supported on /v1/%s/{%s}; allowed: %s",
                          hr->method_name, d->name, d->key, allow);
