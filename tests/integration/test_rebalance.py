@@ -252,6 +252,21 @@ class Run:
         shutil.rmtree(self.tmp, ignore_errors=True)
         return rc
 
+    def wait_map_active(self, version, deadline):
+        """The mover reports its end, then the main thread activates the
+        map it wrote and posts it to every worker: wait until three reads
+        of /admin/shardmap in a row (fresh connections, any worker) show it
+        with no migration."""
+        good = 0
+        while time.time() < deadline and good < 3:
+            st, sm = self.admin("GET", "/admin/shardmap")
+            b = sm["backends"][0] if st == 200 and sm.get("backends") else None
+            ok = b is not None and b["migration"] is None and (version is None or b["version"] == version)
+            good = good + 1 if ok else 0
+            if good < 3:
+                time.sleep(0.05)
+        assert good == 3, "the map of the ended rebalance is not active: %s" % (sm,)
+
     def wait_done(self, timeout=240, max_errors=None):
         """The final status; max_errors: fail as soon as the mover has
         reported more errors than that (a slot retried forever)."""
@@ -262,6 +277,7 @@ class Run:
             if st == 200:
                 last = body
                 if body["state"] in ("done", "aborted"):
+                    self.wait_map_active(body.get("to_version"), deadline)
                     return body
                 if max_errors is not None and body.get("error_count", 0) > max_errors:
                     break
