@@ -95,9 +95,13 @@ class Relay:
                 pass
 
 
-def gateway():
+def gateway(connect_timeout_ms=None):
     with open(CONFIG) as f:
         text = f.read()
+    if connect_timeout_ms is not None:
+        line = "pool: {max: 2, connect_timeout_ms: 500, queue_max: 1024"
+        assert line in text  # the redis pool of the test config
+        text = text.replace(line, line.replace("500", str(connect_timeout_ms)), 1)
     text = text.replace("18080", str(GW_PORT)).replace("19090", str(GW_ADMIN))
     text = text.replace("request_timeout_ms: 1500", "request_timeout_ms: %d" % DEADLINE_MS)
     text = text.replace("redis://127.0.0.1:%d/" % REDIS_PORT, "redis://127.0.0.1:%d/" % RELAY_PORT)
@@ -161,11 +165,14 @@ def test_redis_connection_that_stops_answering_is_replaced():
 def test_requests_wait_for_a_connection_being_opened():
     """A request that arrives while the pool's connections are still being
     opened (the gateway just started; here each handshake answer is held
-    0.3 s) waits for them, within the connect timeout, as the SQL pools do:
+    0.5 s) waits for them, within the connect timeout, as the SQL pools do:
     it is served, not answered 503 "no connection"."""
-    relay = Relay(hold_s=0.3)
-    g = gateway()
+    relay = Relay(hold_s=0.5)
+    g = gateway(connect_timeout_ms=3000)  # the held handshake stays well inside it
     try:
+        # every connection of both workers is accepted: their handshakes are
+        # now held for half a second, and the request arrives within it
+        assert poll(lambda: relay.accepted >= 4, 10), relay.accepted
         sid = "wait-" + uuid.uuid4().hex
         st, body, _, took = session_get(sid)
         assert st == 404, (st, body, g.logtext()[-2000:])  # served by Redis: no such session
