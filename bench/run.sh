@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# polygate benchmark (issue 7, docs/performance.md): `make bench` runs this.
+# polygate benchmark (docs/performance.md): `make bench` runs this.
 #
 # Brings up the local stack, starts its OWN polygate (ports 18180/19190, auth
 # off, a generated copy of config/polygate.yaml under bench/results/tmp),

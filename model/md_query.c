@@ -387,6 +387,18 @@ static void add_kid(struct md_qnode *g, struct md_qnode *k)
 }
 
 /* One member of a where object: "and"/"or" or a field path. */
+/* An AND group of one condition is that condition. */
+static struct md_qnode *unwrap(struct md_qnode *g)
+{
+    if (g->nkids != 1) {
+        return g;
+    }
+    struct md_qnode *k = g->kids[0];
+    g->nkids = 0;
+    node_free(g);
+    return k;
+}
+
 static struct md_qnode *parse_member(struct pctx *c, const char *name, struct json_object *v,
                                      int depth)
 {
@@ -471,13 +483,7 @@ static struct md_qnode *parse_member(struct pctx *c, const char *name, struct js
             }
             add_kid(g, k);
         }
-        if (g->nkids == 1) {
-            struct md_qnode *k = g->kids[0];
-            g->nkids = 0;
-            node_free(g);
-            return k;
-        }
-        return g;
+        return unwrap(g);
     }
     if (json_object_is_type(v, json_type_array) &&
         !(nseg == 1 && (f->type == CF_T_ARRAY || f->type == CF_T_JSON))) {
@@ -510,13 +516,7 @@ static struct md_qnode *parse_where(struct pctx *c, struct json_object *w, int d
         }
         add_kid(g, k);
     }
-    if (g->nkids == 1) {
-        struct md_qnode *k = g->kids[0];
-        g->nkids = 0;
-        node_free(g);
-        return k;
-    }
-    return g;
+    return unwrap(g);
 }
 
 /* ---- field lists --------------------------------------------------------------- */
