@@ -1,0 +1,242 @@
+/*
+ * gw_admin.c — the admin listener: /health, /ready (detailed), /metrics and
+ * the /admin/ API.
+ */
+#include "gateway/gw_req_private.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <event2/buffer.h>
+
+#include "config/cf_config.h"
+#include "gateway/gw_http.h"
+#include "gateway/gw_metrics.h"
+#include "gateway/gw_rebalance.h"
+#include "gateway/gw_request.h"
+#include "gateway/gw_route.h"
+#include "gateway/gw_shardmap.h"
+#include "gateway/gw_worker.h"
+#include "lib/lb_json.h"
+#include "model/md_error.h"
+#include "routing/rt_shardmap.h"
+
+static gw_put_map_fn put_map;
+
+void gw_request_set_put_map(gw_put_map_fn fn)
+{
+    put_map = fn;
+}
+
+static void send_json(struct gw_req *r, int status, struct json_object *doc)
+{
+    struct evbuffer *b = evbuffer_new();
+    lb_json_write(b, doc);
+    json_object_put(doc);
+    respond(r, status, b, NULL);
+    evbuffer_free(b);
+    r->answered = 1;
+    req_release(r);
+}
+
+/* GET /admin/route/{domain}?{shard_key}=… → where that key lives. */
+static void admin_route(struct gw_req *r, struct gw_http_req *hr)
+{
+    struct md_error e = {0};
+    const char *dn = hr->path + strlen("/admin/route/");
+    const struct cf_domain *d = cf_domain_find(r->cf, dn, strlen(dn));
+    if (d == NULL) {
+        md_error_set(&e, MD_E_UNKNOWN_DOMAIN, NULL, "unknown domain '%.64s'", dn);
+        fail_now(r, &e, NULL);
+        return;
+    }
+    e.domain = d->name;
+    if (d->shard_key == NULL) {
+        md_error_set(&e, MD_E_BAD_REQUEST, NULL, "domain '%s' is not sharded (no shard_key)",
+                     d->name);
+        fail_now(r, &e, NULL);
+        return;
+    }
+    size_t len = 0;
+    char *v = hr->query != NULL ? query_param(hr->query, d->shard_key, &len) : NULL;
+    if (v == NULL && hr->query != NULL) { /* ?key=… (polygatectl route) */
+        v = query_param(hr->query, "key", &len);
+    }
+    struct gw_route rt;
+    if (v == NULL) {
+        md_error_set(&e, MD_E_BAD_REQUEST, d->shard_key, "pass the key as ?%s=…", d->shard_key);
+        fail_now(r, &e, NULL);
+        return;
+    }
+    if (gw_route_text(d, v, len, &rt, &e) < 0) {
+        free(v);
+        fail_now(r, &e, NULL);
+        return;
+    }
+    char hash[24];
+    snprintf(hash, sizeof(hash), "0x%016" PRIx64, rt.hash);
+    struct json_object *doc = json_object_new_object();
+    json_object_object_add(doc, "domain", json_object_new_string(d->name));
+    json_object_object_add(doc, "key", json_object_new_string_len(v, (int)len));
+    json_object_object_add(doc, "hash", json_object_new_string(hash));
+    json_object_object_add(doc, "slot", json_object_new_int64(rt.slot));
+    json_object_object_add(doc, "shard", json_object_new_string(d->backend->shards[rt.shard].name));
+    json_object_object_add(doc, "map_version",
+                           json_object_new_int64(rt_shardmap_version(d->backend->map)));
+    free(v);
+    send_json(r, 200, doc);
+}
+
+static void admin_map_done(const struct md_error *e, int rebalancing, void *arg)
+{
+    struct gw_req *r = arg;
+    r->pending = 0;
+    if (!r->abandoned && !r->answered) {
+        if (e != NULL) {
+            respond_error(r, e, NULL);
+        } else if (rebalancing) { /* 202: the slots move now (GET /admin/rebalance) */
+            struct json_object *doc = json_object_new_object();
+            json_object_object_add(doc, "applied", json_object_new_boolean(0));
+            json_object_object_add(doc, "rebalance", gw_rebalance_status());
+            send_json(r, 202, doc);
+            return;
+        } else {
+            /* the workers apply the map on their loops right after this */
+            simple_json(r, 200, "{\"applied\":true}");
+            return;
+        }
+        r->answered = 1;
+    }
+    req_release(r);
+}
+
+/* GET /admin/rebalance; POST /admin/rebalance/{pause,resume,abort};
+ * PUT /admin/rebalance {"throttle_rows_per_s": n}. */
+static void admin_rebalance(struct gw_req *r, struct gw_http_req *hr)
+{
+    struct md_error e = {0};
+    const char *action = hr->path + strlen("/admin/rebalance");
+    if (hr->method == GW_GET && *action == '\0') {
+        send_json(r, 200, gw_rebalance_status());
+        return;
+    }
+    struct json_object *body = NULL;
+    if (hr->method == GW_PUT && *action == '\0') {
+        if (parse_body(r, hr, &body, &e) < 0) {
+            fail_now(r, &e, NULL);
+            return;
+        }
+        action = "/throttle";
+    } else if (hr->method != GW_POST || *action != '/') {
+        md_error_set(&e, MD_E_METHOD, NULL,
+                     "use GET or PUT /admin/rebalance, POST /admin/rebalance/{pause,resume,abort}");
+        fail_now(r, &e, NULL);
+        return;
+    }
+    int rc = gw_rebalance_control(action + 1, body, &e);
+    json_object_put(body);
+    if (rc < 0) {
+        fail_now(r, &e, NULL);
+        return;
+    }
+    send_json(r, 200, gw_rebalance_status());
+}
+
+/* GET /admin/shardmap: every sharded backend's active map.
+ * PUT /admin/shardmap[/{backend}] with a map document (JSON): checked and
+ * applied by the main thread (gw_server_put_map). */
+static void admin_shardmap(struct gw_req *r, struct gw_http_req *hr)
+{
+    struct md_error e = {0};
+    if (hr->method == GW_GET) {
+        send_json(r, 200, gw_shardmap_json(r->cf, gw_rebalance_status_of));
+        return;
+    }
+    if (hr->method != GW_PUT) {
+        md_error_set(&e, MD_E_METHOD, NULL, "/admin/shardmap takes GET or PUT");
+        fail_now(r, &e, "Allow: GET, PUT\r\n");
+        return;
+    }
+    const char *name = hr->path + strlen("/admin/shardmap");
+    name += *name == '/';
+    const char *backend = gw_shardmap_backend(r->cf, name, strlen(name), &e);
+    struct json_object *doc = NULL;
+    if (backend == NULL || parse_body(r, hr, &doc, &e) < 0) {
+        fail_now(r, &e, NULL);
+        return;
+    }
+    if (!json_object_is_type(doc, json_type_object)) {
+        json_object_put(doc);
+        md_error_set(&e, MD_E_BAD_REQUEST, NULL, "the body must be a shard map object");
+        fail_now(r, &e, NULL);
+        return;
+    }
+    int rc = put_map != NULL ? put_map(backend, doc, r->w->base, admin_map_done, r) : -1;
+    json_object_put(doc);
+    if (rc < 0) {
+        md_error_set(&e, MD_E_CONFLICT, NULL, "another shard map change is in progress; retry");
+        fail_now(r, &e, "Retry-After: 1\r\n");
+        return;
+    }
+    r->pending = 1; /* admin_map_done() answers */
+}
+
+void gw_admin_handle(struct gw_http_req *hr, void *arg)
+{
+    struct gw_worker *w = arg;
+    struct gw_req *r = begin(w, hr);
+    if (r == NULL) {
+        return;
+    }
+    if (strcmp(hr->path, "/health") != 0 && authenticate(r, hr, CF_PERM_ADMIN) < 0) {
+        return;
+    }
+    r->mop = GW_MOP_ADMIN;
+    if (strcmp(hr->path, "/health") == 0) {
+        r->mop = GW_MOP_HEALTH;
+        simple_json(r, 200, "{\"status\":\"ok\"}");
+    } else if (strcmp(hr->path, "/ready") == 0) {
+        handle_ready(r, 1);
+    } else if (strcmp(hr->path, "/metrics") == 0 && hr->method == GW_GET) {
+        r->mop = GW_MOP_METRICS;
+        struct evbuffer *b = evbuffer_new();
+        gw_metrics_render(b, r->cf, __atomic_load_n(&inflight_total, __ATOMIC_RELAXED));
+        respond_ct(r, 200, "text/plain; version=0.0.4; charset=utf-8", b, NULL);
+        evbuffer_free(b);
+        r->answered = 1;
+        req_release(r);
+    } else if (strncmp(hr->path, "/admin/route/", 13) == 0 && hr->method == GW_GET) {
+        admin_route(r, hr);
+    } else if (strcmp(hr->path, "/admin/shardmap") == 0 ||
+               strncmp(hr->path, "/admin/shardmap/", 16) == 0) {
+        admin_shardmap(r, hr);
+    } else if (strcmp(hr->path, "/admin/rebalance") == 0 ||
+               strncmp(hr->path, "/admin/rebalance/", 17) == 0) {
+        admin_rebalance(r, hr);
+    } else if (strcmp(hr->path, "/admin/config") == 0 && hr->method == GW_GET) {
+        struct json_object *doc = json_object_new_object();
+        json_object_object_add(doc, "path", json_object_new_string(r->cf->path));
+        json_object_object_add(doc, "workers", json_object_new_int(r->cf->workers));
+        struct json_object *ds = json_object_new_array();
+        for (size_t i = 0; i < r->cf->ndomains; i++) {
+            const struct cf_domain *d = &r->cf->domains[i];
+            struct json_object *o = json_object_new_object();
+            json_object_object_add(o, "name", json_object_new_string(d->name));
+            json_object_object_add(o, "backend", json_object_new_string(d->backend_name));
+            json_object_object_add(o, "store", json_object_new_string(d->backend->type));
+            json_object_array_add(ds, o);
+        }
+        json_object_object_add(doc, "domains", ds);
+        struct evbuffer *b = evbuffer_new();
+        lb_json_write(b, doc);
+        json_object_put(doc);
+        respond(r, 200, b, NULL);
+        evbuffer_free(b);
+        r->answered = 1;
+        req_release(r);
+    } else {
+        not_found(r, hr);
+    }
+}
