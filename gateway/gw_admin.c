@@ -37,7 +37,7 @@ static void send_json(struct gw_req *r, int status, struct json_object *doc)
     json_object_put(doc);
     respond(r, status, b, NULL);
     evbuffer_free(b);
-    r->answered = 1;
+    req_mark_answered(r);
     req_release(r);
 }
 
@@ -92,8 +92,8 @@ static void admin_route(struct gw_req *r, struct gw_http_req *hr)
 static void admin_map_done(const struct md_error *e, int rebalancing, void *arg)
 {
     struct gw_req *r = arg;
-    r->pending = 0;
-    if (!r->abandoned && !r->answered) {
+    req_mark_completed(r);
+    if (req_is_open(r)) {
         if (e != NULL) {
             respond_error(r, e, NULL);
         } else if (rebalancing) { /* 202: the slots move now (GET /admin/rebalance) */
@@ -107,7 +107,7 @@ static void admin_map_done(const struct md_error *e, int rebalancing, void *arg)
             simple_json(r, 200, "{\"applied\":true}");
             return;
         }
-        r->answered = 1;
+        req_mark_answered(r);
     }
     req_release(r);
 }
@@ -180,7 +180,7 @@ static void admin_shardmap(struct gw_req *r, struct gw_http_req *hr)
         fail_now(r, &e, "Retry-After: 1\r\n");
         return;
     }
-    r->pending = 1; /* admin_map_done() answers */
+    req_set_state(r, REQ_SUBMITTED); /* admin_map_done() answers */
 }
 
 void gw_admin_handle(struct gw_http_req *hr, void *arg)
@@ -205,7 +205,7 @@ void gw_admin_handle(struct gw_http_req *hr, void *arg)
         gw_metrics_render(b, r->cf, __atomic_load_n(&inflight_total, __ATOMIC_RELAXED));
         respond_ct(r, 200, "text/plain; version=0.0.4; charset=utf-8", b, NULL);
         evbuffer_free(b);
-        r->answered = 1;
+        req_mark_answered(r);
         req_release(r);
     } else if (strncmp(hr->path, "/admin/route/", 13) == 0 && hr->method == GW_GET) {
         admin_route(r, hr);
@@ -234,7 +234,7 @@ void gw_admin_handle(struct gw_http_req *hr, void *arg)
         json_object_put(doc);
         respond(r, 200, b, NULL);
         evbuffer_free(b);
-        r->answered = 1;
+        req_mark_answered(r);
         req_release(r);
     } else {
         not_found(r, hr);

@@ -59,7 +59,7 @@ void parent_finish(struct gw_req *p)
         respond(p, p->nfail == 0 ? 200 : 503, b, NULL);
     }
     evbuffer_free(b);
-    p->answered = 1;
+    req_mark_answered(p);
 }
 
 /* A parent counts one more child than it has while it starts them, so that
@@ -71,8 +71,8 @@ void parent_step(struct gw_req *p)
     if (p->ndone == p->nchild) {
         /* a /ready answered at READY_WAIT_MS is done; a guard always hands
          * its write back */
-        int answered_ready = p->kind == REQ_READY && p->answered;
-        if (!answered_ready && (!p->abandoned || p->kind == REQ_GUARD)) {
+        int answered_ready = p->kind == REQ_READY && req_is_answered(p);
+        if (!answered_ready && (!req_is_abandoned(p) || p->kind == REQ_GUARD)) {
             parent_finish(p);
         }
         req_release(p);
@@ -83,7 +83,7 @@ void parent_child_done(struct gw_req *child, int status, struct json_object *ent
 {
     struct gw_req *p = child->parent;
     if (p->kind == REQ_READY) {
-        if (p->answered) { /* judged already; this outcome updated the breaker */
+        if (req_is_answered(p)) { /* judged already; this outcome updated the breaker */
             json_object_put(entry);
             parent_step(p);
             return;
@@ -100,7 +100,7 @@ void parent_child_done(struct gw_req *child, int status, struct json_object *ent
         if (status >= 300) {
             p->nfail++;
         }
-        if (p->ready_late && p->ndone + 1 < p->nchild && !p->abandoned &&
+        if (p->ready_late && p->ndone + 1 < p->nchild && !req_is_abandoned(p) &&
             !ready_unknown_pending(p)) {
             parent_finish(p); /* the rest is known: do not wait for their pings */
         }
@@ -264,7 +264,7 @@ static void scatter_finish(struct gw_req *p)
                      d->name, d->key, p->key != NULL ? p->key : "?", p->nqueried);
     }
     e.domain = d->name;
-    p->answered = 1;
+    req_mark_answered(p);
     if (p->parent != NULL) { /* a batch item */
         struct json_object *entry = json_object_new_object();
         if (failed) {
@@ -328,8 +328,8 @@ void guard_start(struct gw_req *r)
     g->guarded = r;
     g->ad.domain = d;
     g->found_shard = -1;
-    r->pending = 1;         /* r waits for its guard */
-    g->nchild = (int)n + 1; /* n children, + 1 while starting them (parent_step) */
+    req_set_state(r, REQ_SUBMITTED); /* r waits for its guard */
+    g->nchild = (int)n + 1;          /* n children, + 1 while starting them (parent_step) */
     for (size_t i = 0; i < n; i++) {
         struct gw_req *c = req_new(r->w, REQ_ONE);
         c->parent = g;
@@ -391,9 +391,9 @@ static void guard_finish(struct gw_req *g)
 {
     struct gw_req *r = g->guarded;
     const struct cf_domain *d = r->ad.domain;
-    g->answered = 1;
-    r->pending = 0;
-    if (r->abandoned || r->answered) {
+    req_mark_answered(g);
+    req_mark_completed(r);
+    if (!req_is_open(r)) {
         req_release(r);
         return;
     }
@@ -424,7 +424,7 @@ static void hold_cb(evutil_socket_t fd, short what, void *arg)
     struct gw_req *r = arg;
     (void)fd;
     (void)what;
-    if (r->abandoned) {
+    if (req_is_abandoned(r)) {
         req_release(r);
         return;
     }

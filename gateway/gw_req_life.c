@@ -10,6 +10,7 @@
  */
 #include "gateway/gw_req_private.h"
 
+#include <assert.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -38,6 +39,78 @@
 
 /* Top-level requests in flight in the whole process (limits.max_inflight). */
 int inflight_total;
+
+const char *req_state_name(enum req_state s)
+{
+    static const char *const names[] = {"OPEN",     "SUBMITTED",           "LATE",
+                                        "ANSWERED", "ABANDONED_SUBMITTED", "ABANDONED"};
+    return (size_t)s < sizeof(names) / sizeof(names[0]) ? names[s] : "?";
+}
+
+/* The one place a request changes state: the transitions drawn in
+ * gw_req_private.h, and no other. */
+static int req_state_legal(enum req_state from, enum req_state to)
+{
+    switch (from) {
+    case REQ_OPEN:
+        return to == REQ_SUBMITTED || to == REQ_ANSWERED || to == REQ_ABANDONED;
+    case REQ_SUBMITTED:
+        return to == REQ_OPEN || to == REQ_LATE || to == REQ_ABANDONED_SUBMITTED;
+    case REQ_LATE:
+        return to == REQ_ANSWERED;
+    case REQ_ABANDONED_SUBMITTED:
+        return to == REQ_ABANDONED || to == REQ_LATE;
+    case REQ_ABANDONED:
+        return to == REQ_ANSWERED;
+    case REQ_ANSWERED:
+    default:
+        return 0;
+    }
+}
+
+void req_set_state(struct gw_req *r, enum req_state to)
+{
+    if (!req_state_legal(r->state, to)) {
+        lb_error("request %s: illegal state change %s -> %s", r->rid, req_state_name(r->state),
+                 req_state_name(to));
+    }
+    assert(req_state_legal(r->state, to));
+    r->state = to;
+}
+
+/* Its answer is written (or, for a parent, decided). */
+void req_mark_answered(struct gw_req *r)
+{
+    int owed = r->state == REQ_SUBMITTED || r->state == REQ_ABANDONED_SUBMITTED;
+    req_set_state(r, owed ? REQ_LATE : REQ_ANSWERED);
+}
+
+/* The completion it was owed has arrived. */
+void req_mark_completed(struct gw_req *r)
+{
+    switch (r->state) {
+    case REQ_LATE:
+        req_set_state(r, REQ_ANSWERED);
+        break;
+    case REQ_ABANDONED_SUBMITTED:
+        req_set_state(r, REQ_ABANDONED);
+        break;
+    default:
+        req_set_state(r, REQ_OPEN); /* from SUBMITTED; anything else asserts */
+        break;
+    }
+}
+
+/* Shutting down: no answer will come unless it is under way (answered,
+ * or answered late at a deadline). */
+void req_mark_abandoned(struct gw_req *r)
+{
+    if (r->state == REQ_OPEN) {
+        req_set_state(r, REQ_ABANDONED);
+    } else if (r->state == REQ_SUBMITTED) {
+        req_set_state(r, REQ_ABANDONED_SUBMITTED);
+    }
+}
 
 struct gw_req *req_new(struct gw_worker *w, enum req_kind kind)
 {
@@ -185,7 +258,7 @@ void respond_error(struct gw_req *r, const struct md_error *e, const char *more_
 void fail_now(struct gw_req *r, const struct md_error *e, const char *more_headers)
 {
     respond_error(r, e, more_headers);
-    r->answered = 1;
+    req_mark_answered(r);
     req_release(r);
 }
 
@@ -195,7 +268,7 @@ void simple_json(struct gw_req *r, int status, const char *json)
     evbuffer_add(b, json, strlen(json));
     respond(r, status, b, NULL);
     evbuffer_free(b);
-    r->answered = 1;
+    req_mark_answered(r);
     req_release(r);
 }
 
@@ -275,7 +348,7 @@ int response_too_large(struct gw_req *r, struct evbuffer *b)
 
 void deliver(struct gw_req *r, const struct ad_res *res, const struct md_error *ge)
 {
-    r->answered = 1;
+    req_mark_answered(r);
     if (r->timer_set) {
         event_del(&r->timer);
     }
@@ -428,9 +501,9 @@ static void backend_outcome(struct gw_req *r, enum ad_status st, const char *mes
 static void on_done(const struct ad_res *res, void *arg)
 {
     struct gw_req *r = arg;
-    r->pending = 0;
+    req_mark_completed(r);
     gw_metrics_backend_done(r->w->id, r->mid);
-    if (!r->answered && !r->abandoned) {
+    if (req_is_open(r)) {
         backend_outcome(r, res->status, res->message);
         deliver(r, res, NULL);
     }
@@ -443,7 +516,7 @@ static void on_deadline(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     r->timer_set = 0;
-    if (r->answered) {
+    if (req_is_answered(r)) {
         return;
     }
     struct md_error e = {0};
@@ -462,7 +535,7 @@ static void on_deadline(evutil_socket_t fd, short what, void *arg)
 /* Free the request once it is answered and the adapter is done with it. */
 void req_release(struct gw_req *r)
 {
-    if (r->pending || (!r->answered && !r->abandoned)) {
+    if (req_is_owed(r) || req_is_open(r)) {
         return;
     }
     if (r->nchild > r->ndone) {
@@ -545,7 +618,7 @@ void req_submit(struct gw_req *r)
         req_release(r);
         return;
     }
-    r->pending = 1;
+    req_set_state(r, REQ_SUBMITTED);
     r->submitted = 1;
     r->sub_ms = now;
     if (r->parent != NULL) {

@@ -38,6 +38,35 @@ struct json_object;
  * on a sharded domain (one GET child per other shard); see guard_start(). */
 enum req_kind { REQ_ONE, REQ_BATCH, REQ_READY, REQ_SCATTER, REQ_GUARD };
 
+/* The life of a request: whether its client has an answer, and whether a
+ * completion is still owed to it (the adapter's for a submitted request,
+ * its guard's for a write checked on every shard first, the main thread's
+ * for PUT /admin/shardmap).  The two are independent — a deadline answers
+ * 504 while the adapter still owes its completion — so each pair is a
+ * state.  Every change goes through req_set_state(), which asserts that
+ * the change is one of these:
+ *
+ *   OPEN ──submit──▶ SUBMITTED ──completion──▶ OPEN ──answer──▶ ANSWERED
+ *   OPEN ──answer (refused, failed before the adapter, a parent done)──▶ ANSWERED
+ *   SUBMITTED ──deadline: 504──▶ LATE ──completion (dropped)──▶ ANSWERED
+ *   OPEN ──shutdown──▶ ABANDONED;  SUBMITTED ──shutdown──▶ ABANDONED_SUBMITTED
+ *   ABANDONED_SUBMITTED ──completion──▶ ABANDONED
+ *   ABANDONED_SUBMITTED ──deadline: 504──▶ LATE (the client still gets it)
+ *   ABANDONED ──answer──▶ ANSWERED (a guard parent hands its write back)
+ *
+ * A request is freed (req_release) in ANSWERED or ABANDONED once its
+ * children, if any, are done; an abandoned one that still has its client
+ * is answered 503 then.  A parent (_batch, /ready, scatter, guard) is never
+ * SUBMITTED itself: it counts its children (nchild, ndone). */
+enum req_state {
+    REQ_OPEN,                /* no answer yet, nothing owed: checked, routed, held, started */
+    REQ_SUBMITTED,           /* no answer yet; a completion is owed */
+    REQ_LATE,                /* answered at the deadline; the completion is still owed */
+    REQ_ANSWERED,            /* answered; nothing owed */
+    REQ_ABANDONED_SUBMITTED, /* shutting down; a completion is still owed */
+    REQ_ABANDONED,           /* shutting down; nothing owed: no answer will come */
+};
+
 struct gw_req {
     TAILQ_ENTRY(gw_req) link;
     struct gw_worker *w;
@@ -52,10 +81,15 @@ struct gw_req {
     char *key;
     struct json_object *body;
     struct event timer;
+    enum req_state state; /* req_set_state() */
+    /* Two flags stay beside the state, as they say something it does not:
+     * timer_set: r->timer is armed — the deadline of a submitted request, or
+     * a /ready parent's READY_WAIT_MS; it is disarmed on the answer, on its
+     * own firing and on the free, none of which is one state change.
+     * counted: a top-level request counts in inflight_total from begin()
+     * until its answer is written; children and parents made by the gateway
+     * never count, whatever their state. */
     int timer_set;
-    int answered;
-    int pending; /* the adapter owes a completion */
-    int abandoned;
     int counted; /* counts in inflight_total */
     char rid[132];
     /* parents: batch results / readiness */
@@ -103,6 +137,29 @@ struct gw_req {
 };
 
 /* gw_req_life.c: lifecycle and answers */
+void req_set_state(struct gw_req *r, enum req_state to);
+const char *req_state_name(enum req_state s);
+/* The change for an event, from wherever the request is (req_set_state
+ * asserts it is legal there). */
+void req_mark_answered(struct gw_req *r);
+void req_mark_completed(struct gw_req *r);
+void req_mark_abandoned(struct gw_req *r);
+static inline int req_is_open(const struct gw_req *r)
+{
+    return r->state == REQ_OPEN;
+}
+static inline int req_is_answered(const struct gw_req *r)
+{
+    return r->state == REQ_ANSWERED || r->state == REQ_LATE;
+}
+static inline int req_is_abandoned(const struct gw_req *r)
+{
+    return r->state == REQ_ABANDONED || r->state == REQ_ABANDONED_SUBMITTED;
+}
+static inline int req_is_owed(const struct gw_req *r)
+{
+    return r->state == REQ_SUBMITTED || r->state == REQ_LATE || r->state == REQ_ABANDONED_SUBMITTED;
+}
 extern int inflight_total;
 struct gw_req *req_new(struct gw_worker *w, enum req_kind kind);
 void req_free(struct gw_req *r);

@@ -70,7 +70,7 @@ static void ready_timeout(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     p->timer_set = 0;
-    if (p->answered || p->abandoned) {
+    if (req_is_answered(p) || req_is_abandoned(p)) {
         return;
     }
     if (ready_unknown_pending(p)) {

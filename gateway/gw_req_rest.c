@@ -366,7 +366,7 @@ static int idem_begin(struct gw_req *r, struct gw_http_req *hr, const struct cf_
         respond(r, rp.status, out, hdr);
         evbuffer_free(out);
         free(rp.body);
-        r->answered = 1;
+        req_mark_answered(r);
         req_release(r);
         return -1;
     }

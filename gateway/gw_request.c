@@ -148,7 +148,7 @@ void gw_requests_abandon(struct gw_worker *w)
     struct gw_req *r;
     TAILQ_FOREACH(r, &w->inflight, link)
     {
-        r->abandoned = 1;
+        req_mark_abandoned(r);
         if (r->rt != NULL && rts != NULL && n < cap) {
             rts[n++] = r->rt;
             r->rt = NULL;
