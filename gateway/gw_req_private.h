@@ -124,6 +124,7 @@ struct gw_req {
     int nheld;                /* how many: 1, a _batch's operations */
     int detailed;             /* /ready on the admin listener: every shard's state */
     int ready_late;           /* /ready past READY_WAIT_MS, waiting for unknown shards */
+    uint64_t ping_ms;         /* /ready: when its pings went out */
     size_t resp_bytes;        /* batch: bytes of the answers collected so far */
     /* a backend being rebalanced (routing/rt_live.h, live_gate()) */
     struct rt_live *live;

@@ -4,6 +4,7 @@
  */
 #include "gateway/gw_req_private.h"
 
+#include <inttypes.h>
 #include <stdio.h>
 
 #include <event2/event.h>
@@ -13,6 +14,7 @@
 #include "gateway/gw_metrics.h"
 #include "gateway/gw_shard.h"
 #include "gateway/gw_worker.h"
+#include "lib/lb_util.h"
 
 /* /ready waits this long for the shards' pings; a shard that has not
  * answered by then is judged from what is known (gw_breaker_healthy), so a
@@ -36,7 +38,10 @@ void ready_verdict(struct gw_req *p)
         json_object_object_add(slot, "ok", json_object_new_boolean(ok));
         if (!ok) {
             char msg[128];
-            snprintf(msg, sizeof(msg), "no answer to a ping within %d ms, and %s", READY_WAIT_MS,
+            /* the time it really waited: READY_WAIT_MS, or longer when a
+             * shard nothing was known about held the answer (ready_late) */
+            snprintf(msg, sizeof(msg), "no answer to a ping within %" PRIu64 " ms, and %s",
+                     lb_now_ms() - p->ping_ms,
                      gw_breaker_state(id) == GW_BRK_OPEN ? "its circuit is open"
                      : gw_breaker_failures(id) > 0       ? "its last request failed"
                                                          : "no earlier success is known");
@@ -107,6 +112,7 @@ void handle_ready(struct gw_req *r, int detailed)
             json_object_array_add(r->results, slot);
         }
     }
+    r->ping_ms = lb_now_ms();
     for (size_t i = 0; i < r->cf->nbackends; i++) {
         const struct cf_backend *be = &r->cf->backends[i];
         for (size_t s = 0; s < be->nshards; s++) {
