@@ -1,6 +1,6 @@
 /*
  * gw_admin.c — the admin listener: /health, /ready (detailed), /metrics and
- * the /admin/ API.
+ * the /admin/ API, dispatched through a route table (admin_routes).
  */
 #include "gateway/gw_req_private.h"
 
@@ -183,6 +183,112 @@ static void admin_shardmap(struct gw_req *r, struct gw_http_req *hr)
     req_set_state(r, REQ_SUBMITTED); /* admin_map_done() answers */
 }
 
+static void admin_health(struct gw_req *r, struct gw_http_req *hr)
+{
+    (void)hr;
+    simple_json(r, 200, "{\"status\":\"ok\"}");
+}
+
+/* /ready on the admin listener: every shard's state, errors included. */
+static void admin_ready(struct gw_req *r, struct gw_http_req *hr)
+{
+    (void)hr;
+    handle_ready(r, 1);
+}
+
+static void admin_metrics(struct gw_req *r, struct gw_http_req *hr)
+{
+    (void)hr;
+    struct evbuffer *b = evbuffer_new();
+    gw_metrics_render(b, r->cf, __atomic_load_n(&inflight_total, __ATOMIC_RELAXED));
+    respond_ct(r, 200, "text/plain; version=0.0.4; charset=utf-8", b, NULL);
+    evbuffer_free(b);
+    req_mark_answered(r);
+    req_release(r);
+}
+
+/* GET /admin/config: the config file and its domains. */
+static void admin_config(struct gw_req *r, struct gw_http_req *hr)
+{
+    (void)hr;
+    struct json_object *doc = json_object_new_object();
+    json_object_object_add(doc, "path", json_object_new_string(r->cf->path));
+    json_object_object_add(doc, "workers", json_object_new_int(r->cf->workers));
+    struct json_object *ds = json_object_new_array();
+    for (size_t i = 0; i < r->cf->ndomains; i++) {
+        const struct cf_domain *d = &r->cf->domains[i];
+        struct json_object *o = json_object_new_object();
+        json_object_object_add(o, "name", json_object_new_string(d->name));
+        json_object_object_add(o, "backend", json_object_new_string(d->backend_name));
+        json_object_object_add(o, "store", json_object_new_string(d->backend->type));
+        json_object_array_add(ds, o);
+    }
+    json_object_object_add(doc, "domains", ds);
+    send_json(r, 200, doc);
+}
+
+/* ---- the route table ----------------------------------------------------------- */
+
+/* How a route's path matches the request's. */
+enum admin_match {
+    ADM_EXACT,  /* the path itself */
+    ADM_PREFIX, /* anything below it (the path ends in '/') */
+    ADM_TREE,   /* the path itself or anything below path + '/' */
+};
+
+#define ADM_ANY 0u /* methods: every one; the handler answers 405 itself */
+#define ADM_M(m) (1u << (m))
+
+/* One admin route, in the shape of PgBouncer's admin command table: the
+ * first route whose path and method both match serves the request.  No
+ * match is 404 — also for a known path under a method it does not take
+ * (POST /metrics), as before the table; /admin/shardmap and
+ * /admin/rebalance take every method and answer 405 themselves. */
+struct admin_route {
+    const char *path;
+    enum admin_match match;
+    unsigned methods; /* ADM_M() bits, or ADM_ANY */
+    unsigned perm;    /* the permission the caller's key needs; 0: no authentication */
+    int mop;          /* enum gw_mop, for the metrics and the access log */
+    void (*handle)(struct gw_req *r, struct gw_http_req *hr);
+};
+
+static const struct admin_route admin_routes[] = {
+    {"/health", ADM_EXACT, ADM_ANY, 0, GW_MOP_HEALTH, admin_health},
+    {"/ready", ADM_EXACT, ADM_ANY, CF_PERM_ADMIN, GW_MOP_ADMIN, admin_ready},
+    {"/metrics", ADM_EXACT, ADM_M(GW_GET), CF_PERM_ADMIN, GW_MOP_METRICS, admin_metrics},
+    {"/admin/route/", ADM_PREFIX, ADM_M(GW_GET), CF_PERM_ADMIN, GW_MOP_ADMIN, admin_route},
+    {"/admin/shardmap", ADM_TREE, ADM_ANY, CF_PERM_ADMIN, GW_MOP_ADMIN, admin_shardmap},
+    {"/admin/rebalance", ADM_TREE, ADM_ANY, CF_PERM_ADMIN, GW_MOP_ADMIN, admin_rebalance},
+    {"/admin/config", ADM_EXACT, ADM_M(GW_GET), CF_PERM_ADMIN, GW_MOP_ADMIN, admin_config},
+};
+
+static int admin_path_matches(const struct admin_route *ar, const char *path)
+{
+    size_t n = strlen(ar->path);
+    switch (ar->match) {
+    case ADM_EXACT:
+        return strcmp(path, ar->path) == 0;
+    case ADM_PREFIX:
+        return strncmp(path, ar->path, n) == 0;
+    case ADM_TREE:
+    default:
+        return strncmp(path, ar->path, n) == 0 && (path[n] == '\0' || path[n] == '/');
+    }
+}
+
+static const struct admin_route *admin_lookup(const struct gw_http_req *hr)
+{
+    for (size_t i = 0; i < sizeof(admin_routes) / sizeof(admin_routes[0]); i++) {
+        const struct admin_route *ar = &admin_routes[i];
+        if (admin_path_matches(ar, hr->path) &&
+            (ar->methods == ADM_ANY || (ar->methods & ADM_M(hr->method)) != 0)) {
+            return ar;
+        }
+    }
+    return NULL;
+}
+
 void gw_admin_handle(struct gw_http_req *hr, void *arg)
 {
     struct gw_worker *w = arg;
@@ -190,53 +296,16 @@ void gw_admin_handle(struct gw_http_req *hr, void *arg)
     if (r == NULL) {
         return;
     }
-    if (strcmp(hr->path, "/health") != 0 && authenticate(r, hr, CF_PERM_ADMIN) < 0) {
+    const struct admin_route *ar = admin_lookup(hr);
+    unsigned perm = ar != NULL ? ar->perm : CF_PERM_ADMIN; /* a 404 only to an admin key */
+    if (perm != 0 && authenticate(r, hr, perm) < 0) {
         return;
     }
-    r->mop = GW_MOP_ADMIN;
-    if (strcmp(hr->path, "/health") == 0) {
-        r->mop = GW_MOP_HEALTH;
-        simple_json(r, 200, "{\"status\":\"ok\"}");
-    } else if (strcmp(hr->path, "/ready") == 0) {
-        handle_ready(r, 1);
-    } else if (strcmp(hr->path, "/metrics") == 0 && hr->method == GW_GET) {
-        r->mop = GW_MOP_METRICS;
-        struct evbuffer *b = evbuffer_new();
-        gw_metrics_render(b, r->cf, __atomic_load_n(&inflight_total, __ATOMIC_RELAXED));
-        respond_ct(r, 200, "text/plain; version=0.0.4; charset=utf-8", b, NULL);
-        evbuffer_free(b);
-        req_mark_answered(r);
-        req_release(r);
-    } else if (strncmp(hr->path, "/admin/route/", 13) == 0 && hr->method == GW_GET) {
-        admin_route(r, hr);
-    } else if (strcmp(hr->path, "/admin/shardmap") == 0 ||
-               strncmp(hr->path, "/admin/shardmap/", 16) == 0) {
-        admin_shardmap(r, hr);
-    } else if (strcmp(hr->path, "/admin/rebalance") == 0 ||
-               strncmp(hr->path, "/admin/rebalance/", 17) == 0) {
-        admin_rebalance(r, hr);
-    } else if (strcmp(hr->path, "/admin/config") == 0 && hr->method == GW_GET) {
-        struct json_object *doc = json_object_new_object();
-        json_object_object_add(doc, "path", json_object_new_string(r->cf->path));
-        json_object_object_add(doc, "workers", json_object_new_int(r->cf->workers));
-        struct json_object *ds = json_object_new_array();
-        for (size_t i = 0; i < r->cf->ndomains; i++) {
-            const struct cf_domain *d = &r->cf->domains[i];
-            struct json_object *o = json_object_new_object();
-            json_object_object_add(o, "name", json_object_new_string(d->name));
-            json_object_object_add(o, "backend", json_object_new_string(d->backend_name));
-            json_object_object_add(o, "store", json_object_new_string(d->backend->type));
-            json_object_array_add(ds, o);
-        }
-        json_object_object_add(doc, "domains", ds);
-        struct evbuffer *b = evbuffer_new();
-        lb_json_write(b, doc);
-        json_object_put(doc);
-        respond(r, 200, b, NULL);
-        evbuffer_free(b);
-        req_mark_answered(r);
-        req_release(r);
-    } else {
+    if (ar == NULL) {
+        r->mop = GW_MOP_ADMIN;
         not_found(r, hr);
+        return;
     }
+    r->mop = ar->mop;
+    ar->handle(r, hr);
 }
