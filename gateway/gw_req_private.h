@@ -1,7 +1,7 @@
 /*
  * gw_req_private.h — what the pieces of the request path share; not a public
  * header (gw_request.h is): only gateway/gw_request.c, gateway/gw_req_*.c
- * and gateway/gw_admin.c include it.
+ * and gateway/gw_admin.c include it (and tests/unit/test_gw_req_state.c).
  *
  * The request path, by file: gw_request.c (where a request enters),
  * gw_req_life.c (a request's life: submit, deadline, answer, free),
