@@ -42,7 +42,7 @@
 #include <mongoc/mongoc.h>
 
 #include "adapters/mongo/mg_bson.h"
-#include "adapters/mongo/mg_pool.h"
+#include "lib/lb_workq.h"
 #include "adapters/mongo/mg_query.h"
 #include "config/cf_config.h"
 #include "lib/lb_json.h"
@@ -117,7 +117,7 @@ struct mg_migrated {
 struct mg_state {
     struct event_base *base;
     const struct cf_backend *be;
-    struct mg_pool *pool;
+    struct lb_workq *pool;
     struct mg_shard *shards;
     int nshards;
     int closing;
@@ -125,7 +125,7 @@ struct mg_state {
 };
 
 struct mg_call {
-    struct mg_job job; /* first: the pool hands us back &job */
+    struct lb_job job; /* first: the pool hands us back &job */
     struct mg_state *st;
     struct mg_shard *sh;
     const struct ad_req *req;
@@ -735,7 +735,7 @@ static pthread_mutex_t *key_lock(const struct mg_call *c)
     return &key_locks[h % KEY_LOCKS];
 }
 
-static void call_work(struct mg_job *job)
+static void call_work(struct lb_job *job)
 {
     struct mg_call *c = (struct mg_call *)job;
     mongoc_client_t *cl = mongoc_client_pool_pop(c->sh->clients);
@@ -897,7 +897,7 @@ static void mark_migrated(struct mg_state *st, int shard, const char *table)
     st->migrated = m;
 }
 
-static void call_done(struct mg_job *job)
+static void call_done(struct lb_job *job)
 {
     struct mg_call *c = (struct mg_call *)job;
     struct ad_res res;
@@ -905,20 +905,20 @@ static void call_done(struct mg_job *job)
     ad_res_init(&res);
     res.shard = c->sh->cfs->name;
     switch (job->outcome) {
-    case MG_EXPIRED:
+    case LB_JOB_EXPIRED:
         ad_res_error(&res, AD_TIMEOUT, res.shard,
                      "mongo backend '%s' (shard '%s'): no thread was free before the deadline",
                      c->st->be->name, res.shard);
         break;
-    case MG_CANCELED:
+    case LB_JOB_CANCELED:
         ad_res_error(&res, AD_CANCELED, res.shard, "canceled");
         break;
-    case MG_STOPPED:
+    case LB_JOB_STOPPED:
         ad_res_error(&res, AD_UNAVAILABLE, res.shard,
                      "mongo backend '%s' (shard '%s') is shutting down", c->st->be->name,
                      res.shard);
         break;
-    case MG_RAN:
+    case LB_JOB_RAN:
         if (c->migrated_ok) {
             mark_migrated(c->st, c->req->shard, c->d->table);
         }
@@ -986,16 +986,16 @@ static int mg_submit(void *state, const struct ad_req *req, ad_done_cb cb, void 
         c->status = AD_BAD_REQUEST;
         c->field = x.field;
         snprintf(c->message, sizeof(c->message), "%s", x.msg);
-        mg_pool_defer(st->pool, &c->job);
+        lb_workq_defer(st->pool, &c->job);
         return 0;
     }
     if (c->d != NULL && c->d->auto_migrate && !is_migrated(st, req->shard, c->d->table)) {
         c->indexes = index_command(c->d);
     }
-    int rc = mg_pool_submit(st->pool, &c->job);
+    int rc = lb_workq_submit(st->pool, &c->job);
     if (rc != 0) {
         call_free(c);
-        return rc == MG_EFULL ? AD_EFULL : AD_EDOWN;
+        return rc == LB_WORKQ_EFULL ? AD_EFULL : AD_EDOWN;
     }
     return 0;
 }
@@ -1005,7 +1005,7 @@ static void mg_cancel(void *state, uint64_t req_id)
     struct mg_state *st = state;
     /* a call still waiting for a thread is dropped (completes as canceled);
      * a running driver call cannot be interrupted */
-    (void)mg_pool_cancel(st->pool, req_id);
+    (void)lb_workq_cancel(st->pool, req_id);
 }
 
 static int mg_supports(const struct cf_domain *d, enum ad_op op)
@@ -1099,7 +1099,7 @@ static int apply_options(mongoc_uri_t *uri, const struct cf_backend *be, char *e
 
 static void state_free(struct mg_state *st)
 {
-    mg_pool_free(st->pool); /* joins the threads; pending calls complete here */
+    lb_workq_free(st->pool); /* joins the threads; pending calls complete here */
     for (int i = 0; i < st->nshards; i++) {
         if (st->shards[i].clients != NULL) {
             mongoc_client_pool_destroy(st->shards[i].clients);
@@ -1166,7 +1166,7 @@ static int mg_init(struct event_base *base, const struct cf_backend *be, void **
         free(st);
         return -1;
     }
-    st->pool = mg_pool_new(base, nthreads, be->pool.queue_max, err, errlen);
+    st->pool = lb_workq_new(base, nthreads, be->pool.queue_max, err, errlen);
     if (st->pool == NULL) {
         state_free(st);
         return -1;
