@@ -88,23 +88,29 @@ static void driver_init(void)
 
 static pthread_once_t driver_once = PTHREAD_ONCE_INIT;
 
-/* Writes to one document are serialised inside the process (striped by a
- * hash of database, collection and key).  FerretDB 1.x (the local stack's
- * server) applies findAndModify/updateOne as an unisolated read-modify-write:
- * 50 concurrent guarded decrements of a stock of 20 all "succeed" there, and
- * even a version compare-and-set loses updates.  MongoDB itself is atomic per
- * document; there the lock only orders a process's own writes to one key.
- * It does not protect against other processes writing to FerretDB. */
+/* On FerretDB, writes to one document are serialised inside the process
+ * (striped by a hash of database, collection and key).  FerretDB 1.x (the
+ * local stack's server) applies findAndModify/updateOne as an unisolated
+ * read-modify-write: 50 concurrent guarded decrements of a stock of 20 all
+ * "succeed" there, and even a version compare-and-set loses updates.  The
+ * stripes are process-wide, not per adapter state: every worker has its own
+ * state and client pool, and the writes to serialise come from all of them.
+ * They do not protect against other processes writing to FerretDB.
+ * MongoDB itself is atomic per document, so a shard whose server is known to
+ * be MongoDB (server_kind) takes no lock. */
 #define KEY_LOCKS 256
 static pthread_mutex_t key_locks[KEY_LOCKS] = {[0 ... KEY_LOCKS - 1] = PTHREAD_MUTEX_INITIALIZER};
 
 /* ---- state ------------------------------------------------------------------------ */
 
+enum mg_server { MG_SERVER_UNKNOWN = 0, MG_SERVER_MONGODB, MG_SERVER_FERRETDB };
+
 struct mg_shard {
     const struct cf_shard *cfs;
     mongoc_client_pool_t *clients;
     char db[128];
-    int up; /* atomic: last known state, for up/down log lines */
+    int up;     /* atomic: last known state, for up/down log lines */
+    int server; /* atomic enum mg_server: what serves the shard, asked once */
 };
 
 /* Collections whose indexes this state created (auto_migrate). */
@@ -735,6 +741,36 @@ static pthread_mutex_t *key_lock(const struct mg_call *c)
     return &key_locks[h % KEY_LOCKS];
 }
 
+/* Pool thread: what serves the shard, from its buildInfo reply (FerretDB
+ * adds `ferretdbVersion`).  Asked once per shard; while no answer came (the
+ * server unreachable), MG_SERVER_UNKNOWN, which writes treat as FerretDB. */
+static enum mg_server server_kind(struct mg_shard *sh, mongoc_client_t *cl)
+{
+    int kind = __atomic_load_n(&sh->server, __ATOMIC_ACQUIRE);
+    if (kind != MG_SERVER_UNKNOWN) {
+        return (enum mg_server)kind;
+    }
+    bson_t cmd = BSON_INITIALIZER, reply;
+    bson_error_t err;
+    bson_append_int32(&cmd, "buildInfo", -1, 1);
+    if (mongoc_client_command_simple(cl, "admin", &cmd, NULL, &reply, &err)) {
+        bson_iter_t it;
+        kind = bson_iter_init_find(&it, &reply, "ferretdbVersion") ? MG_SERVER_FERRETDB
+                                                                   : MG_SERVER_MONGODB;
+        int unknown = MG_SERVER_UNKNOWN;
+        if (__atomic_compare_exchange_n(&sh->server, &unknown, kind, 0, __ATOMIC_ACQ_REL,
+                                        __ATOMIC_ACQUIRE)) {
+            lb_info("mongo shard '%s' is %s: writes to one document %s", sh->cfs->name,
+                    kind == MG_SERVER_FERRETDB ? "FerretDB" : "MongoDB",
+                    kind == MG_SERVER_FERRETDB ? "are serialised in the gateway"
+                                               : "take no gateway lock");
+        }
+    }
+    bson_destroy(&reply);
+    bson_destroy(&cmd);
+    return (enum mg_server)kind;
+}
+
 static void call_work(struct lb_job *job)
 {
     struct mg_call *c = (struct mg_call *)job;
@@ -765,7 +801,10 @@ static void call_work(struct lb_job *job)
         }
         bson_destroy(&reply);
     }
-    pthread_mutex_t *lock = c->op != AD_GET && c->key != NULL ? key_lock(c) : NULL;
+    pthread_mutex_t *lock = c->op != AD_GET && c->key != NULL &&
+                                    server_kind(c->sh, cl) != MG_SERVER_MONGODB
+                                ? key_lock(c)
+                                : NULL;
     if (lock != NULL) {
         pthread_mutex_lock(lock);
     }
