@@ -35,7 +35,8 @@ static int write_all(int fd, const char *p, size_t len)
 static void sync_dir(const char *path)
 {
     const char *slash = strrchr(path, '/');
-    char *dir = slash == NULL ? strdup(".") : strndup(path, slash == path ? 1 : (size_t)(slash - path));
+    char *dir =
+        slash == NULL ? strdup(".") : strndup(path, slash == path ? 1 : (size_t)(slash - path));
     if (dir == NULL) {
         return;
     }

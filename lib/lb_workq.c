@@ -145,7 +145,7 @@ static void dispatch_cb(evutil_socket_t fd, short what, void *arg)
 }
 
 struct lb_workq *lb_workq_new(struct event_base *base, int nthreads, int queue_max, char *err,
-                            size_t errlen)
+                              size_t errlen)
 {
     if (nthreads < 1 || queue_max < 0) {
         snprintf(err, errlen, "thread pool: needs at least 1 thread and queue_max >= 0");

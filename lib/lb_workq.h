@@ -3,12 +3,11 @@
  * come back to one libevent loop.
  *
  * Blocking client libraries (the MongoDB adapter's mongo-c-driver has no
- * async API) run their calls here: the loop thread submits a job, a pool thread runs job->work(), and
- * job->done() is then called ON THE LOOP THREAD of the event_base given to
- * lb_workq_new() — exactly once per accepted job, never from inside submit.
- * The hand-off is a mutex-protected list plus event_active() on an event of
- * that loop, so libevent must have threading enabled (evthread_use_pthreads()
- * before the event_base was created).
+ * async API) run their calls here: the loop thread submits a job, a pool thread runs job->work(),
+ * and job->done() is then called ON THE LOOP THREAD of the event_base given to lb_workq_new() —
+ * exactly once per accepted job, never from inside submit. The hand-off is a mutex-protected list
+ * plus event_active() on an event of that loop, so libevent must have threading enabled
+ * (evthread_use_pthreads() before the event_base was created).
  *
  * Jobs are owned by the caller (usually embedded in a larger struct); the
  * pool only links them.  work() must not touch loop-thread data; done() may
@@ -49,7 +48,7 @@ struct lb_job {
 
 /* Start `nthreads` threads.  NULL with err filled on failure. */
 struct lb_workq *lb_workq_new(struct event_base *base, int nthreads, int queue_max, char *err,
-                            size_t errlen) __attribute__((warn_unused_result));
+                              size_t errlen) __attribute__((warn_unused_result));
 
 /* Queue a job: 0, LB_WORKQ_EFULL or LB_WORKQ_ESTOPPED (then done() will never be called). */
 int lb_workq_submit(struct lb_workq *p, struct lb_job *job) __attribute__((warn_unused_result));

@@ -42,12 +42,12 @@
 #include <mongoc/mongoc.h>
 
 #include "adapters/mongo/mg_bson.h"
-#include "lib/lb_workq.h"
 #include "adapters/mongo/mg_query.h"
 #include "config/cf_config.h"
 #include "lib/lb_json.h"
 #include "lib/lb_log.h"
 #include "lib/lb_util.h"
+#include "lib/lb_workq.h"
 #include "model/md_item.h"
 #include "model/md_query.h"
 
@@ -801,10 +801,10 @@ static void call_work(struct lb_job *job)
         }
         bson_destroy(&reply);
     }
-    pthread_mutex_t *lock = c->op != AD_GET && c->key != NULL &&
-                                    server_kind(c->sh, cl) != MG_SERVER_MONGODB
-                                ? key_lock(c)
-                                : NULL;
+    pthread_mutex_t *lock =
+        c->op != AD_GET && c->key != NULL && server_kind(c->sh, cl) != MG_SERVER_MONGODB
+            ? key_lock(c)
+            : NULL;
     if (lock != NULL) {
         pthread_mutex_lock(lock);
     }

@@ -261,7 +261,8 @@ static void schedule_retry(struct rd_conn *c)
         return;
     }
     const struct cf_pool *p = &c->sh->st->be->pool;
-    struct timeval tv = lb_tv_ms(lb_backoff_next(&c->backoff_ms, p->backoff_min_ms, p->backoff_max_ms));
+    struct timeval tv =
+        lb_tv_ms(lb_backoff_next(&c->backoff_ms, p->backoff_min_ms, p->backoff_max_ms));
     evtimer_add(c->retry_timer, &tv);
 }
 

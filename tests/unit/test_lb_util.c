@@ -117,7 +117,7 @@ static void test_x_allocator_aborts_on_out_of_memory(void **state)
         }
         volatile size_t huge = SIZE_MAX / 2;
         void *p = lb_xcalloc(huge, 4); /* overflows: calloc refuses */
-        _exit(p != NULL ? 3 : 4);    /* not reached */
+        _exit(p != NULL ? 3 : 4);      /* not reached */
     }
     int status = 0;
     assert_int_equal(waitpid(pid, &status, 0), pid);

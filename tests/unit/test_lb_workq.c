@@ -206,7 +206,7 @@ static void test_free_with_pending_work(void **state)
         t[i].sleep_us = 500;
         assert_int_equal(lb_workq_submit(p, &t[i].job), 0);
     }
-    usleep(2000);    /* a few run, most still wait */
+    usleep(2000);     /* a few run, most still wait */
     lb_workq_free(p); /* joins; delivers every job here, on this thread */
     assert_int_equal(ndone, N);
     int stopped = 0;
