@@ -2,6 +2,7 @@
 #
 #   make                      build ./polygate
 #   make SANITIZE=address,undefined [test]
+#   make tsan-integration     integration tests against a ThreadSanitizer build
 #   make test                 unit + integration tests (brings the stack up)
 #   make run                  stack up + gateway on config/polygate.yaml
 #   make stack-up / stack-down / stack-status
