@@ -2,6 +2,7 @@
 #
 #   make                      build ./polygate
 #   make SANITIZE=address,undefined [test]
+#   make tsan-integration     integration tests against a ThreadSanitizer build
 #   make test                 unit + integration tests (brings the stack up)
 #   make run                  stack up + gateway on config/polygate.yaml
 #   make stack-up / stack-down / stack-status
@@ -43,7 +44,7 @@ UNIT_SRC := $(sort $(wildcard tests/unit/test_*.c))
 UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 CTL_SRC  := $(sort $(wildcard scripts/ctl/*.c))
 
-.PHONY: all layers polygate polygatectl clean deps test check valgrind fuzz fuzz-run fuzz-replay unit integration run stack-up stack-down stack-status format fmt-check
+.PHONY: all layers polygate polygatectl clean deps test check valgrind tsan-integration fuzz fuzz-run fuzz-replay unit integration run stack-up stack-down stack-status format fmt-check
 
 all: polygate polygatectl
 
@@ -139,6 +140,18 @@ valgrind: polygate polygatectl
 		{ cat build/valgrind/*.log; exit 1; }
 	@if [ -n "$$(cat build/valgrind/*.log 2>/dev/null)" ]; then cat build/valgrind/*.log; exit 1; fi
 	@echo "valgrind: no errors, no definite leaks"
+
+# The integration suite with polygate built with ThreadSanitizer
+# (scripts/tsan-polygate.sh), against a running stack: a data race stops the
+# gateway (exit 66, which the fixtures assert against) and any report in
+# build/tsan/ fails the target.  PYTEST_ARGS picks a subset (-k …).
+tsan-integration: polygatectl
+	@$(MAKE) --no-print-directory SANITIZE=thread build/san-thread/polygate
+	@rm -rf build/tsan
+	@POLYGATE_BIN=$(CURDIR)/scripts/tsan-polygate.sh scripts/run-integration.sh $(PYTEST_ARGS) || \
+		{ cat build/tsan/* 2>/dev/null; exit 1; }
+	@if [ -n "$$(cat build/tsan/* 2>/dev/null)" ]; then cat build/tsan/*; exit 1; fi
+	@echo "tsan: no data race reported"
 
 deps:
 	@scripts/ci-deps.sh

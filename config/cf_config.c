@@ -20,6 +20,7 @@
 #include <sys/stat.h>
 
 #include "config/cf_yaml.h"
+#include "lib/lb_util.h"
 #include "routing/rt_live.h"
 #include "routing/rt_shardmap.h"
 
@@ -150,7 +151,7 @@ apply:
                 }
                 s = json_object_get_string(val);
             }
-            *(char **)p = strdup(s);
+            *(char **)p = lb_xstrdup(s);
             continue;
         }
         long long n = strtoll(o->def, NULL, 10);
@@ -190,13 +191,13 @@ static int get_str(struct json_object *obj, const char *name, const char *def, c
         if (def == NULL) {
             CERR("%s.%s: required", ctx, name);
         }
-        *out = strdup(def);
+        *out = lb_xstrdup(def);
         return 0;
     }
     if (!JIS_STR(v) || json_object_get_string_len(v) == 0) {
         CERR("%s.%s: must be a non-empty string", ctx, name);
     }
-    *out = strdup(json_object_get_string(v));
+    *out = lb_xstrdup(json_object_get_string(v));
     return 0;
 }
 
@@ -305,7 +306,7 @@ static int parse_field(struct cf_field *f, const char *name, struct json_object 
 {
     char ctx[256];
     snprintf(ctx, sizeof(ctx), "%s.fields.%s", dctx, name);
-    f->name = strdup(name);
+    f->name = lb_xstrdup(name);
     f->scale = -1;
     if (name[0] == '\0' || name[0] == '$' || strchr(name, '.') != NULL) {
         CERR("%s: field names must not be empty, start with '$' or contain '.'", ctx);
@@ -372,13 +373,13 @@ static int parse_field(struct cf_field *f, const char *name, struct json_object 
             CERR("%s.values: an enum needs a non-empty list of strings", ctx);
         }
         f->nvalues = json_object_array_length(vals);
-        f->values = calloc(f->nvalues, sizeof(char *));
+        f->values = lb_xcalloc(f->nvalues, sizeof(char *));
         for (size_t k = 0; k < f->nvalues; k++) {
             struct json_object *s = json_object_array_get_idx(vals, k);
             if (!JIS_STR(s)) {
                 CERR("%s.values[%zu]: must be a string", ctx, k);
             }
-            f->values[k] = strdup(json_object_get_string(s));
+            f->values[k] = lb_xstrdup(json_object_get_string(s));
         }
     } else if (vals != NULL) {
         CERR("%s.values: only enums take values", ctx);
@@ -452,10 +453,10 @@ static int load_shard_map(struct cf_backend *be, const char *path, const char *c
         CERR("%s.shard_map: '%s': %s", ctx, full, lerr);
     }
     be->nshards = rt_shardmap_nshards(be->map);
-    be->shards = calloc(be->nshards, sizeof(*be->shards));
+    be->shards = lb_xcalloc(be->nshards, sizeof(*be->shards));
     for (size_t i = 0; i < be->nshards; i++) {
-        be->shards[i].name = strdup(rt_shardmap_shard_name(be->map, i));
-        be->shards[i].dsn = strdup(rt_shardmap_shard_dsn(be->map, i));
+        be->shards[i].name = lb_xstrdup(rt_shardmap_shard_name(be->map, i));
+        be->shards[i].dsn = lb_xstrdup(rt_shardmap_shard_dsn(be->map, i));
         be->shards[i].weight = (int)rt_shardmap_shard_weight(be->map, i);
     }
     return 0;
@@ -488,7 +489,7 @@ static int parse_backend(struct cf_backend *be, const char *name, struct json_ob
 {
     char ctx[256];
     snprintf(ctx, sizeof(ctx), "backends.%s", name);
-    be->name = strdup(name);
+    be->name = lb_xstrdup(name);
     if (!JIS_OBJ(spec)) {
         CERR("%s: must be a mapping", ctx);
     }
@@ -524,7 +525,7 @@ static int parse_backend(struct cf_backend *be, const char *name, struct json_ob
             CERR("%s.shards: must be a non-empty list", ctx);
         }
         be->nshards = json_object_array_length(shards);
-        be->shards = calloc(be->nshards, sizeof(*be->shards));
+        be->shards = lb_xcalloc(be->nshards, sizeof(*be->shards));
         for (size_t i = 0; i < be->nshards; i++) {
             struct json_object *s = json_object_array_get_idx(shards, i);
             char sctx[300];
@@ -600,7 +601,7 @@ static int parse_backend(struct cf_backend *be, const char *name, struct json_ob
         json_object_array_add(sl, s);
     }
     json_object_object_add(sig, "shards", sl);
-    be->signature = strdup(json_object_to_json_string_ext(sig, JSON_C_TO_STRING_PLAIN));
+    be->signature = lb_xstrdup(json_object_to_json_string_ext(sig, JSON_C_TO_STRING_PLAIN));
     json_object_put(sig);
     return 0;
 }
@@ -612,7 +613,7 @@ static int parse_domain(struct cf_config *cf, struct cf_domain *d, const char *n
 {
     char ctx[256];
     snprintf(ctx, sizeof(ctx), "domains.%s", name);
-    d->name = strdup(name);
+    d->name = lb_xstrdup(name);
     if (name[0] == '_' || strchr(name, '/') != NULL) {
         CERR("%s: domain names must not start with '_' or contain '/'", ctx);
     }
@@ -660,7 +661,7 @@ static int parse_domain(struct cf_config *cf, struct cf_domain *d, const char *n
     if (t != NULL && !JIS_STR(t)) {
         CERR("%s.table: must be a string", ctx);
     }
-    d->table = strdup(t != NULL ? json_object_get_string(t) : name);
+    d->table = lb_xstrdup(t != NULL ? json_object_get_string(t) : name);
     if (get_str(spec, "key", NULL, &d->key, ctx, err, errlen) < 0) {
         return -1;
     }
@@ -669,14 +670,14 @@ static int parse_domain(struct cf_config *cf, struct cf_domain *d, const char *n
         if (!JIS_STR(sk)) {
             CERR("%s.shard_key: must be a field name", ctx);
         }
-        d->shard_key = strdup(json_object_get_string(sk));
+        d->shard_key = lb_xstrdup(json_object_get_string(sk));
     }
     struct json_object *ct = json_object_object_get(spec, "counters");
     if (ct != NULL) {
         if (!JIS_STR(ct)) {
             CERR("%s.counters: must be a field name", ctx);
         }
-        d->counters_field = strdup(json_object_get_string(ct));
+        d->counters_field = lb_xstrdup(json_object_get_string(ct));
     }
     long long n;
     if (get_bool(spec, "generate_key", 1, &d->key_generated, ctx, err, errlen) < 0 ||
@@ -698,7 +699,7 @@ static int parse_domain(struct cf_config *cf, struct cf_domain *d, const char *n
         CERR("%s.fields: a non-empty mapping of field name → type is required", ctx);
     }
     d->nfields = json_object_object_length(fields);
-    d->fields = calloc(d->nfields, sizeof(*d->fields));
+    d->fields = lb_xcalloc(d->nfields, sizeof(*d->fields));
     size_t i = 0;
     json_object_object_foreach(fields, fname, fspec)
     {
@@ -884,7 +885,7 @@ static int parse_root(struct cf_config *cf, struct json_object *root, char *err,
                  strerror(errno));
         }
         free(cf->cursor_secret);
-        cf->cursor_secret = strdup(sec);
+        cf->cursor_secret = lb_xstrdup(sec);
         cf->cursor_secret_generated = 1;
     }
     static const char *const levels[] = {"debug", "info", "warn", "error", NULL};
@@ -932,7 +933,7 @@ static int parse_root(struct cf_config *cf, struct json_object *root, char *err,
         CERR("backends: a non-empty mapping of backend name → {type, shards} is required");
     }
     cf->nbackends = json_object_object_length(backends);
-    cf->backends = calloc(cf->nbackends, sizeof(*cf->backends));
+    cf->backends = lb_xcalloc(cf->nbackends, sizeof(*cf->backends));
     size_t i = 0;
     json_object_object_foreach(backends, bname, bspec)
     {
@@ -945,7 +946,7 @@ static int parse_root(struct cf_config *cf, struct json_object *root, char *err,
         CERR("domains: a non-empty mapping of domain name → settings is required");
     }
     cf->ndomains = json_object_object_length(domains);
-    cf->domains = calloc(cf->ndomains, sizeof(*cf->domains));
+    cf->domains = lb_xcalloc(cf->ndomains, sizeof(*cf->domains));
     i = 0;
     json_object_object_foreach(domains, dname, dspec)
     {
@@ -965,7 +966,7 @@ struct cf_config *cf_config_from_json(struct json_object *root, const char *path
         return NULL;
     }
     cf->refcount = 1;
-    cf->path = strdup(path != NULL ? path : "-");
+    cf->path = lb_xstrdup(path != NULL ? path : "-");
     if (parse_root(cf, root, err, errlen) < 0) {
         config_free(cf);
         return NULL;

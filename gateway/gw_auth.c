@@ -14,6 +14,7 @@
 
 #include "config/cf_config.h"
 #include "gateway/gw_http.h"
+#include "lib/lb_util.h"
 
 int gw_auth_check(const struct cf_config *cf, const struct gw_http_req *hr, double cost,
                   const struct cf_key **key, struct md_error *e, int64_t *retry_after_s)
@@ -138,17 +139,10 @@ struct bucket {
 static pthread_mutex_t buckets_mu = PTHREAD_MUTEX_INITIALIZER;
 static struct bucket *buckets;
 
-static uint64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
 int gw_ratelimit_take(const char *name, double rate_per_s, double burst, double cost,
                       int64_t *retry_after_ms)
 {
-    uint64_t now = now_ns();
+    uint64_t now = lb_now_ns();
     int rc = 0;
     pthread_mutex_lock(&buckets_mu);
     struct bucket *b = buckets;
@@ -156,12 +150,8 @@ int gw_ratelimit_take(const char *name, double rate_per_s, double burst, double 
         b = b->next;
     }
     if (b == NULL) {
-        b = calloc(1, sizeof(*b));
-        if (b == NULL) {
-            pthread_mutex_unlock(&buckets_mu);
-            return 0;
-        }
-        b->name = strdup(name);
+        b = lb_xcalloc(1, sizeof(*b)); /* one per key name of the config */
+        b->name = lb_xstrdup(name);
         b->tokens = burst;
         b->last_ns = now;
         b->next = buckets;
@@ -219,15 +209,13 @@ int gw_auth_inflight_acquire(const struct cf_key *key, int limit, int count,
     while (f != NULL && strcmp(f->name, key->name) != 0) {
         f = f->next;
     }
-    if (f == NULL && (f = calloc(1, sizeof(*f))) != NULL) {
-        f->name = strdup(key->name);
+    if (f == NULL) {
+        f = lb_xcalloc(1, sizeof(*f)); /* one per key name of the config */
+        f->name = lb_xstrdup(key->name);
         f->next = inflights;
         inflights = f;
     }
     pthread_mutex_unlock(&inflight_mu);
-    if (f == NULL || f->name == NULL) {
-        return 0; /* out of memory: not counted rather than refused */
-    }
     int n = __atomic_add_fetch(&f->n, count, __ATOMIC_ACQ_REL);
     if (n > limit) {
         __atomic_sub_fetch(&f->n, count, __ATOMIC_ACQ_REL);

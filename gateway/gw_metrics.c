@@ -20,6 +20,7 @@
 #include "gateway/gw_http.h"
 #include "gateway/gw_idempotency.h"
 #include "gateway/gw_shard.h"
+#include "lib/lb_util.h"
 #include "routing/rt_shardmap.h"
 
 /* ---- label tables --------------------------------------------------------------- */
@@ -138,9 +139,7 @@ void gw_metrics_register_config(const struct cf_config *cf)
 
 uint64_t gw_metrics_now_us(void)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+    return lb_now_us();
 }
 
 static size_t status_index(int status)

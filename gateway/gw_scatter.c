@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "config/cf_config.h"
+#include "lib/lb_util.h"
 #include "model/md_query.h"
 #include "routing/rt_merge.h"
 
@@ -86,7 +87,7 @@ static void plan_query(struct gw_scatter *s, struct shard_query *sq)
     if (q->nfields == 0) {
         return;
     }
-    sq->fields = calloc(q->nfields + q->norder, sizeof(*sq->fields));
+    sq->fields = lb_xcalloc(q->nfields + q->norder, sizeof(*sq->fields));
     memcpy(sq->fields, q->fields, q->nfields * sizeof(*q->fields));
     size_t n = q->nfields;
     for (size_t i = 0; i < q->norder; i++) {
@@ -129,9 +130,9 @@ static void plan_aggregate(struct gw_scatter *s, struct shard_query *sq)
         prefix[0] = '_';
     }
     size_t n = 0;
-    sq->aggs = calloc(2 * q->naggs + 1, sizeof(*sq->aggs));
-    sq->alias = calloc(2 * q->naggs + 1, sizeof(*sq->alias));
-    s->aggs = calloc(q->naggs + 1, sizeof(*s->aggs));
+    sq->aggs = lb_xcalloc(2 * q->naggs + 1, sizeof(*sq->aggs));
+    sq->alias = lb_xcalloc(2 * q->naggs + 1, sizeof(*sq->alias));
+    s->aggs = lb_xcalloc(q->naggs + 1, sizeof(*s->aggs));
     for (size_t i = 0; i < q->naggs; i++) {
         const struct md_qaggregate *a = &q->aggs[i];
         struct rt_agg *m = &s->aggs[i];
@@ -162,13 +163,13 @@ static void plan_aggregate(struct gw_scatter *s, struct shard_query *sq)
 struct gw_scatter *gw_scatter_new(const struct cf_domain *d, struct json_object *body,
                                   size_t nqueried)
 {
-    struct gw_scatter *s = calloc(1, sizeof(*s));
+    struct gw_scatter *s = lb_xcalloc(1, sizeof(*s));
     s->d = d;
     s->q = md_query_of(body);
     s->nqueried = nqueried;
     s->nshards = d->backend->nshards;
-    s->parts = calloc(s->nshards + 1, sizeof(*s->parts));
-    struct shard_query *sq = calloc(1, sizeof(*sq));
+    s->parts = lb_xcalloc(s->nshards + 1, sizeof(*s->parts));
+    struct shard_query *sq = lb_xcalloc(1, sizeof(*sq));
     sq->q = *s->q;
     sq->parent = json_object_get(body);
     if (s->q->aggregate) {
@@ -277,7 +278,7 @@ int gw_scatter_finish(struct gw_scatter *s, struct json_object **doc, struct md_
         }
         return -1;
     }
-    struct json_object **lists = calloc(s->nshards + 1, sizeof(*lists));
+    struct json_object **lists = lb_xcalloc(s->nshards + 1, sizeof(*lists));
     int more = 0;
     for (size_t i = 0; i < s->nshards; i++) {
         struct json_object *d = s->parts[i].doc;

@@ -15,6 +15,7 @@
 #include "adapters/ad.h"
 #include "config/cf_config.h"
 #include "config/cf_yaml.h"
+#include "lib/lb_file.h"
 #include "lib/lb_log.h"
 #include "routing/rt_live.h"
 #include "routing/rt_shardmap.h"
@@ -312,60 +313,6 @@ struct json_object *gw_shardmap_json(const struct cf_config *cf,
     return doc;
 }
 
-/* Write len bytes to path atomically: temp file, fsync, rename, fsync of the
- * directory.  0, or -1 with err. */
-static int write_atomic(const char *path, const char *text, size_t len, char *err, size_t errlen)
-{
-    size_t plen = strlen(path) + 32;
-    char *tmp = malloc(plen);
-    if (tmp == NULL) {
-        snprintf(err, errlen, "cannot write '%s': out of memory", path);
-        return -1;
-    }
-    snprintf(tmp, plen, "%s.tmp.%ld", path, (long)getpid());
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0) {
-        snprintf(err, errlen, "cannot write '%s': %s", tmp, strerror(errno));
-        free(tmp);
-        return -1;
-    }
-    int ok = 1;
-    for (size_t off = 0; ok && off < len;) {
-        ssize_t w = write(fd, text + off, len - off);
-        if (w < 0 && errno == EINTR) {
-            continue;
-        }
-        ok = w > 0;
-        off += w > 0 ? (size_t)w : 0;
-    }
-    ok = ok && fsync(fd) == 0;
-    int saved = errno;
-    close(fd);
-    if (!ok || rename(tmp, path) < 0) {
-        if (ok) {
-            saved = errno;
-        }
-        snprintf(err, errlen, "cannot write '%s': %s", path, strerror(saved));
-        unlink(tmp);
-        free(tmp);
-        return -1;
-    }
-    free(tmp);
-    /* the rename itself is durable once the directory is synced */
-    char *dir = strdup(path);
-    char *slash = dir != NULL ? strrchr(dir, '/') : NULL;
-    if (slash != NULL) {
-        *slash = '\0';
-        int dfd = open(slash == dir ? "/" : dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-        if (dfd >= 0) {
-            (void)fsync(dfd);
-            close(dfd);
-        }
-    }
-    free(dir);
-    return 0;
-}
-
 int gw_shardmap_write_json(const char *path, struct json_object *doc, char *err, size_t errlen)
 {
     const char *head = "# written by polygate; JSON is YAML\n";
@@ -380,7 +327,7 @@ int gw_shardmap_write_json(const char *path, struct json_object *doc, char *err,
     memcpy(text, head, hl);
     memcpy(text + hl, body, bl);
     text[hl + bl] = '\n';
-    int rc = write_atomic(path, text, hl + bl + 1, err, errlen);
+    int rc = lb_write_file_atomic(path, text, hl + bl + 1, err, errlen);
     free(text);
     return rc;
 }
@@ -597,7 +544,7 @@ int gw_shardmap_replace(const char *path, struct json_object *doc, const char *h
         int rc = -1;
         if (prev != NULL) {
             snprintf(prev, pl, "%s.prev", path);
-            rc = write_atomic(prev, old, olen, err, errlen);
+            rc = lb_write_file_atomic(prev, old, olen, err, errlen);
         } else {
             snprintf(err, errlen, "cannot write '%s.prev': out of memory", path);
         }
@@ -613,7 +560,7 @@ int gw_shardmap_replace(const char *path, struct json_object *doc, const char *h
         free(text);
         return -1;
     }
-    int rc = write_atomic(path, text, len, err, errlen);
+    int rc = lb_write_file_atomic(path, text, len, err, errlen);
     free(text);
     return rc;
 }

@@ -1,18 +1,85 @@
 /*
- * lb_util.c — clocks, ids, random numbers.
+ * lb_util.c — clocks, backoff, allocation, ids, random numbers.
  */
 #include "lib/lb_util.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
 #include <time.h>
 
-uint64_t lb_now_ms(void)
+#include "lib/lb_log.h"
+
+uint64_t lb_now_ns(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+uint64_t lb_now_us(void)
+{
+    return lb_now_ns() / 1000u;
+}
+
+uint64_t lb_now_ms(void)
+{
+    return lb_now_ns() / 1000000u;
+}
+
+int64_t lb_backoff_next(int64_t *cur, int64_t min_ms, int64_t max_ms)
+{
+    *cur = *cur <= 0 ? min_ms : *cur * 2;
+    if (*cur > max_ms) {
+        *cur = max_ms;
+    }
+    if (*cur < 1) {
+        *cur = 1;
+    }
+    return *cur / 2 + (int64_t)(lb_rand64() % (uint64_t)(*cur / 2 + 1));
+}
+
+static void out_of_memory(size_t size)
+{
+    lb_error("out of memory (%zu bytes): aborting", size);
+    abort();
+}
+
+void *lb_xmalloc(size_t size)
+{
+    void *p = malloc(size != 0 ? size : 1);
+    if (p == NULL) {
+        out_of_memory(size);
+    }
+    return p;
+}
+
+void *lb_xcalloc(size_t n, size_t size)
+{
+    void *p = calloc(n != 0 ? n : 1, size != 0 ? size : 1);
+    if (p == NULL) {
+        out_of_memory(n * size);
+    }
+    return p;
+}
+
+char *lb_xstrdup(const char *s)
+{
+    char *p = strdup(s);
+    if (p == NULL) {
+        out_of_memory(strlen(s) + 1);
+    }
+    return p;
+}
+
+char *lb_xstrndup(const char *s, size_t n)
+{
+    char *p = strndup(s, n);
+    if (p == NULL) {
+        out_of_memory(n + 1);
+    }
+    return p;
 }
 
 /* The wall clock as RFC 3339 UTC with `digits` fraction digits (3 or 6). */

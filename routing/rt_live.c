@@ -8,6 +8,8 @@
 #include <string.h>
 #include <time.h>
 
+#include "lib/lb_util.h"
+
 struct rt_live {
     int refs; /* atomic */
     uint32_t nslots;
@@ -156,16 +158,9 @@ static void nap_ms(long ms)
     nanosleep(&ts, NULL);
 }
 
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 int rt_live_freeze(struct rt_live *l, uint32_t slot, int64_t timeout_ms)
 {
-    int64_t deadline = now_ms() + timeout_ms;
+    int64_t deadline = (int64_t)lb_now_ms() + timeout_ms;
     pthread_mutex_lock(&l->mu);
     l->frozen[slot] = 1;
     l->nfrozen++;
@@ -176,7 +171,7 @@ int rt_live_freeze(struct rt_live *l, uint32_t slot, int64_t timeout_ms)
             return 0;
         }
         pthread_mutex_unlock(&l->mu);
-        if (now_ms() > deadline) {
+        if ((int64_t)lb_now_ms() > deadline) {
             rt_live_unfreeze(l, slot);
             return -1;
         }
@@ -256,7 +251,7 @@ int rt_live_switch(struct rt_live *l, uint32_t slot, int from, int to)
 
 int rt_live_wait_epoch(struct rt_live *l, int bucket, int64_t timeout_ms)
 {
-    int64_t deadline = now_ms() + timeout_ms;
+    int64_t deadline = (int64_t)lb_now_ms() + timeout_ms;
     for (;;) {
         pthread_mutex_lock(&l->mu);
         int n = l->active[bucket];
@@ -264,7 +259,7 @@ int rt_live_wait_epoch(struct rt_live *l, int bucket, int64_t timeout_ms)
         if (n == 0) {
             return 0;
         }
-        if (now_ms() > deadline) {
+        if ((int64_t)lb_now_ms() > deadline) {
             return -1;
         }
         nap_ms(1);

@@ -42,12 +42,12 @@
 #include <mongoc/mongoc.h>
 
 #include "adapters/mongo/mg_bson.h"
-#include "adapters/mongo/mg_pool.h"
 #include "adapters/mongo/mg_query.h"
 #include "config/cf_config.h"
 #include "lib/lb_json.h"
 #include "lib/lb_log.h"
 #include "lib/lb_util.h"
+#include "lib/lb_workq.h"
 #include "model/md_item.h"
 #include "model/md_query.h"
 
@@ -88,23 +88,29 @@ static void driver_init(void)
 
 static pthread_once_t driver_once = PTHREAD_ONCE_INIT;
 
-/* Writes to one document are serialised inside the process (striped by a
- * hash of database, collection and key).  FerretDB 1.x (the local stack's
- * server) applies findAndModify/updateOne as an unisolated read-modify-write:
- * 50 concurrent guarded decrements of a stock of 20 all "succeed" there, and
- * even a version compare-and-set loses updates.  MongoDB itself is atomic per
- * document; there the lock only orders a process's own writes to one key.
- * It does not protect against other processes writing to FerretDB. */
+/* On FerretDB, writes to one document are serialised inside the process
+ * (striped by a hash of database, collection and key).  FerretDB 1.x (the
+ * local stack's server) applies findAndModify/updateOne as an unisolated
+ * read-modify-write: 50 concurrent guarded decrements of a stock of 20 all
+ * "succeed" there, and even a version compare-and-set loses updates.  The
+ * stripes are process-wide, not per adapter state: every worker has its own
+ * state and client pool, and the writes to serialise come from all of them.
+ * They do not protect against other processes writing to FerretDB.
+ * MongoDB itself is atomic per document, so a shard whose server is known to
+ * be MongoDB (server_kind) takes no lock. */
 #define KEY_LOCKS 256
 static pthread_mutex_t key_locks[KEY_LOCKS] = {[0 ... KEY_LOCKS - 1] = PTHREAD_MUTEX_INITIALIZER};
 
 /* ---- state ------------------------------------------------------------------------ */
 
+enum mg_server { MG_SERVER_UNKNOWN = 0, MG_SERVER_MONGODB, MG_SERVER_FERRETDB };
+
 struct mg_shard {
     const struct cf_shard *cfs;
     mongoc_client_pool_t *clients;
     char db[128];
-    int up; /* atomic: last known state, for up/down log lines */
+    int up;     /* atomic: last known state, for up/down log lines */
+    int server; /* atomic enum mg_server: what serves the shard, asked once */
 };
 
 /* Collections whose indexes this state created (auto_migrate). */
@@ -117,7 +123,7 @@ struct mg_migrated {
 struct mg_state {
     struct event_base *base;
     const struct cf_backend *be;
-    struct mg_pool *pool;
+    struct lb_workq *pool;
     struct mg_shard *shards;
     int nshards;
     int closing;
@@ -125,7 +131,7 @@ struct mg_state {
 };
 
 struct mg_call {
-    struct mg_job job; /* first: the pool hands us back &job */
+    struct lb_job job; /* first: the pool hands us back &job */
     struct mg_state *st;
     struct mg_shard *sh;
     const struct ad_req *req;
@@ -735,7 +741,37 @@ static pthread_mutex_t *key_lock(const struct mg_call *c)
     return &key_locks[h % KEY_LOCKS];
 }
 
-static void call_work(struct mg_job *job)
+/* Pool thread: what serves the shard, from its buildInfo reply (FerretDB
+ * adds `ferretdbVersion`).  Asked once per shard; while no answer came (the
+ * server unreachable), MG_SERVER_UNKNOWN, which writes treat as FerretDB. */
+static enum mg_server server_kind(struct mg_shard *sh, mongoc_client_t *cl)
+{
+    int kind = __atomic_load_n(&sh->server, __ATOMIC_ACQUIRE);
+    if (kind != MG_SERVER_UNKNOWN) {
+        return (enum mg_server)kind;
+    }
+    bson_t cmd = BSON_INITIALIZER, reply;
+    bson_error_t err;
+    bson_append_int32(&cmd, "buildInfo", -1, 1);
+    if (mongoc_client_command_simple(cl, "admin", &cmd, NULL, &reply, &err)) {
+        bson_iter_t it;
+        kind = bson_iter_init_find(&it, &reply, "ferretdbVersion") ? MG_SERVER_FERRETDB
+                                                                   : MG_SERVER_MONGODB;
+        int unknown = MG_SERVER_UNKNOWN;
+        if (__atomic_compare_exchange_n(&sh->server, &unknown, kind, 0, __ATOMIC_ACQ_REL,
+                                        __ATOMIC_ACQUIRE)) {
+            lb_info("mongo shard '%s' is %s: writes to one document %s", sh->cfs->name,
+                    kind == MG_SERVER_FERRETDB ? "FerretDB" : "MongoDB",
+                    kind == MG_SERVER_FERRETDB ? "are serialised in the gateway"
+                                               : "take no gateway lock");
+        }
+    }
+    bson_destroy(&reply);
+    bson_destroy(&cmd);
+    return (enum mg_server)kind;
+}
+
+static void call_work(struct lb_job *job)
 {
     struct mg_call *c = (struct mg_call *)job;
     mongoc_client_t *cl = mongoc_client_pool_pop(c->sh->clients);
@@ -765,7 +801,10 @@ static void call_work(struct mg_job *job)
         }
         bson_destroy(&reply);
     }
-    pthread_mutex_t *lock = c->op != AD_GET && c->key != NULL ? key_lock(c) : NULL;
+    pthread_mutex_t *lock =
+        c->op != AD_GET && c->key != NULL && server_kind(c->sh, cl) != MG_SERVER_MONGODB
+            ? key_lock(c)
+            : NULL;
     if (lock != NULL) {
         pthread_mutex_lock(lock);
     }
@@ -897,7 +936,7 @@ static void mark_migrated(struct mg_state *st, int shard, const char *table)
     st->migrated = m;
 }
 
-static void call_done(struct mg_job *job)
+static void call_done(struct lb_job *job)
 {
     struct mg_call *c = (struct mg_call *)job;
     struct ad_res res;
@@ -905,20 +944,20 @@ static void call_done(struct mg_job *job)
     ad_res_init(&res);
     res.shard = c->sh->cfs->name;
     switch (job->outcome) {
-    case MG_EXPIRED:
+    case LB_JOB_EXPIRED:
         ad_res_error(&res, AD_TIMEOUT, res.shard,
                      "mongo backend '%s' (shard '%s'): no thread was free before the deadline",
                      c->st->be->name, res.shard);
         break;
-    case MG_CANCELED:
+    case LB_JOB_CANCELED:
         ad_res_error(&res, AD_CANCELED, res.shard, "canceled");
         break;
-    case MG_STOPPED:
+    case LB_JOB_STOPPED:
         ad_res_error(&res, AD_UNAVAILABLE, res.shard,
                      "mongo backend '%s' (shard '%s') is shutting down", c->st->be->name,
                      res.shard);
         break;
-    case MG_RAN:
+    case LB_JOB_RAN:
         if (c->migrated_ok) {
             mark_migrated(c->st, c->req->shard, c->d->table);
         }
@@ -986,16 +1025,16 @@ static int mg_submit(void *state, const struct ad_req *req, ad_done_cb cb, void 
         c->status = AD_BAD_REQUEST;
         c->field = x.field;
         snprintf(c->message, sizeof(c->message), "%s", x.msg);
-        mg_pool_defer(st->pool, &c->job);
+        lb_workq_defer(st->pool, &c->job);
         return 0;
     }
     if (c->d != NULL && c->d->auto_migrate && !is_migrated(st, req->shard, c->d->table)) {
         c->indexes = index_command(c->d);
     }
-    int rc = mg_pool_submit(st->pool, &c->job);
+    int rc = lb_workq_submit(st->pool, &c->job);
     if (rc != 0) {
         call_free(c);
-        return rc == MG_EFULL ? AD_EFULL : AD_EDOWN;
+        return rc == LB_WORKQ_EFULL ? AD_EFULL : AD_EDOWN;
     }
     return 0;
 }
@@ -1005,7 +1044,7 @@ static void mg_cancel(void *state, uint64_t req_id)
     struct mg_state *st = state;
     /* a call still waiting for a thread is dropped (completes as canceled);
      * a running driver call cannot be interrupted */
-    (void)mg_pool_cancel(st->pool, req_id);
+    (void)lb_workq_cancel(st->pool, req_id);
 }
 
 static int mg_supports(const struct cf_domain *d, enum ad_op op)
@@ -1099,7 +1138,7 @@ static int apply_options(mongoc_uri_t *uri, const struct cf_backend *be, char *e
 
 static void state_free(struct mg_state *st)
 {
-    mg_pool_free(st->pool); /* joins the threads; pending calls complete here */
+    lb_workq_free(st->pool); /* joins the threads; pending calls complete here */
     for (int i = 0; i < st->nshards; i++) {
         if (st->shards[i].clients != NULL) {
             mongoc_client_pool_destroy(st->shards[i].clients);
@@ -1166,7 +1205,7 @@ static int mg_init(struct event_base *base, const struct cf_backend *be, void **
         free(st);
         return -1;
     }
-    st->pool = mg_pool_new(base, nthreads, be->pool.queue_max, err, errlen);
+    st->pool = lb_workq_new(base, nthreads, be->pool.queue_max, err, errlen);
     if (st->pool == NULL) {
         state_free(st);
         return -1;

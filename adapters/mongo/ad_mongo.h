@@ -4,7 +4,7 @@
  * Serves `record` domains as documents of one collection per domain, keyed
  * by the domain's key field (unique index created by auto_migrate).  The
  * driver is blocking, so every call runs on a small per-worker thread pool
- * (adapters/mongo/mg_pool.h) over a mongoc_client_pool_t per shard; the
+ * (lib/lb_workq.h) over a mongoc_client_pool_t per shard; the
  * completion is handed back to the worker's loop, so the adapter honours the
  * contract of adapters/ad.h like the non-blocking ones.
  *

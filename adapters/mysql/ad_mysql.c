@@ -123,8 +123,7 @@ static void wait_for(struct my_conn *c, int status)
     event_del(c->ev);
     event_assign(c->ev, c->b.sh->pool->base, mysql_get_socket(c->my), what, on_io, c);
     if (status & MYSQL_WAIT_TIMEOUT) {
-        struct timeval tv;
-        sql_tv_ms(&tv, (int64_t)mysql_get_timeout_value_ms(c->my));
+        struct timeval tv = lb_tv_ms((int64_t)mysql_get_timeout_value_ms(c->my));
         event_add(c->ev, &tv);
     } else {
         event_add(c->ev, NULL);

@@ -261,17 +261,8 @@ static void schedule_retry(struct rd_conn *c)
         return;
     }
     const struct cf_pool *p = &c->sh->st->be->pool;
-    if (c->backoff_ms == 0) {
-        c->backoff_ms = p->backoff_min_ms;
-    } else {
-        c->backoff_ms *= 2;
-        if (c->backoff_ms > p->backoff_max_ms) {
-            c->backoff_ms = p->backoff_max_ms;
-        }
-    }
-    /* full jitter in [backoff/2, backoff] so workers do not reconnect in step */
-    int64_t ms = c->backoff_ms / 2 + (int64_t)(lb_rand64() % (uint64_t)(c->backoff_ms / 2 + 1));
-    struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)((ms % 1000) * 1000)};
+    struct timeval tv =
+        lb_tv_ms(lb_backoff_next(&c->backoff_ms, p->backoff_min_ms, p->backoff_max_ms));
     evtimer_add(c->retry_timer, &tv);
 }
 
@@ -426,7 +417,7 @@ static void connect_timeout_cb(evutil_socket_t fd, short what, void *arg)
 
 static void stall_arm(struct rd_conn *c, uint64_t ms)
 {
-    struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)((ms % 1000) * 1000)};
+    struct timeval tv = lb_tv_ms((int64_t)ms);
     evtimer_add(c->stall_timer, &tv);
 }
 
@@ -493,8 +484,7 @@ static void conn_start(struct rd_conn *c)
         redisAsyncCommand(ac, on_handshake, NULL, "SELECT %d", sh->db);
     }
     redisAsyncCommand(ac, on_handshake, c, "PING");
-    int64_t ms = sh->st->be->pool.connect_timeout_ms;
-    struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)((ms % 1000) * 1000)};
+    struct timeval tv = lb_tv_ms(sh->st->be->pool.connect_timeout_ms);
     evtimer_add(c->connect_timer, &tv);
 }
 
@@ -939,7 +929,7 @@ static void reply_counters(redisAsyncContext *ac, void *r, void *priv)
     for (size_t i = 0; i + 1 < rep->elements; i += 2) {
         redisReply *k = rep->element[i], *v = rep->element[i + 1];
         if (k->type == REDIS_REPLY_STRING && v->type == REDIS_REPLY_STRING) {
-            char *kz = strndup(k->str, k->len);
+            char *kz = lb_xstrndup(k->str, k->len);
             json_object_object_add(members, kz, json_object_new_int64(strtoll(v->str, NULL, 10)));
             free(kz);
         }
@@ -1357,11 +1347,11 @@ static int rd_init(struct event_base *base, const struct cf_backend *be, void **
         snprintf(err, errlen, "backend '%s': redis needs `shards`", be->name);
         return -1;
     }
-    struct rd_state *st = calloc(1, sizeof(*st));
+    struct rd_state *st = lb_xcalloc(1, sizeof(*st));
     st->base = base;
     st->be = be;
     st->nshards = (int)be->nshards;
-    st->shards = calloc(be->nshards, sizeof(*st->shards));
+    st->shards = lb_xcalloc(be->nshards, sizeof(*st->shards));
     for (int i = 0; i < st->nshards; i++) {
         struct rd_shard *sh = &st->shards[i];
         sh->st = st;
@@ -1378,7 +1368,7 @@ static int rd_init(struct event_base *base, const struct cf_backend *be, void **
             return -1;
         }
         sh->nconns = be->pool.max;
-        sh->conns = calloc((size_t)sh->nconns, sizeof(*sh->conns));
+        sh->conns = lb_xcalloc((size_t)sh->nconns, sizeof(*sh->conns));
         for (int k = 0; k < sh->nconns; k++) {
             struct rd_conn *c = &sh->conns[k];
             c->sh = sh;

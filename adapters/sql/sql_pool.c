@@ -24,12 +24,6 @@ void sql_one_line(char *s)
     }
 }
 
-void sql_tv_ms(struct timeval *tv, int64_t ms)
-{
-    tv->tv_sec = (time_t)(ms / 1000);
-    tv->tv_usec = (suseconds_t)((ms % 1000) * 1000);
-}
-
 static void copy_line(char *dst, size_t n, const char *src, const char *dflt)
 {
     snprintf(dst, n, "%s", src != NULL && src[0] != '\0' ? src : dflt);
@@ -162,14 +156,8 @@ static void schedule_retry(struct sql_conn *c)
     if (sh->pool->closing || (c->idx >= keep && !sh->down)) {
         return; /* grown on demand: reopened on demand */
     }
-    c->backoff_ms = c->backoff_ms == 0 ? cp->backoff_min_ms : c->backoff_ms * 2;
-    if (c->backoff_ms > cp->backoff_max_ms) {
-        c->backoff_ms = cp->backoff_max_ms;
-    }
-    /* jitter in [backoff/2, backoff]: workers do not reconnect in step */
-    int64_t ms = c->backoff_ms / 2 + (int64_t)(lb_rand64() % (uint64_t)(c->backoff_ms / 2 + 1));
-    struct timeval tv;
-    sql_tv_ms(&tv, ms);
+    struct timeval tv =
+        lb_tv_ms(lb_backoff_next(&c->backoff_ms, cp->backoff_min_ms, cp->backoff_max_ms));
     evtimer_add(c->timer, &tv);
 }
 
@@ -197,8 +185,7 @@ static void conn_close(struct sql_conn *c)
 
 static void conn_start(struct sql_conn *c)
 {
-    struct timeval tv;
-    sql_tv_ms(&tv, c->sh->pool->be->pool.connect_timeout_ms);
+    struct timeval tv = lb_tv_ms(c->sh->pool->be->pool.connect_timeout_ms);
     c->state = SQL_C_CONNECTING;
     evtimer_add(c->timer, &tv);
     c->sh->pool->drv->conn_start(c);

@@ -171,6 +171,5 @@ struct json_object *sql_pool_json(const char *v, size_t len);
 
 /* Newlines of a library's error text → spaces (one-line logs and messages). */
 void sql_one_line(char *s);
-void sql_tv_ms(struct timeval *tv, int64_t ms);
 
 #endif

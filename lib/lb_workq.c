@@ -1,15 +1,16 @@
 /*
- * mg_pool.c — thread pool with completions handed back to a libevent loop.
+ * lb_workq.c — a work queue run by a thread pool, with completions handed
+ * back to a libevent loop (see lb_workq.h).
  *
  * Two FIFO lists under one mutex: `wait` (submitted, not yet taken by a
  * thread) and `done` (finished, not yet delivered).  A thread that appends to
  * an empty `done` list wakes the loop with event_active() on `ev`; the loop's
  * callback then pops and delivers jobs one by one until `done` is empty.
  * Popping one at a time (instead of stealing the whole list) lets
- * mg_pool_free() run from inside a done() callback and still deliver every
+ * lb_workq_free() run from inside a done() callback and still deliver every
  * remaining job exactly once.
  */
-#include "adapters/mongo/mg_pool.h"
+#include "lib/lb_workq.h"
 
 #include <pthread.h>
 #include <stdio.h>
@@ -18,29 +19,29 @@
 
 #include "lib/lb_util.h"
 
-struct mg_list {
-    struct mg_job *head;
-    struct mg_job *tail;
+struct job_list {
+    struct lb_job *head;
+    struct lb_job *tail;
 };
 
-struct mg_pool {
+struct lb_workq {
     struct event_base *base;
     struct event *ev; /* activated by threads: "done has jobs" */
     pthread_mutex_t mu;
     pthread_cond_t cv;
-    struct mg_list wait;
-    struct mg_list done;
+    struct job_list wait;
+    struct job_list done;
     int nwait;
     int queue_max;
     int stopping;
     pthread_t *threads;
     int nthreads;
     /* loop-thread only */
-    int dispatching; /* depth of dispatch_cb / mg_pool_free delivering */
-    int freed;       /* mg_pool_free ran; destroy when dispatching drops to 0 */
+    int dispatching; /* depth of dispatch_cb / lb_workq_free delivering */
+    int freed;       /* lb_workq_free ran; destroy when dispatching drops to 0 */
 };
 
-static void list_push(struct mg_list *l, struct mg_job *j)
+static void list_push(struct job_list *l, struct lb_job *j)
 {
     j->next = NULL;
     if (l->tail != NULL) {
@@ -51,9 +52,9 @@ static void list_push(struct mg_list *l, struct mg_job *j)
     l->tail = j;
 }
 
-static struct mg_job *list_pop(struct mg_list *l)
+static struct lb_job *list_pop(struct job_list *l)
 {
-    struct mg_job *j = l->head;
+    struct lb_job *j = l->head;
     if (j != NULL) {
         l->head = j->next;
         if (l->head == NULL) {
@@ -65,7 +66,7 @@ static struct mg_job *list_pop(struct mg_list *l)
 }
 
 /* Append to `done` (mutex held); returns 1 when the loop must be woken. */
-static int push_done_locked(struct mg_pool *p, struct mg_job *j)
+static int push_done_locked(struct lb_workq *p, struct lb_job *j)
 {
     int was_empty = p->done.head == NULL;
     list_push(&p->done, j);
@@ -74,25 +75,25 @@ static int push_done_locked(struct mg_pool *p, struct mg_job *j)
 
 static void *thread_main(void *arg)
 {
-    struct mg_pool *p = arg;
+    struct lb_workq *p = arg;
     for (;;) {
         pthread_mutex_lock(&p->mu);
         while (!p->stopping && p->wait.head == NULL) {
             pthread_cond_wait(&p->cv, &p->mu);
         }
         if (p->stopping) {
-            pthread_mutex_unlock(&p->mu); /* queued jobs are delivered by mg_pool_free */
+            pthread_mutex_unlock(&p->mu); /* queued jobs are delivered by lb_workq_free */
             return NULL;
         }
-        struct mg_job *j = list_pop(&p->wait);
+        struct lb_job *j = list_pop(&p->wait);
         p->nwait--;
         pthread_mutex_unlock(&p->mu);
 
         if (j->deadline_ms != 0 && lb_now_ms() >= j->deadline_ms) {
-            j->outcome = MG_EXPIRED; /* nobody waits for the answer any more */
+            j->outcome = LB_JOB_EXPIRED; /* nobody waits for the answer any more */
         } else {
             j->work(j);
-            j->outcome = MG_RAN;
+            j->outcome = LB_JOB_RAN;
         }
 
         pthread_mutex_lock(&p->mu);
@@ -104,7 +105,7 @@ static void *thread_main(void *arg)
     }
 }
 
-static void destroy(struct mg_pool *p)
+static void destroy(struct lb_workq *p)
 {
     event_free(p->ev);
     pthread_cond_destroy(&p->cv);
@@ -114,12 +115,12 @@ static void destroy(struct mg_pool *p)
 }
 
 /* Deliver completed jobs until none is left or the pool was freed. */
-static void deliver_all(struct mg_pool *p)
+static void deliver_all(struct lb_workq *p)
 {
     p->dispatching++;
     for (;;) {
         pthread_mutex_lock(&p->mu);
-        struct mg_job *j = list_pop(&p->done);
+        struct lb_job *j = list_pop(&p->done);
         pthread_mutex_unlock(&p->mu);
         if (j == NULL) {
             break;
@@ -131,7 +132,7 @@ static void deliver_all(struct mg_pool *p)
 
 static void dispatch_cb(evutil_socket_t fd, short what, void *arg)
 {
-    struct mg_pool *p = arg;
+    struct lb_workq *p = arg;
     (void)fd;
     (void)what;
     if (p->freed) {
@@ -139,18 +140,18 @@ static void dispatch_cb(evutil_socket_t fd, short what, void *arg)
     }
     deliver_all(p);
     if (p->freed && p->dispatching == 0) {
-        destroy(p); /* a done() freed the pool; mg_pool_free left this to us */
+        destroy(p); /* a done() freed the pool; lb_workq_free left this to us */
     }
 }
 
-struct mg_pool *mg_pool_new(struct event_base *base, int nthreads, int queue_max, char *err,
-                            size_t errlen)
+struct lb_workq *lb_workq_new(struct event_base *base, int nthreads, int queue_max, char *err,
+                              size_t errlen)
 {
     if (nthreads < 1 || queue_max < 0) {
         snprintf(err, errlen, "thread pool: needs at least 1 thread and queue_max >= 0");
         return NULL;
     }
-    struct mg_pool *p = calloc(1, sizeof(*p));
+    struct lb_workq *p = calloc(1, sizeof(*p));
     if (p == NULL) {
         snprintf(err, errlen, "out of memory");
         return NULL;
@@ -174,7 +175,7 @@ struct mg_pool *mg_pool_new(struct event_base *base, int nthreads, int queue_max
         int rc = pthread_create(&p->threads[i], NULL, thread_main, p);
         if (rc != 0) {
             snprintf(err, errlen, "thread pool: cannot start a thread: %s", strerror(rc));
-            mg_pool_free(p); /* joins the ones already started */
+            lb_workq_free(p); /* joins the ones already started */
             return NULL;
         }
         p->nthreads++;
@@ -182,18 +183,18 @@ struct mg_pool *mg_pool_new(struct event_base *base, int nthreads, int queue_max
     return p;
 }
 
-int mg_pool_submit(struct mg_pool *p, struct mg_job *job)
+int lb_workq_submit(struct lb_workq *p, struct lb_job *job)
 {
     pthread_mutex_lock(&p->mu);
     if (p->stopping) {
         pthread_mutex_unlock(&p->mu);
-        return MG_ESTOPPED;
+        return LB_WORKQ_ESTOPPED;
     }
     if (p->nwait >= p->queue_max) {
         pthread_mutex_unlock(&p->mu);
-        return MG_EFULL;
+        return LB_WORKQ_EFULL;
     }
-    job->outcome = MG_RAN;
+    job->outcome = LB_JOB_RAN;
     list_push(&p->wait, job);
     p->nwait++;
     pthread_cond_signal(&p->cv);
@@ -201,9 +202,9 @@ int mg_pool_submit(struct mg_pool *p, struct mg_job *job)
     return 0;
 }
 
-void mg_pool_defer(struct mg_pool *p, struct mg_job *job)
+void lb_workq_defer(struct lb_workq *p, struct lb_job *job)
 {
-    job->outcome = MG_RAN;
+    job->outcome = LB_JOB_RAN;
     pthread_mutex_lock(&p->mu);
     int wake = push_done_locked(p, job);
     pthread_mutex_unlock(&p->mu);
@@ -212,12 +213,12 @@ void mg_pool_defer(struct mg_pool *p, struct mg_job *job)
     }
 }
 
-int mg_pool_cancel(struct mg_pool *p, uint64_t id)
+int lb_workq_cancel(struct lb_workq *p, uint64_t id)
 {
     int found = 0, wake = 0;
     pthread_mutex_lock(&p->mu);
-    struct mg_job *prev = NULL;
-    for (struct mg_job *j = p->wait.head; j != NULL; prev = j, j = j->next) {
+    struct lb_job *prev = NULL;
+    for (struct lb_job *j = p->wait.head; j != NULL; prev = j, j = j->next) {
         if (j->id != id) {
             continue;
         }
@@ -230,7 +231,7 @@ int mg_pool_cancel(struct mg_pool *p, uint64_t id)
             p->wait.tail = prev;
         }
         p->nwait--;
-        j->outcome = MG_CANCELED;
+        j->outcome = LB_JOB_CANCELED;
         wake = push_done_locked(p, j);
         found = 1;
         break;
@@ -242,7 +243,7 @@ int mg_pool_cancel(struct mg_pool *p, uint64_t id)
     return found;
 }
 
-int mg_pool_waiting(struct mg_pool *p)
+int lb_workq_waiting(struct lb_workq *p)
 {
     pthread_mutex_lock(&p->mu);
     int n = p->nwait;
@@ -250,7 +251,7 @@ int mg_pool_waiting(struct mg_pool *p)
     return n;
 }
 
-void mg_pool_free(struct mg_pool *p)
+void lb_workq_free(struct lb_workq *p)
 {
     if (p == NULL) {
         return;
@@ -264,9 +265,9 @@ void mg_pool_free(struct mg_pool *p)
     }
     /* no thread left: what still waits will never run */
     pthread_mutex_lock(&p->mu);
-    struct mg_job *j;
+    struct lb_job *j;
     while ((j = list_pop(&p->wait)) != NULL) {
-        j->outcome = MG_STOPPED;
+        j->outcome = LB_JOB_STOPPED;
         list_push(&p->done, j);
     }
     p->nwait = 0;
