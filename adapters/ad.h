@@ -3,10 +3,17 @@
  *
  * An adapter serves domain-level operations (get/put/insert/patch/delete,
  * query, aggregate, ping) for one backend cluster on one worker's event loop.
- * Each worker calls init() once per backend it uses and owns the state.
+ * Each worker calls init() once per backend it uses and owns the state.  The
+ * worker resolves the adapter of a backend once, when it creates the
+ * backend's runtime (gateway/gw_worker.h); nothing looks an adapter up by
+ * name on the request path.
  *
  * Contract (every adapter honours it; tests/unit/test_adapter_contract.c
- * checks the parts that can be checked without a server):
+ * drives the gateway's request code with a fake adapter and checks the
+ * gateway's side of each point: a callback exactly once and on the loop
+ * thread, a refusal that never calls back, a canceled request that still
+ * completes, a deadline answered once with the late completion ignored, and
+ * a scatter with a failing shard answered `partial`):
  *
  *  - submit() either refuses the request synchronously (returns a negative
  *    AD_E* code and never calls the callback), or accepts it (returns 0) and
@@ -20,8 +27,12 @@
  *    itself and ignores completions of requests it already answered.
  *  - The result passed to the callback is borrowed: it is valid only for the
  *    duration of the callback.  Whoever wants to keep a json_t increfs it.
- *  - The request (struct ad_req and everything it points to) is owned by the
- *    caller and must stay valid until the completion callback ran.
+ *  - The request (struct ad_req and everything it points to: query, scope,
+ *    body) is owned by the caller and must stay valid until the completion
+ *    callback ran.
+ *  - AD_QUERY / AD_AGGREGATE answer rows (ad_res.rows, ad_res.last), never a
+ *    page: the gateway builds {items, cursor, shards_queried, partial} once
+ *    (gateway/gw_page.h), for one shard and for a scatter alike.
  *  - shutdown() completes every pending request with AD_UNAVAILABLE and frees
  *    the state; no callback fires after it returns.
  */
@@ -36,6 +47,7 @@
 
 struct cf_backend;
 struct cf_domain;
+struct md_query;
 
 /* Synchronous refusal codes from submit(). */
 #define AD_OK 0
@@ -52,22 +64,20 @@ enum ad_op {
     AD_QUERY,     /* {"where", "order_by", "limit", "cursor", "fields"} */
     AD_AGGREGATE, /* {"where", "group_by", "aggregates"} */
     AD_PING,      /* readiness probe of one shard */
-    /* Not submitted: a capability asked of supports() — can this adapter
-     * apply a PATCH whose body carries a `where` guard atomically?  Adapters
-     * that do not answer 1 get such patches refused with 400 by the gateway,
-     * so a guard is never silently ignored. */
-    AD_PATCH_GUARDED,
-    /* Not submitted either: can this adapter group an _aggregate on a dotted
-     * path inside an object/json field (group_by ["category.id"])?  The
-     * gateway refuses such a query with 400 for adapters that do not. */
-    AD_GROUP_BY_PATH,
 };
+
+/* Capabilities (ad_ops.caps): what an adapter can do beyond the plain ops,
+ * the same on every domain it serves.  The gateway refuses a request that
+ * needs a capability the backend's adapter lacks with 400
+ * unsupported_operation, so nothing is silently ignored. */
+#define AD_CAP_PATCH_GUARDED (1u << 0) /* a PATCH with a `where` guard, applied atomically */
+#define AD_CAP_GROUP_BY_PATH (1u << 1) /* _aggregate group_by a dotted path ("category.id") */
 
 const char *ad_op_name(enum ad_op op);
 
 /* Outcome of a completed request; maps 1:1 onto the gateway's error codes. */
 enum ad_status {
-    AD_DONE = 0,     /* success; see ad_res.created / item / raw */
+    AD_DONE = 0,     /* success; see ad_res.created / item / raw / rows */
     AD_NOT_FOUND,    /* 404 */
     AD_CONFLICT,     /* 409: key exists, unique violation, guard failed */
     AD_PRECONDITION, /* 412: If-Match mismatch */
@@ -76,6 +86,14 @@ enum ad_status {
     AD_TIMEOUT,      /* 504 */
     AD_CANCELED,     /* cancel() was called */
     AD_INTERNAL,     /* 500: the backend said something we did not expect */
+};
+
+/* A query on a sharded SQL domain being rebalanced: slots this shard holds
+ * rows of but does not own (routing/rt_live.h); the store leaves them out
+ * (`_slot NOT IN (…)`). */
+struct ad_scope {
+    const int32_t *excl_slots;
+    int nexcl;
 };
 
 struct ad_req {
@@ -87,11 +105,11 @@ struct ad_req {
     int shard;    /* index into the backend's shards */
     int32_t slot; /* shard-key slot for sharded domains (stored in the row's
                      _slot column by SQL stores), -1 otherwise */
-    /* _query / _aggregate on a sharded SQL domain being rebalanced: slots
-     * this shard holds rows of but does not own (routing/rt_live.h); the
-     * store leaves them out (`_slot NOT IN (…)`).  NULL / 0 otherwise. */
-    const int32_t *excl_slots;
-    int nexcl;
+    /* AD_QUERY / AD_AGGREGATE: the query the gateway parsed and validated
+     * (limits, cursor); NULL for every other op. */
+    const struct md_query *query;
+    /* NULL except while the domain's slots move (rebalancing). */
+    const struct ad_scope *scope;
     struct json_object *body; /* validated item (PUT/INSERT), patch doc, query doc */
     int64_t if_match;         /* expected version, or -1 for none */
     uint64_t deadline_ms;     /* absolute, monotonic clock (lb_now_ms) */
@@ -100,9 +118,15 @@ struct ad_req {
 struct ad_res {
     enum ad_status status;
     int created;              /* PUT that created the item: 201 instead of 200 */
-    struct json_object *item; /* borrowed: the item / {"items":[…]} result */
+    struct json_object *item; /* borrowed: the item of an item op */
     const char *raw;          /* alternative to item: a JSON text to send as is */
     size_t rawlen;
+    /* AD_QUERY / AD_AGGREGATE, borrowed: the rows of the page (a JSON array
+     * of items), and the sort values of the last row
+     * (an array of query->norder values, JSON null allowed) when a further
+     * page exists, else NULL.  The gateway builds the page and its cursor. */
+    struct json_object *rows;
+    struct json_object *last;
     int64_t version;   /* version of the item after a write, -1 if none */
     const char *field; /* field named by a 400/409, or NULL */
     const char *shard; /* shard / backend name the error concerns */
@@ -122,6 +146,7 @@ struct ad_pool_stats {
 struct ad_ops {
     const char *name; /* "redis", "pg", "mysql", "mongo" */
     int abi;          /* AD_ABI */
+    unsigned caps;    /* AD_CAP_* */
 
     /* Create the state for one backend on one loop.  Connecting happens in
      * the background; init fails only on a configuration the adapter cannot
@@ -136,6 +161,8 @@ struct ad_ops {
      * 405 / 400 unsupported_operation when not.) */
     int (*supports)(const struct cf_domain *d, enum ad_op op);
     int (*submit)(void *state, const struct ad_req *req, ad_done_cb cb, void *arg);
+    /* Optional (NULL: a request once sent cannot be taken back; it completes
+     * in its own time and the gateway ignores the late answer). */
     void (*cancel)(void *state, uint64_t req_id);
     void (*shutdown)(void *state);
     /* Optional (NULL: not reported): the pool of one shard right now, for
@@ -148,9 +175,22 @@ struct ad_ops {
     int (*probe)(const char *dsn, int64_t timeout_ms, char *err, size_t errlen);
 };
 
-#define AD_ABI 1
+#define AD_ABI 2
 
-/* Registry: adapters register once at start-up, by name. */
+/* The one way to call an optional hook (cancel, stats, probe): the hook's
+ * result, or `none` when the adapter has no such hook.
+ *   AD_OPTIONAL(ops, cancel, (void)0, state, id);
+ *   if (AD_OPTIONAL(ops, probe, 0, dsn, tmo, err, len) < 0) …              */
+#define AD_OPTIONAL(ops, hook, none, ...) ((ops)->hook != NULL ? (ops)->hook(__VA_ARGS__) : (none))
+
+static inline int ad_has_cap(const struct ad_ops *ops, unsigned cap)
+{
+    return (ops->caps & cap) == cap;
+}
+
+/* Registry: adapters register once at start-up, by name (the built-in ones
+ * in ad_register_builtin).  ad_lookup is for set-up — a worker creating a
+ * backend's runtime, a shard map being validated — never per request. */
 int ad_register(const struct ad_ops *ops);
 const struct ad_ops *ad_lookup(const char *name);
 void ad_register_builtin(void);

@@ -70,8 +70,8 @@ void ad_register_builtin(void)
 
 const char *ad_op_name(enum ad_op op)
 {
-    static const char *const names[] = {"get",   "put",       "insert", "patch",        "delete",
-                                        "query", "aggregate", "ping",   "patch_guarded"};
+    static const char *const names[] = {"get",    "put",   "insert",    "patch",
+                                        "delete", "query", "aggregate", "ping"};
     return (unsigned)op < sizeof(names) / sizeof(names[0]) ? names[op] : "?";
 }
 

@@ -121,12 +121,11 @@ void scatter_start(struct gw_req *p)
     const struct cf_domain *d = p->ad.domain;
     size_t n = d->backend->nshards;
     unsigned char *mask = malloc(n + 1);
-    struct json_object *body = p->body;
     size_t k = n;
-    if (p->ad.op == AD_QUERY || p->ad.op == AD_AGGREGATE) {
-        k = gw_route_where(d, md_query_of(p->body)->where, mask);
-        p->sg = gw_scatter_new(d, p->body, k);
-        body = gw_scatter_body(p->sg);
+    if (p->query != NULL) {
+        k = gw_route_where(d, p->query->where, mask);
+        p->sg = gw_scatter_new(d, p->query, k); /* the plan owns the query from now on */
+        p->query = NULL;
     } else {
         memset(mask, 1, n);
     }
@@ -151,14 +150,19 @@ void scatter_start(struct gw_req *p)
             c->ad.key = c->key;
             c->ad.keylen = p->ad.keylen;
         }
-        c->body = json_object_get(body);
+        c->body = json_object_get(p->body);
         c->ad.body = c->body;
+        if (p->sg != NULL) { /* the child holds the plan its query lives in */
+            c->sg = gw_scatter_ref(p->sg);
+            c->ad.query = gw_scatter_query(p->sg);
+        }
         for (size_t x = 0; x < p->nexcl; x++) { /* rows this shard holds but does not own */
             if (p->excl[x].shard == (int32_t)i) {
-                c->excl_slots[c->ad.nexcl++] = p->excl[x].slot;
+                c->excl_slots[c->scope.nexcl++] = p->excl[x].slot;
             }
         }
-        c->ad.excl_slots = c->ad.nexcl > 0 ? c->excl_slots : NULL;
+        c->scope.excl_slots = c->excl_slots;
+        c->ad.scope = c->scope.nexcl > 0 ? &c->scope : NULL;
         c->rt = p->rt;
         if (c->rt != NULL) {
             c->rt->refs++;
@@ -194,7 +198,7 @@ void scatter_child_done(struct gw_req *c, const struct ad_res *res, const struct
     const struct cf_domain *d = p->ad.domain;
     const char *shard = d->backend->shards[c->index].name; /* alive with p's config */
     if (ge == NULL && res->status == AD_DONE) {
-        struct json_object *doc = res_doc(res);
+        struct json_object *doc = p->sg == NULL ? res_doc(res) : NULL;
         struct gw_route rt;
         struct md_error ignored = {0};
         if (p->sg == NULL && p->nexcl > 0 && doc != NULL &&
@@ -202,7 +206,7 @@ void scatter_child_done(struct gw_req *c, const struct ad_res *res, const struct
             rt_live_excluded(p->excl, p->nexcl, c->index, (int32_t)rt.slot)) {
             /* a copy on a shard that does not own its slot (rt_live.h): not the item */
         } else if (p->sg != NULL) {
-            gw_scatter_add(p->sg, (size_t)c->index, doc);
+            gw_scatter_add(p->sg, (size_t)c->index, res->rows, res->last != NULL);
         } else if (p->nfound++ == 0) {
             p->found = json_object_get(doc);
             p->found_status = ok_status(c, res);

@@ -27,6 +27,7 @@
 #include "gateway/gw_http.h"
 #include "gateway/gw_idempotency.h"
 #include "gateway/gw_metrics.h"
+#include "gateway/gw_page.h"
 #include "gateway/gw_request.h"
 #include "gateway/gw_scatter.h"
 #include "gateway/gw_shard.h"
@@ -35,6 +36,7 @@
 #include "lib/lb_log.h"
 #include "lib/lb_util.h"
 #include "model/md_error.h"
+#include "model/md_query.h"
 #include "routing/rt_live.h"
 
 /* Top-level requests in flight in the whole process (limits.max_inflight). */
@@ -149,7 +151,8 @@ void req_free(struct gw_req *r)
     json_object_put(r->body);
     json_object_put(r->results);
     json_object_put(r->found);
-    gw_scatter_free(r->sg);
+    gw_scatter_unref(r->sg);
+    md_query_free(r->query);
     if (r->live != NULL) {
         rt_live_end(r->live, &r->ticket);
         rt_live_unref(r->live);
@@ -505,7 +508,16 @@ static void on_done(const struct ad_res *res, void *arg)
     gw_metrics_backend_done(r->w->id, r->mid);
     if (req_is_open(r)) {
         backend_outcome(r, res->status, res->message);
-        deliver(r, res, NULL);
+        if (res->status == AD_DONE && r->ad.query != NULL &&
+            (r->parent == NULL || r->parent->kind != REQ_SCATTER)) {
+            /* one shard's rows: the page (a scatter child's go to the merge) */
+            struct ad_res page = *res;
+            page.item = gw_page_new(r->ad.query, res->rows, res->last, 1, 0);
+            deliver(r, &page, NULL);
+            json_object_put(page.item);
+        } else {
+            deliver(r, res, NULL);
+        }
     }
     req_release(r);
 }
@@ -528,7 +540,7 @@ static void on_deadline(evutil_socket_t fd, short what, void *arg)
     e.shard = be->shards[r->ad.shard].name;
     backend_outcome(r, AD_TIMEOUT, e.message);
     deliver(r, NULL, &e);
-    r->rt->ops->cancel(r->rt->state, r->ad.id);
+    AD_OPTIONAL(r->rt->ops, cancel, (void)0, r->rt->state, r->ad.id);
     req_release(r);
 }
 

@@ -80,6 +80,9 @@ struct gw_req {
     struct ad_req ad;
     char *key;
     struct json_object *body;
+    /* _query / _aggregate: parsed once, given to the adapter as ad.query
+     * (a scatter's plan takes it over, gw_scatter.h) */
+    struct md_query *query;
     struct event timer;
     enum req_state state; /* req_set_state() */
     /* Two flags stay beside the state, as they say something it does not:
@@ -132,6 +135,7 @@ struct gw_req {
     struct rt_live_excl excl[RT_LIVE_MAX_EXCL]; /* the exclusions of the ticket */
     size_t nexcl;
     int32_t excl_slots[RT_LIVE_MAX_EXCL]; /* a scatter child: its shard's */
+    struct ad_scope scope;                /* … given to the adapter as ad.scope */
     struct event *hold_ev;                /* a write waiting for a frozen slot */
     uint64_t hold_deadline_ms;
     int64_t timeout_ms; /* the store's deadline, for the 504 message */

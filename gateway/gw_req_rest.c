@@ -157,7 +157,7 @@ int env_prepare(struct gw_req *r, enum ad_op op, const struct cf_domain *d, cons
             return -1;
         }
         if (json_object_object_get_ex(body, "where", NULL) &&
-            !ad_lookup(d->backend->type)->supports(d, AD_PATCH_GUARDED)) {
+            !ad_has_cap(gw_worker_adapter(r->w, d->backend), AD_CAP_PATCH_GUARDED)) {
             md_error_set(e, MD_E_UNSUPPORTED, NULL,
                          "domain '%s' is stored in %s, which cannot apply a guarded patch "
                          "('where')",
@@ -167,15 +167,15 @@ int env_prepare(struct gw_req *r, enum ad_op op, const struct cf_domain *d, cons
         break;
     case AD_QUERY:
     case AD_AGGREGATE: {
-        /* parsed and checked once here (limits, cursor secret); the AST rides
-         * on the body to the adapter (md_query_of) */
+        /* parsed and checked once here (limits, cursor secret); the adapter
+         * gets it in ad_req.query */
         struct md_query *q;
         if (md_query_parse(d, lim, r->cf->cursor_secret, op == AD_AGGREGATE, body, &q, e) < 0) {
             return -1;
         }
         for (size_t i = 0; i < q->ngroup; i++) {
             if (strchr(q->group_names[i], '.') != NULL &&
-                !ad_lookup(d->backend->type)->supports(d, AD_GROUP_BY_PATH)) {
+                !ad_has_cap(gw_worker_adapter(r->w, d->backend), AD_CAP_GROUP_BY_PATH)) {
                 md_error_set(e, MD_E_UNSUPPORTED, q->group_by[i]->name,
                              "group_by '%.128s': domain '%s' is stored in %s, which groups by "
                              "top-level fields only",
@@ -184,10 +184,8 @@ int env_prepare(struct gw_req *r, enum ad_op op, const struct cf_domain *d, cons
                 return -1;
             }
         }
-        if (r->body == NULL) {
-            r->body = json_object_new_object();
-        }
-        md_query_attach(r->body, q);
+        r->query = q;
+        r->ad.query = q;
         break;
     }
     default:
@@ -239,11 +237,10 @@ static const char *allow_for(const struct ad_ops *ops, const struct cf_domain *d
 int method_allowed(struct gw_req *r, const struct cf_domain *d, enum ad_op op, int item,
                    struct md_error *e, char *hdr, size_t hdrlen)
 {
-    const struct ad_ops *ops = ad_lookup(d->backend->type);
+    const struct ad_ops *ops = gw_worker_adapter(r->w, d->backend);
     if (ops->supports(d, op)) {
         return 1;
     }
-    (void)r;
     e->domain = d->name;
     if (op == AD_QUERY || op == AD_AGGREGATE) {
         md_error_set(e, MD_E_UNSUPPORTED, NULL,
@@ -492,7 +489,7 @@ void handle_data(struct gw_req *r, struct gw_http_req *hr)
             break;
         default: {
             char abuf[ALLOW_MAX];
-            const char *allow = allow_for(ad_lookup(d->backend->type), d, 1, abuf);
+            const char *allow = allow_for(gw_worker_adapter(r->w, d->backend), d, 1, abuf);
             snprintf(hdr, sizeof(hdr), "Allow: %s\r\n", allow);
             md_error_set(&e, MD_E_METHOD, NULL, "%s is not supported on /v1/%s/{%s}; allowed: %s",
                          hr->method_name, d->name, d->key, allow);

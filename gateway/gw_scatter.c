@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "config/cf_config.h"
+#include "gateway/gw_page.h"
 #include "lib/lb_util.h"
 #include "model/md_query.h"
 #include "routing/rt_merge.h"
@@ -15,26 +16,27 @@
 #define ALIAS_MAX 40
 
 /* The query every shard runs.  A shallow copy of the client's query: the
- * where tree, order and cursor values are the client query's own, kept
- * alive by the reference on its body. */
+ * where tree, order and cursor values are the client query's own, which the
+ * plan owns too. */
 struct shard_query {
-    struct md_query q; /* first: md_query_of() on the shard body finds it */
-    struct json_object *parent;
+    struct md_query q;
     const struct cf_field **fields;
     struct md_qaggregate *aggs;
     char (*alias)[ALIAS_MAX];
 };
 
 struct part {
-    struct json_object *doc;
+    struct json_object *rows;
+    int more;
     int failed;
     struct md_error e;
 };
 
 struct gw_scatter {
+    int refs;
     const struct cf_domain *d;
-    const struct md_query *q; /* the client's */
-    struct json_object *shard_body;
+    struct md_query *q; /* the client's (owned) */
+    struct shard_query sq;
     size_t nqueried;
     size_t nshards;
     struct part *parts; /* by shard index */
@@ -62,17 +64,6 @@ static enum rt_vtype vtype(const struct cf_field *f)
     default:
         return RT_V_STRING;
     }
-}
-
-static void shard_query_delete(struct json_object *jso, void *userdata)
-{
-    struct shard_query *sq = userdata;
-    (void)jso;
-    free(sq->fields);
-    free(sq->aggs);
-    free(sq->alias);
-    json_object_put(sq->parent);
-    free(sq);
 }
 
 /* _query: widen a projection by the sort fields it leaves out. */
@@ -160,52 +151,58 @@ static void plan_aggregate(struct gw_scatter *s, struct shard_query *sq)
     s->naggs = q->naggs;
 }
 
-struct gw_scatter *gw_scatter_new(const struct cf_domain *d, struct json_object *body,
-                                  size_t nqueried)
+struct gw_scatter *gw_scatter_new(const struct cf_domain *d, struct md_query *q, size_t nqueried)
 {
     struct gw_scatter *s = lb_xcalloc(1, sizeof(*s));
+    s->refs = 1;
     s->d = d;
-    s->q = md_query_of(body);
+    s->q = q;
     s->nqueried = nqueried;
     s->nshards = d->backend->nshards;
     s->parts = lb_xcalloc(s->nshards + 1, sizeof(*s->parts));
-    struct shard_query *sq = lb_xcalloc(1, sizeof(*sq));
-    sq->q = *s->q;
-    sq->parent = json_object_get(body);
-    if (s->q->aggregate) {
-        plan_aggregate(s, sq);
+    s->sq.q = *q;
+    if (q->aggregate) {
+        plan_aggregate(s, &s->sq);
     } else {
-        plan_query(s, sq);
+        plan_query(s, &s->sq);
     }
-    s->shard_body = json_object_new_object();
-    json_object_set_userdata(s->shard_body, sq, shard_query_delete);
     return s;
 }
 
-void gw_scatter_free(struct gw_scatter *s)
+struct gw_scatter *gw_scatter_ref(struct gw_scatter *s)
 {
-    if (s == NULL) {
+    s->refs++;
+    return s;
+}
+
+void gw_scatter_unref(struct gw_scatter *s)
+{
+    if (s == NULL || --s->refs > 0) {
         return;
     }
     for (size_t i = 0; i < s->nshards; i++) {
-        json_object_put(s->parts[i].doc);
+        json_object_put(s->parts[i].rows);
     }
     free(s->parts);
     free(s->aggs);
-    json_object_put(s->shard_body);
+    free(s->sq.fields);
+    free(s->sq.aggs);
+    free(s->sq.alias);
+    md_query_free(s->q);
     free(s);
 }
 
-struct json_object *gw_scatter_body(const struct gw_scatter *s)
+const struct md_query *gw_scatter_query(const struct gw_scatter *s)
 {
-    return s->shard_body;
+    return &s->sq.q;
 }
 
-void gw_scatter_add(struct gw_scatter *s, size_t shard, struct json_object *doc)
+void gw_scatter_add(struct gw_scatter *s, size_t shard, struct json_object *rows, int more)
 {
     if (shard < s->nshards) {
-        json_object_put(s->parts[shard].doc);
-        s->parts[shard].doc = json_object_get(doc);
+        json_object_put(s->parts[shard].rows);
+        s->parts[shard].rows = rows != NULL ? json_object_get(rows) : json_object_new_array();
+        s->parts[shard].more = more;
     }
 }
 
@@ -217,36 +214,31 @@ void gw_scatter_fail(struct gw_scatter *s, size_t shard, const struct md_error *
     }
 }
 
-static struct json_object *merge_query(struct gw_scatter *s, struct json_object **lists, int more)
+/* The merged rows (*items) and, when more follow, the sort values of the
+ * last one (*last, else NULL): new references. */
+static void merge_query(struct gw_scatter *s, struct json_object **lists, int more,
+                        struct json_object **items, struct json_object **last)
 {
     const struct md_query *q = s->q;
-    struct json_object *items = json_object_new_array();
+    *items = json_object_new_array();
+    *last = NULL;
     int m = 0;
     size_t got =
-        rt_merge_sorted(lists, s->nshards, s->keys, q->norder, (size_t)q->limit, items, &m);
-    struct json_object *cursor = NULL;
+        rt_merge_sorted(lists, s->nshards, s->keys, q->norder, (size_t)q->limit, *items, &m);
     if ((more || m) && got > 0) {
-        struct json_object *last = json_object_array_get_idx(items, got - 1);
-        struct json_object *vals = json_object_new_array();
+        struct json_object *row = json_object_array_get_idx(*items, got - 1);
+        *last = json_object_new_array();
         for (size_t k = 0; k < q->norder; k++) {
-            json_object_array_add(vals,
-                                  json_object_get(json_object_object_get(last, s->keys[k].field)));
+            json_object_array_add(*last,
+                                  json_object_get(json_object_object_get(row, s->keys[k].field)));
         }
-        char *c = md_query_cursor_make(q, vals);
-        cursor = json_object_new_string(c);
-        free(c);
-        json_object_put(vals);
     }
     for (size_t i = 0; s->nstrip > 0 && i < got; i++) {
-        struct json_object *it = json_object_array_get_idx(items, i);
+        struct json_object *it = json_object_array_get_idx(*items, i);
         for (size_t k = 0; k < s->nstrip; k++) {
             json_object_object_del(it, s->strip[k]);
         }
     }
-    struct json_object *doc = json_object_new_object();
-    json_object_object_add(doc, "items", items);
-    json_object_object_add(doc, "cursor", cursor);
-    return doc;
 }
 
 int gw_scatter_finish(struct gw_scatter *s, struct json_object **doc, struct md_error *e)
@@ -281,17 +273,12 @@ int gw_scatter_finish(struct gw_scatter *s, struct json_object **doc, struct md_
     struct json_object **lists = lb_xcalloc(s->nshards + 1, sizeof(*lists));
     int more = 0;
     for (size_t i = 0; i < s->nshards; i++) {
-        struct json_object *d = s->parts[i].doc;
-        if (d == NULL) {
-            continue;
-        }
-        lists[i] = json_object_object_get(d, "items");
-        struct json_object *c = json_object_object_get(d, "cursor");
-        more |= c != NULL && !json_object_is_type(c, json_type_null);
+        lists[i] = s->parts[i].rows;
+        more |= s->parts[i].rows != NULL && s->parts[i].more;
     }
-    struct json_object *out;
+    struct json_object *items = NULL, *last = NULL;
     if (s->q->aggregate) {
-        struct json_object *items = json_object_new_array();
+        items = json_object_new_array();
         char err[256];
         long n = rt_merge_aggregates(lists, s->nshards, s->groups, s->q->ngroup, s->aggs, s->naggs,
                                      (size_t)s->q->limit, items, err, sizeof(err));
@@ -301,15 +288,13 @@ int gw_scatter_finish(struct gw_scatter *s, struct json_object **doc, struct md_
             md_error_set(e, MD_E_INTERNAL, NULL, "merging the shards' aggregates: %s", err);
             return -1;
         }
-        out = json_object_new_object();
-        json_object_object_add(out, "items", items);
-        json_object_object_add(out, "cursor", NULL);
     } else {
-        out = merge_query(s, lists, more);
+        merge_query(s, lists, more, &items, &last);
     }
     free(lists);
-    json_object_object_add(out, "shards_queried", json_object_new_int((int)s->nqueried));
-    json_object_object_add(out, "partial", json_object_new_boolean(nmissing > 0));
+    struct json_object *out = gw_page_new(s->q, items, last, (int)s->nqueried, nmissing > 0);
+    json_object_put(items);
+    json_object_put(last);
     if (nmissing > 0) {
         struct json_object *names = json_object_new_array();
         for (size_t i = 0; i < s->nshards; i++) {

@@ -16,7 +16,8 @@
  *        they are, avg → sum + count of the field;
  *  - gather: _query items are heap-merged by order_by + key (limit kept) and
  *    the next cursor is made from the last item returned; _aggregate parts
- *    are combined per group (routing/rt_merge.h, exact decimals);
+ *    are combined per group (routing/rt_merge.h, exact decimals); the page
+ *    is built by gw_page.h, as for a single shard;
  *  - failure policy: any failed shard fails the request with its error
  *    (503/504 naming the shard) unless the body said `"partial": true`; then
  *    the answer carries what arrived plus `"partial": true` and
@@ -24,6 +25,11 @@
  *    either way (the query itself is wrong).
  *
  * Every answer says `"shards_queried": n`.
+ *
+ * A plan is reference counted: the parent request holds one reference and
+ * every child another, since a child answered by its deadline may still be
+ * running in its adapter, which reads the per-shard query until it
+ * completes (adapters/ad.h).
  */
 #ifndef GW_SCATTER_H
 #define GW_SCATTER_H
@@ -36,20 +42,21 @@
 
 struct cf_domain;
 struct gw_scatter;
+struct md_query;
 
-/* Plan a fan-out of `body` (a _query/_aggregate body with its parsed query
- * attached) to `nqueried` of the domain's shards. */
-struct gw_scatter *gw_scatter_new(const struct cf_domain *d, struct json_object *body,
-                                  size_t nqueried);
-void gw_scatter_free(struct gw_scatter *s);
+/* Plan a fan-out of the client's query q (taken over: freed with the plan)
+ * to `nqueried` of the domain's shards.  One reference, the caller's. */
+struct gw_scatter *gw_scatter_new(const struct cf_domain *d, struct md_query *q, size_t nqueried);
+struct gw_scatter *gw_scatter_ref(struct gw_scatter *s);
+void gw_scatter_unref(struct gw_scatter *s); /* NULL is fine */
 
-/* The body to submit to every shard (borrowed; a child takes its own
- * reference, which keeps everything the per-shard query points to alive). */
-struct json_object *gw_scatter_body(const struct gw_scatter *s);
+/* The query to submit to every shard (ad_req.query), valid while the plan
+ * is referenced. */
+const struct md_query *gw_scatter_query(const struct gw_scatter *s);
 
-/* One shard's answer: its result document {"items":[…], "cursor":…}
- * (a reference is taken), or its error (copied). */
-void gw_scatter_add(struct gw_scatter *s, size_t shard, struct json_object *doc);
+/* One shard's answer: its rows (ad_res.rows; a reference is taken) and
+ * whether it had more (ad_res.last != NULL), or its error (copied). */
+void gw_scatter_add(struct gw_scatter *s, size_t shard, struct json_object *rows, int more);
 void gw_scatter_fail(struct gw_scatter *s, size_t shard, const struct md_error *e);
 
 /* The answer once every shard answered: 0 with *doc (owned by the caller),

@@ -122,8 +122,8 @@ static int check_backend(const struct cf_backend *old, const struct cf_backend *
         return -1;
     }
     /* new shards, and shards that moved to another DSN, must answer */
-    const struct ad_ops *ops = ad_lookup(nb->type);
-    for (size_t i = 0; ops != NULL && ops->probe != NULL && i < rt_shardmap_nshards(b); i++) {
+    const struct ad_ops *ops = ad_lookup(nb->type); /* set-up, on the main thread */
+    for (size_t i = 0; ops != NULL && i < rt_shardmap_nshards(b); i++) {
         const char *name = rt_shardmap_shard_name(b, i);
         const char *dsn = rt_shardmap_shard_dsn(b, i);
         int j = rt_shardmap_shard_index(a, name);
@@ -134,7 +134,7 @@ static int check_backend(const struct cf_backend *old, const struct cf_backend *
                           ? nb->pool.connect_timeout_ms
                           : PROBE_TIMEOUT_MAX_MS;
         char perr[240];
-        if (ops->probe(dsn, tmo, perr, sizeof(perr)) < 0) {
+        if (AD_OPTIONAL(ops, probe, 0, dsn, tmo, perr, sizeof(perr)) < 0) {
             md_error_set(e, MD_E_UNAVAILABLE, "dsn",
                          "backend '%s': shard '%s' is not reachable: %s", nb->name, name, perr);
             e->shard = name; /* borrowed from the new config, which the caller holds */

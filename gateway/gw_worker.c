@@ -85,9 +85,8 @@ void gw_worker_note_live(struct gw_worker *w)
 }
 
 static struct gw_backend_rt *rt_new(struct gw_worker *w, struct cf_config *cf,
-                                    const struct cf_backend *be)
+                                    const struct cf_backend *be, const struct ad_ops *ops)
 {
-    const struct ad_ops *ops = ad_lookup(be->type);
     char err[256];
     struct gw_backend_rt *rt = calloc(1, sizeof(*rt));
     if (rt == NULL || ops == NULL) {
@@ -111,12 +110,16 @@ static struct gw_backend_rt *rt_new(struct gw_worker *w, struct cf_config *cf,
     return rt;
 }
 
-/* Build the runtime table for `cf`, reusing states of unchanged backends. */
+/* Build the runtime table for `cf`, reusing states of unchanged backends,
+ * and the adapter table: each backend's adapter, looked up by type here,
+ * once per config, never on the request path. */
 static void sync_backends(struct gw_worker *w, struct cf_config *cf)
 {
     struct gw_backend_rt **nrt = calloc(cf->nbackends, sizeof(*nrt));
+    const struct ad_ops **nops = calloc(cf->nbackends + 1, sizeof(*nops));
     for (size_t i = 0; i < cf->nbackends; i++) {
         const struct cf_backend *be = &cf->backends[i];
+        nops[i] = ad_lookup(be->type); /* a known type: the config checked it */
         for (size_t j = 0; w->cf != NULL && j < w->cf->nbackends; j++) {
             struct gw_backend_rt *old = w->rt[j];
             if (old != NULL && strcmp(old->be->signature, be->signature) == 0 &&
@@ -126,8 +129,8 @@ static void sync_backends(struct gw_worker *w, struct cf_config *cf)
                 break;
             }
         }
-        if (nrt[i] == NULL) {
-            nrt[i] = rt_new(w, cf, be);
+        if (nrt[i] == NULL && nops[i] != NULL) {
+            nrt[i] = rt_new(w, cf, be, nops[i]);
         }
     }
     for (size_t j = 0; w->cf != NULL && j < w->cf->nbackends; j++) {
@@ -135,12 +138,20 @@ static void sync_backends(struct gw_worker *w, struct cf_config *cf)
     }
     free(w->rt);
     w->rt = nrt;
+    free(w->ops);
+    w->ops = nops;
 }
 
 struct gw_backend_rt *gw_worker_backend(struct gw_worker *w, const struct cf_backend *be)
 {
     size_t i = (size_t)(be - w->cf->backends);
     return i < w->cf->nbackends ? w->rt[i] : NULL;
+}
+
+const struct ad_ops *gw_worker_adapter(struct gw_worker *w, const struct cf_backend *be)
+{
+    size_t i = (size_t)(be - w->cf->backends);
+    return i < w->cf->nbackends ? w->ops[i] : NULL;
 }
 
 static void apply_config(struct gw_worker *w, struct cf_config *cf)
@@ -289,16 +300,13 @@ static void stats_cb(evutil_socket_t fd, short what, void *arg)
     }
     for (size_t b = 0; w->cf != NULL && w->rt != NULL && b < w->cf->nbackends; b++) {
         struct gw_backend_rt *rt = w->rt[b];
-        if (rt == NULL || rt->ops->stats == NULL) {
-            continue;
-        }
-        for (size_t s = 0; s < rt->nmids; s++) {
+        for (size_t s = 0; rt != NULL && s < rt->nmids; s++) {
             int id = rt->mids[s];
-            if (id < 0 || id >= GW_MAX_SHARDS) {
+            struct ad_pool_stats ps = {.conns = -1}; /* stays so when there is no stats hook */
+            AD_OPTIONAL(rt->ops, stats, (void)0, rt->state, (int)s, &ps);
+            if (id < 0 || id >= GW_MAX_SHARDS || ps.conns < 0) {
                 continue;
             }
-            struct ad_pool_stats ps;
-            rt->ops->stats(rt->state, (int)s, &ps);
             gw_metrics_pool(w->id, id, &ps);
         }
     }
@@ -429,6 +437,8 @@ void gw_worker_destroy(struct gw_worker *w)
         }
         free(w->rt);
     }
+    free(w->ops);
+    w->ops = NULL;
     /* run the loop once more so that deferred callbacks of adapters finish */
     event_base_loop(w->base, EVLOOP_NONBLOCK);
     w->hooks->free_all(w);

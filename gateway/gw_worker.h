@@ -60,6 +60,7 @@ struct gw_worker {
     void *tls;                    /* shared SSL_CTX of the client listener, or NULL */
     struct cf_config *cf;
     struct gw_backend_rt **rt; /* parallel to cf->backends */
+    const struct ad_ops **ops; /* parallel to cf->backends: each one's adapter */
     uint64_t next_req_id;
     TAILQ_HEAD(, gw_req) inflight;
     size_t ninflight;
@@ -95,6 +96,9 @@ void gw_worker_post_drain(struct gw_worker *w);
 
 /* Runtime of the backend a domain uses (NULL if it failed to start). */
 struct gw_backend_rt *gw_worker_backend(struct gw_worker *w, const struct cf_backend *be);
+/* The adapter serving a backend of the current config (resolved when the
+ * config was applied; there even when the backend failed to start). */
+const struct ad_ops *gw_worker_adapter(struct gw_worker *w, const struct cf_backend *be);
 void gw_backend_rt_unref(struct gw_backend_rt *rt);
 /* Same, but a last reference shuts the adapter down on the next loop turn
  * (for requests, which are freed from inside adapter callbacks). */

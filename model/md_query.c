@@ -950,22 +950,6 @@ static int parse_aggs(struct pctx *c, struct md_query *q, struct json_object *ag
 
 /* ---- top level ------------------------------------------------------------------- */
 
-static void query_delete(struct json_object *jso, void *userdata)
-{
-    (void)jso;
-    md_query_free(userdata);
-}
-
-void md_query_attach(struct json_object *body, struct md_query *q)
-{
-    json_object_set_userdata(body, q, query_delete);
-}
-
-const struct md_query *md_query_of(struct json_object *body)
-{
-    return body != NULL ? json_object_get_userdata(body) : NULL;
-}
-
 /* The cursor MAC key: SHA-256 of a fixed label and the whole secret (no
  * length cap: a long secret is hashed whole, never cut). */
 static int cursor_key(const char *secret, unsigned char key[32])

@@ -32,9 +32,9 @@
  * survives a restart and works on every worker; a tampered, malformed or
  * foreign (other order_by) cursor is a 400.
  *
- * The parsed query travels to the adapter attached to the request body
- * (json-c userdata, see md_query_attach/md_query_of): the gateway parses and
- * validates once, with the config's limits and secret, before submitting.
+ * The gateway parses and validates once, with the config's limits and
+ * secret, and hands the parsed query to the adapter in its request
+ * (ad_req.query, adapters/ad.h).
  */
 #ifndef MD_QUERY_H
 #define MD_QUERY_H
@@ -141,10 +141,5 @@ void md_query_free(struct md_query *q);
 /* The cursor continuing after a row whose sort values are `vals` (an array
  * of q->norder JSON values, in order; JSON null allowed).  malloc'd. */
 char *md_query_cursor_make(const struct md_query *q, struct json_object *vals);
-
-/* Attach q to the body it was parsed from (the body owns it from then on,
- * freed with the body), and find it again in an adapter. */
-void md_query_attach(struct json_object *body, struct md_query *q);
-const struct md_query *md_query_of(struct json_object *body);
 
 #endif

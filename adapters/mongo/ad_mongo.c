@@ -427,7 +427,7 @@ static int prepare(struct mg_call *c, struct mg_xerr *x)
     }
     case AD_QUERY:
     case AD_AGGREGATE: {
-        const struct md_query *q = md_query_of(body);
+        const struct md_query *q = c->req->query;
         if (q == NULL || q->aggregate != (c->op == AD_AGGREGATE)) {
             snprintf(x->msg, sizeof(x->msg), "the query was not parsed by the gateway");
             return -1;
@@ -940,7 +940,7 @@ static void call_done(struct lb_job *job)
 {
     struct mg_call *c = (struct mg_call *)job;
     struct ad_res res;
-    struct json_object *item = NULL;
+    struct json_object *item = NULL, *rows = NULL, *last = NULL;
     ad_res_init(&res);
     res.shard = c->sh->cfs->name;
     switch (job->outcome) {
@@ -965,8 +965,9 @@ static void call_done(struct lb_job *job)
             ad_res_error(&res, c->status, res.shard, "%s", c->message);
             res.field = c->field;
         } else if (c->result != NULL && c->plan != NULL) {
-            item = mg_plan_result(c->plan, c->result);
-            res.item = item;
+            mg_plan_result(c->plan, c->result, &rows, &last);
+            res.rows = rows;
+            res.last = last;
         } else if (c->result != NULL) {
             item = mg_item_of(c->result, c->d, &res.version);
             res.item = item;
@@ -976,6 +977,8 @@ static void call_done(struct lb_job *job)
     }
     c->cb(&res, c->arg); /* may shut the adapter down: touch nothing of st after it */
     json_object_put(item);
+    json_object_put(rows);
+    json_object_put(last);
     call_free(c);
 }
 
@@ -1057,8 +1060,6 @@ static int mg_supports(const struct cf_domain *d, enum ad_op op)
     case AD_PATCH:
     case AD_DELETE:
     case AD_PING:
-    case AD_PATCH_GUARDED:
-    case AD_GROUP_BY_PATH:
     case AD_QUERY:
     case AD_AGGREGATE:
         return 1;
@@ -1224,6 +1225,7 @@ static void mg_shutdown(void *state)
 const struct ad_ops ad_mongo_ops = {
     .name = "mongo",
     .abi = AD_ABI,
+    .caps = AD_CAP_PATCH_GUARDED | AD_CAP_GROUP_BY_PATH,
     .init = mg_init,
     .check_domain = mg_check_domain,
     .supports = mg_supports,

@@ -1176,12 +1176,12 @@ static struct json_object *agg_item(const struct mg_plan *p, const bson_t *doc)
     return item;
 }
 
-struct json_object *mg_plan_result(const struct mg_plan *p, const bson_t *result)
+void mg_plan_result(const struct mg_plan *p, const bson_t *result, struct json_object **items_out,
+                    struct json_object **last_out)
 {
     const struct md_query *q = p->q;
-    struct json_object *doc = json_object_new_object();
     struct json_object *items = json_object_new_array();
-    struct json_object *cursor = NULL;
+    struct json_object *vals = NULL;
     bson_iter_t it, rows;
     const uint8_t *last_data = NULL; /* a static bson_t must not be copied */
     uint32_t last_len = 0;
@@ -1212,7 +1212,7 @@ struct json_object *mg_plan_result(const struct mg_plan *p, const bson_t *result
     bson_t last;
     if (!q->aggregate && n > q->limit && last_data != NULL &&
         bson_init_static(&last, last_data, last_len)) {
-        struct json_object *vals = json_object_new_array();
+        vals = json_object_new_array();
         for (size_t k = 0; k < q->norder; k++) {
             const struct cf_field *f = q->order[k].field;
             struct json_object *v = NULL;
@@ -1221,14 +1221,7 @@ struct json_object *mg_plan_result(const struct mg_plan *p, const bson_t *result
             }
             json_object_array_add(vals, v);
         }
-        char *c = md_query_cursor_make(q, vals);
-        cursor = json_object_new_string(c);
-        free(c);
-        json_object_put(vals);
     }
-    json_object_object_add(doc, "items", items);
-    json_object_object_add(doc, "cursor", cursor);
-    json_object_object_add(doc, "shards_queried", json_object_new_int(1));
-    json_object_object_add(doc, "partial", json_object_new_boolean(0));
-    return doc;
+    *items_out = items;
+    *last_out = vals;
 }

@@ -4,8 +4,8 @@
  * The store-neutral AST of model/md_query.h becomes a plan of BSON
  * commands on the loop thread (mg_plan_new), runs with the blocking driver
  * on a pool thread (mg_plan_run, BSON only), and its BSON result becomes the
- * JSON answer {"items","cursor","shards_queried","partial"} on the loop
- * thread again (mg_plan_result).
+ * rows of the answer on the loop thread again (mg_plan_result); the gateway
+ * makes the page of them (ad_res.rows / ad_res.last, adapters/ad.h).
  *
  * Filters are built here, from the AST, with an allow-list of operators
  * ($eq $ne $gt $gte $lt $lte $in $nin $regex $and $or); client strings are
@@ -34,7 +34,8 @@ struct mg_plan;
 #define MG_PLAN_TIMEOUT (-3) /* the deadline passed between two commands */
 
 /* Loop thread.  0 with *out, or -1 with x filled (400).  q and d must stay
- * valid until mg_plan_free (the request body owns q). */
+ * valid until the request completes (the gateway owns q); mg_plan_free
+ * does not read them. */
 int mg_plan_new(const struct cf_domain *d, const struct md_query *q, struct mg_plan **out,
                 struct mg_xerr *x) __attribute__((warn_unused_result));
 
@@ -44,8 +45,10 @@ int mg_plan_run(const struct mg_plan *p, mongoc_collection_t *coll, uint64_t dea
                 bson_t **result, bson_error_t *err, char *msg, size_t msglen)
     __attribute__((warn_unused_result));
 
-/* Loop thread: the answer (a new reference). */
-struct json_object *mg_plan_result(const struct mg_plan *p, const bson_t *result);
+/* Loop thread: the rows (*items, a new array) and, when a further page
+ * exists, the sort values of the last row (*last, a new array; else NULL). */
+void mg_plan_result(const struct mg_plan *p, const bson_t *result, struct json_object **items,
+                    struct json_object **last);
 
 void mg_plan_free(struct mg_plan *p);
 

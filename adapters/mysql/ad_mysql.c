@@ -292,14 +292,16 @@ static struct json_object *row_item(const struct my_call *call, MYSQL_ROW row,
     return item;
 }
 
+/* The rows of a _query / _aggregate (res->rows) and, when the store had one
+ * row more than the page, the sort values of the last row shown (res->last):
+ * both new references, put by the caller after the completion. */
 static void finish_query(struct my_call *call, struct ad_res *res)
 {
-    const struct md_query *q = md_query_of(call->b.req->body);
+    const struct md_query *q = call->b.req->query;
     MYSQL_RES *r = call->rows;
     int n = r != NULL ? (int)mysql_num_rows(r) : 0;
     unsigned nf = r != NULL ? mysql_num_fields(r) : 0;
     int shown = q->aggregate || n <= q->limit ? n : q->limit;
-    struct json_object *doc = json_object_new_object();
     struct json_object *items = json_object_new_array_ext(shown);
     int64_t ver;
     MYSQL_ROW last = NULL;
@@ -311,8 +313,7 @@ static void finish_query(struct my_call *call, struct ad_res *res)
         last = row;
         lastlens = lens;
     }
-    json_object_object_add(doc, "items", items);
-    struct json_object *cursor = NULL;
+    res->rows = items;
     if (!q->aggregate && n > q->limit && last != NULL) {
         struct json_object *vals = json_object_new_array();
         for (size_t k = 0; k < q->norder; k++) {
@@ -326,15 +327,8 @@ static void finish_query(struct my_call *call, struct ad_res *res)
             }
             json_object_array_add(vals, v);
         }
-        char *c = md_query_cursor_make(q, vals);
-        cursor = json_object_new_string(c);
-        free(c);
-        json_object_put(vals);
+        res->last = vals;
     }
-    json_object_object_add(doc, "cursor", cursor);
-    json_object_object_add(doc, "shards_queried", json_object_new_int(1));
-    json_object_object_add(doc, "partial", json_object_new_boolean(0));
-    res->item = doc;
 }
 
 /* "Duplicate entry 'x' for key 'orders_email_key'" (MariaDB) or
@@ -530,7 +524,6 @@ static void script_done(struct my_conn *c)
     const struct ad_req *req = call->b.req;
     const struct cf_domain *d = req->domain;
     const struct sql_stmt *st = &call->b.st;
-    struct json_object *item = NULL;
     struct evbuffer *raw = NULL;
     MYSQL_RES *r = call->rows;
     unsigned nf = r != NULL ? mysql_num_fields(r) : 0;
@@ -548,7 +541,6 @@ static void script_done(struct my_conn *c)
             mysql_data_seek(r, 0);
         }
         finish_query(call, &res);
-        item = res.item;
         break;
     case AD_PUT:
         if (missed && req->if_match < 0) { /* upsert stopped by another row's unique value */
@@ -591,7 +583,8 @@ static void script_done(struct my_conn *c)
         ad_res_error(&res, AD_INTERNAL, NULL, "unexpected operation");
     }
     sql_pool_complete(&call->b, &res);
-    json_object_put(item);
+    json_object_put(res.rows);
+    json_object_put(res.last);
     if (raw != NULL) {
         evbuffer_free(raw);
     }

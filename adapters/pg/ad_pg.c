@@ -264,19 +264,20 @@ static void row_raw(const struct pg_call *pc, const PGresult *r, int row, int64_
     sql_row_write(out, &pc->b.st, vals, lens, n, version);
 }
 
+/* The rows of a _query / _aggregate (res->rows) and, when the store had one
+ * row more than the page, the sort values of the last row shown (res->last):
+ * both new references, put by the caller after the completion. */
 static void finish_query(struct pg_call *pc, const PGresult *r, struct ad_res *res)
 {
-    const struct md_query *q = md_query_of(pc->b.req->body);
+    const struct md_query *q = pc->b.req->query;
     int n = PQntuples(r);
     int shown = q->aggregate || n <= q->limit ? n : q->limit;
-    struct json_object *doc = json_object_new_object();
     struct json_object *items = json_object_new_array_ext(shown);
     int64_t ver;
     for (int i = 0; i < shown; i++) {
         json_object_array_add(items, row_item(pc, r, i, &ver));
     }
-    json_object_object_add(doc, "items", items);
-    struct json_object *cursor = NULL;
+    res->rows = items;
     if (!q->aggregate && n > q->limit) {
         struct json_object *vals = json_object_new_array();
         for (size_t k = 0; k < q->norder; k++) {
@@ -290,15 +291,8 @@ static void finish_query(struct pg_call *pc, const PGresult *r, struct ad_res *r
             }
             json_object_array_add(vals, v);
         }
-        char *c = md_query_cursor_make(q, vals);
-        cursor = json_object_new_string(c);
-        free(c);
-        json_object_put(vals);
+        res->last = vals;
     }
-    json_object_object_add(doc, "cursor", cursor);
-    json_object_object_add(doc, "shards_queried", json_object_new_int(1));
-    json_object_object_add(doc, "partial", json_object_new_boolean(0));
-    res->item = doc;
 }
 
 static int pg_send(struct sql_conn *sc, struct sql_call *call);
@@ -468,7 +462,6 @@ static int on_result(struct pg_conn *c, struct pg_call *pc)
     const struct ad_req *req = pc->b.req;
     const struct cf_domain *d = req->domain;
     int n = PQntuples(r);
-    struct json_object *item = NULL;
     struct evbuffer *raw = NULL;
     if (pc->stage == 1) { /* version probe after a conditional write matched nothing */
         if (n == 0) {
@@ -488,7 +481,6 @@ static int on_result(struct pg_conn *c, struct pg_call *pc)
     case AD_QUERY:
     case AD_AGGREGATE:
         finish_query(pc, r, &res);
-        item = res.item;
         break;
     case AD_GET:
     case AD_INSERT:
@@ -533,7 +525,8 @@ static int on_result(struct pg_conn *c, struct pg_call *pc)
         ad_res_error(&res, AD_INTERNAL, NULL, "unexpected operation");
     }
     sql_pool_complete(&pc->b, &res);
-    json_object_put(item);
+    json_object_put(res.rows);
+    json_object_put(res.last);
     if (raw != NULL) {
         evbuffer_free(raw);
     }

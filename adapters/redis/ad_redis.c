@@ -1296,14 +1296,6 @@ static int rd_submit(void *state, const struct ad_req *req, ad_done_cb cb, void 
     return 0;
 }
 
-static void rd_cancel(void *state, uint64_t req_id)
-{
-    /* Redis answers in order on a pipelined connection: a sent command cannot
-     * be taken back.  The gateway ignores the late completion. */
-    (void)state;
-    (void)req_id;
-}
-
 static int rd_supports(const struct cf_domain *d, enum ad_op op)
 {
     switch (op) {
@@ -1436,7 +1428,8 @@ const struct ad_ops ad_redis_ops = {
     .check_domain = rd_check_domain,
     .supports = rd_supports,
     .submit = rd_submit,
-    .cancel = rd_cancel,
+    /* no cancel: Redis answers in order on a pipelined connection, a sent
+     * command cannot be taken back; the gateway ignores the late completion */
     .shutdown = rd_shutdown,
     .stats = rd_stats,
 };

@@ -87,7 +87,7 @@ struct sql_stmt {
      * (sharded domains), -1 = none / unknown */
     int32_t slot;
     /* set by the caller before building a query / aggregate: slots to leave
-     * out (ad_req.excl_slots: a shard's rows of slots it does not own while
+     * out (ad_req.scope: a shard's rows of slots it does not own while
      * they move), written as integers the builder formats */
     const int32_t *excl_slots;
     int nexcl;

@@ -427,7 +427,7 @@ static int build(struct sql_call *call, char *err, size_t errlen)
         return sql_build_delete(st, d, req->key, req->if_match, err, errlen);
     case AD_QUERY:
     case AD_AGGREGATE: {
-        const struct md_query *q = md_query_of(req->body);
+        const struct md_query *q = req->query;
         if (q == NULL || q->aggregate != (req->op == AD_AGGREGATE)) {
             snprintf(err, errlen, "the query was not parsed by the gateway");
             return -1;
@@ -476,8 +476,10 @@ int sql_pool_submit(void *state, const struct ad_req *req, ad_done_cb cb, void *
     call->mig = req->op == AD_PING ? -1 : mig_index(p, req->domain);
     sql_stmt_init(&call->st, p->drv->dialect);
     call->st.slot = req->slot;
-    call->st.excl_slots = req->excl_slots;
-    call->st.nexcl = req->nexcl;
+    if (req->scope != NULL) {
+        call->st.excl_slots = req->scope->excl_slots;
+        call->st.nexcl = req->scope->nexcl;
+    }
     sh->pending++;
     char err[200];
     if (build(call, err, sizeof(err)) < 0) {
@@ -530,7 +532,7 @@ void sql_pool_stats(void *state, int shard, struct ad_pool_stats *out)
 int sql_pool_supports(const struct cf_domain *d, enum ad_op op)
 {
     (void)d;
-    return op <= AD_PING;
+    return op >= AD_GET && op <= AD_PING;
 }
 
 struct sql_pool *sql_pool_new(struct event_base *base, const struct cf_backend *be,
