@@ -275,15 +275,6 @@ static const struct ad_ops fake_nocancel_ops = {
 
 /* ---- the rig: a worker serving one end of a socketpair -------------------- */
 
-static const char *repo_path(const char *rel)
-{
-    static char buf[1024];
-    const char *at = strstr(__FILE__, "tests/unit/");
-    int n = at != NULL ? (int)(at - __FILE__) : 0;
-    snprintf(buf, sizeof(buf), "%.*s%s", n, __FILE__, rel);
-    return buf;
-}
-
 static const char config_fmt[] =
     "listen: 127.0.0.1:%d\n"
     "admin_listen: 127.0.0.1:%d\n"
@@ -294,7 +285,7 @@ static const char config_fmt[] =
     "backends:\n"
     "  one: {type: fake, shards: [{name: only, dsn: \"fake://only\"}]}\n"
     "  nc: {type: fake-nocancel, shards: [{name: nc, dsn: \"fake://nc\"}]}\n"
-    "  four: {type: fake, shard_map: \"%s\"}\n"
+    "  four: {type: fake, shard_map: tests/unit/data/shardmap_orders.json}\n"
     "domains:\n"
     "  items:\n"
     "    backend: one\n"
@@ -350,8 +341,8 @@ static int rig_setup(void **state)
         registered = 1;
     }
     char yaml[4096], err[512];
-    snprintf(yaml, sizeof(yaml), config_fmt, free_port(), free_port(),
-             repo_path("tests/unit/data/shardmap_orders.json"));
+    /* make runs the unit tests from the repository's root */
+    snprintf(yaml, sizeof(yaml), config_fmt, free_port(), free_port());
     struct json_object *root = cf_yaml_load_string(yaml, strlen(yaml), err, sizeof(err));
     assert_non_null(root);
     rig.cf = cf_config_from_json(root, "contract.yaml", err, sizeof(err));
