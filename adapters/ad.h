@@ -4,8 +4,8 @@
  * An adapter serves domain-level operations (get/put/insert/patch/delete,
  * query, aggregate, ping) for one backend cluster on one worker's event loop.
  * Each worker calls init() once per backend it uses and owns the state.  The
- * worker resolves the adapter of a backend once, when it creates the
- * backend's runtime (gateway/gw_worker.h); nothing looks an adapter up by
+ * worker resolves the adapter of each backend once, when it applies a config
+ * (gw_worker_adapter, gateway/gw_worker.h); nothing looks an adapter up by
  * name on the request path.
  *
  * Contract (every adapter honours it; tests/unit/test_adapter_contract.c
@@ -23,7 +23,8 @@
  *  - On connection loss, every pending request on that connection completes
  *    with an error (AD_UNAVAILABLE), naming the shard.
  *  - cancel() is a hint: the adapter may drop the request from its queue; it
- *    still completes it (with AD_CANCELED).  The gateway handles deadlines
+ *    still completes it (with AD_CANCELED).  An adapter that cannot take a
+ *    request back has no cancel hook.  The gateway handles deadlines
  *    itself and ignores completions of requests it already answered.
  *  - The result passed to the callback is borrowed: it is valid only for the
  *    duration of the callback.  Whoever wants to keep a json_t increfs it.
@@ -122,9 +123,9 @@ struct ad_res {
     const char *raw;          /* alternative to item: a JSON text to send as is */
     size_t rawlen;
     /* AD_QUERY / AD_AGGREGATE, borrowed: the rows of the page (a JSON array
-     * of items), and the sort values of the last row
-     * (an array of query->norder values, JSON null allowed) when a further
-     * page exists, else NULL.  The gateway builds the page and its cursor. */
+     * of items), and the sort values of the last row (an array of
+     * query->norder values, JSON null allowed) when a further page exists,
+     * else NULL.  The gateway builds the page and its cursor. */
     struct json_object *rows;
     struct json_object *last;
     int64_t version;   /* version of the item after a write, -1 if none */
@@ -178,19 +179,21 @@ struct ad_ops {
 #define AD_ABI 2
 
 /* The one way to call an optional hook (cancel, stats, probe): the hook's
- * result, or `none` when the adapter has no such hook.
+ * result, or `none` when the adapter has no such hook, e.g.
  *   AD_OPTIONAL(ops, cancel, (void)0, state, id);
- *   if (AD_OPTIONAL(ops, probe, 0, dsn, tmo, err, len) < 0) …              */
+ *   if (AD_OPTIONAL(ops, probe, 0, dsn, tmo, err, len) < 0) { … }
+ */
 #define AD_OPTIONAL(ops, hook, none, ...) ((ops)->hook != NULL ? (ops)->hook(__VA_ARGS__) : (none))
 
+/* Does the adapter have every capability in cap (AD_CAP_* bits)? */
 static inline int ad_has_cap(const struct ad_ops *ops, unsigned cap)
 {
     return (ops->caps & cap) == cap;
 }
 
 /* Registry: adapters register once at start-up, by name (the built-in ones
- * in ad_register_builtin).  ad_lookup is for set-up — a worker creating a
- * backend's runtime, a shard map being validated — never per request. */
+ * in ad_register_builtin).  ad_lookup is for set-up — a worker applying a
+ * config, a shard map being validated — never per request. */
 int ad_register(const struct ad_ops *ops);
 const struct ad_ops *ad_lookup(const char *name);
 void ad_register_builtin(void);

@@ -532,7 +532,7 @@ void sql_pool_stats(void *state, int shard, struct ad_pool_stats *out)
 int sql_pool_supports(const struct cf_domain *d, enum ad_op op)
 {
     (void)d;
-    return op >= AD_GET && op <= AD_PING;
+    return op <= AD_PING;
 }
 
 struct sql_pool *sql_pool_new(struct event_base *base, const struct cf_backend *be,
