@@ -16,6 +16,7 @@
 #include "gateway/gw_metrics.h"
 #include "gateway/gw_shard.h"
 #include "lib/lb_log.h"
+#include "lib/lb_util.h"
 #include "routing/rt_live.h"
 
 static void limits_of(const struct cf_config *cf, struct gw_http_limits *l)
@@ -116,7 +117,7 @@ static struct gw_backend_rt *rt_new(struct gw_worker *w, struct cf_config *cf,
 static void sync_backends(struct gw_worker *w, struct cf_config *cf)
 {
     struct gw_backend_rt **nrt = calloc(cf->nbackends, sizeof(*nrt));
-    const struct ad_ops **nops = calloc(cf->nbackends + 1, sizeof(*nops));
+    const struct ad_ops **nops = lb_xcalloc(cf->nbackends + 1, sizeof(*nops));
     for (size_t i = 0; i < cf->nbackends; i++) {
         const struct cf_backend *be = &cf->backends[i];
         nops[i] = ad_lookup(be->type); /* a known type: the config checked it */
