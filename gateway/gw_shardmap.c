@@ -17,6 +17,7 @@
 #include "config/cf_yaml.h"
 #include "lib/lb_file.h"
 #include "lib/lb_log.h"
+#include "lib/lb_util.h"
 #include "routing/rt_live.h"
 #include "routing/rt_shardmap.h"
 
@@ -273,6 +274,18 @@ struct json_object *gw_shardmap_json(const struct cf_config *cf,
         json_object_object_add(o, "version", json_object_new_int64(rt_shardmap_version(m)));
         json_object_object_add(o, "slots", json_object_new_int64(rt_shardmap_nslots(m)));
         json_object_object_add(o, "vnodes", json_object_new_int64(rt_shardmap_vnodes(m)));
+        /* Being rebalanced: the live owners, each slot read once so that a
+         * slot switched while this runs is counted for one shard only. */
+        uint32_t *live_owned = NULL;
+        if (be->live != NULL) {
+            live_owned = lb_xcalloc(rt_shardmap_nshards(m) + 1, sizeof(*live_owned));
+            for (uint32_t k = 0; k < rt_live_nslots(be->live); k++) {
+                int owner = rt_live_owner(be->live, k);
+                if (owner >= 0 && (size_t)owner < rt_shardmap_nshards(m)) {
+                    live_owned[owner]++;
+                }
+            }
+        }
         struct json_object *sh = json_object_new_array();
         for (size_t s = 0; s < rt_shardmap_nshards(m); s++) {
             struct json_object *so = json_object_new_object();
@@ -281,16 +294,11 @@ struct json_object *gw_shardmap_json(const struct cf_config *cf,
             json_object_object_add(so, "dsn", redacted_dsn(rt_shardmap_shard_dsn(m, s)));
             json_object_object_add(so, "weight",
                                    json_object_new_int64(rt_shardmap_shard_weight(m, s)));
-            uint32_t owned = rt_shardmap_shard_nslots(m, s);
-            if (be->live != NULL) { /* being rebalanced: the live owners */
-                owned = 0;
-                for (uint32_t k = 0; k < rt_live_nslots(be->live); k++) {
-                    owned += rt_live_owner(be->live, k) == (int)s;
-                }
-            }
+            uint32_t owned = live_owned != NULL ? live_owned[s] : rt_shardmap_shard_nslots(m, s);
             json_object_object_add(so, "slots", json_object_new_int64(owned));
             json_object_array_add(sh, so);
         }
+        free(live_owned);
         json_object_object_add(o, "shards", sh);
         struct json_object *ov = json_object_new_object();
         for (size_t k = 0; k < rt_shardmap_noverrides(m); k++) {
