@@ -37,7 +37,7 @@ BUILD    := build/$(VARIANT)
 # Every .c under the code folders is part of the gateway library; only
 # gateway/main.c holds main().
 LIB_SRC  := $(sort $(wildcard lib/*.c model/*.c config/*.c routing/*.c adapters/*.c adapters/*/*.c \
-                                gateway/*.c))
+                                rebalance/*.c gateway/*.c))
 LIB_SRC  := $(filter-out gateway/main.c,$(LIB_SRC))
 LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o)
 UNIT_SRC := $(sort $(wildcard tests/unit/test_*.c))

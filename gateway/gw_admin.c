@@ -14,13 +14,13 @@
 #include "config/cf_config.h"
 #include "gateway/gw_http.h"
 #include "gateway/gw_metrics.h"
-#include "gateway/gw_rebalance.h"
 #include "gateway/gw_request.h"
 #include "gateway/gw_route.h"
 #include "gateway/gw_shardmap.h"
 #include "gateway/gw_worker.h"
 #include "lib/lb_json.h"
 #include "model/md_error.h"
+#include "rebalance/rb_rebalance.h"
 #include "routing/rt_shardmap.h"
 
 static gw_put_map_fn put_map;
@@ -99,7 +99,7 @@ static void admin_map_done(const struct md_error *e, int rebalancing, void *arg)
         } else if (rebalancing) { /* 202: the slots move now (GET /admin/rebalance) */
             struct json_object *doc = json_object_new_object();
             json_object_object_add(doc, "applied", json_object_new_boolean(0));
-            json_object_object_add(doc, "rebalance", gw_rebalance_status());
+            json_object_object_add(doc, "rebalance", rb_rebalance_status());
             send_json(r, 202, doc);
             return;
         } else {
@@ -119,7 +119,7 @@ static void admin_rebalance(struct gw_req *r, struct gw_http_req *hr)
     struct md_error e = {0};
     const char *action = hr->path + strlen("/admin/rebalance");
     if (hr->method == GW_GET && *action == '\0') {
-        send_json(r, 200, gw_rebalance_status());
+        send_json(r, 200, rb_rebalance_status());
         return;
     }
     struct json_object *body = NULL;
@@ -135,13 +135,13 @@ static void admin_rebalance(struct gw_req *r, struct gw_http_req *hr)
         fail_now(r, &e, NULL);
         return;
     }
-    int rc = gw_rebalance_control(action + 1, body, &e);
+    int rc = rb_rebalance_control(action + 1, body, &e);
     json_object_put(body);
     if (rc < 0) {
         fail_now(r, &e, NULL);
         return;
     }
-    send_json(r, 200, gw_rebalance_status());
+    send_json(r, 200, rb_rebalance_status());
 }
 
 /* GET /admin/shardmap: every sharded backend's active map.
@@ -151,7 +151,7 @@ static void admin_shardmap(struct gw_req *r, struct gw_http_req *hr)
 {
     struct md_error e = {0};
     if (hr->method == GW_GET) {
-        send_json(r, 200, gw_shardmap_json(r->cf, gw_rebalance_status_of));
+        send_json(r, 200, gw_shardmap_json(r->cf, rb_rebalance_status_of));
         return;
     }
     if (hr->method != GW_PUT) {

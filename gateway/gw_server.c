@@ -26,11 +26,11 @@
 #include "gateway/gw_http.h"
 #include "gateway/gw_idempotency.h"
 #include "gateway/gw_metrics.h"
-#include "gateway/gw_rebalance.h"
 #include "gateway/gw_request.h"
 #include "gateway/gw_shardmap.h"
 #include "gateway/gw_worker.h"
 #include "lib/lb_log.h"
+#include "rebalance/rb_rebalance.h"
 
 struct server {
     struct event_base *base;
@@ -40,7 +40,7 @@ struct server {
     int nworkers;
     int stopping;
     struct event *ev_map; /* a PUT /admin/shardmap job is waiting */
-    struct event *ev_rb;  /* the rebalance ended (gw_rebalance.h) */
+    struct event *ev_rb;  /* the rebalance ended (rebalance/rb_rebalance.h) */
 };
 
 /* Settings of gw_accesslog / gw_breaker / gw_metrics; a log file that cannot
@@ -114,7 +114,7 @@ static void on_rb_done(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     char err[1024];
-    struct cf_config *cf = gw_rebalance_finish(s->path, err, sizeof(err));
+    struct cf_config *cf = rb_rebalance_finish(s->path, err, sizeof(err));
     if (cf == NULL) {
         lb_error("rebalance ended but the config does not load (%s): routing stays on the live "
                  "slot table until a reload",
@@ -136,9 +136,9 @@ static void on_reload(evutil_socket_t sig, short what, void *arg)
         lb_error("reload rejected, keeping the running config: %s", err);
         return;
     }
-    if (gw_rebalance_active()) { /* the union map and the live table stay */
+    if (rb_rebalance_active()) { /* the union map and the live table stay */
         cf_config_unref(cf);
-        cf = gw_rebalance_reload(s->path, err, sizeof(err));
+        cf = rb_rebalance_reload(s->path, err, sizeof(err));
         if (cf == NULL) {
             lb_error("reload rejected, keeping the running config: %s", err);
             return;
@@ -156,7 +156,7 @@ static void on_reload(evutil_socket_t sig, short what, void *arg)
     }
     if (moving != NULL) {
         struct cf_config *ucf =
-            gw_rebalance_begin(s->path, s->cf, cf, moving, s->nworkers, rb_done, s, &e);
+            rb_rebalance_begin(s->path, s->cf, cf, moving, s->nworkers, rb_done, s, &e);
         cf_config_unref(cf);
         if (ucf == NULL) {
             lb_error("reload rejected, keeping the running config: %s", e.message);
@@ -192,7 +192,7 @@ static void run_map_job(struct server *s, struct gw_map_job *job)
         job->failed = 1;
         return;
     }
-    if (gw_rebalance_active()) {
+    if (rb_rebalance_active()) {
         md_error_set(e, MD_E_CONFLICT, NULL,
                      "a rebalance is running (GET /admin/rebalance): the shard map changes "
                      "again once it has finished or was aborted");
@@ -212,7 +212,7 @@ static void run_map_job(struct server *s, struct gw_map_job *job)
     }
     if (moving != NULL) { /* the mover writes the map file once every slot moved */
         struct cf_config *ucf =
-            gw_rebalance_begin(s->path, s->cf, cf, moving, s->nworkers, rb_done, s, e);
+            rb_rebalance_begin(s->path, s->cf, cf, moving, s->nworkers, rb_done, s, e);
         cf_config_unref(cf);
         if (ucf == NULL) {
             job->failed = 1;
@@ -332,7 +332,7 @@ int gw_server_run(const char *path)
         s.nworkers = 1;
     }
     /* a rebalance a crash interrupted: roll back / finish its slot, resume */
-    s.cf = gw_rebalance_recover(path, s.cf, s.nworkers, rb_done, &s, err, sizeof(err));
+    s.cf = rb_rebalance_recover(path, s.cf, s.nworkers, rb_done, &s, err, sizeof(err));
     if (s.cf == NULL) {
         lb_error("cannot start: %s", err);
         event_free(s.ev_rb);
@@ -357,7 +357,7 @@ int gw_server_run(const char *path)
         tls = gw_http_tls_context(s.cf->tls_cert, s.cf->tls_key, err, sizeof(err));
         if (tls == NULL) {
             lb_error("cannot start: %s", err);
-            gw_rebalance_shutdown();
+            rb_rebalance_shutdown();
             cf_config_unref(s.cf);
             event_free(s.ev_rb);
             event_base_free(s.base);
@@ -369,7 +369,7 @@ int gw_server_run(const char *path)
     for (int i = 0; i < s.nworkers; i++) {
         if (gw_worker_init(&s.workers[i], i, s.cf, tls, &gw_request_hooks, err, sizeof(err)) < 0) {
             lb_error("cannot start worker %d: %s", i, err);
-            gw_rebalance_shutdown();
+            rb_rebalance_shutdown();
             event_free(s.ev_rb);
             for (int j = 0; j <= i; j++) {
                 gw_worker_destroy(&s.workers[j]);
@@ -399,7 +399,7 @@ int gw_server_run(const char *path)
             tls != NULL ? "https" : "http", s.cf->listen_host, s.cf->listen_port, s.cf->admin_host,
             s.cf->admin_port, s.nworkers, s.cf->ndomains);
     event_base_dispatch(s.base);
-    gw_rebalance_shutdown(); /* stops where it is: a restart resumes */
+    rb_rebalance_shutdown(); /* stops where it is: a restart resumes */
     for (int i = 0; i < s.nworkers; i++) {
         pthread_join(s.workers[i].thread, NULL);
     }

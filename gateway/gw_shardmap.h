@@ -13,9 +13,10 @@
  *   - it does not add a shard and remove another in the same change;
  *   - every added shard, and every shard whose DSN changed, is reachable
  *     (the adapter's probe: a real connect within the pool's timeout);
- *   - if it moves slots (a shard added, removed, reweighted): the backend
- *     is a mysql one and no rebalance is running — the caller then starts
- *     one (gateway/gw_rebalance.h) instead of swapping the map in, since a
+ *   - if it moves slots (a shard added, removed, reweighted): the backend's
+ *     store has a slot mover (rebalance/rb_mover.h: mysql, pg) and no
+ *     rebalance is running — the caller then starts one
+ *     (rebalance/rb_rebalance.h) instead of swapping the map in, since a
  *     map that gives a slot to a shard that does not hold its rows would
  *     hide them.
  *
@@ -42,10 +43,6 @@ int gw_shardmap_check(const struct cf_config *active, const struct cf_config *ne
                       const char *put_backend, const char **moving, struct md_error *e)
     __attribute__((warn_unused_result));
 
-struct rt_shardmap;
-/* The document of a built map (version, slots, vnodes, shards, overrides). */
-struct json_object *gw_shardmap_doc(const struct rt_shardmap *m);
-
 /* The backend a PUT /admin/shardmap[/{backend}] means: `name` when given
  * (it must have a shard_map file), else the only backend with one.  NULL with
  * e filled (404 / 400) otherwise. */
@@ -55,34 +52,15 @@ const char *gw_shardmap_backend(const struct cf_config *cf, const char *name, si
 /* GET /admin/shardmap: {"backends":[{backend, path, version, slots, vnodes,
  * shards:[{name, dsn (password hidden), weight, slots}], overrides, migration}]}.
  * migration_of(backend) gives each backend's "migration" object (the
- * rebalancer's status, gw_rebalance_status_of): passed in, so that the shard
+ * rebalancer's status, rb_rebalance_status_of): passed in, so that the shard
  * map and the rebalancer, which writes maps, do not include each other. */
 struct json_object *gw_shardmap_json(const struct cf_config *cf,
                                      struct json_object *(*migration_of)(const char *backend));
 
 /* Write the map a PUT /admin/shardmap applied to the map file: readable YAML
- * (gw_shardmap_replace) with a header naming the version and the time, the
+ * (rb_mapfile_replace) with a header naming the version and the time, the
  * previous file kept as "<path>.prev".  0, or -1 with err. */
 int gw_shardmap_write(const char *path, struct json_object *doc, char *err, size_t errlen)
     __attribute__((warn_unused_result));
-
-/* Write a JSON document to path atomically (temp file, fsync, rename, fsync
- * of the directory): the rebalance state file.  0, or -1 with err. */
-int gw_shardmap_write_json(const char *path, struct json_object *doc, char *err, size_t errlen)
-    __attribute__((warn_unused_result));
-
-/* A map document as readable YAML: `header` (may hold several lines) as
- * comment lines (bytes outside printable ASCII shown as '?'), then
- * version/slots/vnodes, one line per shard, and the overrides as a flow
- * mapping a few ranges per line; strings in printable ASCII with escapes.
- * Malloc'd text and *len, or NULL when out of memory. */
-char *gw_shardmap_yaml(struct json_object *doc, const char *header, size_t *len);
-
-/* Replace the map file at path with doc as gw_shardmap_yaml() text (checked
- * to read back as the same map; JSON if it ever did not), keeping the
- * file's previous content as "<path>.prev" (both written atomically, the
- * .prev first).  0, or -1 with err (the map file is then unchanged). */
-int gw_shardmap_replace(const char *path, struct json_object *doc, const char *header, char *err,
-                        size_t errlen) __attribute__((warn_unused_result));
 
 #endif

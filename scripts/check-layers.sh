@@ -2,14 +2,15 @@
 # check-layers.sh — the include rule and include circles (docs/design.md,
 # "Map of the house").  `make` runs it before it builds anything.
 #
-# Layers, one way down:  gateway/ → adapters/ → routing/ → model/ → lib/,
-# with config/ beside them.  A file may include (#include "…") only:
+# Layers, one way down:  gateway/ → rebalance/ → adapters/ → routing/ →
+# model/ → lib/, with config/ beside them.  A file may include (#include "…") only:
 #
 #   lib/       lib/
 #   model/     lib/ model/ config/
 #   routing/   lib/ model/ config/ routing/
 #   config/    lib/ model/ config/ routing/   (the shard map is read at load)
 #   adapters/  lib/ model/ config/ routing/ adapters/
+#   rebalance/ lib/ model/ config/ routing/ adapters/ rebalance/
 #   gateway/   anything of ours
 #
 # tests/, bench/ and scripts/ sit on top and may include anything.
@@ -32,7 +33,7 @@ includes() {
     local f
     for f in $(git ls-files -co --exclude-standard -- \
         'lib/*.[ch]' 'model/*.[ch]' 'routing/*.[ch]' 'config/*.[ch]' 'adapters/*.[ch]' \
-        'gateway/*.[ch]' | sort -u); do
+        'rebalance/*.[ch]' 'gateway/*.[ch]' | sort -u); do
         [ -f "$f" ] || continue
         awk -v f="$f" 'match($0, /^[ \t]*#[ \t]*include[ \t]*"[^"]+"/) {
             s = substr($0, RSTART, RLENGTH); sub(/^[^"]*"/, "", s); sub(/"$/, "", s)
@@ -55,7 +56,8 @@ BEGIN {
     allow["routing"] = "lib model config routing"
     allow["config"] = "lib model config routing"
     allow["adapters"] = "lib model config routing adapters"
-    allow["gateway"] = "lib model config routing adapters gateway"
+    allow["rebalance"] = "lib model config routing adapters rebalance"
+    allow["gateway"] = "lib model config routing adapters rebalance gateway"
 }
 {
     from = $1; sub(/\/.*/, "", from)

@@ -95,22 +95,36 @@ static void __attribute__((format(printf, 2, 3))) putf(struct sql_stmt *st, cons
     st->len = len + (size_t)n;
 }
 
+size_t sql_quote_ident(enum sql_dialect dialect, const char *name, char *out)
+{
+    char q = dialect == SQL_PG ? '"' : '`';
+    size_t n = 0;
+    out[n++] = q;
+    for (const char *p = name; *p != '\0'; p++) {
+        out[n++] = *p;
+        if (*p == q) {
+            out[n++] = q; /* the quote doubled */
+        }
+    }
+    out[n++] = q;
+    out[n] = '\0';
+    return n;
+}
+
 /* A quoted identifier (from the config only). */
 static void ident(struct sql_stmt *st, const char *name)
 {
-    char q = st->dialect == SQL_PG ? '"' : '`';
-    put(st, &q, 1);
-    for (const char *p = name;;) { /* runs up to and including each quote: doubled */
-        const char *e = strchr(p, q);
-        if (e == NULL) {
-            put(st, p, strlen(p));
-            break;
-        }
-        put(st, p, (size_t)(e - p) + 1);
-        put(st, &q, 1);
-        p = e + 1;
+    char small[160];
+    size_t need = 2 * strlen(name) + 3;
+    char *q = need <= sizeof(small) ? small : malloc(need);
+    if (q == NULL) {
+        st->oom = 1;
+        return;
     }
-    put(st, &q, 1);
+    put(st, q, sql_quote_ident(st->dialect, name, q));
+    if (q != small) {
+        free(q);
+    }
 }
 
 /* Add a parameter (text, copied; NULL = SQL NULL) and write its placeholder. */

@@ -100,6 +100,13 @@ struct sql_stmt {
 };
 
 void sql_stmt_init(struct sql_stmt *st, enum sql_dialect dialect);
+
+/* The one identifier quoting of our SQL (the builders here, the slot movers
+ * of rebalance/): `name` as a quoted identifier of the dialect ("…" for
+ * PostgreSQL, `…` for MySQL, the quote doubled inside), written to out,
+ * which has room for 2 * strlen(name) + 3 bytes; returns its length (the
+ * NUL not counted). */
+size_t sql_quote_ident(enum sql_dialect dialect, const char *name, char *out);
 void sql_stmt_free(struct sql_stmt *st);
 
 /* Each builder fills an initialised statement; 0, or -1 with err. */

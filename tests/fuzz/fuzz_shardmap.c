@@ -1,7 +1,7 @@
 /*
  * fuzz_shardmap.c — shard map documents (YAML/JSON) → validation, the ring,
  * the slot table, and a diff against a fixed map; then every valid map is
- * written as the YAML polygate writes map files in (gw_shardmap_yaml, with
+ * written as the YAML polygate writes map files in (rb_mapfile_yaml, with
  * the input's first bytes as the header) and read back: it must give the
  * same shards, DSNs, weights and owner of every slot.
  */
@@ -10,7 +10,7 @@
 #include <string.h>
 
 #include "config/cf_yaml.h"
-#include "gateway/gw_shardmap.h"
+#include "rebalance/rb_mapfile.h"
 #include "routing/rt_shardmap.h"
 
 /* The map written as a map file and read back is the same map. */
@@ -20,9 +20,9 @@ static void round_trip(const struct rt_shardmap *m, const uint8_t *data, size_t 
     size_t hl = size < sizeof(header) - 1 ? size : sizeof(header) - 1;
     memcpy(header, data, hl);
     header[hl] = '\0';
-    struct json_object *doc = gw_shardmap_doc(m);
+    struct json_object *doc = rb_mapfile_doc(m);
     size_t len = 0;
-    char *text = gw_shardmap_yaml(doc, header, &len);
+    char *text = rb_mapfile_yaml(doc, header, &len);
     json_object_put(doc);
     if (text == NULL) {
         abort(); /* out of memory only */

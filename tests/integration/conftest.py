@@ -70,6 +70,11 @@ MYSQL_SHARDS = {
     "orders-4": (53306, "orders_4" + NS),
 }
 
+# The PostgreSQL shard databases of this run for the rebalancing tests
+# (test_rebalance.py runs its core cases on both stores): the same shard
+# names as MYSQL_SHARDS, name → database.
+PG_SHARDS = {"orders-%d" % i: "pgorders_%d%s" % (i, NS) for i in range(5)}
+
 _namespace_ready = False
 REDIS_DB = None  # set by ensure_namespace()
 
@@ -90,8 +95,8 @@ def claim_redis_db():
 
 
 def ensure_namespace():
-    """Create this run's databases (idempotent): PostgreSQL PG_DB and
-    SCATTER_DBS, the MariaDB databases of MYSQL_SHARDS and MYSQL_REF_DB, and
+    """Create this run's databases (idempotent): PostgreSQL PG_DB,
+    SCATTER_DBS and PG_SHARDS, the MariaDB databases of MYSQL_SHARDS and MYSQL_REF_DB, and
     claim a Redis database.  FerretDB creates MONGO_DB on first use."""
     global _namespace_ready, REDIS_DB
     if _namespace_ready:
@@ -101,7 +106,7 @@ def ensure_namespace():
     conn = psycopg2.connect(host="127.0.0.1", port=55432, user="postgres", dbname="postgres")
     conn.autocommit = True  # CREATE DATABASE cannot run in a transaction
     with conn.cursor() as cur:
-        for db in [PG_DB] + SCATTER_DBS:
+        for db in [PG_DB] + SCATTER_DBS + list(PG_SHARDS.values()):
             cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (db,))
             if cur.fetchone() is None:
                 # code-point order for text: the gateway's merge assumes it
@@ -200,10 +205,18 @@ def mysql_shard(name):
     return {"name": name, "dsn": "mysql://root@127.0.0.1:%d/%s" % (port, db)}
 
 
-def map_gateway_config(port, admin, map_path, table, request_timeout_ms, extra_fields=()):
-    """A gateway config with one sharded MySQL `orders` domain stored in
-    `table`, whose shard map is the file map_path (tests of shard maps and
-    rebalancing); extra_fields: more "name: type" lines."""
+def pg_shard(name):
+    """A shard map entry for one of PG_SHARDS."""
+    return {"name": name, "dsn": "host=127.0.0.1 port=55432 dbname=%s user=postgres connect_timeout=2"
+            % PG_SHARDS[name]}
+
+
+def map_gateway_config(port, admin, map_path, table, request_timeout_ms, extra_fields=(),
+                       store="mysql"):
+    """A gateway config with one sharded `orders` domain stored in `table`
+    on a backend `orders-<store>` of type store (mysql or pg), whose shard
+    map is the file map_path (tests of shard maps and rebalancing);
+    extra_fields: more "name: type" lines."""
     return """
 listen: 127.0.0.1:%(port)d
 admin_listen: 127.0.0.1:%(admin)d
@@ -212,13 +225,13 @@ shutdown_timeout_ms: 5000
 limits: {request_timeout_ms: %(timeout)d}
 auth: {enabled: false}
 backends:
-  orders-mysql:
-    type: mysql
+  orders-%(store)s:
+    type: %(store)s
     shard_map: %(map)s
     pool: {min: 1, max: 4, connect_timeout_ms: 1000, queue_max: 1024, backoff_min_ms: 20, backoff_max_ms: 300}
 domains:
   orders:
-    backend: orders-mysql
+    backend: orders-%(store)s
     table: %(table)s
     key: order_id
     shard_key: customer_id
@@ -229,7 +242,7 @@ domains:
       status: {type: enum, values: [PENDING, PROCESSING, SHIPPED, DELIVERED, CANCELLED]}
       total_amount: {type: decimal, scale: 2, precision: 18}
 """ % {"port": port, "admin": admin, "map": map_path, "table": table,
-       "timeout": request_timeout_ms} + "".join("      %s\n" % f for f in extra_fields)
+       "timeout": request_timeout_ms, "store": store} + "".join("      %s\n" % f for f in extra_fields)
 
 
 class Gateway:

@@ -2,10 +2,12 @@
 updates and deletes orders through polygate the whole time and records every
 acknowledged operation, while a new shard map adds a 5th shard / removes one
 (/ and polygate is killed in the middle of the move and restarted).  Then,
-straight from MariaDB: every acknowledged order is present exactly once with
+straight from the shards: every acknowledged order is present exactly once with
 its last acknowledged content, every acknowledged delete is absent, every
 row is on the shard the new map names.  Meanwhile scatter queries never see
-an order twice or miss one.
+an order twice or miss one.  These core cases run on a MariaDB-sharded
+backend and on a PostgreSQL-sharded one (the `store` parameter: conftest's
+MYSQL_SHARDS and PG_SHARDS, the same shard names).
 
 Private gateway on PORT + 8 / ADMIN_PORT + 8, table orders_rb (dropped on
 the 5 databases before each run), map file in a temp dir.  The tests of the
@@ -25,13 +27,14 @@ import uuid
 
 import subprocess
 
+import psycopg2
 import pymysql
 import pytest
 
 import conftest
 
-from conftest import (ADMIN_PORT, MYSQL_SHARDS, PORT, map_gateway_config, mysql_shard,
-                      wait_port)
+from conftest import (ADMIN_PORT, MYSQL_SHARDS, PG_SHARDS, PORT, map_gateway_config, mysql_shard,
+                      pg_shard, wait_port)
 
 
 GW_PORT = PORT + 8
@@ -48,9 +51,24 @@ def my(name):
                            autocommit=True)
 
 
-def drop_tables():
+def pg(name):
+    c = psycopg2.connect(host="127.0.0.1", port=55432, user="postgres", dbname=PG_SHARDS[name])
+    c.autocommit = True
+    return c
+
+
+# the stores the core cases run on: shard map entry and a direct connection
+STORES = {"mysql": (mysql_shard, my), "pg": (pg_shard, pg)}
+BOTH = pytest.mark.parametrize("store", ["mysql", "pg"])
+
+
+def connect(store, name):
+    return STORES[store][1](name)
+
+
+def drop_tables(store="mysql"):
     for name in DBS:
-        c = my(name)
+        c = connect(store, name)
         with c.cursor() as cur:
             cur.execute("DROP TABLE IF EXISTS " + TABLE)
         c.close()
@@ -179,18 +197,20 @@ class Scatter:
 
 
 class Run:
-    def __init__(self, shards):
-        drop_tables()
+    def __init__(self, shards, store="mysql"):
+        self.store = store
+        self.shard = STORES[store][0]
+        drop_tables(store)
         self.tmp = tempfile.mkdtemp(prefix="polygate-rb-")
         self.map = os.path.join(self.tmp, "orders.shardmap.yaml")
         with open(self.map, "w") as f:
-            json.dump({"version": 1, "slots": 4096, "shards": [shard(s) for s in shards]}, f)
+            json.dump({"version": 1, "slots": 4096, "shards": [self.shard(s) for s in shards]}, f)
         self.proc = None
         self.start()
 
     def config_text(self):
         return map_gateway_config(GW_PORT, GW_ADMIN, self.map, TABLE, 4000,
-                                  ["payment_method: string"])
+                                  ["payment_method: string"], store=self.store)
 
     def start(self):
         """polygate on the run's config (same map file across restarts).
@@ -307,7 +327,7 @@ def owners(run, customers):
 def check_data(run, writer, shards):
     rows = {}
     for name in shards:
-        c = my(name)
+        c = connect(run.store, name)
         with c.cursor() as cur:
             cur.execute("SELECT order_id, customer_id, status, total_amount FROM " + TABLE)
             for oid, cust, status, total in cur.fetchall():
@@ -338,8 +358,8 @@ def check_data(run, writer, shards):
     return rows
 
 
-def scenario(before, after, kill_at=None, sig=signal.SIGKILL):
-    run = Run(before)
+def scenario(before, after, kill_at=None, sig=signal.SIGKILL, store="mysql"):
+    run = Run(before, store)
     try:
         customers = ["cust-%03d" % i for i in range(150)]
         h = Http(GW_PORT)
@@ -364,7 +384,7 @@ def scenario(before, after, kill_at=None, sig=signal.SIGKILL):
             t.start()
         try:
             wait_ops(writer, 50)  # the move starts under traffic
-            doc = {"version": 2, "slots": 4096, "shards": [shard(s) for s in after]}
+            doc = {"version": 2, "slots": 4096, "shards": [run.shard(s) for s in after]}
             st, body = run.admin("PUT", "/admin/shardmap", doc)
             assert st == 202, body
             assert body["rebalance"]["state"] == "running" and body["rebalance"]["slots_total"] > 0
@@ -410,9 +430,11 @@ def scenario(before, after, kill_at=None, sig=signal.SIGKILL):
         raise
 
 
-def test_add_a_fifth_shard_under_writes():
+@BOTH
+def test_add_a_fifth_shard_under_writes(store):
     run, b, writer = scenario(["orders-0", "orders-1", "orders-2", "orders-3"],
-                              ["orders-0", "orders-1", "orders-2", "orders-3", "orders-4"])
+                              ["orders-0", "orders-1", "orders-2", "orders-3", "orders-4"],
+                              store=store)
     try:
         fifth = [s for s in b["shards"] if s["name"] == "orders-4"][0]
         assert 4096 / 5 * 0.8 < fifth["slots"] < 4096 / 5 * 1.2, b
@@ -420,11 +442,12 @@ def test_add_a_fifth_shard_under_writes():
         assert run.stop() == 0
 
 
-def test_remove_a_shard_under_writes():
+@BOTH
+def test_remove_a_shard_under_writes(store):
     run, b, writer = scenario(["orders-0", "orders-1", "orders-2", "orders-3", "orders-4"],
-                              ["orders-0", "orders-1", "orders-2", "orders-3"])
+                              ["orders-0", "orders-1", "orders-2", "orders-3"], store=store)
     try:
-        c = my("orders-4")
+        c = connect(store, "orders-4")
         with c.cursor() as cur:
             cur.execute("SELECT COUNT(*) FROM " + TABLE)
             assert cur.fetchone()[0] == 0
@@ -433,23 +456,24 @@ def test_remove_a_shard_under_writes():
         assert run.stop() == 0
 
 
+@BOTH
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
-def test_killed_mid_move_resumes_on_restart(sig):
+def test_killed_mid_move_resumes_on_restart(sig, store):
     run, b, writer = scenario(["orders-0", "orders-1", "orders-2", "orders-3"],
                               ["orders-0", "orders-1", "orders-2", "orders-3", "orders-4"],
-                              kill_at=100, sig=sig)
+                              kill_at=100, sig=sig, store=store)
     try:
         fifth = [s for s in b["shards"] if s["name"] == "orders-4"][0]
         assert 4096 / 5 * 0.8 < fifth["slots"] < 4096 / 5 * 1.2, b
         # the log of the resumed mover counts the slots still to move, not all
         import re
         log = run.logtext()
-        resumed = re.search(r"resuming the rebalance of 'orders-mysql' \(version 1 . 2\): "
+        resumed = re.search(r"resuming the rebalance of 'orders-%s' \(version 1 . 2\): " % store +
                             r"(\d+) of (\d+) slot\(s\) were moved", log)
         assert resumed, log[-3000:]
         done, total = int(resumed.group(1)), int(resumed.group(2))
         assert done >= 100, resumed.group(0)
-        todo = re.search(r"rebalance of 'orders-mysql': (\d+) of (\d+) slot\(s\) to move",
+        todo = re.search(r"rebalance of 'orders-%s': (\d+) of (\d+) slot\(s\) to move" % store,
                          log[resumed.end():])
         assert todo, log[resumed.end():][:3000]
         assert (int(todo.group(1)), int(todo.group(2))) == (total - done, total), todo.group(0)

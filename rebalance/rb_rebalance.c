@@ -1,54 +1,44 @@
 /*
- * gw_rebalance.c — the mover: moves the slots of a sharded MySQL backend to
+ * rb_rebalance.c — the rebalancer: moves the slots of a sharded backend to
  * the owners a new shard map names, one slot at a time (docs/rebalancing.md).
  *
- * The mover is one thread with BLOCKING Connector/C connections (one per
- * shard), off every worker loop.  Workers see the move only through the live
- * slot table (routing/rt_live.h) that the backend's config carries.
+ * The mover is one thread with BLOCKING connections (one per shard, through
+ * the store's slot mover, rebalance/rb_mover.h), off every worker loop.
+ * Workers see the move only through the live slot table (routing/rt_live.h)
+ * that the backend's config carries.
  */
-#include "gateway/gw_rebalance.h"
+#include "rebalance/rb_rebalance.h"
 
 #include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
-#include <mysql.h>
-
-#include "adapters/mysql/ad_mysql.h"
 #include "adapters/sql/sql_build.h"
 #include "config/cf_config.h"
-#include "config/cf_yaml.h"
-#include "gateway/gw_shardmap.h"
 #include "lib/lb_log.h"
+#include "rebalance/rb_mapfile.h"
+#include "rebalance/rb_mover.h"
+#include "rebalance/rb_registry.h"
+#include "rebalance/rb_state.h"
 #include "routing/rt_live.h"
 #include "routing/rt_shardmap.h"
 
 #define CONNECT_TIMEOUT_MS 3000
 #define FREEZE_TIMEOUT_MS 5000
 #define BATCH_MAX 500
-#define KEYS_PER_STMT 200
+#define DELETE_BATCH 1000
 #define DEFAULT_THROTTLE 20000 /* rows per second */
 #define NERRORS 5
 
 struct rb_move {
     uint32_t slot;
     int from, to; /* union shard indices */
-};
-
-struct rb_table {
-    char *name;
-    char *key;
-    char *ddl;
-    char *cols;   /* `a`, `b`, … (from the source's metadata; NULL until known) */
-    char *quoted; /* QUOTE(`a`), QUOTE(`b`), … */
-    unsigned ncols;
-    int keycol; /* index of the key among the columns */
 };
 
 struct rb {
@@ -66,13 +56,14 @@ struct rb {
     struct rb_move *moves;
     size_t nmoves;
     unsigned char *done; /* per move: switched (persisted) */
-    gw_rebalance_done_cb cb;
+    rb_rebalance_done_cb cb;
     void *cb_arg;
     int nworkers; /* the mover waits until each has drained (rt_live_ndrained) */
     pthread_t thread;
     int thread_started;
+    const struct rb_mover_ops *ops; /* the store's slot mover */
     /* mover thread only */
-    MYSQL **conns;
+    struct rb_conn **conns;
     double tokens;
     int64_t tokens_at;
     /* under g_mu */
@@ -177,7 +168,7 @@ static void rb_free(struct rb *rb)
         free(rb->names[i]);
         free(rb->dsns[i]);
         if (rb->conns != NULL && rb->conns[i] != NULL) {
-            mysql_close(rb->conns[i]);
+            rb->ops->close(rb->conns[i]);
         }
     }
     free(rb->names);
@@ -187,8 +178,10 @@ static void rb_free(struct rb *rb)
         free(rb->tables[i].name);
         free(rb->tables[i].key);
         free(rb->tables[i].ddl);
+        for (unsigned k = 0; rb->tables[i].cols != NULL && k < rb->tables[i].ncols; k++) {
+            free(rb->tables[i].cols[k]);
+        }
         free(rb->tables[i].cols);
-        free(rb->tables[i].quoted);
     }
     free(rb->tables);
     free(rb->moves);
@@ -203,231 +196,50 @@ static void rb_free(struct rb *rb)
     free(rb);
 }
 
-/* ---- SQL helpers (mover thread) ------------------------------------------------------ */
+/* ---- shards (mover thread) ----------------------------------------------------------- */
 
-static MYSQL *conn(struct rb *rb, int shard, char *err, size_t errlen)
+/* The shard's connection, (re)connected when it no longer answers. */
+static struct rb_conn *conn(struct rb *rb, int shard, char *err, size_t errlen)
 {
-    if (rb->conns[shard] != NULL && mysql_ping(rb->conns[shard]) == 0) {
+    if (rb->conns[shard] != NULL && rb->ops->alive(rb->conns[shard])) {
         return rb->conns[shard];
     }
-    if (rb->conns[shard] != NULL) {
-        mysql_close(rb->conns[shard]);
-    }
-    rb->conns[shard] = ad_mysql_connect_dsn(rb->dsns[shard], CONNECT_TIMEOUT_MS, err, errlen);
+    rb->ops->close(rb->conns[shard]);
+    rb->conns[shard] =
+        rb->ops->connect(rb->names[shard], rb->dsns[shard], CONNECT_TIMEOUT_MS, err, errlen);
     return rb->conns[shard];
 }
 
-static int exec(MYSQL *my, const char *sql, size_t len, const char *shard, char *err, size_t errlen)
-{
-    if (sql == NULL) {
-        snprintf(err, errlen, "shard '%s': out of memory building a statement", shard);
-        return -1;
-    }
-    if (mysql_real_query(my, sql, (unsigned long)len) != 0) {
-        snprintf(err, errlen, "shard '%s': %s", shard, mysql_error(my));
-        return -1;
-    }
-    MYSQL_RES *res = mysql_store_result(my);
-    if (res != NULL) {
-        mysql_free_result(res);
-    } else if (mysql_field_count(my) != 0) {
-        snprintf(err, errlen, "shard '%s': %s", shard, mysql_error(my));
-        return -1;
-    }
-    return 0;
-}
-
-static MYSQL_RES *query(MYSQL *my, const char *sql, size_t len, const char *shard, char *err,
-                        size_t errlen)
-{
-    if (sql == NULL) {
-        snprintf(err, errlen, "shard '%s': out of memory building a statement", shard);
-        return NULL;
-    }
-    if (mysql_real_query(my, sql, (unsigned long)len) != 0) {
-        snprintf(err, errlen, "shard '%s': %s", shard, mysql_error(my));
-        return NULL;
-    }
-    MYSQL_RES *res = mysql_store_result(my);
-    if (res == NULL) {
-        snprintf(err, errlen, "shard '%s': %s", shard, mysql_error(my));
-    }
-    return res;
-}
-
-/* A growing SQL text.  A statement is never cut short: when memory runs
- * out the buffer is dropped (p = NULL, failed = 1), every later put is a
- * no-op, and exec()/query() refuse a NULL statement with an error. */
-struct buf {
-    char *p;
-    size_t len, cap;
-    int failed;
-};
-
-/* Drop the statement: it could not be built whole. */
-static void buf_fail(struct buf *b)
-{
-    free(b->p);
-    b->p = NULL;
-    b->len = b->cap = 0;
-    b->failed = 1;
-}
-
-static int grow(struct buf *b, size_t need)
-{
-    if (b->failed) {
-        return -1;
-    }
-    if (need <= b->cap) {
-        return 0;
-    }
-    size_t cap = b->cap ? b->cap : 1024;
-    while (cap < need) {
-        cap *= 2;
-    }
-    char *p = realloc(b->p, cap);
-    if (p == NULL) {
-        buf_fail(b);
-        return -1;
-    }
-    b->p = p;
-    b->cap = cap;
-    return 0;
-}
-
-static void put(struct buf *b, const char *s, size_t n)
-{
-    if (grow(b, b->len + n + 1) < 0) {
-        return;
-    }
-    memcpy(b->p + b->len, s, n);
-    b->len += n;
-    b->p[b->len] = '\0';
-}
-
-static void __attribute__((format(printf, 2, 3))) putf(struct buf *b, const char *fmt, ...)
-{
-    if (b->failed) {
-        return;
-    }
-    va_list ap, again;
-    va_start(ap, fmt);
-    va_copy(again, ap);
-    size_t room = b->cap - b->len;
-    int n = vsnprintf(b->p != NULL ? b->p + b->len : NULL, room, fmt, ap);
-    va_end(ap);
-    if (n >= 0 && (size_t)n >= room) { /* did not fit: grow to the exact size, format again */
-        if (grow(b, b->len + (size_t)n + 1) == 0) {
-            n = vsnprintf(b->p + b->len, (size_t)n + 1, fmt, again);
-        }
-    }
-    va_end(again);
-    if (b->failed) {
-        return;
-    }
-    if (n < 0) { /* an encoding error: no statement rather than a wrong one */
-        buf_fail(b);
-        return;
-    }
-    b->len += (size_t)n;
-}
-
-/* A value as a quoted literal, escaped on that connection. */
-static void lit(struct buf *b, MYSQL *my, const char *v, unsigned long len)
-{
-    if (v == NULL) {
-        put(b, "NULL", 4);
-        return;
-    }
-    if (grow(b, b->len + (size_t)len * 2 + 3) < 0) {
-        return;
-    }
-    char *at = b->p + b->len;
-    at[0] = '\'';
-    unsigned long n = mysql_real_escape_string(my, at + 1, v, len);
-    if (n == (unsigned long)-1) { /* cannot escape: no statement rather than a wrong one */
-        buf_fail(b);
-        return;
-    }
-    at[n + 1] = '\'';
-    b->len += n + 2;
-    b->p[b->len] = '\0';
-}
-
 /* Column list of a table, from the source's metadata. */
-static int table_cols(struct rb *rb, struct rb_table *t, MYSQL *my, const char *shard, char *err,
+static int table_cols(struct rb *rb, struct rb_table *t, struct rb_conn *src, char *err,
                       size_t errlen)
 {
     if (t->cols != NULL) {
         return 0;
     }
-    struct buf q = {0};
-    putf(&q, "SELECT * FROM `%s` LIMIT 0", t->name);
-    MYSQL_RES *res = query(my, q.p, q.len, shard, err, errlen);
-    free(q.p);
-    if (res == NULL) {
+    char **cols = NULL;
+    unsigned n = 0;
+    if (rb->ops->columns(src, t->name, &cols, &n, err, errlen) < 0) {
         return -1;
     }
-    struct buf c = {0}, h = {0};
-    t->ncols = mysql_num_fields(res);
-    MYSQL_FIELD *f = mysql_fetch_fields(res);
-    t->keycol = -1;
-    for (unsigned i = 0; i < t->ncols; i++) {
-        putf(&c, "%s`%s`", i ? ", " : "", f[i].name);
-        putf(&h, "%sQUOTE(`%s`)", i ? ", " : "", f[i].name);
-        if (strcmp(f[i].name, t->key) == 0) {
-            t->keycol = (int)i;
+    int keycol = -1;
+    for (unsigned i = 0; i < n; i++) {
+        if (strcmp(cols[i], t->key) == 0) {
+            keycol = (int)i;
         }
     }
-    mysql_free_result(res);
-    (void)rb;
-    if (t->keycol < 0 || c.failed || h.failed) {
-        free(c.p);
-        free(h.p);
-        if (t->keycol < 0) {
-            snprintf(err, errlen, "table '%s' has no column '%s'", t->name, t->key);
-        } else {
-            snprintf(err, errlen, "table '%s': out of memory building its column list", t->name);
+    if (keycol < 0) {
+        for (unsigned i = 0; i < n; i++) {
+            free(cols[i]);
         }
+        free(cols);
+        snprintf(err, errlen, "table '%s' has no column '%s'", t->name, t->key);
         return -1;
     }
-    t->cols = c.p;
-    t->quoted = h.p;
+    t->cols = cols;
+    t->ncols = n;
+    t->keycol = keycol;
     return 0;
-}
-
-/* REPLACE the rows of res into the target; returns rows written or -1. */
-static long replace_rows(struct rb_table *t, MYSQL_RES *res, MYSQL *dst, const char *shard,
-                         char **lastkey, char *err, size_t errlen)
-{
-    struct buf b = {0};
-    long n = 0;
-    MYSQL_ROW row;
-    putf(&b, "REPLACE INTO `%s` (%s) VALUES ", t->name, t->cols);
-    while ((row = mysql_fetch_row(res)) != NULL) {
-        unsigned long *lens = mysql_fetch_lengths(res);
-        put(&b, n ? ", (" : "(", n ? 3 : 1);
-        for (unsigned i = 0; i < t->ncols; i++) {
-            if (i) {
-                put(&b, ", ", 2);
-            }
-            lit(&b, dst, row[i], lens[i]);
-        }
-        put(&b, ")", 1);
-        if (lastkey != NULL) {
-            free(*lastkey);
-            *lastkey = strndup(row[t->keycol], lens[t->keycol]);
-            if (*lastkey == NULL) { /* no key to go on from: fail the batch */
-                free(b.p);
-                snprintf(err, errlen, "shard '%s': out of memory", shard);
-                return -1;
-            }
-        }
-        n++;
-    }
-    int rc = n > 0 ? exec(dst, b.p, b.len, shard, err, errlen) : 0;
-    free(b.p);
-    return rc < 0 ? -1 : n;
 }
 
 static void throttle(struct rb *rb, long rows)
@@ -467,8 +279,8 @@ static int batch_size(struct rb *rb)
 }
 
 /* COPY: the slot's rows in key order, in batches, source → target. */
-static int copy_slot(struct rb *rb, struct rb_table *t, uint32_t slot, MYSQL *a, MYSQL *b,
-                     const char *an, const char *bn, char *err, size_t errlen)
+static int copy_slot(struct rb *rb, struct rb_table *t, uint32_t slot, struct rb_conn *a,
+                     struct rb_conn *b, char *err, size_t errlen)
 {
     char *last = NULL;
     for (;;) {
@@ -478,21 +290,7 @@ static int copy_slot(struct rb *rb, struct rb_table *t, uint32_t slot, MYSQL *a,
             return -1;
         }
         wait_paused(rb, (int64_t)slot, "copy");
-        struct buf q = {0};
-        putf(&q, "SELECT %s FROM `%s` WHERE `_slot` = %u", t->cols, t->name, slot);
-        if (last != NULL) {
-            putf(&q, " AND `%s` > ", t->key);
-            lit(&q, a, last, strlen(last));
-        }
-        putf(&q, " ORDER BY `%s` LIMIT %d", t->key, batch_size(rb));
-        MYSQL_RES *res = query(a, q.p, q.len, an, err, errlen);
-        free(q.p);
-        if (res == NULL) {
-            free(last);
-            return -1;
-        }
-        long n = replace_rows(t, res, b, bn, &last, err, errlen);
-        mysql_free_result(res);
+        long n = rb->ops->copy_batch(a, b, t, slot, &last, batch_size(rb), err, errlen);
         if (n < 0) {
             free(last);
             return -1;
@@ -507,96 +305,41 @@ static int copy_slot(struct rb *rb, struct rb_table *t, uint32_t slot, MYSQL *a,
     return 0;
 }
 
-struct rowsum {
-    char *key;
-    char sum[33];
-};
-
 static int rowsum_cmp(const void *x, const void *y)
 {
-    return strcmp(((const struct rowsum *)x)->key, ((const struct rowsum *)y)->key);
+    return strcmp(((const struct rb_rowsum *)x)->key, ((const struct rb_rowsum *)y)->key);
 }
 
-static void rowsums_free(struct rowsum *rs, size_t n)
+/* The slot's (key, row hash) pairs at a shard, sorted by key. */
+static struct rb_rowsum *rowsums(struct rb *rb, struct rb_table *t, uint32_t slot,
+                                 struct rb_conn *c, size_t *n, char *err, size_t errlen)
 {
-    for (size_t i = 0; rs != NULL && i < n; i++) {
-        free(rs[i].key);
+    *n = 0;
+    struct rb_rowsum *rs = rb->ops->rowsums(c, t, slot, n, err, errlen);
+    if (rs != NULL) {
+        qsort(rs, *n, sizeof(*rs), rowsum_cmp);
     }
-    free(rs);
-}
-
-static struct rowsum *rowsums(struct rb_table *t, uint32_t slot, MYSQL *my, const char *shard,
-                              size_t *n, char *err, size_t errlen)
-{
-    struct buf q = {0};
-    putf(&q, "SELECT `%s`, MD5(CONCAT_WS(',', %s)) FROM `%s` WHERE `_slot` = %u", t->key, t->quoted,
-         t->name, slot);
-    MYSQL_RES *res = query(my, q.p, q.len, shard, err, errlen);
-    free(q.p);
-    if (res == NULL) {
-        return NULL;
-    }
-    *n = (size_t)mysql_num_rows(res);
-    struct rowsum *rs = calloc(*n + 1, sizeof(*rs));
-    MYSQL_ROW row;
-    size_t i = 0;
-    while (rs != NULL && i < *n && (row = mysql_fetch_row(res)) != NULL) {
-        rs[i].key = strdup(row[0] != NULL ? row[0] : "");
-        if (rs[i].key == NULL) {
-            rowsums_free(rs, i);
-            rs = NULL;
-            break;
-        }
-        snprintf(rs[i].sum, sizeof(rs[i].sum), "%s", row[1] != NULL ? row[1] : "");
-        i++;
-    }
-    mysql_free_result(res);
-    if (rs == NULL) {
-        snprintf(err, errlen, "shard '%s': out of memory reading the rows of slot %u", shard, slot);
-        return NULL;
-    }
-    *n = i;
-    qsort(rs, *n, sizeof(*rs), rowsum_cmp);
     return rs;
 }
 
 /* Copy (keys given) rows from the source, or delete them at the target. */
-static int apply_keys(struct rb_table *t, uint32_t slot, char **keys, size_t nkeys, int del,
-                      MYSQL *a, MYSQL *b, const char *an, const char *bn, long *moved, char *err,
+static int apply_keys(struct rb *rb, struct rb_table *t, uint32_t slot, char **keys, size_t nkeys,
+                      int del, struct rb_conn *a, struct rb_conn *b, long *moved, char *err,
                       size_t errlen)
 {
-    for (size_t off = 0; off < nkeys; off += KEYS_PER_STMT) {
-        size_t end = off + KEYS_PER_STMT < nkeys ? off + KEYS_PER_STMT : nkeys;
-        struct buf q = {0};
+    for (size_t off = 0; off < nkeys; off += RB_KEYS_PER_CALL) {
+        size_t n = nkeys - off < RB_KEYS_PER_CALL ? nkeys - off : RB_KEYS_PER_CALL;
         if (del) {
-            putf(&q, "DELETE FROM `%s` WHERE `_slot` = %u AND `%s` IN (", t->name, slot, t->key);
-        } else {
-            putf(&q, "SELECT %s FROM `%s` WHERE `_slot` = %u AND `%s` IN (", t->cols, t->name, slot,
-                 t->key);
-        }
-        for (size_t i = off; i < end; i++) {
-            if (i > off) {
-                put(&q, ", ", 2);
+            if (rb->ops->delete_keys(b, t, slot, keys + off, n, err, errlen) < 0) {
+                return -1;
             }
-            lit(&q, del ? b : a, keys[i], strlen(keys[i]));
+            continue;
         }
-        put(&q, ")", 1);
-        int rc;
-        if (del) {
-            rc = exec(b, q.p, q.len, bn, err, errlen);
-        } else {
-            MYSQL_RES *res = query(a, q.p, q.len, an, err, errlen);
-            long n = res != NULL ? replace_rows(t, res, b, bn, NULL, err, errlen) : -1;
-            if (res != NULL) {
-                mysql_free_result(res);
-            }
-            rc = n < 0 ? -1 : 0;
-            *moved += n > 0 ? n : 0;
-        }
-        free(q.p);
-        if (rc < 0) {
+        long c = rb->ops->copy_keys(a, b, t, slot, keys + off, n, err, errlen);
+        if (c < 0) {
             return -1;
         }
+        *moved += c;
     }
     return 0;
 }
@@ -604,25 +347,25 @@ static int apply_keys(struct rb_table *t, uint32_t slot, char **keys, size_t nke
 /* CATCH-UP (slot frozen): make the target's rows of the slot equal to the
  * source's — copy rows missing or different (by a hash of every column),
  * delete rows the source no longer has. */
-static int catch_up(struct rb *rb, struct rb_table *t, uint32_t slot, MYSQL *a, MYSQL *b,
-                    const char *an, const char *bn, char *err, size_t errlen)
+static int catch_up(struct rb *rb, struct rb_table *t, uint32_t slot, struct rb_conn *a,
+                    struct rb_conn *b, char *err, size_t errlen)
 {
     size_t na = 0, nb = 0;
-    struct rowsum *ra = rowsums(t, slot, a, an, &na, err, errlen);
+    struct rb_rowsum *ra = rowsums(rb, t, slot, a, &na, err, errlen);
     if (ra == NULL) {
         return -1;
     }
-    struct rowsum *rb_ = rowsums(t, slot, b, bn, &nb, err, errlen);
+    struct rb_rowsum *rb_ = rowsums(rb, t, slot, b, &nb, err, errlen);
     if (rb_ == NULL) {
-        rowsums_free(ra, na);
+        rb_rowsums_free(ra, na);
         return -1;
     }
     char **cp = calloc(na + 1, sizeof(*cp)), **del = calloc(nb + 1, sizeof(*del));
     if (cp == NULL || del == NULL) {
         free(cp);
         free(del);
-        rowsums_free(ra, na);
-        rowsums_free(rb_, nb);
+        rb_rowsums_free(ra, na);
+        rb_rowsums_free(rb_, nb);
         snprintf(err, errlen, "out of memory comparing the rows of slot %u", slot);
         return -1;
     }
@@ -642,40 +385,28 @@ static int catch_up(struct rb *rb, struct rb_table *t, uint32_t slot, MYSQL *a, 
         }
     }
     long moved = 0;
-    int rc = apply_keys(t, slot, cp, ncp, 0, a, b, an, bn, &moved, err, errlen);
+    int rc = apply_keys(rb, t, slot, cp, ncp, 0, a, b, &moved, err, errlen);
     if (rc == 0) {
-        rc = apply_keys(t, slot, del, ndel, 1, a, b, an, bn, &moved, err, errlen);
+        rc = apply_keys(rb, t, slot, del, ndel, 1, a, b, &moved, err, errlen);
     }
     add_rows(rb, moved);
     free(cp);
     free(del);
-    rowsums_free(ra, na);
-    rowsums_free(rb_, nb);
+    rb_rowsums_free(ra, na);
+    rb_rowsums_free(rb_, nb);
     return rc;
 }
 
-/* VERIFY: row count and a checksum of every column, both sides. */
-static int verify(struct rb_table *t, uint32_t slot, MYSQL *a, MYSQL *b, const char *an,
-                  const char *bn, char *err, size_t errlen)
+/* VERIFY: row count and checksums of every column, both sides. */
+static int verify(struct rb *rb, struct rb_table *t, uint32_t slot, struct rb_conn *a,
+                  struct rb_conn *b, const char *an, const char *bn, char *err, size_t errlen)
 {
     char got[2][96];
-    MYSQL *side[2] = {a, b};
-    const char *names[2] = {an, bn};
+    struct rb_conn *side[2] = {a, b};
     for (int k = 0; k < 2; k++) {
-        struct buf q = {0};
-        putf(&q,
-             "SELECT COUNT(*), COALESCE(SUM(CRC32(CONCAT_WS(',', %s))), 0), "
-             "COALESCE(BIT_XOR(CRC32(CONCAT_WS(',', %s))), 0) FROM `%s` WHERE `_slot` = %u",
-             t->quoted, t->quoted, t->name, slot);
-        MYSQL_RES *res = query(side[k], q.p, q.len, names[k], err, errlen);
-        free(q.p);
-        if (res == NULL) {
+        if (rb->ops->digest(side[k], t, slot, got[k], sizeof(got[k]), err, errlen) < 0) {
             return -1;
         }
-        MYSQL_ROW row = mysql_fetch_row(res);
-        snprintf(got[k], sizeof(got[k]), "%s/%s/%s", row != NULL && row[0] ? row[0] : "?",
-                 row != NULL && row[1] ? row[1] : "?", row != NULL && row[2] ? row[2] : "?");
-        mysql_free_result(res);
     }
     if (strcmp(got[0], got[1]) != 0) {
         snprintf(err, errlen,
@@ -687,18 +418,15 @@ static int verify(struct rb_table *t, uint32_t slot, MYSQL *a, MYSQL *b, const c
 }
 
 /* DELETE the slot's rows at a shard, in batches. */
-static int delete_slot_rows(struct rb_table *t, uint32_t slot, MYSQL *my, const char *shard,
+static int delete_slot_rows(struct rb *rb, struct rb_table *t, uint32_t slot, struct rb_conn *c,
                             char *err, size_t errlen)
 {
     for (;;) {
-        struct buf q = {0};
-        putf(&q, "DELETE FROM `%s` WHERE `_slot` = %u LIMIT 1000", t->name, slot);
-        int rc = exec(my, q.p, q.len, shard, err, errlen);
-        free(q.p);
-        if (rc < 0) {
+        long n = rb->ops->delete_slot(c, t, slot, DELETE_BATCH, err, errlen);
+        if (n < 0) {
             return -1;
         }
-        if (mysql_affected_rows(my) < 1000) {
+        if (n < DELETE_BATCH) {
             return 0;
         }
     }
@@ -708,22 +436,23 @@ static int delete_slot_rows(struct rb_table *t, uint32_t slot, MYSQL *my, const 
 
 static int save_state(struct rb *rb, char *err, size_t errlen)
 {
-    struct json_object *st = json_object_new_object();
-    json_object_object_add(st, "backend", json_object_new_string(rb->backend));
-    json_object_object_add(st, "from", json_object_get(rb->from_doc));
-    json_object_object_add(st, "to", json_object_get(rb->to_doc));
-    struct json_object *done = json_object_new_array();
+    uint32_t *done = calloc(rb->nmoves + 1, sizeof(*done));
+    if (done == NULL) {
+        snprintf(err, errlen, "cannot write '%s': out of memory", rb->state_path);
+        return -1;
+    }
+    struct rb_state st = {
+        .backend = rb->backend, .from = rb->from_doc, .to = rb->to_doc, .done = done};
     for (size_t i = 0; i < rb->nmoves; i++) {
         if (rb->done[i]) {
-            json_object_array_add(done, json_object_new_int64(rb->moves[i].slot));
+            done[st.ndone++] = rb->moves[i].slot;
         }
     }
-    json_object_object_add(st, "done", done);
     pthread_mutex_lock(&g_mu);
-    json_object_object_add(st, "rows_moved", json_object_new_int64((int64_t)rb->rows_moved));
+    st.rows_moved = rb->rows_moved;
     pthread_mutex_unlock(&g_mu);
-    int rc = gw_shardmap_write_json(rb->state_path, st, err, errlen);
-    json_object_put(st);
+    int rc = rb_state_save(rb->state_path, &st, err, errlen);
+    free(done);
     return rc;
 }
 
@@ -745,11 +474,11 @@ static int move_slot(struct rb *rb, size_t mi, char *err, size_t errlen)
 {
     const struct rb_move *m = &rb->moves[mi];
     const char *an = rb->names[m->from], *bn = rb->names[m->to];
-    MYSQL *a = conn(rb, m->from, err, errlen);
+    struct rb_conn *a = conn(rb, m->from, err, errlen);
     if (a == NULL) {
         return -1;
     }
-    MYSQL *b = conn(rb, m->to, err, errlen);
+    struct rb_conn *b = conn(rb, m->to, err, errlen);
     if (b == NULL) {
         return -1;
     }
@@ -765,9 +494,9 @@ static int move_slot(struct rb *rb, size_t mi, char *err, size_t errlen)
     }
     for (size_t k = 0; k < rb->ntables; k++) {
         struct rb_table *t = &rb->tables[k];
-        if (table_cols(rb, t, a, an, err, errlen) < 0 ||
-            delete_slot_rows(t, m->slot, b, bn, err, errlen) < 0 ||
-            copy_slot(rb, t, m->slot, a, b, an, bn, err, errlen) < 0) {
+        if (table_cols(rb, t, a, err, errlen) < 0 ||
+            delete_slot_rows(rb, t, m->slot, b, err, errlen) < 0 ||
+            copy_slot(rb, t, m->slot, a, b, err, errlen) < 0) {
             return -1;
         }
     }
@@ -780,14 +509,14 @@ static int move_slot(struct rb *rb, size_t mi, char *err, size_t errlen)
     set_phase(rb, m->slot, "catch-up");
     for (size_t k = 0; k < rb->ntables; k++) {
         struct rb_table *t = &rb->tables[k];
-        if (catch_up(rb, t, m->slot, a, b, an, bn, err, errlen) < 0) {
+        if (catch_up(rb, t, m->slot, a, b, err, errlen) < 0) {
             rt_live_unfreeze(rb->live, m->slot);
             return -1;
         }
     }
     set_phase(rb, m->slot, "verify");
     for (size_t k = 0; k < rb->ntables; k++) {
-        if (verify(&rb->tables[k], m->slot, a, b, an, bn, err, errlen) < 0) {
+        if (verify(rb, &rb->tables[k], m->slot, a, b, an, bn, err, errlen) < 0) {
             rt_live_unfreeze(rb->live, m->slot);
             return -1;
         }
@@ -811,7 +540,7 @@ static int move_slot(struct rb *rb, size_t mi, char *err, size_t errlen)
         int ok = 1;
         a = conn(rb, m->from, err, errlen);
         for (size_t k = 0; a != NULL && k < rb->ntables; k++) {
-            if (delete_slot_rows(&rb->tables[k], m->slot, a, an, err, errlen) < 0) {
+            if (delete_slot_rows(rb, &rb->tables[k], m->slot, a, err, errlen) < 0) {
                 ok = 0;
                 break;
             }
@@ -835,11 +564,10 @@ static void rollback_slot(struct rb *rb, size_t mi)
     const struct rb_move *m = &rb->moves[mi];
     char err[256];
     while (!flag(rb, &rb->stop_req)) {
-        MYSQL *b = conn(rb, m->to, err, sizeof(err));
+        struct rb_conn *b = conn(rb, m->to, err, sizeof(err));
         int ok = b != NULL;
         for (size_t k = 0; ok && k < rb->ntables; k++) {
-            ok = delete_slot_rows(&rb->tables[k], m->slot, b, rb->names[m->to], err, sizeof(err)) ==
-                 0;
+            ok = delete_slot_rows(rb, &rb->tables[k], m->slot, b, err, sizeof(err)) == 0;
         }
         if (ok) {
             rt_live_unexclude(rb->live, m->to, m->slot);
@@ -964,7 +692,7 @@ static int write_final_map(struct rb *rb, int aborted, char *err, size_t errlen)
     if (hl < 0) {
         snprintf(err, errlen, "cannot write '%s': out of memory", rb->map_path);
     } else {
-        rc = gw_shardmap_replace(rb->map_path, final, head, err, errlen);
+        rc = rb_mapfile_replace(rb->map_path, final, head, err, errlen);
         free(head);
     }
     json_object_put(final);
@@ -1065,15 +793,22 @@ static int union_index(struct rb *rb, const char *name)
     return -1;
 }
 
-/* Build the rebalance from the two map documents; done: slots already moved
- * (a resumed one), or NULL. */
+/* Build the rebalance from the two map documents; done[0..ndone): slots
+ * already moved (a resumed one). */
 static struct rb *rb_build(const struct cf_config *cf, const char *backend,
                            struct json_object *from_doc, struct json_object *to_doc,
-                           struct json_object *done, char *err, size_t errlen)
+                           const uint32_t *done, size_t ndone, char *err, size_t errlen)
 {
     const struct cf_backend *be = backend_of(cf, backend);
     if (be == NULL || be->shard_map_path == NULL) {
         snprintf(err, errlen, "backend '%s' has no shard_map file", backend);
+        return NULL;
+    }
+    const struct rb_mover_ops *ops = rb_mover_for(be->type);
+    if (ops == NULL) {
+        snprintf(err, errlen,
+                 "backend '%s' (type %s) cannot be rebalanced online (available for: %s)", backend,
+                 be->type, RB_MOVER_TYPES);
         return NULL;
     }
     char merr[256];
@@ -1086,11 +821,10 @@ static struct rb *rb_build(const struct cf_config *cf, const char *backend,
         return NULL;
     }
     struct rb *rb = calloc(1, sizeof(*rb));
+    rb->ops = ops;
     rb->backend = strdup(backend);
     rb->map_path = strdup(be->shard_map_path);
-    size_t pl = strlen(be->shard_map_path) + 16;
-    rb->state_path = malloc(pl);
-    snprintf(rb->state_path, pl, "%s.rebalance", be->shard_map_path);
+    rb->state_path = rb_state_path(be->shard_map_path);
     rb->from_doc = json_object_get(from_doc);
     rb->to_doc = json_object_get(to_doc);
     rb->from_version = rt_shardmap_version(from);
@@ -1150,8 +884,8 @@ static struct rb *rb_build(const struct cf_config *cf, const char *backend,
         rb->moves[i].slot = mv[i].slot;
         rb->moves[i].from = union_index(rb, mv[i].from);
         rb->moves[i].to = union_index(rb, mv[i].to);
-        for (size_t k = 0; done != NULL && k < json_object_array_length(done); k++) {
-            if (json_object_get_int64(json_object_array_get_idx(done, k)) == mv[i].slot) {
+        for (size_t k = 0; k < ndone; k++) {
+            if (done[k] == mv[i].slot) {
                 rb->done[i] = 1;
                 owner[mv[i].slot] = rb->moves[i].to;
                 rb->done_at_start++;
@@ -1175,7 +909,7 @@ static struct rb *rb_build(const struct cf_config *cf, const char *backend,
         t->name = strdup(d->table);
         t->key = strdup(d->key);
         struct sql_stmt st;
-        sql_stmt_init(&st, SQL_MYSQL);
+        sql_stmt_init(&st, ops->dialect);
         if (sql_build_migrate(&st, d, merr, sizeof(merr)) == 0) {
             t->ddl = strdup(st.text);
         }
@@ -1195,13 +929,13 @@ static struct rb *rb_build(const struct cf_config *cf, const char *backend,
 static int ensure_tables(struct rb *rb, char *err, size_t errlen)
 {
     for (size_t s = 0; s < rb->nshards; s++) {
-        MYSQL *my = conn(rb, (int)s, err, errlen);
-        if (my == NULL) {
+        struct rb_conn *c = conn(rb, (int)s, err, errlen);
+        if (c == NULL) {
             return -1;
         }
         for (size_t k = 0; k < rb->ntables; k++) {
-            if (rb->tables[k].ddl != NULL && exec(my, rb->tables[k].ddl, strlen(rb->tables[k].ddl),
-                                                  rb->names[s], err, errlen) < 0) {
+            if (rb->tables[k].ddl != NULL &&
+                rb->ops->exec_ddl(c, rb->tables[k].ddl, err, errlen) < 0) {
                 return -1;
             }
         }
@@ -1231,7 +965,7 @@ static struct cf_config *union_config(struct rb *rb, const char *cfg_path, char 
     return cf;
 }
 
-static int start(struct rb *rb, gw_rebalance_done_cb done, void *arg, char *err, size_t errlen)
+static int start(struct rb *rb, rb_rebalance_done_cb done, void *arg, char *err, size_t errlen)
 {
     rb->cb = done;
     rb->cb_arg = arg;
@@ -1248,19 +982,19 @@ static int start(struct rb *rb, gw_rebalance_done_cb done, void *arg, char *err,
     return 0;
 }
 
-struct cf_config *gw_rebalance_begin(const char *cfg_path, const struct cf_config *active,
+struct cf_config *rb_rebalance_begin(const char *cfg_path, const struct cf_config *active,
                                      const struct cf_config *next, const char *backend,
-                                     int nworkers, gw_rebalance_done_cb done, void *arg,
+                                     int nworkers, rb_rebalance_done_cb done, void *arg,
                                      struct md_error *e)
 {
     char err[512];
     const struct cf_backend *ob = backend_of(active, backend), *nb = backend_of(next, backend);
-    if (gw_rebalance_active()) {
+    if (rb_rebalance_active()) {
         md_error_set(e, MD_E_CONFLICT, NULL, "a rebalance is already running");
         return NULL;
     }
-    struct json_object *from_doc = gw_shardmap_doc(ob->map), *to_doc = gw_shardmap_doc(nb->map);
-    struct rb *rb = rb_build(active, backend, from_doc, to_doc, NULL, err, sizeof(err));
+    struct json_object *from_doc = rb_mapfile_doc(ob->map), *to_doc = rb_mapfile_doc(nb->map);
+    struct rb *rb = rb_build(active, backend, from_doc, to_doc, NULL, 0, err, sizeof(err));
     json_object_put(from_doc);
     json_object_put(to_doc);
     if (rb == NULL) {
@@ -1272,31 +1006,12 @@ struct cf_config *gw_rebalance_begin(const char *cfg_path, const struct cf_confi
         if (rt_shardmap_shard_index(ob->map, rb->names[s]) >= 0) {
             continue;
         }
-        MYSQL *my = conn(rb, (int)s, err, sizeof(err));
-        for (size_t k = 0; my != NULL && k < rb->ntables; k++) {
-            struct buf q = {0};
-            putf(&q, "SELECT COUNT(*) FROM information_schema.tables t WHERE t.table_schema = "
-                     "DATABASE() AND t.table_name = ");
-            lit(&q, my, rb->tables[k].name, strlen(rb->tables[k].name));
-            MYSQL_RES *res = query(my, q.p, q.len, rb->names[s], err, sizeof(err));
-            free(q.p);
-            MYSQL_ROW row = res != NULL ? mysql_fetch_row(res) : NULL;
-            int exists = row != NULL && row[0] != NULL && strcmp(row[0], "0") != 0;
-            if (res != NULL) {
-                mysql_free_result(res);
-            }
-            if (!exists) {
-                continue;
-            }
-            q = (struct buf){0};
-            putf(&q, "SELECT 1 FROM `%s` LIMIT 1", rb->tables[k].name);
-            res = query(my, q.p, q.len, rb->names[s], err, sizeof(err));
-            free(q.p);
-            int rows = res != NULL && mysql_num_rows(res) > 0;
-            if (res != NULL) {
-                mysql_free_result(res);
-            }
-            if (rows) {
+        struct rb_conn *c = conn(rb, (int)s, err, sizeof(err));
+        for (size_t k = 0; c != NULL && k < rb->ntables; k++) {
+            int rows = rb->ops->has_rows(c, rb->tables[k].name, err, sizeof(err));
+            if (rows < 0) {
+                c = NULL; /* err names the shard */
+            } else if (rows > 0) {
                 md_error_set(e, MD_E_CONFLICT, "shards",
                              "shard '%s' is new to the map but its table '%s' already holds "
                              "rows; empty it first",
@@ -1306,7 +1021,7 @@ struct cf_config *gw_rebalance_begin(const char *cfg_path, const struct cf_confi
                 return NULL;
             }
         }
-        if (my == NULL) {
+        if (c == NULL) {
             md_error_set(e, MD_E_UNAVAILABLE, "dsn", "%s", err);
             rb_free(rb);
             return NULL;
@@ -1336,43 +1051,35 @@ struct cf_config *gw_rebalance_begin(const char *cfg_path, const struct cf_confi
  * deleted).  One DELETE per (shard, table). */
 static int recover_cleanup(struct rb *rb, char *err, size_t errlen)
 {
-    for (size_t s = 0; s < rb->nshards; s++) {
-        struct buf in = {0};
+    uint32_t *slots = calloc(rb->nmoves + 1, sizeof(*slots));
+    if (slots == NULL) {
+        snprintf(err, errlen, "out of memory listing the slots to clean up");
+        return -1;
+    }
+    int rc = 0;
+    for (size_t s = 0; rc == 0 && s < rb->nshards; s++) {
+        size_t n = 0;
         for (size_t i = 0; i < rb->nmoves; i++) {
             const struct rb_move *m = &rb->moves[i];
             if ((!rb->done[i] && m->to == (int)s) || (rb->done[i] && m->from == (int)s)) {
-                putf(&in, "%s%u", in.len ? ", " : "", m->slot);
+                slots[n++] = m->slot;
             }
         }
-        if (in.failed) {
-            snprintf(err, errlen, "out of memory listing the slots to clean up");
-            return -1;
-        }
-        if (in.len == 0) {
+        if (n == 0) {
             continue;
         }
-        MYSQL *my = conn(rb, (int)s, err, errlen);
-        for (size_t k = 0; my != NULL && k < rb->ntables; k++) {
-            struct buf q = {0};
-            putf(&q, "DELETE FROM `%s` WHERE `_slot` IN (", rb->tables[k].name);
-            put(&q, in.p, in.len);
-            put(&q, ")", 1);
-            int rc = exec(my, q.p, q.len, rb->names[s], err, errlen);
-            free(q.p);
-            if (rc < 0) {
-                my = NULL;
-            }
-        }
-        free(in.p);
-        if (my == NULL) {
-            return -1;
+        struct rb_conn *c = conn(rb, (int)s, err, errlen);
+        rc = c != NULL ? 0 : -1;
+        for (size_t k = 0; rc == 0 && k < rb->ntables; k++) {
+            rc = rb->ops->delete_slots(c, &rb->tables[k], slots, n, err, errlen);
         }
     }
-    return 0;
+    free(slots);
+    return rc;
 }
 
-struct cf_config *gw_rebalance_recover(const char *cfg_path, struct cf_config *cf, int nworkers,
-                                       gw_rebalance_done_cb done, void *arg, char *err,
+struct cf_config *rb_rebalance_recover(const char *cfg_path, struct cf_config *cf, int nworkers,
+                                       rb_rebalance_done_cb done, void *arg, char *err,
                                        size_t errlen)
 {
     for (size_t i = 0; i < cf->nbackends; i++) {
@@ -1380,43 +1087,38 @@ struct cf_config *gw_rebalance_recover(const char *cfg_path, struct cf_config *c
         if (be->shard_map_path == NULL) {
             continue;
         }
-        struct buf pb = {0};
-        putf(&pb, "%s.rebalance", be->shard_map_path);
-        const char *path = pb.p;
-        struct stat sb;
+        char *path = rb_state_path(be->shard_map_path);
         if (path == NULL) {
             snprintf(err, errlen, "out of memory");
             cf_config_unref(cf);
             return NULL;
         }
-        if (stat(path, &sb) < 0) {
-            free(pb.p);
+        struct rb_state st;
+        char lerr[400];
+        int found = rb_state_load(path, &st, err, errlen);
+        if (found < 0) {
+            free(path);
+            cf_config_unref(cf);
+            return NULL;
+        }
+        if (found == 0) {
+            free(path);
             continue;
         }
-        char lerr[400];
-        struct json_object *st = cf_yaml_load_file(path, lerr, sizeof(lerr));
-        if (st == NULL) {
-            snprintf(err, errlen, "rebalance state '%s' is unreadable: %s", path, lerr);
-            free(pb.p);
-            cf_config_unref(cf);
-            return NULL;
-        }
-        struct rb *rb = rb_build(cf, be->name, json_object_object_get(st, "from"),
-                                 json_object_object_get(st, "to"),
-                                 json_object_object_get(st, "done"), lerr, sizeof(lerr));
+        struct rb *rb =
+            rb_build(cf, be->name, st.from, st.to, st.done, st.ndone, lerr, sizeof(lerr));
         if (rb != NULL) {
             rb->nworkers = nworkers;
-            rb->rows_moved = rb->rows_at_start =
-                (uint64_t)json_object_get_int64(json_object_object_get(st, "rows_moved"));
+            rb->rows_moved = rb->rows_at_start = st.rows_moved;
         }
-        json_object_put(st);
+        rb_state_clear(&st);
         if (rb == NULL) {
             snprintf(err, errlen, "rebalance state '%s': %s", path, lerr);
-            free(pb.p);
+            free(path);
             cf_config_unref(cf);
             return NULL;
         }
-        free(pb.p);
+        free(path);
         lb_info("resuming the rebalance of '%s' (version %" PRId64 " → %" PRId64
                 "): %zu of %zu slot(s) were moved",
                 rb->backend, rb->from_version, rb->to_version, rb->done_at_start, rb->nmoves);
@@ -1436,7 +1138,7 @@ struct cf_config *gw_rebalance_recover(const char *cfg_path, struct cf_config *c
     return cf;
 }
 
-int gw_rebalance_active(void)
+int rb_rebalance_active(void)
 {
     pthread_mutex_lock(&g_mu);
     int a = cur != NULL && !cur->finished;
@@ -1444,12 +1146,12 @@ int gw_rebalance_active(void)
     return a;
 }
 
-struct cf_config *gw_rebalance_reload(const char *cfg_path, char *err, size_t errlen)
+struct cf_config *rb_rebalance_reload(const char *cfg_path, char *err, size_t errlen)
 {
     return union_config(cur, cfg_path, err, errlen);
 }
 
-struct cf_config *gw_rebalance_finish(const char *cfg_path, char *err, size_t errlen)
+struct cf_config *rb_rebalance_finish(const char *cfg_path, char *err, size_t errlen)
 {
     if (cur != NULL && cur->thread_started) {
         pthread_join(cur->thread, NULL);
@@ -1458,7 +1160,7 @@ struct cf_config *gw_rebalance_finish(const char *cfg_path, char *err, size_t er
     return cf_config_load(cfg_path, err, errlen);
 }
 
-void gw_rebalance_shutdown(void)
+void rb_rebalance_shutdown(void)
 {
     pthread_mutex_lock(&g_mu);
     struct rb *rb = cur;
@@ -1514,7 +1216,7 @@ static struct json_object *status_locked(const struct rb *rb)
     return o;
 }
 
-struct json_object *gw_rebalance_status(void)
+struct json_object *rb_rebalance_status(void)
 {
     pthread_mutex_lock(&g_mu);
     struct json_object *o = NULL;
@@ -1528,7 +1230,7 @@ struct json_object *gw_rebalance_status(void)
     return o;
 }
 
-struct json_object *gw_rebalance_status_of(const char *backend)
+struct json_object *rb_rebalance_status_of(const char *backend)
 {
     pthread_mutex_lock(&g_mu);
     struct json_object *o = NULL;
@@ -1539,7 +1241,7 @@ struct json_object *gw_rebalance_status_of(const char *backend)
     return o;
 }
 
-int gw_rebalance_control(const char *action, struct json_object *body, struct md_error *e)
+int rb_rebalance_control(const char *action, struct json_object *body, struct md_error *e)
 {
     pthread_mutex_lock(&g_mu);
     struct rb *rb = cur != NULL && !cur->finished ? cur : NULL;
