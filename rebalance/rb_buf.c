@@ -82,3 +82,76 @@ void rb_buf_ident(struct rb_buf *b, enum sql_dialect dialect, const char *name)
     }
     b->len += sql_quote_ident(dialect, name, b->p + b->len);
 }
+
+void rb_buf_cols(struct rb_buf *b, enum sql_dialect dialect, const struct rb_table *t,
+                 const char *pre, const char *post)
+{
+    for (unsigned i = 0; i < t->ncols; i++) {
+        rb_buf_putf(b, "%s%s", i ? ", " : "", pre != NULL ? pre : "");
+        rb_buf_ident(b, dialect, t->cols[i]);
+        rb_buf_putf(b, "%s", post != NULL ? post : "");
+    }
+}
+
+void rb_buf_from_slot(struct rb_buf *b, enum sql_dialect dialect, const struct rb_table *t,
+                      uint32_t slot)
+{
+    RB_PUTS(b, " FROM ");
+    rb_buf_ident(b, dialect, t->name);
+    RB_PUTS(b, " WHERE ");
+    rb_buf_ident(b, dialect, "_slot");
+    rb_buf_putf(b, " = %u", slot);
+}
+
+void rb_buf_delete_slots(struct rb_buf *b, enum sql_dialect dialect, const struct rb_table *t,
+                         const uint32_t *slots, size_t n)
+{
+    RB_PUTS(b, "DELETE FROM ");
+    rb_buf_ident(b, dialect, t->name);
+    RB_PUTS(b, " WHERE ");
+    rb_buf_ident(b, dialect, "_slot");
+    RB_PUTS(b, " IN (");
+    for (size_t i = 0; i < n; i++) {
+        rb_buf_putf(b, "%s%u", i ? ", " : "", slots[i]);
+    }
+    RB_PUTS(b, ")");
+}
+
+void rb_buf_select_slot(struct rb_buf *b, enum sql_dialect dialect, const struct rb_table *t,
+                        uint32_t slot)
+{
+    RB_PUTS(b, "SELECT ");
+    rb_buf_cols(b, dialect, t, NULL, NULL);
+    rb_buf_from_slot(b, dialect, t, slot);
+}
+
+void rb_buf_select_batch(struct rb_buf *b, enum sql_dialect dialect, const struct rb_table *t,
+                         uint32_t slot, const char *after, int limit, rb_buf_value_fn val,
+                         void *ctx)
+{
+    rb_buf_select_slot(b, dialect, t, slot);
+    if (after != NULL) {
+        RB_PUTS(b, " AND ");
+        rb_buf_ident(b, dialect, t->key);
+        RB_PUTS(b, " > ");
+        val(b, ctx, after);
+    }
+    RB_PUTS(b, " ORDER BY ");
+    rb_buf_ident(b, dialect, t->key);
+    rb_buf_putf(b, " LIMIT %d", limit);
+}
+
+void rb_buf_key_in(struct rb_buf *b, enum sql_dialect dialect, const struct rb_table *t,
+                   char *const *keys, size_t n, rb_buf_value_fn val, void *ctx)
+{
+    RB_PUTS(b, " AND ");
+    rb_buf_ident(b, dialect, t->key);
+    RB_PUTS(b, " IN (");
+    for (size_t i = 0; i < n; i++) {
+        if (i) {
+            RB_PUTS(b, ", ");
+        }
+        val(b, ctx, keys[i]);
+    }
+    RB_PUTS(b, ")");
+}

@@ -14,6 +14,7 @@
 #include <stddef.h>
 
 #include "adapters/sql/sql_build.h"
+#include "rebalance/rb_mover.h"
 
 struct rb_buf {
     char *p;
@@ -32,5 +33,31 @@ void rb_buf_putf(struct rb_buf *b, const char *fmt, ...) __attribute__((format(p
 /* A quoted identifier of the dialect (from the config or the store's own
  * column names, never from a client). */
 void rb_buf_ident(struct rb_buf *b, enum sql_dialect dialect, const char *name);
+
+/* Pieces of statements both SQL movers write alike. */
+/* The table's columns, comma-separated, each as pre<column>post (pre, post:
+ * NULL for none). */
+void rb_buf_cols(struct rb_buf *b, enum sql_dialect dialect, const struct rb_table *t,
+                 const char *pre, const char *post);
+/* " FROM <table> WHERE _slot = <slot>" */
+void rb_buf_from_slot(struct rb_buf *b, enum sql_dialect dialect, const struct rb_table *t,
+                      uint32_t slot);
+/* Writes a value into a statement: MySQL an escaped literal, PostgreSQL a
+ * parameter and its placeholder. */
+typedef void (*rb_buf_value_fn)(struct rb_buf *b, void *ctx, const char *v);
+/* "SELECT <columns> FROM <table> WHERE _slot = <slot>" */
+void rb_buf_select_slot(struct rb_buf *b, enum sql_dialect dialect, const struct rb_table *t,
+                        uint32_t slot);
+/* A copy batch: rb_buf_select_slot() [" AND <key> > <after>"]
+ * " ORDER BY <key> LIMIT <limit>" */
+void rb_buf_select_batch(struct rb_buf *b, enum sql_dialect dialect, const struct rb_table *t,
+                         uint32_t slot, const char *after, int limit, rb_buf_value_fn val,
+                         void *ctx);
+/* " AND <key> IN (<keys>)" */
+void rb_buf_key_in(struct rb_buf *b, enum sql_dialect dialect, const struct rb_table *t,
+                   char *const *keys, size_t n, rb_buf_value_fn val, void *ctx);
+/* "DELETE FROM <table> WHERE _slot IN (<slots>)" */
+void rb_buf_delete_slots(struct rb_buf *b, enum sql_dialect dialect, const struct rb_table *t,
+                         const uint32_t *slots, size_t n);
 
 #endif

@@ -12,3 +12,11 @@ void rb_rowsums_free(struct rb_rowsum *rs, size_t n)
     }
     free(rs);
 }
+
+void rb_cols_free(char **cols, unsigned n)
+{
+    for (unsigned i = 0; cols != NULL && i < n; i++) {
+        free(cols[i]);
+    }
+    free(cols);
+}

@@ -103,6 +103,9 @@ struct rb_mover_ops {
 /* Keys per copy_keys / delete_keys call. */
 #define RB_KEYS_PER_CALL 200
 
+/* Free a column list (columns()) of n names. */
+void rb_cols_free(char **cols, unsigned n);
+
 /* Free what rowsums() returned. */
 void rb_rowsums_free(struct rb_rowsum *rs, size_t n);
 

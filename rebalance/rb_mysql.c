@@ -117,16 +117,6 @@ static void lit(struct rb_buf *b, MYSQL *my, const char *v, unsigned long len)
     b->p[b->len] = '\0';
 }
 
-/* `a`, `b`, … (wrap: "QUOTE(%s)"-like, the column in the middle, or NULL) */
-static void col_list(struct rb_buf *b, const struct rb_table *t, const char *pre, const char *post)
-{
-    for (unsigned i = 0; i < t->ncols; i++) {
-        rb_buf_putf(b, "%s%s", i ? ", " : "", pre != NULL ? pre : "");
-        ID(b, t->cols[i]);
-        rb_buf_putf(b, "%s", post != NULL ? post : "");
-    }
-}
-
 static int my_exec_ddl(struct rb_conn *c, const char *sql, char *err, size_t errlen)
 {
     struct rb_buf q = {0};
@@ -157,10 +147,7 @@ static int my_columns(struct rb_conn *c, const char *table, char ***cols, unsign
     }
     mysql_free_result(res);
     if (!ok) {
-        for (unsigned i = 0; v != NULL && i < n; i++) {
-            free(v[i]);
-        }
-        free(v);
+        rb_cols_free(v, n);
         snprintf(err, errlen, "shard '%s': out of memory reading the columns of '%s'", c->shard,
                  table);
         return -1;
@@ -211,7 +198,7 @@ static long replace_rows(const struct rb_table *t, MYSQL_RES *res, struct rb_con
     RB_PUTS(&b, "REPLACE INTO ");
     ID(&b, t->name);
     RB_PUTS(&b, " (");
-    col_list(&b, t, NULL, NULL);
+    rb_buf_cols(&b, SQL_MYSQL, t, NULL, NULL);
     RB_PUTS(&b, ") VALUES ");
     while ((row = mysql_fetch_row(res)) != NULL) {
         unsigned long *lens = mysql_fetch_lengths(res);
@@ -239,32 +226,17 @@ static long replace_rows(const struct rb_table *t, MYSQL_RES *res, struct rb_con
     return rc < 0 ? -1 : n;
 }
 
-/* SELECT <cols> FROM t WHERE _slot = s */
-static void select_slot(struct rb_buf *q, const struct rb_table *t, uint32_t slot)
+/* rb_buf_value_fn: a literal escaped on the connection ctx */
+static void lit_value(struct rb_buf *b, void *ctx, const char *v)
 {
-    RB_PUTS(q, "SELECT ");
-    col_list(q, t, NULL, NULL);
-    RB_PUTS(q, " FROM ");
-    ID(q, t->name);
-    RB_PUTS(q, " WHERE ");
-    ID(q, "_slot");
-    rb_buf_putf(q, " = %u", slot);
+    lit(b, ctx, v, strlen(v));
 }
 
 static long my_copy_batch(struct rb_conn *src, struct rb_conn *dst, const struct rb_table *t,
                           uint32_t slot, char **after, int limit, char *err, size_t errlen)
 {
     struct rb_buf q = {0};
-    select_slot(&q, t, slot);
-    if (*after != NULL) {
-        RB_PUTS(&q, " AND ");
-        ID(&q, t->key);
-        RB_PUTS(&q, " > ");
-        lit(&q, src->my, *after, strlen(*after));
-    }
-    RB_PUTS(&q, " ORDER BY ");
-    ID(&q, t->key);
-    rb_buf_putf(&q, " LIMIT %d", limit);
+    rb_buf_select_batch(&q, SQL_MYSQL, t, slot, *after, limit, lit_value, src->my);
     MYSQL_RES *res = query(src, &q, err, errlen);
     free(q.p);
     if (res == NULL) {
@@ -275,28 +247,12 @@ static long my_copy_batch(struct rb_conn *src, struct rb_conn *dst, const struct
     return n;
 }
 
-/* " AND key IN ('a', 'b', …)", escaped on c */
-static void key_in(struct rb_buf *q, const struct rb_table *t, MYSQL *my, char *const *keys,
-                   size_t n)
-{
-    RB_PUTS(q, " AND ");
-    ID(q, t->key);
-    RB_PUTS(q, " IN (");
-    for (size_t i = 0; i < n; i++) {
-        if (i) {
-            RB_PUTS(q, ", ");
-        }
-        lit(q, my, keys[i], strlen(keys[i]));
-    }
-    RB_PUTS(q, ")");
-}
-
 static long my_copy_keys(struct rb_conn *src, struct rb_conn *dst, const struct rb_table *t,
                          uint32_t slot, char *const *keys, size_t n, char *err, size_t errlen)
 {
     struct rb_buf q = {0};
-    select_slot(&q, t, slot);
-    key_in(&q, t, src->my, keys, n);
+    rb_buf_select_slot(&q, SQL_MYSQL, t, slot);
+    rb_buf_key_in(&q, SQL_MYSQL, t, keys, n, lit_value, src->my);
     MYSQL_RES *res = query(src, &q, err, errlen);
     free(q.p);
     if (res == NULL) {
@@ -311,12 +267,9 @@ static int my_delete_keys(struct rb_conn *c, const struct rb_table *t, uint32_t 
                           char *const *keys, size_t n, char *err, size_t errlen)
 {
     struct rb_buf q = {0};
-    RB_PUTS(&q, "DELETE FROM ");
-    ID(&q, t->name);
-    RB_PUTS(&q, " WHERE ");
-    ID(&q, "_slot");
-    rb_buf_putf(&q, " = %u", slot);
-    key_in(&q, t, c->my, keys, n);
+    RB_PUTS(&q, "DELETE");
+    rb_buf_from_slot(&q, SQL_MYSQL, t, slot);
+    rb_buf_key_in(&q, SQL_MYSQL, t, keys, n, lit_value, c->my);
     int rc = exec(c, &q, err, errlen);
     free(q.p);
     return rc;
@@ -329,12 +282,9 @@ static struct rb_rowsum *my_rowsums(struct rb_conn *c, const struct rb_table *t,
     RB_PUTS(&q, "SELECT ");
     ID(&q, t->key);
     RB_PUTS(&q, ", MD5(CONCAT_WS(',', ");
-    col_list(&q, t, "QUOTE(", ")");
-    RB_PUTS(&q, ")) FROM ");
-    ID(&q, t->name);
-    RB_PUTS(&q, " WHERE ");
-    ID(&q, "_slot");
-    rb_buf_putf(&q, " = %u", slot);
+    rb_buf_cols(&q, SQL_MYSQL, t, "QUOTE(", ")");
+    RB_PUTS(&q, "))");
+    rb_buf_from_slot(&q, SQL_MYSQL, t, slot);
     MYSQL_RES *res = query(c, &q, err, errlen);
     free(q.p);
     if (res == NULL) {
@@ -369,14 +319,11 @@ static int my_digest(struct rb_conn *c, const struct rb_table *t, uint32_t slot,
 {
     struct rb_buf q = {0};
     RB_PUTS(&q, "SELECT COUNT(*), COALESCE(SUM(CRC32(CONCAT_WS(',', ");
-    col_list(&q, t, "QUOTE(", ")");
+    rb_buf_cols(&q, SQL_MYSQL, t, "QUOTE(", ")");
     RB_PUTS(&q, "))), 0), COALESCE(BIT_XOR(CRC32(CONCAT_WS(',', ");
-    col_list(&q, t, "QUOTE(", ")");
-    RB_PUTS(&q, "))), 0) FROM ");
-    ID(&q, t->name);
-    RB_PUTS(&q, " WHERE ");
-    ID(&q, "_slot");
-    rb_buf_putf(&q, " = %u", slot);
+    rb_buf_cols(&q, SQL_MYSQL, t, "QUOTE(", ")");
+    RB_PUTS(&q, "))), 0)");
+    rb_buf_from_slot(&q, SQL_MYSQL, t, slot);
     MYSQL_RES *res = query(c, &q, err, errlen);
     free(q.p);
     if (res == NULL) {
@@ -393,11 +340,9 @@ static long my_delete_slot(struct rb_conn *c, const struct rb_table *t, uint32_t
                            char *err, size_t errlen)
 {
     struct rb_buf q = {0};
-    RB_PUTS(&q, "DELETE FROM ");
-    ID(&q, t->name);
-    RB_PUTS(&q, " WHERE ");
-    ID(&q, "_slot");
-    rb_buf_putf(&q, " = %u LIMIT %ld", slot, limit);
+    RB_PUTS(&q, "DELETE");
+    rb_buf_from_slot(&q, SQL_MYSQL, t, slot);
+    rb_buf_putf(&q, " LIMIT %ld", limit);
     int rc = exec(c, &q, err, errlen);
     free(q.p);
     return rc < 0 ? -1 : (long)mysql_affected_rows(c->my);
@@ -407,15 +352,7 @@ static int my_delete_slots(struct rb_conn *c, const struct rb_table *t, const ui
                            size_t n, char *err, size_t errlen)
 {
     struct rb_buf q = {0};
-    RB_PUTS(&q, "DELETE FROM ");
-    ID(&q, t->name);
-    RB_PUTS(&q, " WHERE ");
-    ID(&q, "_slot");
-    RB_PUTS(&q, " IN (");
-    for (size_t i = 0; i < n; i++) {
-        rb_buf_putf(&q, "%s%u", i ? ", " : "", slots[i]);
-    }
-    RB_PUTS(&q, ")");
+    rb_buf_delete_slots(&q, SQL_MYSQL, t, slots, n);
     int rc = exec(c, &q, err, errlen);
     free(q.p);
     return rc;

@@ -21,6 +21,7 @@
 #include "rebalance/rb_buf.h"
 
 #define ID(b, name) rb_buf_ident((b), SQL_PG, (name))
+#define MAX_PARAMS 65535 /* per statement (the protocol counts them in 16 bits) */
 
 struct rb_conn {
     PGconn *pg;
@@ -52,9 +53,12 @@ static void param(struct params *p, const char *v)
     p->v[p->n++] = v;
 }
 
-/* "$n" for the parameter just added */
-static void placeholder(struct rb_buf *q, const struct params *p)
+/* rb_buf_value_fn: v as the next parameter of ctx (struct params), "$n" in
+ * the text */
+static void param_value(struct rb_buf *q, void *ctx, const char *v)
 {
+    struct params *p = ctx;
+    param(p, v);
     rb_buf_putf(q, "$%zu", p->n);
 }
 
@@ -138,21 +142,11 @@ static int run_cmd(struct rb_conn *c, const struct rb_buf *q, const struct param
     return r != NULL ? 0 : -1;
 }
 
-static void col_list(struct rb_buf *b, const struct rb_table *t)
-{
-    for (unsigned i = 0; i < t->ncols; i++) {
-        if (i) {
-            RB_PUTS(b, ", ");
-        }
-        ID(b, t->cols[i]);
-    }
-}
-
 /* md5 of the row's columns as text: ROW(a, b, …)::text */
 static void row_hash(struct rb_buf *b, const struct rb_table *t)
 {
     RB_PUTS(b, "md5(ROW(");
-    col_list(b, t);
+    rb_buf_cols(b, SQL_PG, t, NULL, NULL);
     RB_PUTS(b, ")::text)");
 }
 
@@ -185,10 +179,7 @@ static int pg_columns(struct rb_conn *c, const char *table, char ***cols, unsign
     }
     PQclear(r);
     if (!ok) {
-        for (unsigned i = 0; v != NULL && i < n; i++) {
-            free(v[i]);
-        }
-        free(v);
+        rb_cols_free(v, n);
         snprintf(err, errlen, "shard '%s': out of memory reading the columns of '%s'", c->shard,
                  table);
         return -1;
@@ -204,8 +195,7 @@ static int pg_has_rows(struct rb_conn *c, const char *table, char *err, size_t e
     struct params p = {0};
     RB_PUTS(&q, "SELECT 1 FROM information_schema.tables WHERE table_schema = current_schema() "
                 "AND table_name = ");
-    param(&p, table);
-    placeholder(&q, &p);
+    param_value(&q, &p, table);
     PGresult *r = run(c, &q, &p, err, errlen);
     free(q.p);
     free(p.v);
@@ -231,36 +221,26 @@ static int pg_has_rows(struct rb_conn *c, const char *table, char *err, size_t e
     return rows;
 }
 
-/* Upsert the rows of r (columns as t->cols) into dst: one INSERT … ON
- * CONFLICT (key) DO UPDATE of every other column, the values as
- * parameters.  Rows written, or -1. */
-static long upsert_rows(const struct rb_table *t, PGresult *r, struct rb_conn *dst, char *err,
-                        size_t errlen)
+/* Upsert rows [from, to) of r (columns as t->cols) into dst: one INSERT …
+ * ON CONFLICT (key) DO UPDATE of every other column, the values as
+ * parameters.  0, or -1. */
+static int upsert_range(const struct rb_table *t, PGresult *r, int from, int to,
+                        struct rb_conn *dst, char *err, size_t errlen)
 {
-    int nrows = PQntuples(r);
-    if (nrows == 0) {
-        return 0;
-    }
-    if ((unsigned)PQnfields(r) != t->ncols) {
-        snprintf(err, errlen, "shard '%s': table '%s' changed its columns during the move",
-                 dst->shard, t->name);
-        return -1;
-    }
     struct rb_buf q = {0};
     struct params p = {0};
     RB_PUTS(&q, "INSERT INTO ");
     ID(&q, t->name);
     RB_PUTS(&q, " (");
-    col_list(&q, t);
+    rb_buf_cols(&q, SQL_PG, t, NULL, NULL);
     RB_PUTS(&q, ") VALUES ");
-    for (int i = 0; i < nrows; i++) {
-        rb_buf_putf(&q, "%s(", i ? ", " : "");
+    for (int i = from; i < to; i++) {
+        rb_buf_putf(&q, "%s(", i > from ? ", " : "");
         for (unsigned k = 0; k < t->ncols; k++) {
-            param(&p, PQgetisnull(r, i, (int)k) ? NULL : PQgetvalue(r, i, (int)k));
             if (k) {
                 RB_PUTS(&q, ", ");
             }
-            placeholder(&q, &p);
+            param_value(&q, &p, PQgetisnull(r, i, (int)k) ? NULL : PQgetvalue(r, i, (int)k));
         }
         RB_PUTS(&q, ")");
     }
@@ -286,19 +266,28 @@ static long upsert_rows(const struct rb_table *t, PGresult *r, struct rb_conn *d
     int rc = run_cmd(dst, &q, &p, err, errlen);
     free(q.p);
     free(p.v);
-    return rc < 0 ? -1 : nrows;
+    return rc;
 }
 
-/* SELECT <cols> FROM t WHERE _slot = <slot> */
-static void select_slot(struct rb_buf *q, const struct rb_table *t, uint32_t slot)
+/* Upsert every row of r into dst, as many rows per statement as the
+ * protocol's parameter limit allows.  Rows written, or -1. */
+static long upsert_rows(const struct rb_table *t, PGresult *r, struct rb_conn *dst, char *err,
+                        size_t errlen)
 {
-    RB_PUTS(q, "SELECT ");
-    col_list(q, t);
-    RB_PUTS(q, " FROM ");
-    ID(q, t->name);
-    RB_PUTS(q, " WHERE ");
-    ID(q, "_slot");
-    rb_buf_putf(q, " = %u", slot);
+    int nrows = PQntuples(r);
+    if (nrows > 0 && (unsigned)PQnfields(r) != t->ncols) {
+        snprintf(err, errlen, "shard '%s': table '%s' changed its columns during the move",
+                 dst->shard, t->name);
+        return -1;
+    }
+    int per = (int)(MAX_PARAMS / (t->ncols > 0 ? t->ncols : 1));
+    for (int from = 0; from < nrows; from += per) {
+        int to = nrows - from < per ? nrows : from + per;
+        if (upsert_range(t, r, from, to, dst, err, errlen) < 0) {
+            return -1;
+        }
+    }
+    return nrows;
 }
 
 static long pg_copy_batch(struct rb_conn *src, struct rb_conn *dst, const struct rb_table *t,
@@ -306,17 +295,7 @@ static long pg_copy_batch(struct rb_conn *src, struct rb_conn *dst, const struct
 {
     struct rb_buf q = {0};
     struct params p = {0};
-    select_slot(&q, t, slot);
-    if (*after != NULL) {
-        RB_PUTS(&q, " AND ");
-        ID(&q, t->key);
-        RB_PUTS(&q, " > ");
-        param(&p, *after);
-        placeholder(&q, &p);
-    }
-    RB_PUTS(&q, " ORDER BY ");
-    ID(&q, t->key);
-    rb_buf_putf(&q, " LIMIT %d", limit);
+    rb_buf_select_batch(&q, SQL_PG, t, slot, *after, limit, param_value, &p);
     PGresult *r = run(src, &q, &p, err, errlen);
     free(q.p);
     free(p.v);
@@ -338,30 +317,13 @@ static long pg_copy_batch(struct rb_conn *src, struct rb_conn *dst, const struct
     return n;
 }
 
-/* " AND key IN ($i, …)" */
-static void key_in(struct rb_buf *q, struct params *p, const struct rb_table *t, char *const *keys,
-                   size_t n)
-{
-    RB_PUTS(q, " AND ");
-    ID(q, t->key);
-    RB_PUTS(q, " IN (");
-    for (size_t i = 0; i < n; i++) {
-        if (i) {
-            RB_PUTS(q, ", ");
-        }
-        param(p, keys[i]);
-        placeholder(q, p);
-    }
-    RB_PUTS(q, ")");
-}
-
 static long pg_copy_keys(struct rb_conn *src, struct rb_conn *dst, const struct rb_table *t,
                          uint32_t slot, char *const *keys, size_t n, char *err, size_t errlen)
 {
     struct rb_buf q = {0};
     struct params p = {0};
-    select_slot(&q, t, slot);
-    key_in(&q, &p, t, keys, n);
+    rb_buf_select_slot(&q, SQL_PG, t, slot);
+    rb_buf_key_in(&q, SQL_PG, t, keys, n, param_value, &p);
     PGresult *r = run(src, &q, &p, err, errlen);
     free(q.p);
     free(p.v);
@@ -378,12 +340,9 @@ static int pg_delete_keys(struct rb_conn *c, const struct rb_table *t, uint32_t 
 {
     struct rb_buf q = {0};
     struct params p = {0};
-    RB_PUTS(&q, "DELETE FROM ");
-    ID(&q, t->name);
-    RB_PUTS(&q, " WHERE ");
-    ID(&q, "_slot");
-    rb_buf_putf(&q, " = %u", slot);
-    key_in(&q, &p, t, keys, n);
+    RB_PUTS(&q, "DELETE");
+    rb_buf_from_slot(&q, SQL_PG, t, slot);
+    rb_buf_key_in(&q, SQL_PG, t, keys, n, param_value, &p);
     int rc = run_cmd(c, &q, &p, err, errlen);
     free(q.p);
     free(p.v);
@@ -398,11 +357,7 @@ static struct rb_rowsum *pg_rowsums(struct rb_conn *c, const struct rb_table *t,
     ID(&q, t->key);
     RB_PUTS(&q, "::text, ");
     row_hash(&q, t);
-    RB_PUTS(&q, " FROM ");
-    ID(&q, t->name);
-    RB_PUTS(&q, " WHERE ");
-    ID(&q, "_slot");
-    rb_buf_putf(&q, " = %u", slot);
+    rb_buf_from_slot(&q, SQL_PG, t, slot);
     PGresult *r = run(c, &q, NULL, err, errlen);
     free(q.p);
     if (r == NULL) {
@@ -438,11 +393,9 @@ static int pg_digest(struct rb_conn *c, const struct rb_table *t, uint32_t slot,
                 "coalesce(sum(('x' || substr(h, 1, 15))::bit(60)::bigint), 0), "
                 "coalesce(sum(('x' || substr(h, 16, 15))::bit(60)::bigint), 0) FROM (SELECT ");
     row_hash(&q, t);
-    RB_PUTS(&q, " AS h FROM ");
-    ID(&q, t->name);
-    RB_PUTS(&q, " WHERE ");
-    ID(&q, "_slot");
-    rb_buf_putf(&q, " = %u) s", slot);
+    RB_PUTS(&q, " AS h");
+    rb_buf_from_slot(&q, SQL_PG, t, slot);
+    RB_PUTS(&q, ") s");
     PGresult *r = run(c, &q, NULL, err, errlen);
     free(q.p);
     if (r == NULL) {
@@ -461,11 +414,9 @@ static long pg_delete_slot(struct rb_conn *c, const struct rb_table *t, uint32_t
     struct rb_buf q = {0};
     RB_PUTS(&q, "DELETE FROM ");
     ID(&q, t->name);
-    RB_PUTS(&q, " WHERE ctid = ANY (ARRAY(SELECT ctid FROM ");
-    ID(&q, t->name);
-    RB_PUTS(&q, " WHERE ");
-    ID(&q, "_slot");
-    rb_buf_putf(&q, " = %u LIMIT %ld))", slot, limit);
+    RB_PUTS(&q, " WHERE ctid = ANY (ARRAY(SELECT ctid");
+    rb_buf_from_slot(&q, SQL_PG, t, slot);
+    rb_buf_putf(&q, " LIMIT %ld))", limit);
     PGresult *r = run(c, &q, NULL, err, errlen);
     free(q.p);
     if (r == NULL) {
@@ -480,15 +431,7 @@ static int pg_delete_slots(struct rb_conn *c, const struct rb_table *t, const ui
                            size_t n, char *err, size_t errlen)
 {
     struct rb_buf q = {0};
-    RB_PUTS(&q, "DELETE FROM ");
-    ID(&q, t->name);
-    RB_PUTS(&q, " WHERE ");
-    ID(&q, "_slot");
-    RB_PUTS(&q, " IN (");
-    for (size_t i = 0; i < n; i++) {
-        rb_buf_putf(&q, "%s%u", i ? ", " : "", slots[i]);
-    }
-    RB_PUTS(&q, ")");
+    rb_buf_delete_slots(&q, SQL_PG, t, slots, n);
     int rc = run_cmd(c, &q, NULL, err, errlen);
     free(q.p);
     return rc;

@@ -178,10 +178,7 @@ static void rb_free(struct rb *rb)
         free(rb->tables[i].name);
         free(rb->tables[i].key);
         free(rb->tables[i].ddl);
-        for (unsigned k = 0; rb->tables[i].cols != NULL && k < rb->tables[i].ncols; k++) {
-            free(rb->tables[i].cols[k]);
-        }
-        free(rb->tables[i].cols);
+        rb_cols_free(rb->tables[i].cols, rb->tables[i].ncols);
     }
     free(rb->tables);
     free(rb->moves);
@@ -229,10 +226,7 @@ static int table_cols(struct rb *rb, struct rb_table *t, struct rb_conn *src, ch
         }
     }
     if (keycol < 0) {
-        for (unsigned i = 0; i < n; i++) {
-            free(cols[i]);
-        }
-        free(cols);
+        rb_cols_free(cols, n);
         snprintf(err, errlen, "table '%s' has no column '%s'", t->name, t->key);
         return -1;
     }
@@ -410,7 +404,7 @@ static int verify(struct rb *rb, struct rb_table *t, uint32_t slot, struct rb_co
     }
     if (strcmp(got[0], got[1]) != 0) {
         snprintf(err, errlen,
-                 "verify of slot %u (table %s) failed: '%s' has count/sum/xor %s, '%s' has %s",
+                 "verify of slot %u (table %s) failed: '%s' has count/checksums %s, '%s' has %s",
                  slot, t->name, an, got[0], bn, got[1]);
         return -1;
     }

@@ -28,6 +28,7 @@ import uuid
 import subprocess
 
 import psycopg2
+import psycopg2.extras
 import pymysql
 import pytest
 
@@ -594,11 +595,12 @@ DEFAULT_MAP = os.path.join(conftest.ROOT, "config", "orders.shardmap.yaml")
 STATUSES = ["PENDING", "PROCESSING", "SHIPPED", "DELIVERED", "CANCELLED"]
 
 
-def drop_table(table):
+def drop_table(table, store="mysql"):
     for name in DBS:
-        c = my(name)
+        c = connect(store, name)
         with c.cursor() as cur:
-            cur.execute("DROP TABLE IF EXISTS `%s`" % table)
+            cur.execute(("DROP TABLE IF EXISTS `%s`" if store == "mysql" else
+                         'DROP TABLE IF EXISTS "%s"') % table)
         c.close()
 
 
@@ -606,17 +608,24 @@ class DefaultRun(Run):
     """polygate on a copy of config/polygate.yaml and of its shard map
     config/orders.shardmap.yaml (in a temp dir), every field and backend as
     shipped; only the ports move to the test's, and the orders table gets a
-    private name (`table`) so that no other test's rows take part."""
+    private name (`table`) so that no other test's rows take part.  With
+    store "pg" the orders backend is of type pg on PG_SHARDS (the same map
+    but for the DSNs), the orders domain as shipped."""
 
-    def __init__(self, table):
+    def __init__(self, table, store="mysql"):
         self.table = table
-        drop_table(table)
+        self.store = store
+        self.shard = STORES[store][0]
+        drop_table(table, store)
         self.tmp = tempfile.mkdtemp(prefix="polygate-rbdef-")
         self.map = os.path.join(self.tmp, "orders.shardmap.yaml")
         with open(DEFAULT_MAP) as f:
             text = f.read()
         with open(self.map, "w") as f:
-            f.write(conftest.namespaced(text))  # this run's databases
+            if store == "mysql":
+                f.write(conftest.namespaced(text))  # this run's databases
+            else:
+                json.dump(default_map_doc(store), f)
         self.proc = None
         self.start()
 
@@ -630,6 +639,11 @@ class DefaultRun(Run):
         for pat, rep in subs:
             text, n = re.subn(pat, rep, text)
             assert n == 1, "config/polygate.yaml no longer has one line matching %r" % pat
+        if self.store == "pg":
+            text, n = re.subn(r"(?m)^    type: mysql\b.*$", "    type: pg", text)
+            assert n == 1, "config/polygate.yaml no longer has one mysql backend"
+            text, n = re.subn(r"\borders-mysql:?", lambda m: m.group(0).replace("mysql", "pg"), text)
+            assert n == 2, "config/polygate.yaml: the orders backend is no longer orders-mysql"
         assert "shard_map: orders.shardmap.yaml" in text  # relative: the copy beside it
         return conftest.namespaced(text)  # this run's databases
 
@@ -653,10 +667,14 @@ class DefaultRun(Run):
         return out
 
 
-def default_map_doc():
+def default_map_doc(store="mysql"):
+    """config/orders.shardmap.yaml with this run's databases (of the store)."""
     import yaml
     with open(DEFAULT_MAP) as f:
-        return yaml.safe_load(conftest.namespaced(f.read()))
+        doc = yaml.safe_load(conftest.namespaced(f.read()))
+    for s in doc["shards"]:
+        s["dsn"] = STORES[store][0](s["name"])["dsn"]
+    return doc
 
 
 def full_order(i, cust):
@@ -677,27 +695,29 @@ def full_order(i, cust):
     return o
 
 
-def rows_by_id(table, shards):
+def rows_by_id(table, shards, store="mysql"):
     """Every row of the table on the given shards, whole: order_id →
     [(shard, {column: value})]."""
     out = {}
     for name in shards:
-        c = my(name)
-        with c.cursor(pymysql.cursors.DictCursor) as cur:
-            cur.execute("SELECT * FROM `%s`" % table)
+        c = connect(store, name)
+        with c.cursor(pymysql.cursors.DictCursor if store == "mysql" else
+                      psycopg2.extras.RealDictCursor) as cur:
+            cur.execute(("SELECT * FROM `%s`" if store == "mysql" else 'SELECT * FROM "%s"') % table)
             for row in cur.fetchall():
                 out.setdefault(row["order_id"], []).append((name, row))
         c.close()
     return out
 
 
-def test_default_schema_rows_move_whole():
+@BOTH
+def test_default_schema_rows_move_whole(store):
     """The default config's orders table (every column of config/polygate.yaml):
     a 5th shard takes its slots, the rows it took are byte for byte the rows
-    that were on the old shards (every column, read from MariaDB), nothing
+    that were on the old shards (every column, read from the store), nothing
     stays behind, and every order reads back through polygate as stored."""
     table = "orders_rbdef"
-    run = DefaultRun(table)
+    run = DefaultRun(table, store)
     try:
         h = Http(GW_PORT)
         stored = {}
@@ -707,18 +727,18 @@ def test_default_schema_rows_move_whole():
             assert st == 201, body
             stored[o["order_id"]] = body
         h.close()
-        four = [s["name"] for s in default_map_doc()["shards"]]
-        before = rows_by_id(table, four)
+        four = [s["name"] for s in default_map_doc(store)["shards"]]
+        before = rows_by_id(table, four, store)
         assert sorted(before) == sorted(stored)
         assert any(v[0][1]["items"] is None for v in before.values())  # NULLs are in the test
-        doc = default_map_doc()
+        doc = default_map_doc(store)
         doc["version"] += 1
-        doc["shards"].append(shard("orders-4"))
+        doc["shards"].append(run.shard("orders-4"))
         run.apply(doc)
         status = run.wait_done(timeout=180, max_errors=0)
         assert status["state"] == "done" and status["error_count"] == 0, status
         assert status["slots_done"] == status["slots_total"] > 0, status
-        after = rows_by_id(table, four + ["orders-4"])
+        after = rows_by_id(table, four + ["orders-4"], store)
         assert sorted(after) == sorted(before)
         dups = {o: v for o, v in after.items() if len(v) > 1}
         assert not dups, list(dups.items())[:3]
@@ -740,7 +760,7 @@ def test_default_schema_rows_move_whole():
         raise
     finally:
         assert run.stop() == 0
-        drop_table(table)
+        drop_table(table, store)
 
 
 class FullWriter:
