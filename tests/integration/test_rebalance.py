@@ -701,8 +701,8 @@ def rows_by_id(table, shards, store="mysql"):
     out = {}
     for name in shards:
         c = connect(store, name)
-        with c.cursor(pymysql.cursors.DictCursor if store == "mysql" else
-                      psycopg2.extras.RealDictCursor) as cur:
+        with (c.cursor(pymysql.cursors.DictCursor) if store == "mysql" else
+              c.cursor(cursor_factory=psycopg2.extras.RealDictCursor)) as cur:
             cur.execute(("SELECT * FROM `%s`" if store == "mysql" else 'SELECT * FROM "%s"') % table)
             for row in cur.fetchall():
                 out.setdefault(row["order_id"], []).append((name, row))
