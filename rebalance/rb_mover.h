@@ -103,8 +103,19 @@ struct rb_mover_ops {
 /* Keys per copy_keys / delete_keys call. */
 #define RB_KEYS_PER_CALL 200
 
+/* A column list for columns(): copies of name(res, i) for i < n.  0, or -1
+ * when out of memory (nothing kept). */
+int rb_cols_copy(unsigned n, const char *(*name)(void *res, unsigned i), void *res, char ***cols,
+                 unsigned *ncols);
+
 /* Free a column list (columns()) of n names. */
 void rb_cols_free(char **cols, unsigned n);
+
+/* A rowsums() result from n rows: row(res, i, &key, &sum) gives row i's
+ * key and hash (called for i = 0, 1, … in order).  NULL when out of memory. */
+struct rb_rowsum *
+rb_rowsums_copy(size_t n, void (*row)(void *res, size_t i, const char **key, const char **sum),
+                void *res);
 
 /* Free what rowsums() returned. */
 void rb_rowsums_free(struct rb_rowsum *rs, size_t n);

@@ -126,6 +126,11 @@ static int my_exec_ddl(struct rb_conn *c, const char *sql, char *err, size_t err
     return rc;
 }
 
+static const char *field_name(void *res, unsigned i)
+{
+    return mysql_fetch_fields(res)[i].name;
+}
+
 static int my_columns(struct rb_conn *c, const char *table, char ***cols, unsigned *ncols,
                       char *err, size_t errlen)
 {
@@ -138,23 +143,13 @@ static int my_columns(struct rb_conn *c, const char *table, char ***cols, unsign
     if (res == NULL) {
         return -1;
     }
-    unsigned n = mysql_num_fields(res);
-    MYSQL_FIELD *f = mysql_fetch_fields(res);
-    char **v = calloc(n + 1, sizeof(*v));
-    int ok = v != NULL;
-    for (unsigned i = 0; ok && i < n; i++) {
-        ok = (v[i] = strdup(f[i].name)) != NULL;
-    }
+    int rc = rb_cols_copy(mysql_num_fields(res), field_name, res, cols, ncols);
     mysql_free_result(res);
-    if (!ok) {
-        rb_cols_free(v, n);
+    if (rc < 0) {
         snprintf(err, errlen, "shard '%s': out of memory reading the columns of '%s'", c->shard,
                  table);
-        return -1;
     }
-    *cols = v;
-    *ncols = n;
-    return 0;
+    return rc;
 }
 
 static int my_has_rows(struct rb_conn *c, const char *table, char *err, size_t errlen)
@@ -275,6 +270,14 @@ static int my_delete_keys(struct rb_conn *c, const struct rb_table *t, uint32_t 
     return rc;
 }
 
+/* rb_rowsums_copy: the rows of a stored result, in order */
+static void next_row(void *res, size_t i, const char **key, const char **sum)
+{
+    MYSQL_ROW row = mysql_fetch_row(res);
+    *key = row != NULL ? row[0] : NULL;
+    *sum = row != NULL ? row[1] : NULL;
+}
+
 static struct rb_rowsum *my_rowsums(struct rb_conn *c, const struct rb_table *t, uint32_t slot,
                                     size_t *n, char *err, size_t errlen)
 {
@@ -290,27 +293,15 @@ static struct rb_rowsum *my_rowsums(struct rb_conn *c, const struct rb_table *t,
     if (res == NULL) {
         return NULL;
     }
-    *n = (size_t)mysql_num_rows(res);
-    struct rb_rowsum *rs = calloc(*n + 1, sizeof(*rs));
-    MYSQL_ROW row;
-    size_t i = 0;
-    while (rs != NULL && i < *n && (row = mysql_fetch_row(res)) != NULL) {
-        rs[i].key = strdup(row[0] != NULL ? row[0] : "");
-        if (rs[i].key == NULL) {
-            rb_rowsums_free(rs, i);
-            rs = NULL;
-            break;
-        }
-        snprintf(rs[i].sum, sizeof(rs[i].sum), "%s", row[1] != NULL ? row[1] : "");
-        i++;
-    }
+    size_t rows = (size_t)mysql_num_rows(res);
+    struct rb_rowsum *rs = rb_rowsums_copy(rows, next_row, res);
     mysql_free_result(res);
     if (rs == NULL) {
         snprintf(err, errlen, "shard '%s': out of memory reading the rows of slot %u", c->shard,
                  slot);
         return NULL;
     }
-    *n = i;
+    *n = rows;
     return rs;
 }
 

@@ -159,6 +159,11 @@ static int pg_exec_ddl(struct rb_conn *c, const char *sql, char *err, size_t err
     return rc;
 }
 
+static const char *field_name(void *res, unsigned i)
+{
+    return PQfname(res, (int)i);
+}
+
 static int pg_columns(struct rb_conn *c, const char *table, char ***cols, unsigned *ncols,
                       char *err, size_t errlen)
 {
@@ -171,22 +176,13 @@ static int pg_columns(struct rb_conn *c, const char *table, char ***cols, unsign
     if (r == NULL) {
         return -1;
     }
-    unsigned n = (unsigned)PQnfields(r);
-    char **v = calloc(n + 1, sizeof(*v));
-    int ok = v != NULL;
-    for (unsigned i = 0; ok && i < n; i++) {
-        ok = (v[i] = strdup(PQfname(r, (int)i))) != NULL;
-    }
+    int rc = rb_cols_copy((unsigned)PQnfields(r), field_name, r, cols, ncols);
     PQclear(r);
-    if (!ok) {
-        rb_cols_free(v, n);
+    if (rc < 0) {
         snprintf(err, errlen, "shard '%s': out of memory reading the columns of '%s'", c->shard,
                  table);
-        return -1;
     }
-    *cols = v;
-    *ncols = n;
-    return 0;
+    return rc;
 }
 
 static int pg_has_rows(struct rb_conn *c, const char *table, char *err, size_t errlen)
@@ -349,6 +345,13 @@ static int pg_delete_keys(struct rb_conn *c, const struct rb_table *t, uint32_t 
     return rc;
 }
 
+/* rb_rowsums_copy: row i of a result */
+static void row_at(void *res, size_t i, const char **key, const char **sum)
+{
+    *key = PQgetvalue(res, (int)i, 0);
+    *sum = PQgetvalue(res, (int)i, 1);
+}
+
 static struct rb_rowsum *pg_rowsums(struct rb_conn *c, const struct rb_table *t, uint32_t slot,
                                     size_t *n, char *err, size_t errlen)
 {
@@ -364,16 +367,7 @@ static struct rb_rowsum *pg_rowsums(struct rb_conn *c, const struct rb_table *t,
         return NULL;
     }
     size_t rows = (size_t)PQntuples(r);
-    struct rb_rowsum *rs = calloc(rows + 1, sizeof(*rs));
-    for (size_t i = 0; rs != NULL && i < rows; i++) {
-        rs[i].key = strdup(PQgetvalue(r, (int)i, 0));
-        if (rs[i].key == NULL) {
-            rb_rowsums_free(rs, i);
-            rs = NULL;
-            break;
-        }
-        snprintf(rs[i].sum, sizeof(rs[i].sum), "%s", PQgetvalue(r, (int)i, 1));
-    }
+    struct rb_rowsum *rs = rb_rowsums_copy(rows, row_at, r);
     PQclear(r);
     if (rs == NULL) {
         snprintf(err, errlen, "shard '%s': out of memory reading the rows of slot %u", c->shard,
