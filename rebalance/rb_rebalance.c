@@ -22,6 +22,7 @@
 #include "adapters/sql/sql_build.h"
 #include "config/cf_config.h"
 #include "lib/lb_log.h"
+#include "lib/lb_util.h"
 #include "rebalance/rb_mapfile.h"
 #include "rebalance/rb_mover.h"
 #include "rebalance/rb_registry.h"
@@ -85,9 +86,7 @@ static struct rb *cur; /* the running or last rebalance */
 
 static int64_t now_ms(void)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    return (int64_t)lb_now_ms();
 }
 
 static void nap_ms(long ms)
@@ -814,10 +813,10 @@ static struct rb *rb_build(const struct cf_config *cf, const char *backend,
         snprintf(err, errlen, "backend '%s': %s", backend, merr);
         return NULL;
     }
-    struct rb *rb = calloc(1, sizeof(*rb));
+    struct rb *rb = lb_xcalloc(1, sizeof(*rb));
     rb->ops = ops;
-    rb->backend = strdup(backend);
-    rb->map_path = strdup(be->shard_map_path);
+    rb->backend = lb_xstrdup(backend);
+    rb->map_path = lb_xstrdup(be->shard_map_path);
     rb->state_path = rb_state_path(be->shard_map_path);
     rb->from_doc = json_object_get(from_doc);
     rb->to_doc = json_object_get(to_doc);
@@ -825,8 +824,8 @@ static struct rb *rb_build(const struct cf_config *cf, const char *backend,
     rb->to_version = rt_shardmap_version(to);
     /* the union: the old shards in order, then the new ones */
     size_t nf = rt_shardmap_nshards(from), nt = rt_shardmap_nshards(to);
-    rb->names = calloc(nf + nt, sizeof(char *));
-    rb->dsns = calloc(nf + nt, sizeof(char *));
+    rb->names = lb_xcalloc(nf + nt, sizeof(char *));
+    rb->dsns = lb_xcalloc(nf + nt, sizeof(char *));
     struct json_object *ushards = json_object_new_array();
     for (size_t pass = 0; pass < 2; pass++) {
         const struct rt_shardmap *m = pass == 0 ? from : to;
@@ -835,8 +834,8 @@ static struct rb *rb_build(const struct cf_config *cf, const char *backend,
             if (union_index(rb, name) >= 0) {
                 continue;
             }
-            rb->names[rb->nshards] = strdup(name);
-            rb->dsns[rb->nshards] = strdup(rt_shardmap_shard_dsn(m, i));
+            rb->names[rb->nshards] = lb_xstrdup(name);
+            rb->dsns[rb->nshards] = lb_xstrdup(rt_shardmap_shard_dsn(m, i));
             rb->nshards++;
             struct json_object *so = json_object_new_object();
             json_object_object_add(so, "name", json_object_new_string(name));
@@ -846,7 +845,7 @@ static struct rb *rb_build(const struct cf_config *cf, const char *backend,
             json_object_array_add(ushards, so);
         }
     }
-    rb->conns = calloc(rb->nshards, sizeof(*rb->conns));
+    rb->conns = lb_xcalloc(rb->nshards, sizeof(*rb->conns));
     /* the union document: the old map with every shard listed (its slot
      * table is never used: routing reads the live table) */
     rb->union_doc = json_object_new_object();
@@ -865,11 +864,11 @@ static struct rb *rb_build(const struct cf_config *cf, const char *backend,
         rb_free(rb);
         return NULL;
     }
-    rb->moves = calloc(nmv + 1, sizeof(*rb->moves));
-    rb->done = calloc(nmv + 1, 1);
+    rb->moves = lb_xcalloc(nmv + 1, sizeof(*rb->moves));
+    rb->done = lb_xcalloc(nmv + 1, 1);
     rb->nmoves = nmv;
     uint32_t nslots = rt_shardmap_nslots(from);
-    int32_t *owner = calloc(nslots, sizeof(*owner));
+    int32_t *owner = lb_xcalloc(nslots, sizeof(*owner));
     for (uint32_t s = 0; s < nslots; s++) {
         owner[s] =
             union_index(rb, rt_shardmap_shard_name(from, (size_t)rt_shardmap_slot_owner(from, s)));
@@ -894,18 +893,21 @@ static struct rb *rb_build(const struct cf_config *cf, const char *backend,
     /* the tables: every sharded domain on the backend */
     for (size_t i = 0; i < cf->ndomains; i++) {
         const struct cf_domain *d = &cf->domains[i];
+        rb->ntables += strcmp(d->backend_name, backend) == 0 && d->shard_key != NULL;
+    }
+    rb->tables = lb_xcalloc(rb->ntables + 1, sizeof(*rb->tables));
+    for (size_t i = 0, k = 0; i < cf->ndomains; i++) {
+        const struct cf_domain *d = &cf->domains[i];
         if (strcmp(d->backend_name, backend) != 0 || d->shard_key == NULL) {
             continue;
         }
-        rb->tables = realloc(rb->tables, (rb->ntables + 1) * sizeof(*rb->tables));
-        struct rb_table *t = &rb->tables[rb->ntables++];
-        memset(t, 0, sizeof(*t));
-        t->name = strdup(d->table);
-        t->key = strdup(d->key);
+        struct rb_table *t = &rb->tables[k++];
+        t->name = lb_xstrdup(d->table);
+        t->key = lb_xstrdup(d->key);
         struct sql_stmt st;
         sql_stmt_init(&st, ops->dialect);
         if (sql_build_migrate(&st, d, merr, sizeof(merr)) == 0) {
-            t->ddl = strdup(st.text);
+            t->ddl = lb_xstrdup(st.text);
         }
         sql_stmt_free(&st);
     }
@@ -1082,11 +1084,6 @@ struct cf_config *rb_rebalance_recover(const char *cfg_path, struct cf_config *c
             continue;
         }
         char *path = rb_state_path(be->shard_map_path);
-        if (path == NULL) {
-            snprintf(err, errlen, "out of memory");
-            cf_config_unref(cf);
-            return NULL;
-        }
         struct rb_state st;
         char lerr[400];
         int found = rb_state_load(path, &st, err, errlen);

@@ -10,12 +10,15 @@
 #include <sys/stat.h>
 
 #include "config/cf_yaml.h"
+#include "lib/lb_util.h"
 #include "rebalance/rb_mapfile.h"
 
 char *rb_state_path(const char *map_path)
 {
-    char *p = NULL;
-    return asprintf(&p, "%s.rebalance", map_path) < 0 ? NULL : p;
+    size_t len = strlen(map_path) + sizeof(".rebalance");
+    char *p = lb_xmalloc(len);
+    snprintf(p, len, "%s.rebalance", map_path);
+    return p;
 }
 
 int rb_state_save(const char *path, const struct rb_state *st, char *err, size_t errlen)

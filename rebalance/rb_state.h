@@ -24,7 +24,7 @@ struct rb_state {
     uint64_t rows_moved;
 };
 
-/* "<map_path>.rebalance", malloc'd (NULL when out of memory). */
+/* "<map_path>.rebalance", malloc'd (a config-bounded string: lb_xmalloc). */
 char *rb_state_path(const char *map_path);
 
 /* Write the state to path atomically.  0, or -1 with err. */
