@@ -35,7 +35,7 @@ static void send_json(struct gw_req *r, int status, struct json_object *doc)
     struct evbuffer *b = evbuffer_new();
     lb_json_write(b, doc);
     json_object_put(doc);
-    respond(r, status, b, NULL);
+    req_respond(r, status, b, NULL);
     evbuffer_free(b);
     req_mark_answered(r);
     req_release(r);
@@ -49,30 +49,30 @@ static void admin_route(struct gw_req *r, struct gw_http_req *hr)
     const struct cf_domain *d = cf_domain_find(r->cf, dn, strlen(dn));
     if (d == NULL) {
         md_error_set(&e, MD_E_UNKNOWN_DOMAIN, NULL, "unknown domain '%.64s'", dn);
-        fail_now(r, &e, NULL);
+        req_fail_now(r, &e, NULL);
         return;
     }
     e.domain = d->name;
     if (d->shard_key == NULL) {
         md_error_set(&e, MD_E_BAD_REQUEST, NULL, "domain '%s' is not sharded (no shard_key)",
                      d->name);
-        fail_now(r, &e, NULL);
+        req_fail_now(r, &e, NULL);
         return;
     }
     size_t len = 0;
-    char *v = hr->query != NULL ? query_param(hr->query, d->shard_key, &len) : NULL;
+    char *v = hr->query != NULL ? req_query_param(hr->query, d->shard_key, &len) : NULL;
     if (v == NULL && hr->query != NULL) { /* ?key=… (polygatectl route) */
-        v = query_param(hr->query, "key", &len);
+        v = req_query_param(hr->query, "key", &len);
     }
     struct gw_route rt;
     if (v == NULL) {
         md_error_set(&e, MD_E_BAD_REQUEST, d->shard_key, "pass the key as ?%s=…", d->shard_key);
-        fail_now(r, &e, NULL);
+        req_fail_now(r, &e, NULL);
         return;
     }
     if (gw_route_text(d, v, len, &rt, &e) < 0) {
         free(v);
-        fail_now(r, &e, NULL);
+        req_fail_now(r, &e, NULL);
         return;
     }
     char hash[24];
@@ -95,7 +95,7 @@ static void admin_map_done(const struct md_error *e, int rebalancing, void *arg)
     req_mark_completed(r);
     if (req_is_open(r)) {
         if (e != NULL) {
-            respond_error(r, e, NULL);
+            req_respond_error(r, e, NULL);
         } else if (rebalancing) { /* 202: the slots move now (GET /admin/rebalance) */
             struct json_object *doc = json_object_new_object();
             json_object_object_add(doc, "applied", json_object_new_boolean(0));
@@ -104,7 +104,7 @@ static void admin_map_done(const struct md_error *e, int rebalancing, void *arg)
             return;
         } else {
             /* the workers apply the map on their loops right after this */
-            simple_json(r, 200, "{\"applied\":true}");
+            req_simple_json(r, 200, "{\"applied\":true}");
             return;
         }
         req_mark_answered(r);
@@ -124,21 +124,21 @@ static void admin_rebalance(struct gw_req *r, struct gw_http_req *hr)
     }
     struct json_object *body = NULL;
     if (hr->method == GW_PUT && *action == '\0') {
-        if (parse_body(r, hr, &body, &e) < 0) {
-            fail_now(r, &e, NULL);
+        if (req_parse_body(r, hr, &body, &e) < 0) {
+            req_fail_now(r, &e, NULL);
             return;
         }
         action = "/throttle";
     } else if (hr->method != GW_POST || *action != '/') {
         md_error_set(&e, MD_E_METHOD, NULL,
                      "use GET or PUT /admin/rebalance, POST /admin/rebalance/{pause,resume,abort}");
-        fail_now(r, &e, NULL);
+        req_fail_now(r, &e, NULL);
         return;
     }
     int rc = rb_rebalance_control(action + 1, body, &e);
     json_object_put(body);
     if (rc < 0) {
-        fail_now(r, &e, NULL);
+        req_fail_now(r, &e, NULL);
         return;
     }
     send_json(r, 200, rb_rebalance_status());
@@ -156,28 +156,28 @@ static void admin_shardmap(struct gw_req *r, struct gw_http_req *hr)
     }
     if (hr->method != GW_PUT) {
         md_error_set(&e, MD_E_METHOD, NULL, "/admin/shardmap takes GET or PUT");
-        fail_now(r, &e, "Allow: GET, PUT\r\n");
+        req_fail_now(r, &e, "Allow: GET, PUT\r\n");
         return;
     }
     const char *name = hr->path + strlen("/admin/shardmap");
     name += *name == '/';
     const char *backend = gw_shardmap_backend(r->cf, name, strlen(name), &e);
     struct json_object *doc = NULL;
-    if (backend == NULL || parse_body(r, hr, &doc, &e) < 0) {
-        fail_now(r, &e, NULL);
+    if (backend == NULL || req_parse_body(r, hr, &doc, &e) < 0) {
+        req_fail_now(r, &e, NULL);
         return;
     }
     if (!json_object_is_type(doc, json_type_object)) {
         json_object_put(doc);
         md_error_set(&e, MD_E_BAD_REQUEST, NULL, "the body must be a shard map object");
-        fail_now(r, &e, NULL);
+        req_fail_now(r, &e, NULL);
         return;
     }
     int rc = put_map != NULL ? put_map(backend, doc, r->w->base, admin_map_done, r) : -1;
     json_object_put(doc);
     if (rc < 0) {
         md_error_set(&e, MD_E_CONFLICT, NULL, "another shard map change is in progress; retry");
-        fail_now(r, &e, "Retry-After: 1\r\n");
+        req_fail_now(r, &e, "Retry-After: 1\r\n");
         return;
     }
     req_set_state(r, REQ_SUBMITTED); /* admin_map_done() answers */
@@ -186,22 +186,22 @@ static void admin_shardmap(struct gw_req *r, struct gw_http_req *hr)
 static void admin_health(struct gw_req *r, struct gw_http_req *hr)
 {
     (void)hr;
-    simple_json(r, 200, "{\"status\":\"ok\"}");
+    req_simple_json(r, 200, "{\"status\":\"ok\"}");
 }
 
 /* /ready on the admin listener: every shard's state, errors included. */
 static void admin_ready(struct gw_req *r, struct gw_http_req *hr)
 {
     (void)hr;
-    handle_ready(r, 1);
+    req_handle_ready(r, 1);
 }
 
 static void admin_metrics(struct gw_req *r, struct gw_http_req *hr)
 {
     (void)hr;
     struct evbuffer *b = evbuffer_new();
-    gw_metrics_render(b, r->cf, __atomic_load_n(&inflight_total, __ATOMIC_RELAXED));
-    respond_ct(r, 200, "text/plain; version=0.0.4; charset=utf-8", b, NULL);
+    gw_metrics_render(b, r->cf, __atomic_load_n(&req_inflight_total, __ATOMIC_RELAXED));
+    req_respond_ct(r, 200, "text/plain; version=0.0.4; charset=utf-8", b, NULL);
     evbuffer_free(b);
     req_mark_answered(r);
     req_release(r);
@@ -292,18 +292,18 @@ static const struct admin_route *admin_lookup(const struct gw_http_req *hr)
 void gw_admin_handle(struct gw_http_req *hr, void *arg)
 {
     struct gw_worker *w = arg;
-    struct gw_req *r = begin(w, hr);
+    struct gw_req *r = req_begin(w, hr);
     if (r == NULL) {
         return;
     }
     const struct admin_route *ar = admin_lookup(hr);
     unsigned perm = ar != NULL ? ar->perm : CF_PERM_ADMIN; /* a 404 only to an admin key */
-    if (perm != 0 && authenticate(r, hr, perm) < 0) {
+    if (perm != 0 && req_authenticate(r, hr, perm) < 0) {
         return;
     }
     if (ar == NULL) {
         r->mop = GW_MOP_ADMIN;
-        not_found(r, hr);
+        req_not_found(r, hr);
         return;
     }
     r->mop = ar->mop;

@@ -22,7 +22,7 @@
  * would carry the batch past the bound is answered response_too_large in
  * its slot instead, so the batch never holds more than the bound (plus the
  * short answers of writes, which are always reported: they were applied). */
-void batch_entry(struct gw_req *p, struct gw_req *child, int status, struct json_object *entry)
+void req_batch_entry(struct gw_req *p, struct gw_req *child, int status, struct json_object *entry)
 {
     json_object_object_add(entry, "status", json_object_new_int(status));
     struct evbuffer *tmp = evbuffer_new();
@@ -162,27 +162,27 @@ static void batch_child(struct gw_req *p, int index, struct json_object *env)
         goto fail;
     }
     char hdr[96];
-    if (!method_allowed(c, d, op, needs_id, &e, hdr, sizeof(hdr))) {
+    if (!req_method_allowed(c, d, op, needs_id, &e, hdr, sizeof(hdr))) {
         goto fail;
     }
     struct json_object *body = NULL;
     if (json_object_object_get_ex(env, "body", &v)) {
         body = json_object_get(v);
     }
-    if (env_prepare(c, op, d, needs_id ? id : NULL, idlen, body, &e) < 0) {
+    if (req_env_prepare(c, op, d, needs_id ? id : NULL, idlen, body, &e) < 0) {
         goto fail;
     }
     req_start(c);
     return;
 fail:
-    deliver(c, NULL, &e);
+    req_deliver(c, NULL, &e);
     req_release(c);
 }
 
-/* A _batch pays its rate-limit tokens here (authenticate() took none): one
+/* A _batch pays its rate-limit tokens here (req_authenticate() took none): one
  * per operation, or one for a batch refused before it ran.  0, or -1 when
  * answered 429. */
-int batch_charge(struct gw_req *r, size_t cost)
+int req_batch_charge(struct gw_req *r, size_t cost)
 {
     struct md_error e = {0};
     int64_t retry = 0;
@@ -191,30 +191,30 @@ int batch_charge(struct gw_req *r, size_t cost)
     }
     char hdr[48];
     snprintf(hdr, sizeof(hdr), "Retry-After: %lld\r\n", (long long)retry);
-    fail_now(r, &e, hdr);
+    req_fail_now(r, &e, hdr);
     return -1;
 }
 
-void handle_batch(struct gw_req *r, struct json_object *doc)
+void req_handle_batch(struct gw_req *r, struct json_object *doc)
 {
     struct md_error e = {0};
     size_t n = json_object_is_type(doc, json_type_array) ? json_object_array_length(doc) : 0;
     int valid = n > 0 && n <= (size_t)r->cf->limits.max_batch;
-    if (batch_charge(r, valid ? n : 1) < 0) {
+    if (req_batch_charge(r, valid ? n : 1) < 0) {
         json_object_put(doc);
         return;
     }
     if (!json_object_is_type(doc, json_type_array)) {
         md_error_set(&e, MD_E_BAD_REQUEST, NULL, "_batch expects a JSON array of envelopes");
         json_object_put(doc);
-        fail_now(r, &e, NULL);
+        req_fail_now(r, &e, NULL);
         return;
     }
     if (!valid) {
         md_error_set(&e, n == 0 ? MD_E_BAD_REQUEST : MD_E_TOO_LARGE, NULL,
                      "_batch takes 1 to %d envelopes, got %zu", r->cf->limits.max_batch, n);
         json_object_put(doc);
-        fail_now(r, &e, NULL);
+        req_fail_now(r, &e, NULL);
         return;
     }
     if (r->held != NULL && n > 1) { /* one operation in flight each, all or nothing */
@@ -225,7 +225,7 @@ void handle_batch(struct gw_req *r, struct json_object *doc)
         if (gw_auth_inflight_acquire(r->caller, r->cf->limits.max_inflight_per_key, (int)n, &more,
                                      &e) < 0) {
             json_object_put(doc);
-            fail_now(r, &e, "Retry-After: 1\r\n");
+            req_fail_now(r, &e, "Retry-After: 1\r\n");
             return;
         }
         r->held = more;
@@ -239,5 +239,5 @@ void handle_batch(struct gw_req *r, struct json_object *doc)
     for (size_t i = 0; i < n; i++) {
         batch_child(r, (int)i, json_object_array_get_idx(doc, i));
     }
-    parent_step(r);
+    req_parent_step(r);
 }

@@ -27,17 +27,17 @@
 #include "model/md_query.h"
 #include "routing/rt_live.h"
 
-static void scatter_finish(struct gw_req *p);
-static void guard_finish(struct gw_req *g);
+static void req_scatter_finish(struct gw_req *p);
+static void req_guard_finish(struct gw_req *g);
 
-void parent_finish(struct gw_req *p)
+void req_parent_finish(struct gw_req *p)
 {
     if (p->kind == REQ_SCATTER) {
-        scatter_finish(p);
+        req_scatter_finish(p);
         return;
     }
     if (p->kind == REQ_GUARD) {
-        guard_finish(p);
+        req_guard_finish(p);
         return;
     }
     struct evbuffer *b = evbuffer_new();
@@ -46,9 +46,9 @@ void parent_finish(struct gw_req *p)
         json_object_object_add(doc, "results", json_object_get(p->results));
         lb_json_write(b, doc);
         json_object_put(doc);
-        respond(p, 200, b, NULL);
+        req_respond(p, 200, b, NULL);
     } else {
-        ready_verdict(p);
+        req_ready_verdict(p);
         struct json_object *doc = json_object_new_object();
         json_object_object_add(doc, "ready", json_object_new_boolean(p->nfail == 0));
         if (p->detailed) { /* backends, shards, errors: the admin listener only */
@@ -56,7 +56,7 @@ void parent_finish(struct gw_req *p)
         }
         lb_json_write(b, doc);
         json_object_put(doc);
-        respond(p, p->nfail == 0 ? 200 : 503, b, NULL);
+        req_respond(p, p->nfail == 0 ? 200 : 503, b, NULL);
     }
     evbuffer_free(b);
     req_mark_answered(p);
@@ -65,7 +65,7 @@ void parent_finish(struct gw_req *p)
 /* A parent counts one more child than it has while it starts them, so that
  * children completing synchronously cannot finish (and free) it mid-loop;
  * the starter then takes that extra step itself. */
-void parent_step(struct gw_req *p)
+void req_parent_step(struct gw_req *p)
 {
     p->ndone++;
     if (p->ndone == p->nchild) {
@@ -73,19 +73,19 @@ void parent_step(struct gw_req *p)
          * its write back */
         int answered_ready = p->kind == REQ_READY && req_is_answered(p);
         if (!answered_ready && (!req_is_abandoned(p) || p->kind == REQ_GUARD)) {
-            parent_finish(p);
+            req_parent_finish(p);
         }
         req_release(p);
     }
 }
 
-void parent_child_done(struct gw_req *child, int status, struct json_object *entry)
+void req_parent_child_done(struct gw_req *child, int status, struct json_object *entry)
 {
     struct gw_req *p = child->parent;
     if (p->kind == REQ_READY) {
         if (req_is_answered(p)) { /* judged already; this outcome updated the breaker */
             json_object_put(entry);
-            parent_step(p);
+            req_parent_step(p);
             return;
         }
         struct json_object *slot = json_object_array_get_idx(p->results, (size_t)child->index);
@@ -101,13 +101,13 @@ void parent_child_done(struct gw_req *child, int status, struct json_object *ent
             p->nfail++;
         }
         if (p->ready_late && p->ndone + 1 < p->nchild && !req_is_abandoned(p) &&
-            !ready_unknown_pending(p)) {
-            parent_finish(p); /* the rest is known: do not wait for their pings */
+            !req_ready_unknown_pending(p)) {
+            req_parent_finish(p); /* the rest is known: do not wait for their pings */
         }
     } else {
-        batch_entry(p, child, status, entry);
+        req_batch_entry(p, child, status, entry);
     }
-    parent_step(p);
+    req_parent_step(p);
 }
 
 /* A request on a sharded domain that no single shard can serve: a _query /
@@ -116,7 +116,7 @@ void parent_child_done(struct gw_req *child, int status, struct json_object *ent
  * parallel — N round trips, the latency of the slowest shard — and the shard
  * holding the id answers; pass ?<shard_key>= to make it one round trip.
  * Each child is an ordinary request on one shard with its own deadline. */
-void scatter_start(struct gw_req *p)
+void req_scatter_start(struct gw_req *p)
 {
     const struct cf_domain *d = p->ad.domain;
     size_t n = d->backend->nshards;
@@ -170,7 +170,7 @@ void scatter_start(struct gw_req *p)
         req_submit(c);
     }
     free(mask);
-    parent_step(p);
+    req_parent_step(p);
 }
 
 /* A child's answer as a tree (a reference to release), or NULL. */
@@ -192,7 +192,7 @@ static int is_server_error(enum md_err e)
     return md_err_status(e) >= 500;
 }
 
-void scatter_child_done(struct gw_req *c, const struct ad_res *res, const struct md_error *ge)
+void req_scatter_child_done(struct gw_req *c, const struct ad_res *res, const struct md_error *ge)
 {
     struct gw_req *p = c->parent;
     const struct cf_domain *d = p->ad.domain;
@@ -209,7 +209,7 @@ void scatter_child_done(struct gw_req *c, const struct ad_res *res, const struct
             gw_scatter_add(p->sg, (size_t)c->index, res->rows, res->last != NULL);
         } else if (p->nfound++ == 0) {
             p->found = json_object_get(doc);
-            p->found_status = ok_status(c, res);
+            p->found_status = req_ok_status(c, res);
             p->found_version = res->version;
         } else {
             lb_warn("request %s: %s '%s' exists on more than one shard of '%s'", p->rid, d->key,
@@ -222,7 +222,7 @@ void scatter_child_done(struct gw_req *c, const struct ad_res *res, const struct
             e = *ge;
         } else {
             const struct cf_field *f = res->field != NULL ? cf_field_find(d, res->field) : NULL;
-            res_error(c, res, f != NULL ? f->name : NULL, &e);
+            req_res_error(c, res, f != NULL ? f->name : NULL, &e);
         }
         e.domain = d->name;
         e.shard = is_server_error(e.err) ? shard : NULL;
@@ -234,10 +234,10 @@ void scatter_child_done(struct gw_req *c, const struct ad_res *res, const struct
             p->have_ferr = 1;
         }
     }
-    parent_step(p);
+    req_parent_step(p);
 }
 
-static void scatter_finish(struct gw_req *p)
+static void req_scatter_finish(struct gw_req *p)
 {
     const struct cf_domain *d = p->ad.domain;
     char hdr[96];
@@ -278,11 +278,11 @@ static void scatter_finish(struct gw_req *p)
             json_object_object_add(entry, "item", json_object_get(doc));
         }
         json_object_put(doc);
-        parent_child_done(p, status, entry);
+        req_parent_child_done(p, status, entry);
         return;
     }
     if (failed) {
-        respond_error(p, &e, hdr);
+        req_respond_error(p, &e, hdr);
         return;
     }
     struct evbuffer *b = evbuffer_new();
@@ -294,7 +294,7 @@ static void scatter_finish(struct gw_req *p)
         }
     }
     json_object_put(doc);
-    if (response_too_large(p, b)) {
+    if (req_response_too_large(p, b)) {
         evbuffer_free(b);
         return;
     }
@@ -302,7 +302,7 @@ static void scatter_finish(struct gw_req *p)
         size_t l = strlen(hdr);
         snprintf(hdr + l, sizeof(hdr) - l, "ETag: \"%" PRId64 "\"\r\n", version);
     }
-    respond(p, status, b, hdr);
+    req_respond(p, status, b, hdr);
     evbuffer_free(b);
 }
 
@@ -319,7 +319,7 @@ static void scatter_finish(struct gw_req *p)
  * cannot be proven unused.  Two writers racing with the same new key on two
  * shards can both pass (no cross-shard lock); keys generated by polygate
  * never collide, which is why a create without a key skips all this. */
-void guard_start(struct gw_req *r)
+void req_guard_start(struct gw_req *r)
 {
     const struct cf_domain *d = r->ad.domain;
     size_t n = d->backend->nshards;
@@ -328,12 +328,12 @@ void guard_start(struct gw_req *r)
         req_submit(r);
         return;
     }
-    snprintf(g->rid, sizeof(g->rid), "%s", top_rid(r));
+    snprintf(g->rid, sizeof(g->rid), "%s", req_top_rid(r));
     g->guarded = r;
     g->ad.domain = d;
     g->found_shard = -1;
     req_set_state(r, REQ_SUBMITTED); /* r waits for its guard */
-    g->nchild = (int)n + 1;          /* n children, + 1 while starting them (parent_step) */
+    g->nchild = (int)n + 1;          /* n children, + 1 while starting them (req_parent_step) */
     for (size_t i = 0; i < n; i++) {
         struct gw_req *c = req_new(r->w, REQ_ONE);
         c->parent = g;
@@ -352,7 +352,7 @@ void guard_start(struct gw_req *r)
         }
         req_submit(c);
     }
-    parent_step(g);
+    req_parent_step(g);
 }
 
 static int same_value(struct json_object *a, struct json_object *b)
@@ -361,7 +361,7 @@ static int same_value(struct json_object *a, struct json_object *b)
            strcmp(json_object_get_string(a), json_object_get_string(b)) == 0;
 }
 
-void guard_child_done(struct gw_req *c, const struct ad_res *res, const struct md_error *ge)
+void req_guard_child_done(struct gw_req *c, const struct ad_res *res, const struct md_error *ge)
 {
     struct gw_req *g = c->parent;
     const struct cf_domain *d = g->ad.domain;
@@ -379,7 +379,7 @@ void guard_child_done(struct gw_req *c, const struct ad_res *res, const struct m
         if (ge != NULL) {
             e = *ge;
         } else {
-            res_error(c, res, NULL, &e);
+            req_res_error(c, res, NULL, &e);
         }
         if (!g->have_ferr) {
             g->ferr = e;
@@ -388,10 +388,10 @@ void guard_child_done(struct gw_req *c, const struct ad_res *res, const struct m
             g->retry_after_s = c->retry_after_s;
         }
     }
-    parent_step(g);
+    req_parent_step(g);
 }
 
-static void guard_finish(struct gw_req *g)
+static void req_guard_finish(struct gw_req *g)
 {
     struct gw_req *r = g->guarded;
     const struct cf_domain *d = r->ad.domain;
@@ -419,7 +419,7 @@ static void guard_finish(struct gw_req *g)
         req_submit(r);
         return;
     }
-    deliver(r, NULL, &e);
+    req_deliver(r, NULL, &e);
     req_release(r);
 }
 
@@ -467,7 +467,7 @@ static int live_gate(struct gw_req *r)
                      "slot %d of domain '%s' is being moved to another shard; retry", (int)slot,
                      d->name);
         e.domain = d->name;
-        deliver(r, NULL, &e);
+        req_deliver(r, NULL, &e);
         req_release(r);
         return -1;
     }
@@ -483,9 +483,9 @@ void req_start(struct gw_req *r)
         return;
     }
     if (r->fanout) {
-        scatter_start(r);
+        req_scatter_start(r);
     } else if (r->guard) {
-        guard_start(r);
+        req_guard_start(r);
     } else {
         req_submit(r);
     }

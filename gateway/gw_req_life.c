@@ -40,7 +40,7 @@
 #include "routing/rt_live.h"
 
 /* Top-level requests in flight in the whole process (limits.max_inflight). */
-int inflight_total;
+int req_inflight_total;
 
 const char *req_state_name(enum req_state s)
 {
@@ -136,7 +136,7 @@ void req_free(struct gw_req *r)
 {
     struct gw_worker *w = r->w;
     if (r->counted) {
-        __atomic_sub_fetch(&inflight_total, 1, __ATOMIC_RELAXED);
+        __atomic_sub_fetch(&req_inflight_total, 1, __ATOMIC_RELAXED);
     }
     TAILQ_REMOVE(&w->inflight, r, link);
     w->ninflight--;
@@ -201,11 +201,11 @@ static void observe(struct gw_req *r, int status)
     gw_accesslog_write(&a);
 }
 
-void respond_ct(struct gw_req *r, int status, const char *ctype, struct evbuffer *body,
-                const char *more_headers)
+void req_respond_ct(struct gw_req *r, int status, const char *ctype, struct evbuffer *body,
+                    const char *more_headers)
 {
     if (r->counted) { /* answered: no longer in flight for the client */
-        __atomic_sub_fetch(&inflight_total, 1, __ATOMIC_RELAXED);
+        __atomic_sub_fetch(&req_inflight_total, 1, __ATOMIC_RELAXED);
         r->counted = 0;
     }
     observe(r, status);
@@ -238,12 +238,12 @@ void respond_ct(struct gw_req *r, int status, const char *ctype, struct evbuffer
     r->http = NULL;
 }
 
-void respond(struct gw_req *r, int status, struct evbuffer *body, const char *more_headers)
+void req_respond(struct gw_req *r, int status, struct evbuffer *body, const char *more_headers)
 {
-    respond_ct(r, status, "application/json", body, more_headers);
+    req_respond_ct(r, status, "application/json", body, more_headers);
 }
 
-void respond_error(struct gw_req *r, const struct md_error *e, const char *more_headers)
+void req_respond_error(struct gw_req *r, const struct md_error *e, const char *more_headers)
 {
     struct evbuffer *b = evbuffer_new();
     md_error_write(b, e, r->rid);
@@ -253,23 +253,23 @@ void respond_error(struct gw_req *r, const struct md_error *e, const char *more_
         snprintf(ra, sizeof(ra), "Retry-After: %d\r\n", r->retry_after_s);
         more_headers = ra;
     }
-    respond(r, md_err_status(e->err), b, more_headers);
+    req_respond(r, md_err_status(e->err), b, more_headers);
     evbuffer_free(b);
 }
 
 /* Answer a top-level request that never reached an adapter, and free it. */
-void fail_now(struct gw_req *r, const struct md_error *e, const char *more_headers)
+void req_fail_now(struct gw_req *r, const struct md_error *e, const char *more_headers)
 {
-    respond_error(r, e, more_headers);
+    req_respond_error(r, e, more_headers);
     req_mark_answered(r);
     req_release(r);
 }
 
-void simple_json(struct gw_req *r, int status, const char *json)
+void req_simple_json(struct gw_req *r, int status, const char *json)
 {
     struct evbuffer *b = evbuffer_new();
     evbuffer_add(b, json, strlen(json));
-    respond(r, status, b, NULL);
+    req_respond(r, status, b, NULL);
     evbuffer_free(b);
     req_mark_answered(r);
     req_release(r);
@@ -296,7 +296,7 @@ static enum md_err err_of(enum ad_status st)
     }
 }
 
-int ok_status(const struct gw_req *r, const struct ad_res *res)
+int req_ok_status(const struct gw_req *r, const struct ad_res *res)
 {
     switch (r->ad.op) {
     case AD_INSERT:
@@ -314,8 +314,8 @@ int ok_status(const struct gw_req *r, const struct ad_res *res)
  * unavailable is named (backend, shard), never described in the store's or
  * driver's words, which name hosts and ports: those go to the log with the
  * request id (backend_outcome), and to the admin listener's /ready. */
-void res_error(const struct gw_req *r, const struct ad_res *res, const char *field,
-               struct md_error *e)
+void req_res_error(const struct gw_req *r, const struct ad_res *res, const char *field,
+                   struct md_error *e)
 {
     int ready = r->parent != NULL && r->parent->kind == REQ_READY;
     if (res->status == AD_UNAVAILABLE && !ready && r->rt != NULL &&
@@ -332,7 +332,7 @@ void res_error(const struct gw_req *r, const struct ad_res *res, const char *fie
 
 /* A read whose answer body is longer than limits.max_response_bytes:
  * answered with response_too_large instead (1), or 0. */
-int response_too_large(struct gw_req *r, struct evbuffer *b)
+int req_response_too_large(struct gw_req *r, struct evbuffer *b)
 {
     size_t max = r->cf->limits.max_response_bytes, len = evbuffer_get_length(b);
     enum ad_op op = r->ad.op;
@@ -345,29 +345,29 @@ int response_too_large(struct gw_req *r, struct evbuffer *b)
                  "the answer would be %zu bytes, more than limits.max_response_bytes (%zu)%s", len,
                  max, q ? ": ask for a smaller page (limit) or fewer fields" : "");
     e.domain = r->ad.domain != NULL ? r->ad.domain->name : NULL;
-    respond_error(r, &e, NULL);
+    req_respond_error(r, &e, NULL);
     return 1;
 }
 
-void deliver(struct gw_req *r, const struct ad_res *res, const struct md_error *ge)
+void req_deliver(struct gw_req *r, const struct ad_res *res, const struct md_error *ge)
 {
     req_mark_answered(r);
     if (r->timer_set) {
         event_del(&r->timer);
     }
     if (r->parent != NULL && r->parent->kind == REQ_SCATTER) {
-        scatter_child_done(r, res, ge);
+        req_scatter_child_done(r, res, ge);
         return;
     }
     if (r->parent != NULL && r->parent->kind == REQ_GUARD) {
-        guard_child_done(r, res, ge);
+        req_guard_child_done(r, res, ge);
         return;
     }
     if (r->parent != NULL) {
         struct json_object *entry = json_object_new_object();
         int status;
         if (ge == NULL && res->status == AD_DONE) {
-            status = ok_status(r, res);
+            status = req_ok_status(r, res);
             if (r->kind == REQ_ONE && r->parent->kind == REQ_READY) {
                 /* nothing more */
             } else if (res->raw != NULL) {
@@ -381,33 +381,33 @@ void deliver(struct gw_req *r, const struct ad_res *res, const struct md_error *
             if (ge != NULL) {
                 e = *ge;
             } else {
-                res_error(r, res, res->field, &e);
+                req_res_error(r, res, res->field, &e);
                 e.shard = res->shard;
             }
             e.domain = r->ad.domain != NULL ? r->ad.domain->name : NULL;
             status = md_err_status(e.err);
             json_object_object_add(entry, "error", md_error_json(&e, r->parent->rid));
         }
-        parent_child_done(r, status, entry);
+        req_parent_child_done(r, status, entry);
         return;
     }
     if (ge != NULL) {
-        respond_error(r, ge, NULL);
+        req_respond_error(r, ge, NULL);
         return;
     }
     if (res->status != AD_DONE) {
         struct md_error e = {0};
-        res_error(r, res, res->field, &e);
+        req_res_error(r, res, res->field, &e);
         e.domain = r->ad.domain != NULL ? r->ad.domain->name : NULL;
         e.shard =
             res->status == AD_UNAVAILABLE || res->status == AD_TIMEOUT || res->status == AD_INTERNAL
                 ? res->shard
                 : NULL;
-        respond_error(r, &e, NULL);
+        req_respond_error(r, &e, NULL);
         return;
     }
     struct evbuffer *b = evbuffer_new();
-    int status = ok_status(r, res);
+    int status = req_ok_status(r, res);
     if (status != 204) {
         if (res->raw != NULL) {
             evbuffer_add(b, res->raw, res->rawlen);
@@ -417,7 +417,7 @@ void deliver(struct gw_req *r, const struct ad_res *res, const struct md_error *
             evbuffer_add(b, "{}", 2);
         }
     }
-    if (response_too_large(r, b)) {
+    if (req_response_too_large(r, b)) {
         evbuffer_free(b);
         return;
     }
@@ -437,12 +437,12 @@ void deliver(struct gw_req *r, const struct ad_res *res, const struct md_error *
         p = LB_PUT_LIT(p, "\"\r\n");
     }
     *p = '\0';
-    respond(r, status, b, etag);
+    req_respond(r, status, b, etag);
     evbuffer_free(b);
 }
 
 /* The request id a log line names: a child's is its top-level request's. */
-const char *top_rid(const struct gw_req *r)
+const char *req_top_rid(const struct gw_req *r)
 {
     while (r->parent != NULL) {
         r = r->parent;
@@ -494,7 +494,7 @@ static void backend_outcome(struct gw_req *r, enum ad_status st, const char *mes
         int lv = r->ad.op == AD_PING ? LB_LOG_DEBUG : LB_LOG_WARN;
         if (lb_log_enabled((enum lb_log_level)lv)) {
             lb_log((enum lb_log_level)lv,
-                   "request %s: %s %s failed on shard '%s' of backend '%s': %s", top_rid(r),
+                   "request %s: %s %s failed on shard '%s' of backend '%s': %s", req_top_rid(r),
                    r->ad.domain != NULL ? r->ad.domain->name : "-", ad_op_name(r->ad.op),
                    gw_shard_name(r->mid), be != NULL ? be->name : "?", message);
         }
@@ -513,10 +513,10 @@ static void on_done(const struct ad_res *res, void *arg)
             /* one shard's rows: the page (a scatter child's go to the merge) */
             struct ad_res page = *res;
             page.item = gw_page_new(r->ad.query, res->rows, res->last, 1, 0);
-            deliver(r, &page, NULL);
+            req_deliver(r, &page, NULL);
             json_object_put(page.item);
         } else {
-            deliver(r, res, NULL);
+            req_deliver(r, res, NULL);
         }
     }
     req_release(r);
@@ -539,7 +539,7 @@ static void on_deadline(evutil_socket_t fd, short what, void *arg)
     e.domain = r->ad.domain != NULL ? r->ad.domain->name : NULL;
     e.shard = be->shards[r->ad.shard].name;
     backend_outcome(r, AD_TIMEOUT, e.message);
-    deliver(r, NULL, &e);
+    req_deliver(r, NULL, &e);
     AD_OPTIONAL(r->rt->ops, cancel, (void)0, r->rt->state, r->ad.id);
     req_release(r);
 }
@@ -556,7 +556,7 @@ void req_release(struct gw_req *r)
     if (r->http != NULL) { /* abandoned before it was answered */
         struct md_error e = {0};
         md_error_set(&e, MD_E_SHUTTING_DOWN, NULL, "polygate is shutting down");
-        respond_error(r, &e, NULL);
+        req_respond_error(r, &e, NULL);
     }
     struct gw_worker *w = r->w;
     req_free(r);
@@ -572,7 +572,7 @@ void req_submit(struct gw_req *r)
     if (r->rt == NULL) {
         md_error_set(&e, MD_E_UNAVAILABLE, NULL, "backend '%s' failed to start (see the log)",
                      d != NULL ? d->backend_name : "?");
-        deliver(r, NULL, &e);
+        req_deliver(r, NULL, &e);
         req_release(r);
         return;
     }
@@ -597,7 +597,7 @@ void req_submit(struct gw_req *r)
                      be->name, shard, gw_breaker_failures(r->mid), retry_ms);
         r->retry_after_s = (int)((retry_ms + 999) / 1000);
         r->mid = -1;
-        deliver(r, NULL, &e);
+        req_deliver(r, NULL, &e);
         req_release(r);
         return;
     }
@@ -626,7 +626,7 @@ void req_submit(struct gw_req *r)
                          be->name);
             e.shard = NULL;
         }
-        deliver(r, NULL, &e);
+        req_deliver(r, NULL, &e);
         req_release(r);
         return;
     }

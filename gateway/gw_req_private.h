@@ -33,9 +33,9 @@ struct gw_scatter;
 struct json_object;
 
 /* REQ_SCATTER: a request on a sharded domain fanned out to several shards
- * (one child per shard, gw_scatter.c merges); see scatter_start().
+ * (one child per shard, gw_scatter.c merges); see req_scatter_start().
  * REQ_GUARD: the uniqueness check run before a write that names its own key
- * on a sharded domain (one GET child per other shard); see guard_start(). */
+ * on a sharded domain (one GET child per other shard); see req_guard_start(). */
 enum req_kind { REQ_ONE, REQ_BATCH, REQ_READY, REQ_SCATTER, REQ_GUARD };
 
 /* The life of a request: whether its client has an answer, and whether a
@@ -89,11 +89,11 @@ struct gw_req {
      * timer_set: r->timer is armed — the deadline of a submitted request, or
      * a /ready parent's READY_WAIT_MS; it is disarmed on the answer, on its
      * own firing and on the free, none of which is one state change.
-     * counted: a top-level request counts in inflight_total from begin()
+     * counted: a top-level request counts in req_inflight_total from req_begin()
      * until its answer is written; children and parents made by the gateway
      * never count, whatever their state. */
     int timer_set;
-    int counted; /* counts in inflight_total */
+    int counted; /* counts in req_inflight_total */
     char rid[132];
     /* parents: batch results / readiness */
     struct json_object *results;
@@ -101,7 +101,7 @@ struct gw_req {
     /* sharded domains */
     char *skey; /* the shard key value from ?<shard_key>= / the envelope */
     size_t skeylen;
-    int fanout;                /* not routable to one shard: scatter_start() */
+    int fanout;                /* not routable to one shard: req_scatter_start() */
     int nqueried;              /* shards a scatter parent asked */
     struct gw_scatter *sg;     /* _query / _aggregate fan-out */
     struct json_object *found; /* item fan-out: the item that was found */
@@ -165,57 +165,57 @@ static inline int req_is_owed(const struct gw_req *r)
 {
     return r->state == REQ_SUBMITTED || r->state == REQ_LATE || r->state == REQ_ABANDONED_SUBMITTED;
 }
-extern int inflight_total;
+extern int req_inflight_total;
 struct gw_req *req_new(struct gw_worker *w, enum req_kind kind);
 void req_free(struct gw_req *r);
-void respond_ct(struct gw_req *r, int status, const char *ctype, struct evbuffer *body,
-                const char *more_headers);
-void respond(struct gw_req *r, int status, struct evbuffer *body, const char *more_headers);
-void respond_error(struct gw_req *r, const struct md_error *e, const char *more_headers);
-void fail_now(struct gw_req *r, const struct md_error *e, const char *more_headers);
-void simple_json(struct gw_req *r, int status, const char *json);
-int ok_status(const struct gw_req *r, const struct ad_res *res);
-void res_error(const struct gw_req *r, const struct ad_res *res, const char *field,
-               struct md_error *e);
-int response_too_large(struct gw_req *r, struct evbuffer *b);
-void deliver(struct gw_req *r, const struct ad_res *res, const struct md_error *ge);
-const char *top_rid(const struct gw_req *r);
+void req_respond_ct(struct gw_req *r, int status, const char *ctype, struct evbuffer *body,
+                    const char *more_headers);
+void req_respond(struct gw_req *r, int status, struct evbuffer *body, const char *more_headers);
+void req_respond_error(struct gw_req *r, const struct md_error *e, const char *more_headers);
+void req_fail_now(struct gw_req *r, const struct md_error *e, const char *more_headers);
+void req_simple_json(struct gw_req *r, int status, const char *json);
+int req_ok_status(const struct gw_req *r, const struct ad_res *res);
+void req_res_error(const struct gw_req *r, const struct ad_res *res, const char *field,
+                   struct md_error *e);
+int req_response_too_large(struct gw_req *r, struct evbuffer *b);
+void req_deliver(struct gw_req *r, const struct ad_res *res, const struct md_error *ge);
+const char *req_top_rid(const struct gw_req *r);
 void req_release(struct gw_req *r);
 void req_submit(struct gw_req *r);
 
 /* gw_req_rest.c: REST routes and envelopes */
-int env_prepare(struct gw_req *r, enum ad_op op, const struct cf_domain *d, const char *key,
-                size_t keylen, struct json_object *body, struct md_error *e);
-int method_allowed(struct gw_req *r, const struct cf_domain *d, enum ad_op op, int item,
-                   struct md_error *e, char *hdr, size_t hdrlen);
-int parse_body(struct gw_req *r, struct gw_http_req *hr, struct json_object **out,
-               struct md_error *e);
-char *query_param(const char *query, const char *name, size_t *len);
-void handle_data(struct gw_req *r, struct gw_http_req *hr);
+int req_env_prepare(struct gw_req *r, enum ad_op op, const struct cf_domain *d, const char *key,
+                    size_t keylen, struct json_object *body, struct md_error *e);
+int req_method_allowed(struct gw_req *r, const struct cf_domain *d, enum ad_op op, int item,
+                       struct md_error *e, char *hdr, size_t hdrlen);
+int req_parse_body(struct gw_req *r, struct gw_http_req *hr, struct json_object **out,
+                   struct md_error *e);
+char *req_query_param(const char *query, const char *name, size_t *len);
+void req_handle_data(struct gw_req *r, struct gw_http_req *hr);
 
 /* gw_req_fanout.c: parents, scatter, guard, the rebalance gate */
-void parent_finish(struct gw_req *p);
-void parent_step(struct gw_req *p);
-void parent_child_done(struct gw_req *child, int status, struct json_object *entry);
-void scatter_start(struct gw_req *p);
-void scatter_child_done(struct gw_req *c, const struct ad_res *res, const struct md_error *ge);
-void guard_start(struct gw_req *r);
-void guard_child_done(struct gw_req *c, const struct ad_res *res, const struct md_error *ge);
+void req_parent_finish(struct gw_req *p);
+void req_parent_step(struct gw_req *p);
+void req_parent_child_done(struct gw_req *child, int status, struct json_object *entry);
+void req_scatter_start(struct gw_req *p);
+void req_scatter_child_done(struct gw_req *c, const struct ad_res *res, const struct md_error *ge);
+void req_guard_start(struct gw_req *r);
+void req_guard_child_done(struct gw_req *c, const struct ad_res *res, const struct md_error *ge);
 void req_start(struct gw_req *r);
 
 /* gw_req_batch.c: _batch */
-void batch_entry(struct gw_req *p, struct gw_req *child, int status, struct json_object *entry);
-int batch_charge(struct gw_req *r, size_t cost);
-void handle_batch(struct gw_req *r, struct json_object *doc);
+void req_batch_entry(struct gw_req *p, struct gw_req *child, int status, struct json_object *entry);
+int req_batch_charge(struct gw_req *r, size_t cost);
+void req_handle_batch(struct gw_req *r, struct json_object *doc);
 
 /* gw_req_ready.c: /ready */
-void ready_verdict(struct gw_req *p);
-int ready_unknown_pending(struct gw_req *p);
-void handle_ready(struct gw_req *r, int detailed);
+void req_ready_verdict(struct gw_req *p);
+int req_ready_unknown_pending(struct gw_req *p);
+void req_handle_ready(struct gw_req *r, int detailed);
 
 /* gw_request.c: entry: limits, draining, authentication */
-struct gw_req *begin(struct gw_worker *w, struct gw_http_req *hr);
-int authenticate(struct gw_req *r, struct gw_http_req *hr, unsigned need_perm);
-void not_found(struct gw_req *r, struct gw_http_req *hr);
+struct gw_req *req_begin(struct gw_worker *w, struct gw_http_req *hr);
+int req_authenticate(struct gw_req *r, struct gw_http_req *hr, unsigned need_perm);
+void req_not_found(struct gw_req *r, struct gw_http_req *hr);
 
 #endif

@@ -24,7 +24,7 @@
 #define READY_WAIT_MS 100
 
 /* Judge the shards whose pings are still out from their known state. */
-void ready_verdict(struct gw_req *p)
+void req_ready_verdict(struct gw_req *p)
 {
     size_t n = json_object_array_length(p->results);
     for (size_t i = 0; i < n; i++) {
@@ -55,7 +55,7 @@ void ready_verdict(struct gw_req *p)
 }
 
 /* 1 when a shard whose ping is still out has no known state. */
-int ready_unknown_pending(struct gw_req *p)
+int req_ready_unknown_pending(struct gw_req *p)
 {
     size_t n = json_object_array_length(p->results);
     for (size_t i = 0; i < n; i++) {
@@ -78,14 +78,14 @@ static void ready_timeout(evutil_socket_t fd, short what, void *arg)
     if (req_is_answered(p) || req_is_abandoned(p)) {
         return;
     }
-    if (ready_unknown_pending(p)) {
-        p->ready_late = 1; /* parent_child_done() answers once every such shard is known */
+    if (req_ready_unknown_pending(p)) {
+        p->ready_late = 1; /* req_parent_child_done() answers once every such shard is known */
         return;
     }
-    parent_finish(p); /* the pings still out complete later, unanswered */
+    req_parent_finish(p); /* the pings still out complete later, unanswered */
 }
 
-void handle_ready(struct gw_req *r, int detailed)
+void req_handle_ready(struct gw_req *r, int detailed)
 {
     r->kind = REQ_READY;
     r->detailed = detailed;
@@ -108,7 +108,7 @@ void handle_ready(struct gw_req *r, int detailed)
             json_object_object_add(
                 slot, "circuit",
                 json_object_new_string(gw_breaker_state_name(gw_breaker_state(mid))));
-            json_object_object_add(slot, "_mid", json_object_new_int(mid)); /* ready_verdict */
+            json_object_object_add(slot, "_mid", json_object_new_int(mid)); /* req_ready_verdict */
             json_object_array_add(r->results, slot);
         }
     }
@@ -134,5 +134,5 @@ void handle_ready(struct gw_req *r, int detailed)
         event_add(&r->timer, &tv);
         r->timer_set = 1;
     }
-    parent_step(r);
+    req_parent_step(r);
 }

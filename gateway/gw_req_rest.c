@@ -87,7 +87,7 @@ static int route(struct gw_req *r, enum ad_op op, struct md_error *e)
         break;
     case AD_QUERY:
     case AD_AGGREGATE:
-        r->fanout = 1; /* scatter_start() picks the shards the filter pins */
+        r->fanout = 1; /* req_scatter_start() picks the shards the filter pins */
         return 0;
     default:
         return 0;
@@ -98,8 +98,8 @@ static int route(struct gw_req *r, enum ad_op op, struct md_error *e)
 }
 
 /* Fill r->ad from an envelope and validate it.  Takes the body reference. */
-int env_prepare(struct gw_req *r, enum ad_op op, const struct cf_domain *d, const char *key,
-                size_t keylen, struct json_object *body, struct md_error *e)
+int req_env_prepare(struct gw_req *r, enum ad_op op, const struct cf_domain *d, const char *key,
+                    size_t keylen, struct json_object *body, struct md_error *e)
 {
     r->body = body;
     r->ad.op = op;
@@ -134,7 +134,7 @@ int env_prepare(struct gw_req *r, enum ad_op op, const struct cf_domain *d, cons
         }
         /* the key is unique in the domain, but each shard only knows its
          * own rows: a key the client chose is checked on every shard first
-         * (guard_start; a generated one cannot collide) */
+         * (req_guard_start; a generated one cannot collide) */
         r->guard =
             d->shard_key != NULL && (op == AD_PUT || json_object_object_get_ex(body, d->key, NULL));
         if (md_item_check(d, lim, op == AD_PUT ? MD_ITEM_PUT : MD_ITEM_INSERT, r->key, body, e) <
@@ -234,8 +234,8 @@ static const char *allow_for(const struct ad_ops *ops, const struct cf_domain *d
     return buf;
 }
 
-int method_allowed(struct gw_req *r, const struct cf_domain *d, enum ad_op op, int item,
-                   struct md_error *e, char *hdr, size_t hdrlen)
+int req_method_allowed(struct gw_req *r, const struct cf_domain *d, enum ad_op op, int item,
+                       struct md_error *e, char *hdr, size_t hdrlen)
 {
     const struct ad_ops *ops = gw_worker_adapter(r->w, d->backend);
     if (ops->supports(d, op)) {
@@ -264,8 +264,8 @@ int method_allowed(struct gw_req *r, const struct cf_domain *d, enum ad_op op, i
     return 0;
 }
 
-int parse_body(struct gw_req *r, struct gw_http_req *hr, struct json_object **out,
-               struct md_error *e)
+int req_parse_body(struct gw_req *r, struct gw_http_req *hr, struct json_object **out,
+                   struct md_error *e)
 {
     size_t len = evbuffer_get_length(hr->body);
     const char *buf = (const char *)evbuffer_pullup(hr->body, -1);
@@ -281,7 +281,7 @@ int parse_body(struct gw_req *r, struct gw_http_req *hr, struct json_object **ou
 
 /* The value of `name` in a query string, percent-decoded (and '+' as a
  * space) into a new string; NULL when absent. */
-char *query_param(const char *query, const char *name, size_t *len)
+char *req_query_param(const char *query, const char *name, size_t *len)
 {
     size_t nl = strlen(name);
     for (const char *p = query; p != NULL && *p != '\0';) {
@@ -317,7 +317,7 @@ static int shard_key_param(struct gw_req *r, const struct gw_http_req *hr,
     if (hr->query == NULL) {
         return 0;
     }
-    r->skey = query_param(hr->query, d->shard_key, &r->skeylen);
+    r->skey = req_query_param(hr->query, d->shard_key, &r->skeylen);
     if (r->skey != NULL && memchr(r->skey, '\0', r->skeylen) != NULL) {
         md_error_set(e, MD_E_BAD_REQUEST, d->shard_key, "'%s' contains a NUL byte", d->shard_key);
         return -1;
@@ -344,7 +344,7 @@ static int idem_begin(struct gw_req *r, struct gw_http_req *hr, const struct cf_
     if (gw_idem_key_valid(k, klen) < 0) {
         md_error_set(&e, MD_E_BAD_REQUEST, NULL,
                      "Idempotency-Key must be 1 to 255 visible ASCII characters");
-        fail_now(r, &e, NULL);
+        req_fail_now(r, &e, NULL);
         return -1;
     }
     uint64_t fp[2];
@@ -360,7 +360,7 @@ static int idem_begin(struct gw_req *r, struct gw_http_req *hr, const struct cf_
         evbuffer_add(out, rp.body, rp.bodylen);
         char hdr[256];
         snprintf(hdr, sizeof(hdr), "%sIdempotent-Replayed: true\r\n", rp.headers);
-        respond(r, rp.status, out, hdr);
+        req_respond(r, rp.status, out, hdr);
         evbuffer_free(out);
         free(rp.body);
         req_mark_answered(r);
@@ -372,19 +372,19 @@ static int idem_begin(struct gw_req *r, struct gw_http_req *hr, const struct cf_
                      "Idempotency-Key '%.*s' was already used with a different request "
                      "(method, path, query or body); use a new key for a new request",
                      (int)(klen > 64 ? 64 : klen), k);
-        fail_now(r, &e, NULL);
+        req_fail_now(r, &e, NULL);
         return -1;
     case GW_IDEM_BUSY:
         md_error_set(&e, MD_E_IDEM_BUSY, NULL,
                      "a request with Idempotency-Key '%.*s' is still in progress; retry shortly",
                      (int)(klen > 64 ? 64 : klen), k);
-        fail_now(r, &e, "Retry-After: 1\r\n");
+        req_fail_now(r, &e, "Retry-After: 1\r\n");
         return -1;
     default:
         md_error_set(&e, MD_E_UNAVAILABLE, NULL,
                      "the Idempotency-Key store is full of requests in progress "
                      "(idempotency.max_entries); retry shortly");
-        fail_now(r, &e, "Retry-After: 1\r\n");
+        req_fail_now(r, &e, "Retry-After: 1\r\n");
         return -1;
     }
 }
@@ -406,27 +406,27 @@ static void idem_derive_key(struct gw_req *r, struct gw_http_req *hr, const stru
     json_object_object_add(body, d->key, json_object_new_string(id));
 }
 
-void handle_data(struct gw_req *r, struct gw_http_req *hr)
+void req_handle_data(struct gw_req *r, struct gw_http_req *hr)
 {
     struct md_error e = {0};
     char hdr[128] = "";
     const char *rest = hr->path + 4; /* after "/v1/" */
     if (strcmp(rest, "_batch") == 0) {
         if (hr->method != GW_POST) {
-            if (batch_charge(r, 1) == 0) {
+            if (req_batch_charge(r, 1) == 0) {
                 md_error_set(&e, MD_E_METHOD, NULL, "_batch takes POST");
-                fail_now(r, &e, "Allow: POST\r\n");
+                req_fail_now(r, &e, "Allow: POST\r\n");
             }
             return;
         }
         struct json_object *doc;
-        if (parse_body(r, hr, &doc, &e) < 0) {
-            if (batch_charge(r, 1) == 0) {
-                fail_now(r, &e, NULL);
+        if (req_parse_body(r, hr, &doc, &e) < 0) {
+            if (req_batch_charge(r, 1) == 0) {
+                req_fail_now(r, &e, NULL);
             }
             return;
         }
-        handle_batch(r, doc);
+        req_handle_batch(r, doc);
         return;
     }
     const char *slash = strchr(rest, '/');
@@ -438,14 +438,14 @@ void handle_data(struct gw_req *r, struct gw_http_req *hr)
         char dn[72]; /* an unknown name, only for the message (cut there anyway) */
         snprintf(dn, sizeof(dn), "%.*s", (int)(dlen > 64 ? 64 : dlen), rest);
         if (!gw_auth_sees(r->caller, d != NULL ? d->name : dn, d != NULL, &e)) {
-            fail_now(r, &e, NULL);
+            req_fail_now(r, &e, NULL);
             return;
         }
     }
     if (d == NULL) {
         md_error_set(&e, MD_E_UNKNOWN_DOMAIN, NULL, "unknown domain '%.*s'",
                      (int)(dlen > 64 ? 64 : dlen), rest);
-        fail_now(r, &e, NULL);
+        req_fail_now(r, &e, NULL);
         return;
     }
     e.domain = d->name;
@@ -458,7 +458,7 @@ void handle_data(struct gw_req *r, struct gw_http_req *hr)
             md_error_set(&e, MD_E_METHOD, NULL,
                          "%s /v1/%s is not a route: use POST to insert, or /v1/%s/{%s}",
                          hr->method_name, d->name, d->name, d->key);
-            fail_now(r, &e, "Allow: POST\r\n");
+            req_fail_now(r, &e, "Allow: POST\r\n");
             return;
         }
         op = AD_INSERT;
@@ -466,7 +466,7 @@ void handle_data(struct gw_req *r, struct gw_http_req *hr)
         op = slash[2] == 'q' ? AD_QUERY : AD_AGGREGATE;
         if (hr->method != GW_POST) {
             md_error_set(&e, MD_E_METHOD, NULL, "%s takes POST", slash + 1);
-            fail_now(r, &e, "Allow: POST\r\n");
+            req_fail_now(r, &e, "Allow: POST\r\n");
             return;
         }
     } else {
@@ -493,7 +493,7 @@ void handle_data(struct gw_req *r, struct gw_http_req *hr)
             snprintf(hdr, sizeof(hdr), "Allow: %s\r\n", allow);
             md_error_set(&e, MD_E_METHOD, NULL, "%s is not supported on /v1/%s/{%s}; allowed: %s",
                          hr->method_name, d->name, d->key, allow);
-            fail_now(r, &e, hdr);
+            req_fail_now(r, &e, hdr);
             return;
         }
         }
@@ -501,11 +501,11 @@ void handle_data(struct gw_req *r, struct gw_http_req *hr)
     unsigned perm =
         op == AD_GET || op == AD_QUERY || op == AD_AGGREGATE ? CF_PERM_READ : CF_PERM_WRITE;
     if (!gw_auth_allows(r->caller, d->name, perm, 1, &e)) {
-        fail_now(r, &e, NULL);
+        req_fail_now(r, &e, NULL);
         return;
     }
-    if (!method_allowed(r, d, op, item, &e, hdr, sizeof(hdr))) {
-        fail_now(r, &e, hdr[0] ? hdr : NULL);
+    if (!req_method_allowed(r, d, op, item, &e, hdr, sizeof(hdr))) {
+        req_fail_now(r, &e, hdr[0] ? hdr : NULL);
         return;
     }
     size_t imlen;
@@ -513,7 +513,7 @@ void handle_data(struct gw_req *r, struct gw_http_req *hr)
     if (im != NULL && parse_if_match(im, imlen, &r->ad.if_match) < 0) {
         md_error_set(&e, MD_E_BAD_REQUEST, NULL,
                      "If-Match must be a version number as returned in ETag (e.g. \"3\")");
-        fail_now(r, &e, NULL);
+        req_fail_now(r, &e, NULL);
         return;
     }
     if (op != AD_GET && op != AD_QUERY && op != AD_AGGREGATE && idem_begin(r, hr, d) < 0) {
@@ -521,8 +521,8 @@ void handle_data(struct gw_req *r, struct gw_http_req *hr)
     }
     struct json_object *body = NULL;
     if (op == AD_PUT || op == AD_INSERT || op == AD_PATCH || op == AD_QUERY || op == AD_AGGREGATE) {
-        if (parse_body(r, hr, &body, &e) < 0) {
-            fail_now(r, &e, NULL);
+        if (req_parse_body(r, hr, &body, &e) < 0) {
+            req_fail_now(r, &e, NULL);
             return;
         }
     }
@@ -531,11 +531,11 @@ void handle_data(struct gw_req *r, struct gw_http_req *hr)
     }
     if (d->shard_key != NULL && shard_key_param(r, hr, d, &e) < 0) {
         json_object_put(body);
-        fail_now(r, &e, NULL);
+        req_fail_now(r, &e, NULL);
         return;
     }
-    if (env_prepare(r, op, d, key, keylen, body, &e) < 0) {
-        fail_now(r, &e, NULL);
+    if (req_env_prepare(r, op, d, key, keylen, body, &e) < 0) {
+        req_fail_now(r, &e, NULL);
         return;
     }
     req_start(r);

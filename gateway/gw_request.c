@@ -47,7 +47,7 @@ static void set_request_id(struct gw_req *r, const struct gw_http_req *hr)
     lb_gen_id(r->rid);
 }
 
-struct gw_req *begin(struct gw_worker *w, struct gw_http_req *hr)
+struct gw_req *req_begin(struct gw_worker *w, struct gw_http_req *hr)
 {
     struct gw_req *r = req_new(w, REQ_ONE);
     if (r == NULL) {
@@ -58,26 +58,26 @@ struct gw_req *begin(struct gw_worker *w, struct gw_http_req *hr)
     r->counted = 1;
     r->t0_us = gw_metrics_now_us();
     set_request_id(r, hr);
-    int n = __atomic_add_fetch(&inflight_total, 1, __ATOMIC_RELAXED);
+    int n = __atomic_add_fetch(&req_inflight_total, 1, __ATOMIC_RELAXED);
     if (n > r->cf->limits.max_inflight) {
         struct md_error e = {0};
         md_error_set(&e, MD_E_UNAVAILABLE, NULL,
                      "polygate is at its limit of %d requests in flight; retry shortly",
                      r->cf->limits.max_inflight);
-        fail_now(r, &e, "Retry-After: 1\r\n");
+        req_fail_now(r, &e, "Retry-After: 1\r\n");
         return NULL;
     }
     if (w->draining) {
         struct md_error e = {0};
         md_error_set(&e, MD_E_SHUTTING_DOWN, NULL, "polygate is shutting down");
-        fail_now(r, &e, NULL);
+        req_fail_now(r, &e, NULL);
         return NULL;
     }
     return r;
 }
 
 /* Authenticate (and rate-limit) the caller; answers and returns -1 when refused. */
-int authenticate(struct gw_req *r, struct gw_http_req *hr, unsigned need_perm)
+int req_authenticate(struct gw_req *r, struct gw_http_req *hr, unsigned need_perm)
 {
     struct md_error e = {0};
     int64_t retry = 0;
@@ -90,49 +90,49 @@ int authenticate(struct gw_req *r, struct gw_http_req *hr, unsigned need_perm)
         } else {
             snprintf(hdr, sizeof(hdr), "WWW-Authenticate: Bearer realm=\"polygate\"\r\n");
         }
-        fail_now(r, &e, hdr);
+        req_fail_now(r, &e, hdr);
         return -1;
     }
     if (need_perm != 0 && r->caller != NULL && !(cf_auth_perms(r->caller, "*") & need_perm)) {
         md_error_set(&e, MD_E_FORBIDDEN, NULL, "key '%s' is not an admin key", r->caller->name);
-        fail_now(r, &e, NULL);
+        req_fail_now(r, &e, NULL);
         return -1;
     }
     if (need_perm == 0 && gw_auth_inflight_acquire(r->caller, r->cf->limits.max_inflight_per_key, 1,
                                                    &r->held, &e) < 0) {
-        fail_now(r, &e, "Retry-After: 1\r\n");
+        req_fail_now(r, &e, "Retry-After: 1\r\n");
         return -1;
     }
     r->nheld = 1;
     return 0;
 }
 
-void not_found(struct gw_req *r, struct gw_http_req *hr)
+void req_not_found(struct gw_req *r, struct gw_http_req *hr)
 {
     struct md_error e = {0};
     md_error_set(&e, MD_E_NOT_FOUND, NULL, "no route for %s %.200s", hr->method_name, hr->path);
-    fail_now(r, &e, NULL);
+    req_fail_now(r, &e, NULL);
 }
 
 void gw_request_handle(struct gw_http_req *hr, void *arg)
 {
     struct gw_worker *w = arg;
-    struct gw_req *r = begin(w, hr);
+    struct gw_req *r = req_begin(w, hr);
     if (r == NULL) {
         return;
     }
-    if (strcmp(hr->path, "/health") != 0 && authenticate(r, hr, 0) < 0) {
+    if (strcmp(hr->path, "/health") != 0 && req_authenticate(r, hr, 0) < 0) {
         return;
     }
     if (strncmp(hr->path, "/v1/", 4) == 0) {
-        handle_data(r, hr);
+        req_handle_data(r, hr);
     } else if (strcmp(hr->path, "/health") == 0) {
         r->mop = GW_MOP_HEALTH;
-        simple_json(r, 200, "{\"status\":\"ok\"}");
+        req_simple_json(r, 200, "{\"status\":\"ok\"}");
     } else if (strcmp(hr->path, "/ready") == 0) {
-        handle_ready(r, 0);
+        req_handle_ready(r, 0);
     } else {
-        not_found(r, hr);
+        req_not_found(r, hr);
     }
 }
 
