@@ -15,6 +15,7 @@
 #include "gateway/gw_metrics.h"
 #include "gateway/gw_route.h"
 #include "lib/lb_json.h"
+#include "lib/lb_util.h"
 #include "model/md_error.h"
 
 /* A batch keeps each item's answer as the JSON text it will send, counted
@@ -122,7 +123,7 @@ static void batch_child(struct gw_req *p, int index, struct json_object *env)
         c->skeylen = json_object_is_type(v, json_type_string)
                          ? (size_t)json_object_get_string_len(v)
                          : strlen(sk);
-        c->skey = malloc(c->skeylen + 1);
+        c->skey = lb_xmalloc(c->skeylen + 1);
         memcpy(c->skey, sk, c->skeylen + 1);
     }
     if (json_object_object_get_ex(env, "if_match", &v)) {

@@ -120,7 +120,7 @@ void req_scatter_start(struct gw_req *p)
 {
     const struct cf_domain *d = p->ad.domain;
     size_t n = d->backend->nshards;
-    unsigned char *mask = malloc(n + 1);
+    unsigned char *mask = lb_xmalloc(n + 1);
     size_t k = n;
     if (p->query != NULL) {
         k = gw_route_where(d, p->query->where, mask);
@@ -146,7 +146,7 @@ void req_scatter_start(struct gw_req *p)
         c->ad.slot = -1;
         c->ad.if_match = p->ad.if_match;
         if (p->key != NULL) {
-            c->key = strdup(p->key);
+            c->key = lb_xstrdup(p->key);
             c->ad.key = c->key;
             c->ad.keylen = p->ad.keylen;
         }
@@ -343,7 +343,7 @@ void req_guard_start(struct gw_req *r)
         c->ad.domain = d;
         c->ad.shard = (int)i;
         c->ad.slot = -1;
-        c->key = strdup(r->key);
+        c->key = lb_xstrdup(r->key);
         c->ad.key = c->key;
         c->ad.keylen = r->ad.keylen;
         c->rt = r->rt;

@@ -143,7 +143,7 @@ int req_env_prepare(struct gw_req *r, enum ad_op op, const struct cf_domain *d, 
         }
         if (op == AD_INSERT) {
             struct json_object *kv = json_object_object_get(body, d->key);
-            r->key = strdup(json_object_get_string(kv));
+            r->key = lb_xstrdup(json_object_get_string(kv));
             r->ad.key = r->key;
             r->ad.keylen = (size_t)json_object_get_string_len(kv);
         }
@@ -290,7 +290,7 @@ char *req_query_param(const char *query, const char *name, size_t *len)
         if (plen > nl && strncmp(p, name, nl) == 0 && p[nl] == '=') {
             const char *v = p + nl + 1;
             size_t vlen = plen - nl - 1, o = 0;
-            char *out = malloc(vlen + 1);
+            char *out = lb_xmalloc(vlen + 1);
             for (size_t i = 0; i < vlen; i++) {
                 if (v[i] == '%' && i + 2 < vlen && isxdigit((unsigned char)v[i + 1]) &&
                     isxdigit((unsigned char)v[i + 2])) {

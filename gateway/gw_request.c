@@ -144,7 +144,7 @@ void gw_requests_abandon(struct gw_worker *w)
      * references are dropped after the walk, since dropping one may complete
      * (and free) requests. */
     size_t n = 0, cap = w->ninflight;
-    struct gw_backend_rt **rts = cap ? calloc(cap, sizeof(*rts)) : NULL;
+    struct gw_backend_rt **rts = cap ? lb_xcalloc(cap, sizeof(*rts)) : NULL;
     struct gw_req *r;
     TAILQ_FOREACH(r, &w->inflight, link)
     {

@@ -11,6 +11,7 @@
 
 #include "config/cf_config.h"
 #include "lib/lb_json.h"
+#include "lib/lb_util.h"
 #include "model/md_query.h"
 #include "routing/rt_live.h"
 #include "routing/rt_shardmap.h"
@@ -153,7 +154,7 @@ static int pin(const struct cf_domain *d, const struct md_qnode *n, unsigned cha
         return 1;
     }
     case MD_QOP_AND: { /* the intersection of the kids that pin */
-        unsigned char *k = malloc(nshards);
+        unsigned char *k = lb_xmalloc(nshards);
         int pinned = 0;
         memset(mask, 1, nshards);
         for (size_t i = 0; i < n->nkids; i++) {
@@ -168,7 +169,7 @@ static int pin(const struct cf_domain *d, const struct md_qnode *n, unsigned cha
         return pinned;
     }
     case MD_QOP_OR: { /* the union, only if every branch pins */
-        unsigned char *k = malloc(nshards);
+        unsigned char *k = lb_xmalloc(nshards);
         memset(mask, 0, nshards);
         for (size_t i = 0; i < n->nkids; i++) {
             if (!pin(d, n->kids[i], k, nshards)) {

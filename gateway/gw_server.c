@@ -30,6 +30,7 @@
 #include "gateway/gw_shardmap.h"
 #include "gateway/gw_worker.h"
 #include "lib/lb_log.h"
+#include "lib/lb_util.h"
 #include "rebalance/rb_rebalance.h"
 
 struct server {
@@ -275,8 +276,8 @@ int gw_server_put_map(const char *backend, struct json_object *doc, struct event
         pthread_mutex_unlock(&map_mu);
         return -1;
     }
-    struct gw_map_job *job = calloc(1, sizeof(*job));
-    job->backend = strdup(backend);
+    struct gw_map_job *job = lb_xcalloc(1, sizeof(*job));
+    job->backend = lb_xstrdup(backend);
     job->doc = json_object_get(doc);
     job->done = done;
     job->arg = arg;
@@ -312,7 +313,7 @@ int gw_server_run(const char *path)
     gw_request_set_put_map(gw_server_put_map);
     char err[1024];
     struct server s = {0};
-    s.path = strdup(path);
+    s.path = lb_xstrdup(path);
     s.cf = cf_config_load(path, err, sizeof(err));
     if (s.cf == NULL) {
         lb_error("cannot start: %s", err);
@@ -365,7 +366,7 @@ int gw_server_run(const char *path)
             return 2;
         }
     }
-    s.workers = calloc((size_t)s.nworkers, sizeof(*s.workers));
+    s.workers = lb_xcalloc((size_t)s.nworkers, sizeof(*s.workers));
     for (int i = 0; i < s.nworkers; i++) {
         if (gw_worker_init(&s.workers[i], i, s.cf, tls, &gw_request_hooks, err, sizeof(err)) < 0) {
             lb_error("cannot start worker %d: %s", i, err);

@@ -230,7 +230,7 @@ static struct json_object *redacted_dsn(const char *dsn)
         return json_object_new_string(dsn);
     }
     size_t len = strlen(dsn) + 4;
-    char *buf = malloc(len);
+    char *buf = lb_xmalloc(len);
     snprintf(buf, len, "%.*s***%s", (int)(colon + 1 - dsn), dsn, at);
     struct json_object *o = json_object_new_string(buf);
     free(buf);
