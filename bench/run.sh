@@ -14,7 +14,7 @@
 #
 # The databases: by default a PRIVATE instance of the local stack
 # (scripts/stack.sh with POLYGATE_STACK_DIR=bench/results/tmp/stack and ports
-# 55532 53406 53407 56479 57117), so that other work on the shared stack
+# 55532 53406 53407 56479 57117, Toxiproxy 8574), so that other work on the shared stack
 # (integration tests stopping servers) cannot disturb the figures;
 # BENCH_STACK=shared uses the usual one.  The private stack is stopped at the
 # end unless BENCH_KEEP_STACK=1.
@@ -57,7 +57,8 @@ ulimit -n "$want_fd"
 
 if [[ ${BENCH_STACK:-private} == private ]]; then
 	export POLYGATE_STACK_DIR=$TMP/stack POLYGATE_PG_PORT=55532 POLYGATE_MYSQL_A_PORT=53406 \
-		POLYGATE_MYSQL_B_PORT=53407 POLYGATE_REDIS_PORT=56479 POLYGATE_FERRETDB_PORT=57117
+		POLYGATE_MYSQL_B_PORT=53407 POLYGATE_REDIS_PORT=56479 POLYGATE_FERRETDB_PORT=57117 \
+		POLYGATE_TOXIPROXY_PORT=8574
 fi
 PG_PORT=${POLYGATE_PG_PORT:-55432}
 MA_PORT=${POLYGATE_MYSQL_A_PORT:-53306}
