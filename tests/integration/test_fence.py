@@ -293,7 +293,8 @@ def test_ownership_after_an_abort(store):
 def test_a_write_to_a_slot_not_owned_is_refused(store):
     """Revoke one slot straight in the shard's table: every kind of write to
     it answers 503 slot_moved naming the shard and the slot, with
-    Retry-After, and changes nothing; reads go on; a grant lets writes in."""
+    Retry-After, and changes nothing; reads go on; a map change without
+    moves grants it back and lets writes in."""
     s = Setup(store)
     ok = False
     try:
@@ -336,8 +337,12 @@ def test_a_write_to_a_slot_not_owned_is_refused(store):
         st, doc, _ = raw(g.port, "PATCH", "/v1/orders/fx-none?customer_id=" + other,
                          {"set": {"status": "SHIPPED"}})
         assert st == 404, doc
-        # granted again: writes go in
-        sql(store, shard, "INSERT INTO %s (slot) VALUES (%d)" % (SLOTS, slot))
+        # a map change that moves no slot sets the tables to the map again:
+        # the slot is granted back and writes go in
+        doc = {"version": 2, "slots": 4096, "shards": [STORES[store][0](n) for n in FOUR]}
+        st, body = g.admin("PUT", "/admin/shardmap", doc)
+        assert st == 200, body
+        assert slot in owned(store)[shard]
         st, doc, _ = raw(g.port, "PATCH", "/v1/orders/fx-1?customer_id=" + cust,
                          {"set": {"status": "SHIPPED"}})
         assert st == 200 and doc["status"] == "SHIPPED", doc
@@ -345,6 +350,42 @@ def test_a_write_to_a_slot_not_owned_is_refused(store):
     finally:
         rcs = s.close(ok)
     assert rcs == [0]
+
+
+@BOTH
+def test_start_refused_when_a_non_owner_holds_a_slot_and_its_rows(store):
+    """A shard claims a slot the map gives another and holds its rows (the
+    map was changed without a rebalance): polygate refuses to start, naming
+    the slot and both shards; a claim without rows is simply moved."""
+    s = Setup(store)
+    ok = False
+    try:
+        g = s.gateway("a", s.map_file("a.shardmap.yaml", FOUR), 85)
+        cust = "cust-claim"
+        (owner, slot), = g.route([cust]).values()
+        assert post_order(g.port, "fc-1", cust)[0] == 201
+        assert g.stop() == 0
+        other = next(n for n in FOUR if n != owner)
+        # a claim without rows: moved to the owner at start
+        sql(store, other, "INSERT INTO %s (slot) VALUES (%d)" % (SLOTS, slot))
+        g.start()
+        own = owned(store)
+        assert slot in own[owner] and slot not in own[other], (owner, other)
+        assert g.stop() == 0
+        # a claim with rows: refused
+        sql(store, other, "INSERT INTO %s (slot) VALUES (%d)" % (SLOTS, slot))
+        sql(store, other, "INSERT INTO %s (order_id, customer_id, version, _slot) "
+                          "VALUES ('fc-2', '%s', 1, %d)" % (TABLE, cust, slot))
+        g.proc = subprocess.Popen([conftest.BIN, "-c", g.cfg], stdout=g.log,
+                                  stderr=subprocess.STDOUT)
+        assert g.proc.wait(timeout=30) != 0
+        log = g.logtext()
+        assert ("slot %d of %s on '%s' (the map gives it to '%s')"
+                % (slot, TABLE, other, owner)) in log, log[-2000:]
+        g.proc = None
+        ok = True
+    finally:
+        s.close(ok)
 
 
 @BOTH
