@@ -84,6 +84,8 @@ enum ad_status {
     AD_PRECONDITION, /* 412: If-Match mismatch */
     AD_BAD_REQUEST,  /* 400: the store rejected the request as invalid */
     AD_UNAVAILABLE,  /* 503: backend down / connection lost / queue full */
+    AD_SLOT_MOVED,   /* 503 slot_moved: the shard does not own the write's slot (it moved or
+                        is moving to another shard, docs/rebalancing.md); nothing was written */
     AD_TIMEOUT,      /* 504 */
     AD_CANCELED,     /* cancel() was called */
     AD_INTERNAL,     /* 500: the backend said something we did not expect */

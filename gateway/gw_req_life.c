@@ -248,9 +248,12 @@ void req_respond_error(struct gw_req *r, const struct md_error *e, const char *m
     struct evbuffer *b = evbuffer_new();
     md_error_write(b, e, r->rid);
     r->errcode = md_err_code(e->err);
-    char ra[32];
+    char ra[256];
     if (more_headers == NULL && r->retry_after_s > 0) { /* circuit open: when to come back */
         snprintf(ra, sizeof(ra), "Retry-After: %d\r\n", r->retry_after_s);
+        more_headers = ra;
+    } else if (e->err == MD_E_SLOT_MOVED) { /* the owner is known again once the map is */
+        snprintf(ra, sizeof(ra), "%sRetry-After: 1\r\n", more_headers != NULL ? more_headers : "");
         more_headers = ra;
     }
     req_respond(r, md_err_status(e->err), b, more_headers);
@@ -291,6 +294,8 @@ static enum md_err err_of(enum ad_status st)
     case AD_UNAVAILABLE:
     case AD_CANCELED:
         return MD_E_UNAVAILABLE;
+    case AD_SLOT_MOVED:
+        return MD_E_SLOT_MOVED;
     default:
         return MD_E_INTERNAL;
     }
@@ -399,10 +404,10 @@ void req_deliver(struct gw_req *r, const struct ad_res *res, const struct md_err
         struct md_error e = {0};
         req_res_error(r, res, res->field, &e);
         e.domain = r->ad.domain != NULL ? r->ad.domain->name : NULL;
-        e.shard =
-            res->status == AD_UNAVAILABLE || res->status == AD_TIMEOUT || res->status == AD_INTERNAL
-                ? res->shard
-                : NULL;
+        e.shard = res->status == AD_UNAVAILABLE || res->status == AD_TIMEOUT ||
+                          res->status == AD_INTERNAL || res->status == AD_SLOT_MOVED
+                      ? res->shard
+                      : NULL;
         req_respond_error(r, &e, NULL);
         return;
     }

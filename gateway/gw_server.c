@@ -95,6 +95,7 @@ static void apply(struct server *s, struct cf_config *cf)
     if (!cf->auth.enabled && s->cf->auth.enabled) {
         lb_warn("reload turns authentication OFF (auth.enabled: false)");
     }
+    rb_rebalance_fence(cf); /* the shards' slot ownership follows a map changed without moves */
     for (int i = 0; i < s->nworkers; i++) {
         gw_worker_post_config(&s->workers[i], cf);
     }

@@ -37,6 +37,7 @@ static const struct {
     [MD_E_IDEM_BUSY] = {409, "idempotency_in_progress"},
     [MD_E_HTTP_VERSION] = {505, "http_version_not_supported"},
     [MD_E_RESPONSE_TOO_LARGE] = {400, "response_too_large"},
+    [MD_E_SLOT_MOVED] = {503, "slot_moved"},
 };
 
 int md_err_status(enum md_err e)

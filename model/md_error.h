@@ -34,6 +34,7 @@ enum md_err {
     MD_E_IDEM_BUSY,          /* 409 idempotency_in_progress */
     MD_E_RESPONSE_TOO_LARGE, /* 400 response_too_large: limits.max_response_bytes */
     MD_E_HTTP_VERSION,       /* 505 http_version_not_supported */
+    MD_E_SLOT_MOVED,         /* 503 slot_moved: the shard no longer owns the write's slot; retry */
 };
 
 int md_err_status(enum md_err e);

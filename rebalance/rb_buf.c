@@ -103,18 +103,103 @@ void rb_buf_from_slot(struct rb_buf *b, enum sql_dialect dialect, const struct r
     rb_buf_putf(b, " = %u", slot);
 }
 
-void rb_buf_delete_slots(struct rb_buf *b, enum sql_dialect dialect, const struct rb_table *t,
-                         const uint32_t *slots, size_t n)
+/* " WHERE <col> IN (<slots>)" */
+static void slots_in(struct rb_buf *b, enum sql_dialect dialect, const char *col,
+                     const uint32_t *slots, size_t n)
 {
-    RB_PUTS(b, "DELETE FROM ");
-    rb_buf_ident(b, dialect, t->name);
     RB_PUTS(b, " WHERE ");
-    rb_buf_ident(b, dialect, "_slot");
+    rb_buf_ident(b, dialect, col);
     RB_PUTS(b, " IN (");
     for (size_t i = 0; i < n; i++) {
         rb_buf_putf(b, "%s%u", i ? ", " : "", slots[i]);
     }
     RB_PUTS(b, ")");
+}
+
+void rb_buf_delete_slots(struct rb_buf *b, enum sql_dialect dialect, const struct rb_table *t,
+                         const uint32_t *slots, size_t n)
+{
+    RB_PUTS(b, "DELETE FROM ");
+    rb_buf_ident(b, dialect, t->name);
+    slots_in(b, dialect, "_slot", slots, n);
+}
+
+/* The ownership table of t (sql_slots_table), quoted. */
+static void slots_ident(struct rb_buf *b, enum sql_dialect dialect, const struct rb_table *t)
+{
+    size_t n = strlen(t->name) + sizeof(SQL_SLOTS_PREFIX);
+    char *name = malloc(n);
+    if (name == NULL) {
+        rb_buf_fail(b);
+        return;
+    }
+    sql_slots_table(t->name, name, n);
+    rb_buf_ident(b, dialect, name);
+    free(name);
+}
+
+void rb_buf_slots_ddl(struct rb_buf *b, enum sql_dialect dialect, const struct rb_table *t)
+{
+    if (dialect == SQL_PG) { /* serialised between processes, as sql_build_migrate does */
+        RB_PUTS(b, "SELECT pg_advisory_xact_lock(7370153842196624); ");
+    }
+    RB_PUTS(b, "CREATE TABLE IF NOT EXISTS ");
+    slots_ident(b, dialect, t);
+    RB_PUTS(b, " (");
+    rb_buf_ident(b, dialect, "slot");
+    if (dialect == SQL_PG) {
+        RB_PUTS(b, " integer PRIMARY KEY)");
+    } else {
+        RB_PUTS(b, " INT NOT NULL PRIMARY KEY) ENGINE=InnoDB");
+    }
+}
+
+void rb_buf_slots_grant(struct rb_buf *b, enum sql_dialect dialect, const struct rb_table *t,
+                        const uint32_t *slots, size_t n)
+{
+    if (dialect == SQL_MYSQL) {
+        RB_PUTS(b, "INSERT IGNORE INTO ");
+    } else {
+        RB_PUTS(b, "INSERT INTO ");
+    }
+    slots_ident(b, dialect, t);
+    RB_PUTS(b, " (");
+    rb_buf_ident(b, dialect, "slot");
+    RB_PUTS(b, ") VALUES ");
+    for (size_t i = 0; i < n; i++) {
+        rb_buf_putf(b, "%s(%u)", i ? ", " : "", slots[i]);
+    }
+    if (dialect == SQL_PG) {
+        RB_PUTS(b, " ON CONFLICT DO NOTHING");
+    }
+}
+
+void rb_buf_slots_revoke(struct rb_buf *b, enum sql_dialect dialect, const struct rb_table *t,
+                         const uint32_t *slots, size_t n)
+{
+    RB_PUTS(b, "DELETE FROM ");
+    slots_ident(b, dialect, t);
+    slots_in(b, dialect, "slot", slots, n);
+}
+
+void rb_buf_slots_owned(struct rb_buf *b, enum sql_dialect dialect, const struct rb_table *t)
+{
+    RB_PUTS(b, "SELECT ");
+    rb_buf_ident(b, dialect, "slot");
+    RB_PUTS(b, " FROM ");
+    slots_ident(b, dialect, t);
+    RB_PUTS(b, " ORDER BY ");
+    rb_buf_ident(b, dialect, "slot");
+}
+
+void rb_buf_slots_held(struct rb_buf *b, enum sql_dialect dialect, const struct rb_table *t,
+                       const uint32_t *slots, size_t n)
+{
+    RB_PUTS(b, "SELECT DISTINCT ");
+    rb_buf_ident(b, dialect, "_slot");
+    RB_PUTS(b, " FROM ");
+    rb_buf_ident(b, dialect, t->name);
+    slots_in(b, dialect, "_slot", slots, n);
 }
 
 void rb_buf_select_slot(struct rb_buf *b, enum sql_dialect dialect, const struct rb_table *t,

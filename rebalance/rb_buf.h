@@ -60,4 +60,18 @@ void rb_buf_key_in(struct rb_buf *b, enum sql_dialect dialect, const struct rb_t
 void rb_buf_delete_slots(struct rb_buf *b, enum sql_dialect dialect, const struct rb_table *t,
                          const uint32_t *slots, size_t n);
 
+/* The slot ownership table of t (sql_slots_table; rb_slots_* in
+ * rb_mover.h): create it if missing; grant (insert, existing ones kept) and
+ * revoke (delete) slots; list the slots owned, in order. */
+void rb_buf_slots_ddl(struct rb_buf *b, enum sql_dialect dialect, const struct rb_table *t);
+void rb_buf_slots_grant(struct rb_buf *b, enum sql_dialect dialect, const struct rb_table *t,
+                        const uint32_t *slots, size_t n);
+void rb_buf_slots_revoke(struct rb_buf *b, enum sql_dialect dialect, const struct rb_table *t,
+                         const uint32_t *slots, size_t n);
+void rb_buf_slots_owned(struct rb_buf *b, enum sql_dialect dialect, const struct rb_table *t);
+/* "SELECT DISTINCT _slot FROM <table> WHERE _slot IN (<slots>)": which of
+ * the slots the table holds rows of. */
+void rb_buf_slots_held(struct rb_buf *b, enum sql_dialect dialect, const struct rb_table *t,
+                       const uint32_t *slots, size_t n);
+
 #endif

@@ -57,3 +57,22 @@ rb_rowsums_copy(size_t n, void (*row)(void *res, size_t i, const char **key, con
     }
     return rs;
 }
+
+int rb_slots_copy(size_t n, const char *(*val)(void *res, size_t i), void *res, uint32_t **slots,
+                  size_t *nslots)
+{
+    uint32_t *v = calloc(n + 1, sizeof(*v));
+    if (v == NULL) {
+        return -1;
+    }
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) {
+        const char *t = val(res, i);
+        if (t != NULL) {
+            v[k++] = (uint32_t)strtoul(t, NULL, 10);
+        }
+    }
+    *slots = v;
+    *nslots = k;
+    return 0;
+}

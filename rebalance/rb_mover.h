@@ -98,6 +98,11 @@ struct rb_mover_ops {
      * rebalance). */
     int (*delete_slots)(struct rb_conn *c, const struct rb_table *t, const uint32_t *slots,
                         size_t n, char *err, size_t errlen);
+    /* Run a parameterless query whose rows are one integer column (slots):
+     * a malloc'd array of *n slots (NULL when none).  0, or -1 with err.
+     * The slot ownership tables (rb_slots.h) run through it and exec_ddl. */
+    int (*slot_query)(struct rb_conn *c, const char *sql, uint32_t **slots, size_t *n, char *err,
+                      size_t errlen);
 };
 
 /* Keys per copy_keys / delete_keys call. */
@@ -116,6 +121,12 @@ void rb_cols_free(char **cols, unsigned n);
 struct rb_rowsum *
 rb_rowsums_copy(size_t n, void (*row)(void *res, size_t i, const char **key, const char **sum),
                 void *res);
+
+/* A slot_query() result from n rows: val(res, i) gives row i's slot as text
+ * (called for i = 0, 1, … in order; NULL skipped).  0, or -1 when out of
+ * memory. */
+int rb_slots_copy(size_t n, const char *(*val)(void *res, size_t i), void *res, uint32_t **slots,
+                  size_t *nslots);
 
 /* Free what rowsums() returned. */
 void rb_rowsums_free(struct rb_rowsum *rs, size_t n);

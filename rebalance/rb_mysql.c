@@ -349,6 +349,32 @@ static int my_delete_slots(struct rb_conn *c, const struct rb_table *t, const ui
     return rc;
 }
 
+/* rb_slots_copy: the next row's first column of a stored result */
+static const char *next_slot(void *res, size_t i)
+{
+    (void)i;
+    MYSQL_ROW row = mysql_fetch_row(res);
+    return row != NULL ? row[0] : NULL;
+}
+
+static int my_slot_query(struct rb_conn *c, const char *sql, uint32_t **slots, size_t *n, char *err,
+                         size_t errlen)
+{
+    struct rb_buf q = {0};
+    rb_buf_put(&q, sql, strlen(sql));
+    MYSQL_RES *res = query(c, &q, err, errlen);
+    free(q.p);
+    if (res == NULL) {
+        return -1;
+    }
+    int rc = rb_slots_copy((size_t)mysql_num_rows(res), next_slot, res, slots, n);
+    mysql_free_result(res);
+    if (rc < 0) {
+        snprintf(err, errlen, "shard '%s': out of memory reading slots", c->shard);
+    }
+    return rc;
+}
+
 const struct rb_mover_ops rb_mysql_ops = {
     .type = "mysql",
     .dialect = SQL_MYSQL,
@@ -365,4 +391,5 @@ const struct rb_mover_ops rb_mysql_ops = {
     .digest = my_digest,
     .delete_slot = my_delete_slot,
     .delete_slots = my_delete_slots,
+    .slot_query = my_slot_query,
 };

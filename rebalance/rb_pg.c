@@ -431,6 +431,30 @@ static int pg_delete_slots(struct rb_conn *c, const struct rb_table *t, const ui
     return rc;
 }
 
+/* rb_slots_copy: row i's first column */
+static const char *slot_at(void *res, size_t i)
+{
+    return PQgetisnull(res, (int)i, 0) ? NULL : PQgetvalue(res, (int)i, 0);
+}
+
+static int pg_slot_query(struct rb_conn *c, const char *sql, uint32_t **slots, size_t *n, char *err,
+                         size_t errlen)
+{
+    struct rb_buf q = {0};
+    rb_buf_put(&q, sql, strlen(sql));
+    PGresult *r = run(c, &q, NULL, err, errlen);
+    free(q.p);
+    if (r == NULL) {
+        return -1;
+    }
+    int rc = rb_slots_copy((size_t)PQntuples(r), slot_at, r, slots, n);
+    PQclear(r);
+    if (rc < 0) {
+        snprintf(err, errlen, "shard '%s': out of memory reading slots", c->shard);
+    }
+    return rc;
+}
+
 const struct rb_mover_ops rb_pg_ops = {
     .type = "pg",
     .dialect = SQL_PG,
@@ -447,4 +471,5 @@ const struct rb_mover_ops rb_pg_ops = {
     .digest = pg_digest,
     .delete_slot = pg_delete_slot,
     .delete_slots = pg_delete_slots,
+    .slot_query = pg_slot_query,
 };

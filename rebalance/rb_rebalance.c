@@ -26,6 +26,7 @@
 #include "rebalance/rb_mapfile.h"
 #include "rebalance/rb_mover.h"
 #include "rebalance/rb_registry.h"
+#include "rebalance/rb_slots.h"
 #include "rebalance/rb_state.h"
 #include "routing/rt_live.h"
 #include "routing/rt_shardmap.h"
@@ -425,6 +426,235 @@ static int delete_slot_rows(struct rb *rb, struct rb_table *t, uint32_t slot, st
     }
 }
 
+/* ---- the slot ownership tables (docs/rebalancing.md, "The fence at the shard") ------ */
+
+/* GRANT / REVOKE one slot on a connection, in every table of the backend. */
+static int own(struct rb *rb, struct rb_conn *c, uint32_t slot, int grant, char *err, size_t errlen)
+{
+    for (size_t k = 0; k < rb->ntables; k++) {
+        const struct rb_table *t = &rb->tables[k];
+        if ((grant ? rb_slots_grant(rb->ops, c, t, &slot, 1, err, errlen)
+                   : rb_slots_revoke(rb->ops, c, t, &slot, 1, err, errlen)) < 0) {
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* GRANT / REVOKE one slot at a shard. */
+static int slot_own(struct rb *rb, int shard, uint32_t slot, int grant, char *err, size_t errlen)
+{
+    struct rb_conn *c = conn(rb, shard, err, errlen);
+    return c != NULL ? own(rb, c, slot, grant, err, errlen) : -1;
+}
+
+/* A slot not switched goes back to its source (the move revoked it there):
+ * retried until it holds or the mover stops (a restart grants it then). */
+static void regrant_source(struct rb *rb, const struct rb_move *m)
+{
+    char err[256];
+    while (slot_own(rb, m->from, m->slot, 1, err, sizeof(err)) < 0) {
+        rb_error(rb, "slot %u: giving it back to '%s': %s (retrying)", m->slot, rb->names[m->from],
+                 err);
+        if (flag(rb, &rb->stop_req)) {
+            return;
+        }
+        nap_ms(1000);
+    }
+}
+
+/* Per shard: the slots to grant, to revoke, and claims to check. */
+struct fence_plan {
+    uint32_t **grant, **revoke, **check;
+    size_t *ngrant, *nrevoke, *ncheck;
+};
+
+static void plan_add(uint32_t **lists, size_t *n, size_t shard, uint32_t slot)
+{
+    lists[shard][n[shard]++] = slot;
+}
+
+/* Append "slot S of T on 'X' (the map gives it to 'Y')" to the conflict list. */
+static void conflict_add(char *out, size_t outlen, size_t *nconf, uint32_t slot, const char *table,
+                         const char *on, const char *owner)
+{
+    size_t len = strlen(out);
+    if (*nconf < 6 && len < outlen) {
+        snprintf(out + len, outlen - len, "%sslot %u of %s on '%s' (the map gives it to '%s')",
+                 *nconf ? ", " : "", slot, table, on, owner);
+    }
+    (*nconf)++;
+}
+
+/* The claims of shard i that the live table gives another shard: taken from
+ * it when it holds no row of the slot in any table of the backend (a
+ * left-over claim: its rows went with a dropped table, or the map moved
+ * the slot while it held nothing), else a conflict. */
+static int check_claims(struct rb *rb, const struct rb_table *t, struct fence_plan *fp, size_t i,
+                        unsigned char *held, char *conf, size_t conflen, size_t *nconf, char *err,
+                        size_t errlen)
+{
+    if (fp->ncheck[i] == 0) {
+        return 0;
+    }
+    struct rb_conn *c = conn(rb, (int)i, err, errlen);
+    uint32_t *h = NULL;
+    size_t nh = 0;
+    int rows = c != NULL ? rb->ops->has_rows(c, t->name, err, errlen) : -1; /* 0: no table */
+    if (rows < 0 || (rows > 0 && rb_slots_held(rb->ops, c, t, fp->check[i], fp->ncheck[i], &h, &nh,
+                                               err, errlen) < 0)) {
+        return -1;
+    }
+    for (size_t j = 0; j < nh; j++) {
+        if (h[j] < rt_live_nslots(rb->live)) {
+            held[h[j]] = 1;
+        }
+    }
+    free(h);
+    for (size_t j = 0; j < fp->ncheck[i]; j++) {
+        uint32_t s = fp->check[i][j];
+        if (held[s]) {
+            conflict_add(conf, conflen, nconf, s, t->name, rb->names[i],
+                         rb->names[rt_live_owner(rb->live, s)]);
+            held[s] = 0;
+        } else {
+            plan_add(fp->revoke, fp->nrevoke, i, s);
+        }
+    }
+    return 0;
+}
+
+/* Make every shard's ownership table list exactly the slots the live table
+ * gives it (at start-up: the map, or a resumed rebalance's owners).  A slot
+ * this rebalance moves is set as the state file says (recovery); a claim on
+ * any other slot by a shard the map does not give it is dropped only when
+ * that shard holds none of its rows (check_claims), else nothing changes
+ * and -2 names the slots and shards.  An unreachable shard: -1 naming it. */
+static int fence_sync_table(struct rb *rb, const struct rb_table *t, char *err, size_t errlen)
+{
+    uint32_t nslots = rt_live_nslots(rb->live);
+    size_t ns = rb->nshards;
+    unsigned char *claim = lb_xcalloc((size_t)nslots * ns + 1, 1); /* [slot * ns + shard] */
+    unsigned char *moving = lb_xcalloc((size_t)nslots + 1, 1);
+    unsigned char *held = lb_xcalloc((size_t)nslots + 1, 1);
+    struct fence_plan fp;
+    uint32_t ***lists[] = {&fp.grant, &fp.revoke, &fp.check};
+    size_t **counts[] = {&fp.ngrant, &fp.nrevoke, &fp.ncheck};
+    for (size_t l = 0; l < 3; l++) {
+        *lists[l] = lb_xcalloc(ns + 1, sizeof(uint32_t *));
+        *counts[l] = lb_xcalloc(ns + 1, sizeof(size_t));
+        for (size_t i = 0; i < ns; i++) {
+            (*lists[l])[i] = lb_xcalloc((size_t)nslots + 1, sizeof(uint32_t));
+        }
+    }
+    for (size_t i = 0; i < rb->nmoves; i++) {
+        moving[rb->moves[i].slot] = 1;
+    }
+    /* a shard that cannot be reached is left out (its claims unknown): the
+     * others are set all the same, and -1 names it at the end */
+    unsigned char *down = lb_xcalloc(ns + 1, 1);
+    char derr[256] = "", downerr[256] = "";
+    for (size_t i = 0; i < ns; i++) {
+        struct rb_conn *c = conn(rb, (int)i, derr, sizeof(derr));
+        uint32_t *owned = NULL;
+        size_t n = 0;
+        down[i] = c == NULL || rb_slots_ensure(rb->ops, c, t, derr, sizeof(derr)) < 0 ||
+                  rb_slots_owned(rb->ops, c, t, &owned, &n, derr, sizeof(derr)) < 0;
+        if (down[i]) {
+            snprintf(downerr, sizeof(downerr), "%s", derr);
+        }
+        for (size_t j = 0; j < n; j++) {
+            if (owned[j] < nslots) {
+                claim[(size_t)owned[j] * ns + i] = 1;
+            }
+        }
+        free(owned);
+    }
+    for (uint32_t s = 0; s < nslots; s++) {
+        size_t o = (size_t)rt_live_owner(rb->live, s);
+        if (!claim[(size_t)s * ns + o] && !down[o]) {
+            plan_add(fp.grant, fp.ngrant, o, s);
+        }
+        for (size_t i = 0; i < ns; i++) {
+            if (i != o && claim[(size_t)s * ns + i]) {
+                plan_add(moving[s] ? fp.revoke : fp.check, moving[s] ? fp.nrevoke : fp.ncheck, i,
+                         s);
+            }
+        }
+    }
+    int rc = 0;
+    char conf[400] = "";
+    size_t nconf = 0;
+    for (size_t i = 0; rc == 0 && i < ns; i++) {
+        rc = down[i] ? 0
+                     : check_claims(rb, t, &fp, i, held, conf, sizeof(conf), &nconf, err, errlen);
+    }
+    if (rc == 0 && nconf > 0) {
+        snprintf(err, errlen,
+                 "the slot ownership of backend '%s' disagrees with its shard map: %zu slot(s) "
+                 "owned by a shard that holds their rows but that the map does not give them to: "
+                 "%s%s.  Was the map changed without a rebalance?  Restore the map the data "
+                 "follows (docs/rebalancing.md)",
+                 rb->backend, nconf, conf, nconf > 6 ? ", …" : "");
+        rc = -2;
+    }
+    size_t ngranted = 0, nrevoked = 0;
+    for (size_t i = 0; rc == 0 && i < ns; i++) { /* revokes first: never two owners */
+        if (down[i]) {
+            continue;
+        }
+        struct rb_conn *c = conn(rb, (int)i, err, errlen);
+        rc = c != NULL ? rb_slots_revoke(rb->ops, c, t, fp.revoke[i], fp.nrevoke[i], err, errlen)
+                       : -1;
+        nrevoked += fp.nrevoke[i];
+    }
+    for (size_t i = 0; rc == 0 && i < ns; i++) {
+        if (down[i]) {
+            continue;
+        }
+        struct rb_conn *c = conn(rb, (int)i, err, errlen);
+        rc = c != NULL ? rb_slots_grant(rb->ops, c, t, fp.grant[i], fp.ngrant[i], err, errlen) : -1;
+        ngranted += fp.ngrant[i];
+    }
+    if (rc == 0 && ngranted + nrevoked > 0) {
+        lb_info("slot ownership of backend '%s', table %s: %zu slot(s) granted, %zu revoked to "
+                "match its map",
+                rb->backend, t->name, ngranted, nrevoked);
+    }
+    if (rc == 0 && downerr[0] != '\0') {
+        snprintf(err, errlen, "%s", downerr);
+        rc = -1;
+    }
+    free(down);
+    for (size_t l = 0; l < 3; l++) {
+        for (size_t i = 0; i < ns; i++) {
+            free((*lists[l])[i]);
+        }
+        free(*lists[l]);
+        free(*counts[l]);
+    }
+    free(claim);
+    free(moving);
+    free(held);
+    return rc;
+}
+
+/* fence_sync_table for every sharded table of the backend: -2 (a conflict)
+ * before -1 (a shard unreachable) before 0. */
+static int fence_sync(struct rb *rb, char *err, size_t errlen)
+{
+    int rc = 0;
+    char terr[512];
+    for (size_t k = 0; k < rb->ntables && rc > -2; k++) {
+        int r = fence_sync_table(rb, &rb->tables[k], terr, sizeof(terr));
+        if (r < rc) {
+            rc = r;
+            snprintf(err, errlen, "%s", terr);
+        }
+    }
+    return rc;
+}
+
 /* ---- state file ---------------------------------------------------------------------- */
 
 static int save_state(struct rb *rb, char *err, size_t errlen)
@@ -499,25 +729,40 @@ static int move_slot(struct rb *rb, size_t mi, char *err, size_t errlen)
                  FREEZE_TIMEOUT_MS);
         return -1;
     }
+    /* REVOKE at the source: waits for the fenced writes in flight there (any
+     * process's); once it returns, no write of the slot runs on A, so the
+     * catch-up below sees A's final rows */
+    if (own(rb, a, m->slot, 0, err, errlen) < 0) {
+        regrant_source(rb, m); /* the revoke may have committed before the error */
+        rt_live_unfreeze(rb->live, m->slot);
+        return -1;
+    }
     set_phase(rb, m->slot, "catch-up");
-    for (size_t k = 0; k < rb->ntables; k++) {
-        struct rb_table *t = &rb->tables[k];
-        if (catch_up(rb, t, m->slot, a, b, err, errlen) < 0) {
-            rt_live_unfreeze(rb->live, m->slot);
-            return -1;
-        }
+    int ok = 1;
+    for (size_t k = 0; ok && k < rb->ntables; k++) {
+        ok = catch_up(rb, &rb->tables[k], m->slot, a, b, err, errlen) == 0;
     }
-    set_phase(rb, m->slot, "verify");
-    for (size_t k = 0; k < rb->ntables; k++) {
-        if (verify(rb, &rb->tables[k], m->slot, a, b, an, bn, err, errlen) < 0) {
-            rt_live_unfreeze(rb->live, m->slot);
-            return -1;
-        }
+    if (ok) {
+        set_phase(rb, m->slot, "verify");
     }
-    set_phase(rb, m->slot, "switch");
-    rb->done[mi] = 1;
-    if (save_state(rb, err, errlen) < 0) { /* durable before anyone writes to the target */
-        rb->done[mi] = 0;
+    for (size_t k = 0; ok && k < rb->ntables; k++) {
+        ok = verify(rb, &rb->tables[k], m->slot, a, b, an, bn, err, errlen) == 0;
+    }
+    if (ok) { /* GRANT at the target, before the switch lets anyone write there */
+        set_phase(rb, m->slot, "switch");
+        ok = own(rb, b, m->slot, 1, err, errlen) == 0;
+    }
+    if (ok) {
+        rb->done[mi] = 1;
+        ok = save_state(rb, err, errlen) == 0; /* durable before anyone writes to the target */
+        rb->done[mi] = ok;
+    }
+    if (!ok) { /* not switched: A owns the slot again, B not */
+        char rerr[256];
+        if (slot_own(rb, m->to, m->slot, 0, rerr, sizeof(rerr)) < 0) {
+            rb_error(rb, "slot %u: %s", m->slot, rerr); /* a restart revokes it */
+        }
+        regrant_source(rb, m);
         rt_live_unfreeze(rb->live, m->slot);
         return -1;
     }
@@ -530,7 +775,7 @@ static int move_slot(struct rb *rb, size_t mi, char *err, size_t errlen)
         return 0; /* stopping: a restart deletes the source rows */
     }
     for (;;) {
-        int ok = 1;
+        ok = 1;
         a = conn(rb, m->from, err, errlen);
         for (size_t k = 0; a != NULL && k < rb->ntables; k++) {
             if (delete_slot_rows(rb, &rb->tables[k], m->slot, a, err, errlen) < 0) {
@@ -562,6 +807,8 @@ static void rollback_slot(struct rb *rb, size_t mi)
         for (size_t k = 0; ok && k < rb->ntables; k++) {
             ok = delete_slot_rows(rb, &rb->tables[k], m->slot, b, err, sizeof(err)) == 0;
         }
+        ok = ok && slot_own(rb, m->to, m->slot, 0, err, sizeof(err)) == 0 &&
+             slot_own(rb, m->from, m->slot, 1, err, sizeof(err)) == 0;
         if (ok) {
             rt_live_unexclude(rb->live, m->to, m->slot);
             return;
@@ -930,8 +1177,9 @@ static int ensure_tables(struct rb *rb, char *err, size_t errlen)
             return -1;
         }
         for (size_t k = 0; k < rb->ntables; k++) {
-            if (rb->tables[k].ddl != NULL &&
-                rb->ops->exec_ddl(c, rb->tables[k].ddl, err, errlen) < 0) {
+            if ((rb->tables[k].ddl != NULL &&
+                 rb->ops->exec_ddl(c, rb->tables[k].ddl, err, errlen) < 0) ||
+                rb_slots_ensure(rb->ops, c, &rb->tables[k], err, errlen) < 0) {
                 return -1;
             }
         }
@@ -1074,10 +1322,65 @@ static int recover_cleanup(struct rb *rb, char *err, size_t errlen)
     return rc;
 }
 
+/* The ownership tables of one backend agree with its map (fence_sync);
+ * 0 when it has no fenced domain.  A shard that cannot be reached is left as
+ * it is (warned: its writes answer what its table says until the next sync);
+ * a conflict is -1 with err. */
+static int fence_backend(const struct cf_config *cf, const struct cf_backend *be, char *err,
+                         size_t errlen)
+{
+    if (be->shard_map_path == NULL || be->map == NULL || be->live != NULL ||
+        rb_mover_for(be->type) == NULL) {
+        return 0;
+    }
+    struct json_object *doc = rb_mapfile_doc(be->map);
+    char berr[512];
+    struct rb *rb = rb_build(cf, be->name, doc, doc, NULL, 0, berr, sizeof(berr));
+    json_object_put(doc);
+    if (rb == NULL) {
+        snprintf(err, errlen, "%s", berr);
+        return -1;
+    }
+    int rc = rb->ntables > 0 ? fence_sync(rb, berr, sizeof(berr)) : 0;
+    if (rc < 0) {
+        if (rc == -2) {
+            snprintf(err, errlen, "%s", berr);
+            rc = -1;
+        } else {
+            rc = 0;
+            lb_warn("slot ownership of backend '%s' not checked: %s (its writes follow what "
+                    "each shard's table lists until the next start or map change)",
+                    be->name, berr);
+        }
+    }
+    rb_free(rb);
+    return rc;
+}
+
+void rb_rebalance_fence(const struct cf_config *cf)
+{
+    char err[512];
+    for (size_t i = 0; i < cf->nbackends; i++) {
+        if (fence_backend(cf, &cf->backends[i], err, sizeof(err)) < 0) {
+            lb_error("%s (left as they are: writes of those slots answer slot_moved)", err);
+        }
+    }
+}
+
 struct cf_config *rb_rebalance_recover(const char *cfg_path, struct cf_config *cf, int nworkers,
                                        rb_rebalance_done_cb done, void *arg, char *err,
                                        size_t errlen)
 {
+    for (size_t i = 0; i < cf->nbackends; i++) { /* the backends without a rebalance to resume */
+        const struct cf_backend *be = &cf->backends[i];
+        char *path = be->shard_map_path != NULL ? rb_state_path(be->shard_map_path) : NULL;
+        int resume = path != NULL && access(path, F_OK) == 0;
+        free(path);
+        if (!resume && fence_backend(cf, be, err, errlen) < 0) {
+            cf_config_unref(cf);
+            return NULL;
+        }
+    }
     for (size_t i = 0; i < cf->nbackends; i++) {
         const struct cf_backend *be = &cf->backends[i];
         if (be->shard_map_path == NULL) {
@@ -1115,7 +1418,7 @@ struct cf_config *rb_rebalance_recover(const char *cfg_path, struct cf_config *c
                 rb->backend, rb->from_version, rb->to_version, rb->done_at_start, rb->nmoves);
         struct cf_config *ncf = union_config(rb, cfg_path, lerr, sizeof(lerr));
         if (ncf == NULL || ensure_tables(rb, lerr, sizeof(lerr)) < 0 ||
-            recover_cleanup(rb, lerr, sizeof(lerr)) < 0 ||
+            fence_sync(rb, lerr, sizeof(lerr)) < 0 || recover_cleanup(rb, lerr, sizeof(lerr)) < 0 ||
             start(rb, done, arg, lerr, sizeof(lerr)) < 0) {
             snprintf(err, errlen, "resuming the rebalance of '%s': %s", rb->backend, lerr);
             cf_config_unref(ncf);

@@ -51,6 +51,15 @@ struct cf_config *rb_rebalance_recover(const char *cfg_path, struct cf_config *c
                                        rb_rebalance_done_cb done, void *arg, char *err,
                                        size_t errlen);
 
+/* Main thread, when a config is applied (a reload, a map change that moves
+ * no slot): every shard of each sharded SQL backend of cf that is not being
+ * rebalanced lists in its slot ownership table exactly the slots its map
+ * gives it (docs/rebalancing.md, "The fence at the shard"; start-up does the
+ * same in rb_rebalance_recover, and refuses to start on a conflict).  A
+ * shard that owns slots the map gives another while holding their rows, or
+ * that cannot be reached, is logged and left as it is. */
+void rb_rebalance_fence(const struct cf_config *cf);
+
 /* 1 while a rebalance is running (the map may not change meanwhile). */
 int rb_rebalance_active(void);
 

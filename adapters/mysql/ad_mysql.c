@@ -82,6 +82,8 @@ struct my_call {
     int rolling_back;  /* the script failed: ROLLBACK sent, b.res holds the error */
     MYSQL_RES *rows;   /* result of statement st.rows_at */
     uint64_t affected; /* affected rows of statement st.affected_at */
+    int probing;       /* the fence probe (sql_build_fence_probe) was sent */
+    MYSQL_RES *probe;  /* its result */
 };
 
 struct my_conn {
@@ -221,6 +223,10 @@ static void my_call_clear(struct sql_call *call)
     if (mc->rows != NULL) {
         mysql_free_result(mc->rows);
         mc->rows = NULL;
+    }
+    if (mc->probe != NULL) {
+        mysql_free_result(mc->probe);
+        mc->probe = NULL;
     }
 }
 
@@ -503,11 +509,44 @@ static void error_result(struct my_call *call, unsigned int no, const char *sqls
 
 /* ---- a script's results ------------------------------------------------------------ */
 
+static char *interpolate(MYSQL *my, const struct sql_stmt *st, size_t *outlen);
+
+/* A fenced write changed no row (its transaction has ended): ask on the
+ * same connection whether the shard owns the slot; the answer comes back to
+ * script_done.  0 sent (or failed through the call), -1 not sent. */
+static int send_probe(struct my_conn *c, struct my_call *call)
+{
+    const struct ad_req *req = call->b.req;
+    struct sql_stmt st;
+    char err[128];
+    size_t len = 0;
+    char *text = NULL;
+    sql_stmt_init(&st, SQL_MYSQL);
+    st.slot = req->slot;
+    if (sql_build_fence_probe(&st, req->domain, req->key, err, sizeof(err)) == 0) {
+        text = interpolate(c->my, &st, &len);
+    }
+    sql_stmt_free(&st);
+    if (text == NULL) {
+        return -1;
+    }
+    free(c->text);
+    c->text = text;
+    call->probing = 1;
+    (void)send_text(c, text, len);
+    return 0;
+}
+
 /* The script of c's call ran to its end; build the response. */
 static void script_done(struct my_conn *c)
 {
     struct my_call *call = my_call_of(c->b.call);
     struct sql_shard *sh = c->b.sh;
+    int missed = call->b.st.affected_at >= 0 && call->affected == 0;
+    if (missed && !call->rolling_back && !call->b.is_migration && !call->probing &&
+        sql_pool_fence_miss(&call->b, 1) == SQL_MISS_PROBE && send_probe(c, call) == 0) {
+        return;
+    }
     conn_idle(c);
     struct ad_res res;
     ad_res_init(&res);
@@ -529,10 +568,19 @@ static void script_done(struct my_conn *c)
     unsigned nf = r != NULL ? mysql_num_fields(r) : 0;
     MYSQL_ROW row = r != NULL ? mysql_fetch_row(r) : NULL;
     unsigned long *lens = row != NULL ? mysql_fetch_lengths(r) : NULL;
-    /* a write that matched nothing: the SELECT of the same transaction
-     * tells 404 (no row) from 412 (a row at another version) */
-    int missed = st->affected_at >= 0 && call->affected == 0;
-    switch (req->op) {
+    /* a write that matched nothing: not owned (the fence), else the SELECT
+     * of the same transaction tells 404 (no row) from 412 (a row at another
+     * version) */
+    MYSQL_ROW moved = call->probe != NULL ? mysql_fetch_row(call->probe) : NULL;
+    char slot[16];
+    if (moved != NULL) {
+        sql_pool_slot_moved(&call->b, &res, moved[0] != NULL ? moved[0] : "?");
+    } else if (missed && !call->probing && sql_pool_fence_miss(&call->b, 1) == SQL_MISS_MOVED) {
+        snprintf(slot, sizeof(slot), "%d", (int)req->slot);
+        sql_pool_slot_moved(&call->b, &res, slot);
+    }
+    enum ad_op op = res.status == AD_DONE ? req->op : AD_PING; /* AD_PING: answered already */
+    switch (op) {
     case AD_PING:
         break;
     case AD_QUERY:
@@ -629,6 +677,14 @@ static void script_failed(struct my_conn *c)
 static void keep_rows(struct my_conn *c, MYSQL_RES *res)
 {
     struct my_call *call = my_call_of(c->b.call);
+    if (call->probing) { /* the fence probe: one statement */
+        if (call->probe == NULL && !call->rolling_back) {
+            call->probe = res;
+        } else {
+            mysql_free_result(res);
+        }
+        return;
+    }
     if (c->stmt == call->b.st.rows_at && call->rows == NULL && !call->rolling_back) {
         call->rows = res;
     } else {

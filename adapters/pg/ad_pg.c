@@ -49,7 +49,8 @@
 
 struct pg_call {
     struct sql_call b; /* first: the pool's part */
-    int stage;         /* 1: the version probe after a failed conditional write */
+    int stage;         /* 1: the version probe after a failed conditional write;
+                          2: the fence probe after a fenced write changed no row */
     int preparing;     /* 1 + the index of the statement being prepared, or 0 */
     PGresult *result;  /* first error, else last result */
 };
@@ -487,6 +488,29 @@ static int on_result(struct pg_conn *c, struct pg_call *pc)
     case AD_PUT:
     case AD_PATCH:
     case AD_DELETE:
+        if (pc->stage == 2 && n > 0) { /* the shard does not own the slot */
+            sql_pool_slot_moved(&pc->b, &res, PQgetvalue(r, 0, 0));
+            break;
+        }
+        if (n == 0 && pc->stage == 0) {
+            enum sql_fence_miss fm = sql_pool_fence_miss(&pc->b, 0);
+            if (fm == SQL_MISS_MOVED) {
+                char slot[16];
+                snprintf(slot, sizeof(slot), "%d", (int)req->slot);
+                sql_pool_slot_moved(&pc->b, &res, slot);
+                break;
+            }
+            if (fm == SQL_MISS_PROBE) { /* not owned, or not there: ask */
+                char err[128];
+                sql_stmt_free(&pc->b.st);
+                sql_stmt_init(&pc->b.st, SQL_PG);
+                pc->b.st.slot = req->slot;
+                if (sql_build_fence_probe(&pc->b.st, d, req->key, err, sizeof(err)) == 0) {
+                    pc->stage = 2;
+                    return follow_up(c, pc);
+                }
+            }
+        }
         if (n == 0) {
             if (req->if_match >= 0 && (req->op == AD_PATCH || req->op == AD_DELETE)) {
                 /* 404 or 412? ask for the version, on the same connection */

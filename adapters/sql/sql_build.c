@@ -953,6 +953,111 @@ static void slot_value(struct sql_stmt *st)
     param_s(st, v);
 }
 
+/* ---- the fence (sql_build.h) ----------------------------------------------------------- */
+
+/* An insert / upsert of st->slot is fenced (the values go in as a SELECT). */
+static int fence_insert(const struct sql_stmt *st, const struct cf_domain *d)
+{
+    return st->fence && sharded(d) && st->slot >= 0;
+}
+
+void sql_slots_table(const char *table, char *out, size_t outlen)
+{
+    snprintf(out, outlen, "%s%s", SQL_SLOTS_PREFIX, table);
+}
+
+/* "EXISTS (SELECT 1 FROM _polygate_slots_<table> WHERE slot = " … — the
+ * caller writes the slot, then fence_lock(). */
+static void fence_exists(struct sql_stmt *st, const struct cf_domain *d, int negated)
+{
+    char name[sizeof(SQL_SLOTS_PREFIX) + 64];
+    sql_slots_table(d->table, name, sizeof(name)); /* tables: at most 40 bytes (check_domain) */
+    puts_(st, negated ? "NOT EXISTS (SELECT 1 FROM " : "EXISTS (SELECT 1 FROM ");
+    ident(st, name);
+    puts_(st, " WHERE ");
+    ident(st, "slot");
+    puts_(st, " = ");
+}
+
+/* The shared lock on the slot's row that the mover's revoke waits for. */
+static void fence_lock(struct sql_stmt *st)
+{
+    puts_(st, st->dialect == SQL_PG ? " FOR SHARE)" : " LOCK IN SHARE MODE)");
+}
+
+/* The end of a fenced INSERT … SELECT <values>: its WHERE.  slot_param: the
+ * number of the slot's parameter (PostgreSQL: the same $n as the _slot
+ * value, so one statement shape serves every slot); MySQL writes the slot as
+ * an integer, the builder's own number. */
+static void fence_insert_where(struct sql_stmt *st, const struct cf_domain *d, size_t slot_param)
+{
+    puts_(st, st->dialect == SQL_MYSQL ? " FROM DUAL WHERE " : " WHERE ");
+    fence_exists(st, d, 0);
+    if (st->dialect == SQL_PG) {
+        putf(st, "$%zu", slot_param);
+    } else {
+        putf(st, "%d", (int)st->slot);
+    }
+    fence_lock(st);
+}
+
+/* <table>._slot */
+static void row_slot(struct sql_stmt *st, const struct cf_domain *d)
+{
+    ident(st, d->table);
+    puts_(st, ".");
+    ident(st, "_slot");
+}
+
+/* An UPDATE / DELETE of one row: " AND (t._slot IS NULL OR EXISTS (…))" —
+ * the row's own slot, so a write by id alone is fenced too; a row without a
+ * slot (written before the domain was sharded) is never moved. */
+static void fence_where(struct sql_stmt *st, const struct cf_domain *d)
+{
+    if (!st->fence || !sharded(d)) {
+        return;
+    }
+    puts_(st, " AND (");
+    row_slot(st, d);
+    puts_(st, " IS NULL OR ");
+    fence_exists(st, d, 0);
+    row_slot(st, d);
+    fence_lock(st);
+    puts_(st, ")");
+}
+
+int sql_build_fence_probe(struct sql_stmt *st, const struct cf_domain *d, const char *key,
+                          char *err, size_t errlen)
+{
+    if (st->slot >= 0) {
+        char v[16];
+        snprintf(v, sizeof(v), "%d", (int)st->slot);
+        puts_(st, "SELECT p.s FROM (SELECT ");
+        if (st->dialect == SQL_PG) { /* a parameter: one prepared shape for every slot */
+            param_s(st, v);
+            puts_(st, "::integer");
+        } else {
+            puts_(st, v);
+        }
+        puts_(st, " AS s) p WHERE ");
+        fence_exists(st, d, 1);
+        puts_(st, "p.s)");
+        return finish(st, err, errlen);
+    }
+    puts_(st, "SELECT ");
+    row_slot(st, d);
+    puts_(st, " FROM ");
+    ident(st, d->table);
+    where_key(st, d, key);
+    puts_(st, " AND ");
+    row_slot(st, d);
+    puts_(st, " IS NOT NULL AND ");
+    fence_exists(st, d, 1);
+    row_slot(st, d);
+    puts_(st, ")");
+    return finish(st, err, errlen);
+}
+
 /* PostgreSQL: the item comes back from the write itself. */
 static void returning(struct sql_stmt *st, const struct cf_domain *d)
 {
@@ -1036,7 +1141,8 @@ int sql_build_insert(struct sql_stmt *st, const struct cf_domain *d, struct json
         puts_(st, ", ");
         ident(st, "_slot");
     }
-    puts_(st, ") VALUES (");
+    int fenced = fence_insert(st, d);
+    puts_(st, fenced ? ") SELECT " : ") VALUES (");
     for (size_t i = 0; i < d->nfields; i++) {
         struct json_object *v;
         if (json_object_object_get_ex(item, d->fields[i].name, &v)) {
@@ -1049,7 +1155,11 @@ int sql_build_insert(struct sql_stmt *st, const struct cf_domain *d, struct json
         puts_(st, ", ");
         slot_value(st);
     }
-    puts_(st, ")");
+    if (fenced) {
+        fence_insert_where(st, d, st->nparams);
+    } else {
+        puts_(st, ")");
+    }
     if (my) {
         my_reread(st, d, json_object_get_string(kv));
     } else {
@@ -1077,7 +1187,8 @@ static int my_upsert(struct sql_stmt *st, const struct cf_domain *d, const char 
         puts_(st, ", ");
         ident(st, "_slot");
     }
-    puts_(st, ") VALUES (");
+    int fenced = fence_insert(st, d);
+    puts_(st, fenced ? ") SELECT " : ") VALUES (");
     for (size_t i = 0; i < d->nfields; i++) {
         const struct cf_field *f = &d->fields[i];
         struct json_object *v = NULL;
@@ -1095,7 +1206,12 @@ static int my_upsert(struct sql_stmt *st, const struct cf_domain *d, const char 
         puts_(st, ", ");
         slot_value(st);
     }
-    puts_(st, ") ON DUPLICATE KEY UPDATE ");
+    if (fenced) {
+        fence_insert_where(st, d, st->nparams);
+        puts_(st, " ON DUPLICATE KEY UPDATE ");
+    } else {
+        puts_(st, ") ON DUPLICATE KEY UPDATE ");
+    }
     for (size_t i = 0; i < d->nfields; i++) {
         const struct cf_field *f = &d->fields[i];
         if (strcmp(f->name, d->key) == 0) {
@@ -1165,6 +1281,7 @@ int sql_build_put(struct sql_stmt *st, const struct cf_domain *d, const char *ke
         puts_(st, " + 1");
         where_key(st, d, key);
         and_version(st, if_match);
+        fence_where(st, d);
         if (my) {
             my_reread(st, d, key);
         } else {
@@ -1187,7 +1304,8 @@ int sql_build_put(struct sql_stmt *st, const struct cf_domain *d, const char *ke
         puts_(st, ", ");
         ident(st, "_slot");
     }
-    puts_(st, ") VALUES (");
+    int fenced = fence_insert(st, d);
+    puts_(st, fenced ? ") SELECT " : ") VALUES (");
     for (size_t i = 0; i < d->nfields; i++) {
         const struct cf_field *f = &d->fields[i];
         struct json_object *v = NULL;
@@ -1205,7 +1323,12 @@ int sql_build_put(struct sql_stmt *st, const struct cf_domain *d, const char *ke
         puts_(st, ", ");
         slot_value(st);
     }
-    puts_(st, ") ON CONFLICT (");
+    if (fenced) { /* the WHERE also keeps ON CONFLICT from reading as a JOIN's ON */
+        fence_insert_where(st, d, st->nparams);
+        puts_(st, " ON CONFLICT (");
+    } else {
+        puts_(st, ") ON CONFLICT (");
+    }
     ident(st, d->key);
     puts_(st, ") DO UPDATE SET ");
     for (size_t i = 0; i < d->nfields; i++) {
@@ -1302,6 +1425,7 @@ int sql_build_patch(struct sql_stmt *st, const struct cf_domain *d, const char *
     puts_(st, " + 1");
     where_key(st, d, key);
     and_version(st, if_match);
+    fence_where(st, d);
     if (my) {
         my_reread(st, d, key);
     } else {
@@ -1326,6 +1450,7 @@ int sql_build_delete(struct sql_stmt *st, const struct cf_domain *d, const char 
         ident(st, d->table);
         where_key(st, d, key);
         and_version(st, if_match);
+        fence_where(st, d);
         puts_(st, "; COMMIT");
         st->nstmts = 4;
         st->rows_at = 1;
@@ -1337,6 +1462,7 @@ int sql_build_delete(struct sql_stmt *st, const struct cf_domain *d, const char 
     ident(st, d->table);
     where_key(st, d, key);
     and_version(st, if_match);
+    fence_where(st, d);
     puts_(st, " RETURNING ");
     ident(st, "version");
     col(st, SQL_COL_VERSION, NULL, NULL, 0);

@@ -43,6 +43,21 @@
  *
  * Sharded domains (shard_key set) carry an indexed `_slot` column, written
  * from st->slot on insert/upsert (-1: NULL).
+ *
+ * The write fence (st->fence; docs/rebalancing.md, "The fence at the
+ * shard"): every shard of a rebalanceable backend lists the slots it owns in
+ * a table per sharded table (SQL_SLOTS_PREFIX), and a fenced write runs only
+ * if its slot is listed there,
+ * checked in the write statement itself with a shared lock on the slot's row
+ * (PostgreSQL FOR SHARE, InnoDB LOCK IN SHARE MODE), which the mover's revoke
+ * (a DELETE of that row) waits for:
+ *   insert / upsert: INSERT … SELECT <values> [FROM DUAL] WHERE EXISTS
+ *                    (SELECT 1 FROM _polygate_slots_t WHERE slot = <st->slot> <lock>)
+ *   update / delete: … AND (t._slot IS NULL OR EXISTS (SELECT 1 FROM
+ *                    _polygate_slots_t WHERE slot = t._slot <lock>))
+ * (the row's own slot: a write by id without the shard key is fenced too).
+ * A fenced write that is refused changes no row; sql_build_fence_probe tells
+ * that apart from "not found" / "version mismatch" on that path only.
  */
 #ifndef SQL_BUILD_H
 #define SQL_BUILD_H
@@ -86,6 +101,10 @@ struct sql_stmt {
     /* set by the caller before building a write: the row's shard-key slot
      * (sharded domains), -1 = none / unknown */
     int32_t slot;
+    /* set by the caller before building a write: 1 when the domain's writes
+     * are fenced at the shard (a sharded domain of a backend with a shard
+     * map file, which the rebalancer may move) */
+    int fence;
     /* set by the caller before building a query / aggregate: slots to leave
      * out (ad_req.scope: a shard's rows of slots it does not own while
      * they move), written as integers the builder formats */
@@ -98,6 +117,13 @@ struct sql_stmt {
     int affected_at;
     int txn;
 };
+
+/* The slots a shard owns, per sharded table: `_polygate_slots_<table>`
+ * (one column `slot`, the primary key).  Per table, not per database: a
+ * database may hold the tables of several backends, each with its own map. */
+#define SQL_SLOTS_PREFIX "_polygate_slots_"
+/* Its name for a table (out: room for strlen(table) + sizeof(SQL_SLOTS_PREFIX)). */
+void sql_slots_table(const char *table, char *out, size_t outlen);
 
 void sql_stmt_init(struct sql_stmt *st, enum sql_dialect dialect);
 
@@ -128,6 +154,12 @@ int sql_build_delete(struct sql_stmt *st, const struct cf_domain *d, const char 
 /* SELECT version … WHERE key: tells 404 from 412 after a failed conditional write. */
 int sql_build_version(struct sql_stmt *st, const struct cf_domain *d, const char *key, char *err,
                       size_t errlen) __attribute__((warn_unused_result));
+/* After a fenced write changed no row: one row (its one column the slot)
+ * when the shard does not own the write's slot — st->slot, or when that is
+ * unknown (-1: a write by id alone) the slot of the row with that key —
+ * else no row. */
+int sql_build_fence_probe(struct sql_stmt *st, const struct cf_domain *d, const char *key,
+                          char *err, size_t errlen) __attribute__((warn_unused_result));
 /* _query: fetches q->limit + 1 rows (the extra one says whether a next page exists). */
 int sql_build_query(struct sql_stmt *st, const struct cf_domain *d, const struct md_query *q,
                     char *err, size_t errlen) __attribute__((warn_unused_result));

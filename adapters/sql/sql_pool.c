@@ -81,6 +81,37 @@ void sql_pool_fail(struct sql_call *call, enum ad_status status, const char *wha
     sql_pool_complete(call, &res);
 }
 
+enum sql_fence_miss sql_pool_fence_miss(const struct sql_call *call, int upsert_can_miss)
+{
+    const struct ad_req *req = call->req;
+    if (!call->st.fence || req == NULL || req->domain->shard_key == NULL) {
+        return SQL_MISS_PLAIN;
+    }
+    switch (req->op) {
+    case AD_INSERT: /* a duplicate key is an error, never "no row" */
+        return req->slot >= 0 ? SQL_MISS_MOVED : SQL_MISS_PLAIN;
+    case AD_PUT:
+        if (req->if_match < 0 && !upsert_can_miss) {
+            return req->slot >= 0 ? SQL_MISS_MOVED : SQL_MISS_PLAIN;
+        }
+        return SQL_MISS_PROBE;
+    case AD_PATCH:
+    case AD_DELETE:
+        return SQL_MISS_PROBE;
+    default:
+        return SQL_MISS_PLAIN;
+    }
+}
+
+void sql_pool_slot_moved(const struct sql_call *call, struct ad_res *res, const char *slot)
+{
+    const struct sql_shard *sh = call->sh;
+    ad_res_error(res, AD_SLOT_MOVED, sh->cfs->name,
+                 "slot %s of backend '%s' is not owned by shard '%s' (it moved or is moving to "
+                 "another shard); nothing was written, retry",
+                 slot, sh->pool->be->name, sh->cfs->name);
+}
+
 static void fail_unavailable(struct sql_call *call, const char *detail)
 {
     sql_pool_fail(call, AD_UNAVAILABLE, "is unavailable", detail);
@@ -476,6 +507,8 @@ int sql_pool_submit(void *state, const struct ad_req *req, ad_done_cb cb, void *
     call->mig = req->op == AD_PING ? -1 : mig_index(p, req->domain);
     sql_stmt_init(&call->st, p->drv->dialect);
     call->st.slot = req->slot;
+    call->st.fence = req->domain != NULL && req->domain->shard_key != NULL &&
+                     p->be->shard_map_path != NULL; /* a backend the rebalancer may move */
     if (req->scope != NULL) {
         call->st.excl_slots = req->scope->excl_slots;
         call->st.nexcl = req->scope->nexcl;

@@ -162,6 +162,18 @@ void sql_pool_fail(struct sql_call *call, enum ad_status status, const char *wha
 /* A migration call ended: error NULL on success.  Completes the call. */
 void sql_pool_migrated(struct sql_call *call, const char *error);
 
+/* A write that changed no row (docs/rebalancing.md, "The fence at the
+ * shard"): PLAIN — not fenced, the usual "not found" / "version mismatch";
+ * MOVED — fenced and nothing else explains it (an insert, a PostgreSQL
+ * upsert): the shard does not own req->slot; PROBE — fenced, or not found:
+ * ask sql_build_fence_probe before answering.  upsert_can_miss: the
+ * store's upsert changes no row when another row holds a unique value of
+ * the item (MySQL). */
+enum sql_fence_miss { SQL_MISS_PLAIN, SQL_MISS_MOVED, SQL_MISS_PROBE };
+enum sql_fence_miss sql_pool_fence_miss(const struct sql_call *call, int upsert_can_miss);
+/* res := AD_SLOT_MOVED naming the slot (its text), the backend and the shard. */
+void sql_pool_slot_moved(const struct sql_call *call, struct ad_res *res, const char *slot);
+
 /* A JSON column's text → a value that serializes as that document,
  * verbatim (lb_json_raw), after a check that it is JSON: the gateway never
  * looks into a JSON column (order_by and cursors take scalar fields only),

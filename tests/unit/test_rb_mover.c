@@ -88,6 +88,73 @@ static void test_statement_pieces(void **state)
     free(b.p);
 }
 
+/* The slot ownership table's statements (rb_slots_* in rb_mover.h): one
+ * table per sharded table, `_polygate_slots_<table>`. */
+static void test_slot_ownership_statements(void **state)
+{
+    (void)state;
+    uint32_t slots[] = {3, 4095};
+    char name[] = "orders", key[] = "order_id";
+    struct rb_table t = {.name = name, .key = key};
+    struct {
+        enum sql_dialect d;
+        void (*build)(struct rb_buf *, enum sql_dialect, const struct rb_table *, const uint32_t *,
+                      size_t);
+        const char *want;
+    } cases[] = {
+        {SQL_MYSQL, rb_buf_slots_grant,
+         "INSERT IGNORE INTO `_polygate_slots_orders` (`slot`) VALUES (3), (4095)"},
+        {SQL_PG, rb_buf_slots_grant,
+         "INSERT INTO \"_polygate_slots_orders\" (\"slot\") VALUES (3), (4095) ON CONFLICT DO "
+         "NOTHING"},
+        {SQL_MYSQL, rb_buf_slots_revoke,
+         "DELETE FROM `_polygate_slots_orders` WHERE `slot` IN (3, 4095)"},
+        {SQL_PG, rb_buf_slots_revoke,
+         "DELETE FROM \"_polygate_slots_orders\" WHERE \"slot\" IN (3, 4095)"},
+        {SQL_MYSQL, rb_buf_slots_held,
+         "SELECT DISTINCT `_slot` FROM `orders` WHERE `_slot` IN (3, 4095)"},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        struct rb_buf b = {0};
+        cases[i].build(&b, cases[i].d, &t, slots, 2);
+        assert_string_equal(b.p, cases[i].want);
+        free(b.p);
+    }
+    struct rb_buf b = {0};
+    rb_buf_slots_ddl(&b, SQL_MYSQL, &t);
+    assert_string_equal(b.p, "CREATE TABLE IF NOT EXISTS `_polygate_slots_orders` (`slot` INT NOT "
+                             "NULL PRIMARY KEY) ENGINE=InnoDB");
+    free(b.p);
+    b = (struct rb_buf){0};
+    rb_buf_slots_ddl(&b, SQL_PG, &t); /* serialised between processes */
+    assert_string_equal(b.p, "SELECT pg_advisory_xact_lock(7370153842196624); CREATE TABLE IF NOT "
+                             "EXISTS \"_polygate_slots_orders\" (\"slot\" integer PRIMARY KEY)");
+    free(b.p);
+    b = (struct rb_buf){0};
+    rb_buf_slots_owned(&b, SQL_PG, &t);
+    assert_string_equal(b.p, "SELECT \"slot\" FROM \"_polygate_slots_orders\" ORDER BY \"slot\"");
+    free(b.p);
+}
+
+/* rb_slots_copy: a slot_query() result, NULL cells skipped. */
+static const char *slot_text(void *res, size_t i)
+{
+    return ((const char *const *)res)[i];
+}
+
+static void test_slots_copy(void **state)
+{
+    (void)state;
+    const char *rows[] = {"0", NULL, "4095"};
+    uint32_t *slots = NULL;
+    size_t n = 0;
+    assert_int_equal(rb_slots_copy(3, slot_text, rows, &slots, &n), 0);
+    assert_int_equal(n, 2);
+    assert_int_equal(slots[0], 0);
+    assert_int_equal(slots[1], 4095);
+    free(slots);
+}
+
 static void test_registry(void **state)
 {
     (void)state;
@@ -158,6 +225,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_quote_ident),
         cmocka_unit_test(test_statement_pieces),
+        cmocka_unit_test(test_slot_ownership_statements),
+        cmocka_unit_test(test_slots_copy),
         cmocka_unit_test(test_registry),
         cmocka_unit_test(test_state_round_trip),
     };

@@ -700,6 +700,149 @@ static void test_cursor_long_order(void **state)
     cf_config_unref(lc);
 }
 
+#define MY_FENCE "EXISTS (SELECT 1 FROM `_polygate_slots_orders` WHERE `slot` = "
+#define MY_ROW_FENCE                                                                               \
+    " AND (`orders`.`_slot` IS NULL OR " MY_FENCE "`orders`.`_slot` LOCK IN SHARE MODE))"
+#define PG_FENCE "EXISTS (SELECT 1 FROM \"_polygate_slots_orders\" WHERE \"slot\" = "
+#define PG_ROW_FENCE                                                                               \
+    " AND (\"orders\".\"_slot\" IS NULL OR " PG_FENCE "\"orders\".\"_slot\" FOR SHARE))"
+
+/* A fenced write on a sharded domain (st.fence): the slot is checked in the
+ * write itself, with a shared lock on its ownership row (sql_build.h). */
+static void test_fenced_writes(void **state)
+{
+    (void)state;
+    const struct cf_domain *d = &cf->domains[1];
+    struct sql_stmt st;
+    char err[128];
+    struct json_object *item =
+        json_tokener_parse("{\"order_id\":\"o1\",\"customer_id\":\"c1\",\"total\":12.30,\"n\":3}");
+    struct json_object *patch = json_tokener_parse("{\"set\":{\"status\":\"CANCELLED\"}}");
+
+    /* MySQL insert: INSERT … SELECT … FROM DUAL WHERE EXISTS (… LOCK IN SHARE MODE) */
+    sql_stmt_init(&st, SQL_MYSQL);
+    st.slot = 2282;
+    st.fence = 1;
+    assert_int_equal(sql_build_insert(&st, d, item, err, sizeof(err)), 0);
+    assert_string_equal(st.text, "START TRANSACTION; INSERT INTO `orders` (`order_id`, "
+                                 "`customer_id`, `total`, `n`, `version`, `_slot`) SELECT ?, ?, "
+                                 "CAST(? AS DECIMAL(65,29)), CAST(? AS SIGNED), 1, ? FROM DUAL "
+                                 "WHERE " MY_FENCE "2282 LOCK IN SHARE MODE); " MY_SEL "; COMMIT");
+    assert_string_equal(join_params(&st), "o1|c1|12.30|3|2282|o1");
+    assert_int_equal(st.affected_at, 1); /* 0 rows: the fence */
+    sql_stmt_free(&st);
+    /* MySQL upsert: the same WHERE before ON DUPLICATE KEY UPDATE */
+    sql_stmt_init(&st, SQL_MYSQL);
+    st.slot = 7;
+    st.fence = 1;
+    assert_int_equal(sql_build_put(&st, d, "o1", item, -1, err, sizeof(err)), 0);
+    assert_non_null(strstr(st.text, ", 1, ? FROM DUAL WHERE " MY_FENCE
+                                    "7 LOCK IN SHARE MODE) ON DUPLICATE KEY UPDATE `customer_id`"));
+    assert_null(strstr(st.text, "VALUES (?"));
+    sql_stmt_free(&st);
+    /* MySQL conditional replace, patch, delete: the row's own slot */
+    sql_stmt_init(&st, SQL_MYSQL);
+    st.fence = 1;
+    assert_int_equal(sql_build_put(&st, d, "o1", item, 3, err, sizeof(err)), 0);
+    assert_non_null(
+        strstr(st.text, "WHERE `order_id` = ? AND `version` = ?" MY_ROW_FENCE "; " MY_SEL));
+    sql_stmt_free(&st);
+    sql_stmt_init(&st, SQL_MYSQL);
+    st.fence = 1;
+    assert_int_equal(sql_build_patch(&st, d, "o1", patch, -1, err, sizeof(err)), 0);
+    assert_string_equal(st.text,
+                        "START TRANSACTION; UPDATE `orders` SET `status` = ?, `version` "
+                        "= `version` + 1 WHERE `order_id` = ?" MY_ROW_FENCE "; " MY_SEL "; COMMIT");
+    assert_string_equal(join_params(&st), "CANCELLED|o1|o1");
+    sql_stmt_free(&st);
+    sql_stmt_init(&st, SQL_MYSQL);
+    st.fence = 1;
+    assert_int_equal(sql_build_delete(&st, d, "o1", 2, err, sizeof(err)), 0);
+    assert_string_equal(st.text, "START TRANSACTION; SELECT `version` FROM `orders` WHERE "
+                                 "`order_id` = ? FOR UPDATE; DELETE FROM `orders` WHERE "
+                                 "`order_id` = ? AND `version` = ?" MY_ROW_FENCE "; COMMIT");
+    sql_stmt_free(&st);
+
+    /* PostgreSQL insert: the slot's parameter serves the value and the fence */
+    sql_stmt_init(&st, SQL_PG);
+    st.slot = 2282;
+    st.fence = 1;
+    assert_int_equal(sql_build_insert(&st, d, item, err, sizeof(err)), 0);
+    assert_non_null(strstr(st.text, "INSERT INTO \"orders\" (\"order_id\", \"customer_id\", "
+                                    "\"total\", \"n\", \"version\", \"_slot\") SELECT $1, $2, "
+                                    "$3, $4, 1, $5 WHERE " PG_FENCE "$5 FOR SHARE) RETURNING "));
+    assert_string_equal(join_params(&st), "o1|c1|12.30|3|2282");
+    sql_stmt_free(&st);
+    /* PostgreSQL upsert: WHERE, then ON CONFLICT */
+    sql_stmt_init(&st, SQL_PG);
+    st.slot = 7;
+    st.fence = 1;
+    assert_int_equal(sql_build_put(&st, d, "o1", item, -1, err, sizeof(err)), 0);
+    assert_non_null(strstr(st.text, ") SELECT $1, $2, NULL, $3, $4, NULL, NULL, NULL, NULL, 1, $5 "
+                                    "WHERE " PG_FENCE "$5 FOR SHARE) ON CONFLICT (\"order_id\") DO "
+                                    "UPDATE SET "));
+    sql_stmt_free(&st);
+    /* PostgreSQL patch and delete */
+    sql_stmt_init(&st, SQL_PG);
+    st.fence = 1;
+    assert_int_equal(sql_build_patch(&st, d, "o1", patch, 4, err, sizeof(err)), 0);
+    assert_non_null(strstr(st.text, "UPDATE \"orders\" SET \"status\" = $1, \"version\" = "
+                                    "\"version\" + 1 WHERE \"order_id\" = $2 AND \"version\" = "
+                                    "$3" PG_ROW_FENCE " RETURNING "));
+    sql_stmt_free(&st);
+    sql_stmt_init(&st, SQL_PG);
+    st.fence = 1;
+    assert_int_equal(sql_build_delete(&st, d, "o1", -1, err, sizeof(err)), 0);
+    assert_string_equal(st.text, "DELETE FROM \"orders\" WHERE \"order_id\" = $1" PG_ROW_FENCE
+                                 " RETURNING \"version\"");
+    sql_stmt_free(&st);
+
+    /* an unsharded domain has no fence, whatever the caller says */
+    sql_stmt_init(&st, SQL_PG);
+    st.fence = 1;
+    assert_int_equal(sql_build_delete(&st, &cf->domains[0], "k", -1, err, sizeof(err)), 0);
+    assert_string_equal(st.text, "DELETE FROM \"users\" WHERE \"id\" = $1 RETURNING \"version\"");
+    sql_stmt_free(&st);
+    json_object_put(item);
+    json_object_put(patch);
+}
+
+/* After a fenced write changed no row: a row (the slot) when not owned. */
+static void test_fence_probe(void **state)
+{
+    (void)state;
+    const struct cf_domain *d = &cf->domains[1];
+    struct sql_stmt st;
+    char err[128];
+    sql_stmt_init(&st, SQL_PG); /* the slot known: a parameter (one prepared shape) */
+    st.slot = 17;
+    assert_int_equal(sql_build_fence_probe(&st, d, "o1", err, sizeof(err)), 0);
+    assert_string_equal(st.text,
+                        "SELECT p.s FROM (SELECT $1::integer AS s) p WHERE NOT " PG_FENCE "p.s)");
+    assert_string_equal(join_params(&st), "17");
+    sql_stmt_free(&st);
+    sql_stmt_init(&st, SQL_MYSQL);
+    st.slot = 17;
+    assert_int_equal(sql_build_fence_probe(&st, d, "o1", err, sizeof(err)), 0);
+    assert_string_equal(st.text, "SELECT p.s FROM (SELECT 17 AS s) p WHERE NOT " MY_FENCE "p.s)");
+    assert_int_equal(st.nparams, 0);
+    sql_stmt_free(&st);
+    /* a write by id alone: the slot of the row with that key */
+    sql_stmt_init(&st, SQL_MYSQL);
+    assert_int_equal(sql_build_fence_probe(&st, d, "o'1", err, sizeof(err)), 0);
+    assert_string_equal(st.text,
+                        "SELECT `orders`.`_slot` FROM `orders` WHERE `order_id` = ? AND "
+                        "`orders`.`_slot` IS NOT NULL AND NOT " MY_FENCE "`orders`.`_slot`)");
+    assert_string_equal(join_params(&st), "o'1");
+    sql_stmt_free(&st);
+    sql_stmt_init(&st, SQL_PG);
+    assert_int_equal(sql_build_fence_probe(&st, d, "o1", err, sizeof(err)), 0);
+    assert_string_equal(st.text, "SELECT \"orders\".\"_slot\" FROM \"orders\" WHERE "
+                                 "\"order_id\" = $1 AND \"orders\".\"_slot\" IS NOT NULL AND "
+                                 "NOT " PG_FENCE "\"orders\".\"_slot\")");
+    sql_stmt_free(&st);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -712,6 +855,8 @@ int main(void)
         cmocka_unit_test(test_complexity_limits),
         cmocka_unit_test(test_long_identifiers),
         cmocka_unit_test(test_cursor_long_order),
+        cmocka_unit_test(test_fenced_writes),
+        cmocka_unit_test(test_fence_probe),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
