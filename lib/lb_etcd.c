@@ -118,7 +118,8 @@ static void add_key(struct json_object *o, const char *key, int prefix)
     json_object_object_add(o, "key", b64(key, strlen(key)));
     if (prefix) {
         char *end = lb_etcd_prefix_end(key);
-        json_object_object_add(o, "range_end", end[0] != '\0' ? b64(end, strlen(end)) : b64("\0", 1));
+        json_object_object_add(o, "range_end",
+                               end[0] != '\0' ? b64(end, strlen(end)) : b64("\0", 1));
         free(end);
     }
 }
@@ -225,9 +226,8 @@ static int64_t get_i64(struct json_object *o, const char *name)
 
 static char *unb64(struct json_object *v, size_t *len)
 {
-    const char *s = v != NULL && json_object_is_type(v, json_type_string)
-                        ? json_object_get_string(v)
-                        : "";
+    const char *s =
+        v != NULL && json_object_is_type(v, json_type_string) ? json_object_get_string(v) : "";
     size_t n = strlen(s);
     unsigned char *out = lb_xmalloc(n / 4 * 3 + 4);
     size_t outlen = 0;
@@ -313,7 +313,8 @@ static const char *error_message(struct json_object *doc)
         if (json_object_is_type(e, json_type_string)) {
             return json_object_get_string(e);
         }
-        if (json_object_object_get_ex(e, "message", &m) && json_object_is_type(m, json_type_string)) {
+        if (json_object_object_get_ex(e, "message", &m) &&
+            json_object_is_type(m, json_type_string)) {
             return json_object_get_string(m);
         }
         return "error";
@@ -346,7 +347,8 @@ int lb_etcd_decode(enum lb_etcd_call kind, int status, const char *body, size_t 
         return -1;
     }
     struct json_object *res = NULL;
-    if (json_object_object_get_ex(doc, "result", &res) && json_object_is_type(res, json_type_object)) {
+    if (json_object_object_get_ex(doc, "result", &res) &&
+        json_object_is_type(res, json_type_object)) {
         res = json_object_get(res); /* a stream's message (keepalive) */
         json_object_put(doc);
         doc = res;
@@ -425,7 +427,8 @@ int lb_etcd_decode_watch(const char *line, size_t len, struct lb_etcd_watch_msg 
         json_object_put(doc);
         return -1;
     }
-    if (!json_object_object_get_ex(doc, "result", &res) || !json_object_is_type(res, json_type_object)) {
+    if (!json_object_object_get_ex(doc, "result", &res) ||
+        !json_object_is_type(res, json_type_object)) {
         const char *em = error_message(doc);
         snprintf(m->err, sizeof(m->err), "watch: %s", em != NULL ? em : "a message without result");
         json_object_put(doc);
@@ -456,7 +459,7 @@ int lb_etcd_decode_watch(const char *line, size_t len, struct lb_etcd_watch_msg 
         struct json_object *t = json_object_object_get(ev, "type");
         struct lb_etcd_event *e = &m->events[m->nevents];
         e->type = t != NULL && strcmp(json_object_get_string(t), "DELETE") == 0 ? LB_ETCD_DELETE
-                                                                                 : LB_ETCD_PUT;
+                                                                                : LB_ETCD_PUT;
         if (decode_kv(json_object_object_get(ev, "kv"), &e->kv) < 0) {
             snprintf(m->err, sizeof(m->err), "watch: an event whose key or value is not base64");
             json_object_put(doc);
@@ -518,9 +521,12 @@ static void call_finish(struct call *k, struct lb_etcd_result *r)
 }
 
 static const char *const call_paths[] = {
-    [LB_ETCD_CALL_RANGE] = "/v3/kv/range",         [LB_ETCD_CALL_PUT] = "/v3/kv/put",
-    [LB_ETCD_CALL_TXN] = "/v3/kv/txn",             [LB_ETCD_CALL_GRANT] = "/v3/lease/grant",
-    [LB_ETCD_CALL_KEEPALIVE] = "/v3/lease/keepalive", [LB_ETCD_CALL_REVOKE] = "/v3/lease/revoke",
+    [LB_ETCD_CALL_RANGE] = "/v3/kv/range",
+    [LB_ETCD_CALL_PUT] = "/v3/kv/put",
+    [LB_ETCD_CALL_TXN] = "/v3/kv/txn",
+    [LB_ETCD_CALL_GRANT] = "/v3/lease/grant",
+    [LB_ETCD_CALL_KEEPALIVE] = "/v3/lease/keepalive",
+    [LB_ETCD_CALL_REVOKE] = "/v3/lease/revoke",
 };
 
 static void on_call_error(enum evhttp_request_error e, void *arg)
@@ -555,8 +561,8 @@ static void on_call_defer(evutil_socket_t fd, short what, void *arg)
     (void)what;
     struct lb_etcd_result r = {0};
     r.unreachable = 1;
-    snprintf(r.err, sizeof(r.err), "etcd at %s:%d: the request could not be sent (%s)",
-             k->c->host, k->c->port, call_paths[k->kind]);
+    snprintf(r.err, sizeof(r.err), "etcd at %s:%d: the request could not be sent (%s)", k->c->host,
+             k->c->port, call_paths[k->kind]);
     call_finish(k, &r);
 }
 
@@ -851,8 +857,7 @@ void lb_etcd_watch_stop(struct lb_etcd_watch *w)
 
 /* ---- the client ------------------------------------------------------------------ */
 
-struct lb_etcd *lb_etcd_new(struct event_base *base, const char *host, int port,
-                            int64_t timeout_ms)
+struct lb_etcd *lb_etcd_new(struct event_base *base, const char *host, int port, int64_t timeout_ms)
 {
     struct lb_etcd *c = lb_xcalloc(1, sizeof(*c));
     c->base = base;

@@ -36,14 +36,14 @@ struct lb_etcd_kv {
 };
 
 struct lb_etcd_result {
-    int ok;          /* etcd answered and the call succeeded */
-    int unreachable; /* no answer: refused, timed out, connection lost */
-    char err[256];   /* why not ok */
-    int64_t revision;          /* the store's revision (the answer's header) */
-    struct lb_etcd_kv *kvs;    /* range; a txn's range operations, in order */
+    int ok;                 /* etcd answered and the call succeeded */
+    int unreachable;        /* no answer: refused, timed out, connection lost */
+    char err[256];          /* why not ok */
+    int64_t revision;       /* the store's revision (the answer's header) */
+    struct lb_etcd_kv *kvs; /* range; a txn's range operations, in order */
     size_t nkvs;
-    int succeeded;             /* txn: every compare held (the success ops ran) */
-    int64_t lease_id, ttl;     /* lease grant / keepalive (ttl 0: the lease is gone) */
+    int succeeded;         /* txn: every compare held (the success ops ran) */
+    int64_t lease_id, ttl; /* lease grant / keepalive (ttl 0: the lease is gone) */
 };
 
 typedef void (*lb_etcd_cb)(const struct lb_etcd_result *r, void *arg);

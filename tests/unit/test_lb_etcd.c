@@ -24,7 +24,8 @@ static void test_base64_vectors(void **state)
 {
     (void)state;
     static const char *const plain[] = {"", "f", "fo", "foo", "foob", "fooba", "foobar"};
-    static const char *const enc[] = {"", "Zg==", "Zm8=", "Zm9v", "Zm9vYg==", "Zm9vYmE=", "Zm9vYmFy"};
+    static const char *const enc[] = {"",         "Zg==",     "Zm8=",    "Zm9v",
+                                      "Zm9vYg==", "Zm9vYmE=", "Zm9vYmFy"};
     for (size_t i = 0; i < 7; i++) {
         char out[16];
         size_t n = lb_base64_encode(plain[i], strlen(plain[i]), out);
@@ -52,9 +53,9 @@ static void test_base64_binary_and_bad_input(void **state)
     assert_int_equal(lb_base64_decode(enc, n, back, &blen), 0);
     assert_int_equal(blen, 256);
     assert_memory_equal(back, all, 256);
-    assert_int_equal(lb_base64_decode("Zm9v!", 5, back, &blen), -1);  /* not the alphabet */
-    assert_int_equal(lb_base64_decode("Z", 1, back, &blen), -1);      /* a lone sextet */
-    assert_int_equal(lb_base64_decode("Zm 9v", 5, back, &blen), -1);  /* no whitespace */
+    assert_int_equal(lb_base64_decode("Zm9v!", 5, back, &blen), -1); /* not the alphabet */
+    assert_int_equal(lb_base64_decode("Z", 1, back, &blen), -1);     /* a lone sextet */
+    assert_int_equal(lb_base64_decode("Zm 9v", 5, back, &blen), -1); /* no whitespace */
     assert_int_equal(lb_base64_decode("Zm9vYg", 6, back, &blen), 0); /* padding optional */
     assert_int_equal(blen, 4);
 }
@@ -134,8 +135,8 @@ static void test_encode_requests(void **state)
     assert_string_equal(field(o, "create_request", "range_end"), "L3Aw");
     json_object_put(o);
     o = parsed(lb_etcd_encode_watch("/p/", 1, 0)); /* from now */
-    assert_null(json_object_object_get(json_object_object_get(o, "create_request"),
-                                       "start_revision"));
+    assert_null(
+        json_object_object_get(json_object_object_get(o, "create_request"), "start_revision"));
     json_object_put(o);
 
     o = parsed(lb_etcd_encode_lease("TTL", 5));
@@ -275,9 +276,9 @@ static void test_decode_watch(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_base64_vectors),   cmocka_unit_test(test_base64_binary_and_bad_input),
-        cmocka_unit_test(test_prefix_end),       cmocka_unit_test(test_encode_requests),
-        cmocka_unit_test(test_decode_answers),   cmocka_unit_test(test_decode_watch),
+        cmocka_unit_test(test_base64_vectors), cmocka_unit_test(test_base64_binary_and_bad_input),
+        cmocka_unit_test(test_prefix_end),     cmocka_unit_test(test_encode_requests),
+        cmocka_unit_test(test_decode_answers), cmocka_unit_test(test_decode_watch),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
