@@ -790,7 +790,8 @@ struct json_object *gw_control_fleet_json(const struct cf_config *cf)
     struct json_object *doc = json_object_new_object();
     struct json_object *arr = json_object_new_array();
     pthread_mutex_lock(&snap_mu);
-    json_object_object_add(doc, "control", json_object_new_string(snap.etcd_mode ? "etcd" : "file"));
+    json_object_object_add(doc, "control",
+                           json_object_new_string(snap.etcd_mode ? "etcd" : "file"));
     int self_seen = 0;
     if (snap.etcd_mode) {
         json_object_object_add(doc, "store", store_doc());
