@@ -139,26 +139,14 @@ static struct json_object *parse_doc(const char *s, size_t len)
     return doc;
 }
 
+static struct json_object *self_doc(const struct cf_config *cf);
+
 /* The registration: who, where, and which map version it serves. */
 static char *registration(struct gw_control *c)
 {
-    const struct cf_config *cf = c->hooks.config(c->hooks.srv);
-    struct json_object *o = json_object_new_object();
     pthread_mutex_lock(&snap_mu);
-    json_object_object_add(o, "id", json_object_new_string(snap.id));
-    json_object_object_add(o, "listen", json_object_new_string(snap.listen));
-    json_object_object_add(o, "admin", json_object_new_string(snap.admin));
-    json_object_object_add(o, "pid", json_object_new_int64(snap.pid));
-    json_object_object_add(o, "started", json_object_new_string(snap.started));
+    struct json_object *o = self_doc(c->hooks.config(c->hooks.srv));
     pthread_mutex_unlock(&snap_mu);
-    struct json_object *mv = json_object_new_object();
-    for (size_t i = 0; i < cf->nbackends; i++) {
-        if (cf->backends[i].map != NULL && cf->backends[i].shard_map_path != NULL) {
-            json_object_object_add(mv, cf->backends[i].name,
-                                   json_object_new_int64(rt_shardmap_version(cf->backends[i].map)));
-        }
-    }
-    json_object_object_add(o, "map_versions", mv);
     char *s = lb_xstrdup(json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN));
     json_object_put(o);
     return s;
@@ -754,6 +742,8 @@ void gw_control_stop(struct gw_control *c)
 
 /* ---- views (any thread) ------------------------------------------------------------ */
 
+/* This instance's registration document (snap_mu held): its identity and
+ * the map version it serves per backend with a map file. */
 static struct json_object *self_doc(const struct cf_config *cf)
 {
     struct json_object *o = json_object_new_object();

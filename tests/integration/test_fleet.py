@@ -318,6 +318,49 @@ def test_concurrent_applies_one_wins(fleet):
     wait_version(fleet, v, timeout=5)
 
 
+def shard_of(inst, customer):
+    st, body, _ = inst.call("GET", "/admin/route/orders?customer_id=%s" % customer)
+    assert st == 200, body
+    return body["shard"]
+
+
+def test_dsn_move_applies_fleet_wide(fleet, toxics):
+    """A shard's DSN moved to another server (orders-0 behind this run's
+    Toxiproxy proxy) moves no slot: applied on instance 2, served by all three;
+    with the proxy down, instance 3 can no longer reach orders-0 (its traffic
+    takes the new way); the direct DSN back, fleet-wide again."""
+    g1, g2, g3 = fleet
+    proxy = toxics["mysql-a"]
+    moved = [dict(x) for x in SHARDS]
+    moved[0]["dsn"] = moved[0]["dsn"].replace(
+        ":%d/" % conftest.STORE_PORTS["mysql-a"], ":%d/" % proxy.port)
+    assert moved[0]["dsn"] != SHARDS[0]["dsn"]
+    v = next_version(fleet)
+    st, body, _ = g2.put_map(map_doc(v, moved))
+    assert st == 200, body
+    wait_version(fleet, v, timeout=5)
+    for g in fleet:
+        st, sm, _ = g.call("GET", "/admin/shardmap")
+        (b,) = [b for b in sm["backends"] if b["backend"] == "orders-mysql"]
+        assert ":%d/" % proxy.port in b["shards"][0]["dsn"], b
+    cust = next(c for c in ("dsn-%d" % i for i in range(500)) if shard_of(g3, c) == "orders-0")
+    st, body, _ = g3.call("POST", "/v1/orders", {"customer_id": cust, "status": "PENDING",
+                                                 "total_amount": "1.00"}, admin=False)
+    assert st == 201, body
+    path = "/v1/orders/%s?customer_id=%s" % (body["order_id"], cust)
+    proxy.down()
+    try:
+        st, body, _ = g3.call("GET", path, admin=False)
+        assert st in (503, 504), body
+    finally:
+        proxy.up()
+    assert poll(lambda: g3.call("GET", path, admin=False)[0] == 200, timeout=10)
+    st, body, _ = g1.put_map(map_doc(v + 1))
+    assert st == 200, body
+    wait_version(fleet, v + 1, timeout=5)
+    assert g3.call("GET", path, admin=False)[0] == 200
+
+
 def test_map_that_moves_slots_is_refused(fleet):
     """Adding a shard moves slots: in control mode that is 409 (no
     single-instance mover in a fleet) and nothing changes anywhere."""
