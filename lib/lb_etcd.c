@@ -3,8 +3,10 @@
  *
  * Each unary call has a connection of its own (loopback connects are cheap
  * and a slow answer then holds up no other call); the connection's timeout
- * is the call's deadline, and evhttp frees it once the call completed
- * (evhttp_connection_free_on_completion).  A watch keeps one connection as
+ * is the call's deadline.  A finished call's connection is freed by the
+ * client from its own event (the reaper), outside evhttp's callbacks: evhttp's
+ * free_on_completion misses connections that failed or went idle.  A watch
+ * keeps one connection as
  * long as its stream lasts; it is closed and reopened from a timer, never
  * from inside evhttp's own callbacks.
  */
@@ -40,6 +42,9 @@ struct lb_etcd {
     struct call *calls; /* in flight */
     size_t ncalls;
     struct lb_etcd_watch *watches;
+    struct evhttp_connection **dead; /* finished calls' connections, for the reaper */
+    size_t ndead, capdead;
+    struct event *reaper;
 };
 
 struct call {
@@ -507,11 +512,38 @@ static void call_unlink(struct call *k)
     c->ncalls--;
 }
 
+static void reap(struct lb_etcd *c)
+{
+    for (size_t i = 0; i < c->ndead; i++) {
+        evhttp_connection_free(c->dead[i]); /* idle or failed: no request left */
+    }
+    c->ndead = 0;
+}
+
+static void on_reaper(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    reap(arg);
+}
+
 static void call_finish(struct call *k, struct lb_etcd_result *r)
 {
+    struct lb_etcd *c = k->c;
     call_unlink(k);
     if (k->defer != NULL) {
         event_free(k->defer);
+    }
+    if (k->conn != NULL) { /* freed after evhttp's callback has returned */
+        if (c->ndead == c->capdead) {
+            c->capdead = c->capdead ? c->capdead * 2 : 8;
+            c->dead = realloc(c->dead, c->capdead * sizeof(*c->dead));
+            if (c->dead == NULL) {
+                abort(); /* a few pointers: the out-of-memory policy of lb_xmalloc */
+            }
+        }
+        c->dead[c->ndead++] = k->conn;
+        event_active(c->reaper, EV_TIMEOUT, 0);
     }
     lb_etcd_cb cb = k->cb;
     void *arg = k->arg;
@@ -592,9 +624,9 @@ static void call_start(struct lb_etcd *c, enum lb_etcd_call kind, char *body, lb
         snprintf(host, sizeof(host), "%s:%d", c->host, c->port);
         evhttp_add_header(h, "Host", host);
         evhttp_add_header(h, "Content-Type", "application/json");
+        evhttp_add_header(h, "Connection", "close"); /* one call per connection */
         evbuffer_add(evhttp_request_get_output_buffer(req), body, strlen(body));
         if (evhttp_make_request(k->conn, req, EVHTTP_REQ_POST, call_paths[kind]) == 0) {
-            evhttp_connection_free_on_completion(k->conn);
             free(body);
             return;
         }
@@ -861,6 +893,7 @@ struct lb_etcd *lb_etcd_new(struct event_base *base, const char *host, int port,
 {
     struct lb_etcd *c = lb_xcalloc(1, sizeof(*c));
     c->base = base;
+    c->reaper = event_new(base, -1, 0, on_reaper, c);
     c->host = lb_xstrdup(host);
     c->port = port;
     c->timeout_ms = timeout_ms > 0 ? timeout_ms : 2000;
@@ -891,6 +924,9 @@ void lb_etcd_free(struct lb_etcd *c)
         }
         free(k);
     }
+    reap(c);
+    free(c->dead);
+    event_free(c->reaper);
     free(c->host);
     free(c);
 }

@@ -172,6 +172,13 @@ class Instance:
     def put_map(self, doc):
         return self.call("PUT", "/admin/shardmap/orders-mysql", doc)
 
+    def stop_clean(self):
+        """SIGTERM, wait for the exit; (exit code, log) before the log goes."""
+        self.gw.proc.send_signal(signal.SIGTERM)
+        self.gw.proc.wait(timeout=20)
+        text = self.gw.logtext()
+        return self.stop(), text
+
     def stop(self):
         rc = self.gw.stop()
         import shutil
@@ -215,13 +222,17 @@ def fleet():
     finally:
         if not etcd_up():
             stack("start")
-        for i in insts:
+        bad = []
+        for i in insts:  # every one stopped, then the verdict
             if i.gw.proc.poll() is None:
                 i.gw.proc.send_signal(signal.SIGCONT)
-                assert i.stop() == 0, i.gw.logtext()[-3000:]
+                rc, text = i.stop_clean()
+                if rc != 0:
+                    bad.append("%s exited %s:\n%s" % (i.id, rc, text[-4000:]))
             else:
                 i.stop()
         etcd_clear()
+        assert not bad, "\n".join(bad)
 
 
 def wait_version(insts, version, timeout=10):
@@ -486,4 +497,5 @@ def test_without_control_only_itself():
         c.close()
         serves_data(g, "alone")
     finally:
-        assert g.stop() == 0
+        rc, text = g.stop_clean()
+        assert rc == 0, text[-4000:]
