@@ -742,6 +742,19 @@ void gw_control_stop(struct gw_control *c)
 
 /* ---- views (any thread) ------------------------------------------------------------ */
 
+/* {backend: version} of the maps cf serves (backends with a map file). */
+static struct json_object *map_versions(const struct cf_config *cf)
+{
+    struct json_object *mv = json_object_new_object();
+    for (size_t i = 0; i < cf->nbackends; i++) {
+        if (cf->backends[i].map != NULL && cf->backends[i].shard_map_path != NULL) {
+            json_object_object_add(mv, cf->backends[i].name,
+                                   json_object_new_int64(rt_shardmap_version(cf->backends[i].map)));
+        }
+    }
+    return mv;
+}
+
 /* This instance's registration document (snap_mu held): its identity and
  * the map version it serves per backend with a map file. */
 static struct json_object *self_doc(const struct cf_config *cf)
@@ -752,14 +765,7 @@ static struct json_object *self_doc(const struct cf_config *cf)
     json_object_object_add(o, "admin", json_object_new_string(snap.admin));
     json_object_object_add(o, "pid", json_object_new_int64(snap.pid));
     json_object_object_add(o, "started", json_object_new_string(snap.started));
-    struct json_object *mv = json_object_new_object();
-    for (size_t i = 0; i < cf->nbackends; i++) {
-        if (cf->backends[i].map != NULL && cf->backends[i].shard_map_path != NULL) {
-            json_object_object_add(mv, cf->backends[i].name,
-                                   json_object_new_int64(rt_shardmap_version(cf->backends[i].map)));
-        }
-    }
-    json_object_object_add(o, "map_versions", mv);
+    json_object_object_add(o, "map_versions", map_versions(cf));
     return o;
 }
 
@@ -812,7 +818,7 @@ struct json_object *gw_control_fleet_json(const struct cf_config *cf)
     return doc;
 }
 
-struct json_object *gw_control_status_json(void)
+struct json_object *gw_control_status_json(const struct cf_config *cf)
 {
     pthread_mutex_lock(&snap_mu);
     struct json_object *o;
@@ -824,6 +830,7 @@ struct json_object *gw_control_status_json(void)
         json_object_object_add(o, "mode", json_object_new_string("file"));
     }
     pthread_mutex_unlock(&snap_mu);
+    json_object_object_add(o, "map_versions", map_versions(cf));
     return o;
 }
 

@@ -74,8 +74,10 @@ void gw_control_set_served(struct gw_control *c, const char *backend, int64_t re
  * versions in file mode). */
 struct json_object *gw_control_fleet_json(const struct cf_config *cf);
 /* The control store's state for /ready's detailed view: {"mode": "file"} or
- * {"mode": "etcd", "etcd", "prefix", "reachable", "revision", "watch", "registered"}. */
-struct json_object *gw_control_status_json(void);
+ * {"mode": "etcd", "etcd", "prefix", "reachable", "revision", "watch",
+ * "registered"}, with "map_versions": {backend: version} served (cf: the
+ * caller's config snapshot). */
+struct json_object *gw_control_status_json(const struct cf_config *cf);
 /* polygate_control_up and polygate_control_watch_up (control mode only). */
 void gw_control_metrics(struct evbuffer *out);
 

@@ -55,7 +55,7 @@ void req_parent_finish(struct gw_req *p)
         if (p->detailed) { /* backends, shards, errors: the admin listener only */
             json_object_object_add(doc, "backends", json_object_get(p->results));
             /* the control store never fails /ready: instances serve their last maps */
-            json_object_object_add(doc, "control", gw_control_status_json());
+            json_object_object_add(doc, "control", gw_control_status_json(p->cf));
         }
         lb_json_write(b, doc);
         json_object_put(doc);

@@ -439,7 +439,8 @@ def test_etcd_down_then_back(fleet):
     try:
         def down(g):
             st, body, _ = g.call("GET", "/ready")
-            return body["control"]["reachable"] is False and st == 200
+            return (body["control"]["reachable"] is False and st == 200
+                    and body["control"]["map_versions"] == {"orders-mysql": v})
         assert poll(lambda: all(down(g) for g in fleet), timeout=5), g1.call("GET", "/ready")[1]
         for k, g in enumerate(fleet):
             serves_data(g, "nostore%d" % k)
@@ -490,7 +491,7 @@ def test_without_control_only_itself():
         assert me["self"] is True and me["pid"] == g.gw.proc.pid
         assert me["map_versions"] == {"orders-mysql": 1}
         st, ready, _ = g.call("GET", "/ready")
-        assert ready["control"] == {"mode": "file"}
+        assert ready["control"] == {"mode": "file", "map_versions": {"orders-mysql": 1}}
         c = Client(port=g.admin)
         c.conn.request("GET", "/metrics")
         assert "polygate_control_up" not in c.conn.getresponse().read().decode()
