@@ -59,6 +59,7 @@ struct gw_control {
     int synced;
     int resume_watch; /* the watch waits for a re-read (compacted) */
     int ka_inflight;
+    int republish; /* a registration put failed: the next keepalive tick puts it again */
     int revoked;
     struct event *ka_timer;
     struct event *retry_timer;
@@ -280,7 +281,9 @@ static void on_publish(const struct lb_etcd_result *r, void *arg)
     struct gw_control *c = arg;
     note_result(c, r);
     if (!r->ok) {
-        lb_warn("control store: registration %s not updated: %s", c->inst_key, r->err);
+        lb_warn("control store: registration %s not updated (%s); trying again", c->inst_key,
+                r->err);
+        c->republish = 1;
     }
 }
 
@@ -289,6 +292,7 @@ static void publish(struct gw_control *c)
     if (c->lease == 0 || c->booting) {
         return; /* the boot puts it */
     }
+    c->republish = 0;
     char *v = registration(c);
     lb_etcd_put(c->etcd, c->inst_key, v, strlen(v), c->lease, on_publish, c);
     free(v);
@@ -451,6 +455,9 @@ static void on_ka_timer(evutil_socket_t fd, short what, void *arg)
     struct gw_control *c = arg;
     if (c->booting || c->lease == 0 || c->ka_inflight) {
         return;
+    }
+    if (c->republish) {
+        publish(c);
     }
     c->ka_inflight = 1;
     lb_etcd_lease_keepalive(c->etcd, c->lease, on_keepalive, c);

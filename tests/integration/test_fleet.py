@@ -470,6 +470,10 @@ def test_etcd_down_then_back(fleet):
 def test_polygatectl_fleet(fleet):
     """`polygatectl fleet` prints the instances as a table, '*' on the one asked."""
     g1 = fleet[0]
+    # the registrations say the versions served (each put again after a change)
+    assert poll(lambda: all(x["map_versions"]["orders-mysql"] == g.version()
+                            for g in fleet for x in g1.fleet()["instances"]
+                            if x["id"] == g.id), timeout=5), g1.fleet()
     p = subprocess.run([CTL, "-a", "127.0.0.1:%d" % g1.admin, "fleet"], capture_output=True,
                        text=True, timeout=10)
     assert p.returncode == 0, p.stderr
