@@ -273,8 +273,80 @@ static int parse_hostport(const char *s, const char *ctx, char **host, int *port
         h++;
         hl -= 2;
     }
-    *host = strndup(h, hl);
+    *host = lb_xstrndup(h, hl);
     *port = (int)p;
+    return 0;
+}
+
+/* A name made of printable ASCII without spaces (etcd key parts). */
+static int plain_name(const char *s, size_t max)
+{
+    size_t n = strlen(s);
+    if (n == 0 || n > max) {
+        return 0;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] <= ' ' || s[i] > '~') {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* control: {etcd: host:port, prefix, instance, lease_ttl_s, redis}. */
+static int parse_control(struct cf_config *cf, struct json_object *obj, char *err, size_t errlen)
+{
+    struct cf_control *c = &cf->control;
+    c->lease_ttl_s = 5;
+    if (obj == NULL || JIS_NULL(obj)) {
+        return 0;
+    }
+    if (!JIS_OBJ(obj)) {
+        CERR("control: must be a mapping");
+    }
+    static const char *const allowed[] = {"etcd",        "prefix", "instance",
+                                          "lease_ttl_s", "redis",  NULL};
+    if (check_keys(obj, allowed, "control", err, errlen) < 0) {
+        return -1;
+    }
+    char *s;
+    if (get_str(obj, "etcd", NULL, &s, "control", err, errlen) < 0) {
+        return -1;
+    }
+    int rc = parse_hostport(s, "control.etcd", &c->etcd_host, &c->etcd_port, err, errlen);
+    free(s);
+    if (rc < 0) {
+        return -1;
+    }
+    if (get_str(obj, "prefix", "/polygate/default", &c->prefix, "control", err, errlen) < 0) {
+        return -1;
+    }
+    size_t pl = strlen(c->prefix);
+    if (c->prefix[0] != '/' || pl < 2 || c->prefix[pl - 1] == '/' || !plain_name(c->prefix, 200)) {
+        CERR("control.prefix: '%s' must start with '/', not end with '/', and hold at most 200 "
+             "printable characters without spaces",
+             c->prefix);
+    }
+    if (json_object_object_get(obj, "instance") != NULL) {
+        if (get_str(obj, "instance", NULL, &c->instance, "control", err, errlen) < 0) {
+            return -1;
+        }
+        if (!plain_name(c->instance, 128) || strchr(c->instance, '/') != NULL) {
+            CERR("control.instance: '%s' must be 1-128 printable characters without spaces or '/'",
+                 c->instance);
+        }
+    }
+    long long ttl;
+    if (get_int(obj, "lease_ttl_s", 5, 2, 3600, &ttl, "control", err, errlen) < 0) {
+        return -1;
+    }
+    c->lease_ttl_s = ttl;
+    if (get_str(obj, "redis", NULL, &c->redis, "control", err, errlen) < 0) {
+        return -1;
+    }
+    if (strncmp(c->redis, "redis://", 8) != 0 || c->redis[8] == '\0') {
+        CERR("control.redis: '%s' must be redis://host:port[/db]", c->redis);
+    }
     return 0;
 }
 
@@ -809,6 +881,10 @@ static void config_free(struct cf_config *cf)
     free(cf->tls_cert);
     free(cf->tls_key);
     free(cf->cursor_secret);
+    free(cf->control.etcd_host);
+    free(cf->control.prefix);
+    free(cf->control.instance);
+    free(cf->control.redis);
     free(cf);
 }
 
@@ -853,9 +929,10 @@ static int parse_root(struct cf_config *cf, struct json_object *root, char *err,
         CERR("the config must be a mapping");
     }
     static const char *const allowed[] = {
-        "listen", "admin_listen", "workers",         "shutdown_timeout_ms", "log_level",
-        "limits", "backends",     "domains",         "cursor_secret",       "auth",
-        "tls",    "access_log",   "circuit_breaker", "idempotency",         NULL};
+        "listen",          "admin_listen", "workers",  "shutdown_timeout_ms",
+        "log_level",       "limits",       "backends", "domains",
+        "cursor_secret",   "auth",         "tls",      "access_log",
+        "circuit_breaker", "idempotency",  "control",  NULL};
     if (check_keys(root, allowed, "config", err, errlen) < 0) {
         return -1;
     }
@@ -872,6 +949,9 @@ static int parse_root(struct cf_config *cf, struct json_object *root, char *err,
     }
     if (apply_opts(idempotency_opts, &cf->idempotency, json_object_object_get(root, "idempotency"),
                    "idempotency", err, errlen) < 0) {
+        return -1;
+    }
+    if (parse_control(cf, json_object_object_get(root, "control"), err, errlen) < 0) {
         return -1;
     }
     if (cf->access_log[0] == '\0') {

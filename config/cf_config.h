@@ -147,6 +147,19 @@ struct cf_idempotency {
     size_t max_bytes;
 };
 
+/* control: the fleet's control store (docs/fleet.md).  Without `etcd` the
+ * gateway runs alone: shard maps and rebalance state in local files, the
+ * Idempotency-Key store and rate limits in the process. */
+struct cf_control {
+    char *etcd_host; /* etcd's v3 HTTP/JSON gateway; NULL: no control store */
+    int etcd_port;
+    char *prefix;        /* every key under it; default "/polygate/default" */
+    char *instance;      /* this instance's id; default "<hostname>:<listen port>" */
+    int64_t lease_ttl_s; /* registration lease: a silent instance leaves after it */
+    char *redis;         /* "redis://host:port[/db]": the fleet's shared Idempotency-Key
+                          * store and rate limits; required with etcd */
+};
+
 struct cf_config {
     int refcount; /* atomic */
     char *path;
@@ -160,6 +173,7 @@ struct cf_config {
     char *access_log; /* "stderr", "off" or a file path (gateway/gw_accesslog.h) */
     struct cf_breaker breaker;
     struct cf_idempotency idempotency;
+    struct cf_control control;
     char *tls_cert; /* client listener TLS (both set or both NULL; restart to change) */
     char *tls_key;
     char *cursor_secret;         /* HMAC key material for _query cursors (md_query.h) */

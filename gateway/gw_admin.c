@@ -12,6 +12,7 @@
 #include <event2/buffer.h>
 
 #include "config/cf_config.h"
+#include "gateway/gw_control.h"
 #include "gateway/gw_http.h"
 #include "gateway/gw_metrics.h"
 #include "gateway/gw_request.h"
@@ -103,7 +104,8 @@ static void admin_map_done(const struct md_error *e, int rebalancing, void *arg)
             send_json(r, 202, doc);
             return;
         } else {
-            /* the workers apply the map on their loops right after this */
+            /* the workers apply the map on their loops right after this (in
+             * control mode: the store took it, every instance follows) */
             req_simple_json(r, 200, "{\"applied\":true}");
             return;
         }
@@ -201,10 +203,20 @@ static void admin_metrics(struct gw_req *r, struct gw_http_req *hr)
     (void)hr;
     struct evbuffer *b = evbuffer_new();
     gw_metrics_render(b, r->cf, __atomic_load_n(&req_inflight_total, __ATOMIC_RELAXED));
+    gw_control_metrics(b);
     req_respond_ct(r, 200, "text/plain; version=0.0.4; charset=utf-8", b, NULL);
     evbuffer_free(b);
     req_mark_answered(r);
     req_release(r);
+}
+
+/* GET /admin/fleet: the registered instances (self: this one) and the
+ * control store's state; without a control store, this instance alone with
+ * "control": "file" (gateway/gw_control.h). */
+static void admin_fleet(struct gw_req *r, struct gw_http_req *hr)
+{
+    (void)hr;
+    send_json(r, 200, gw_control_fleet_json(r->cf));
 }
 
 /* GET /admin/config: the config file and its domains. */
@@ -261,6 +273,7 @@ static const struct admin_route admin_routes[] = {
     {"/admin/shardmap", ADM_TREE, ADM_ANY, CF_PERM_ADMIN, GW_MOP_ADMIN, admin_shardmap},
     {"/admin/rebalance", ADM_TREE, ADM_ANY, CF_PERM_ADMIN, GW_MOP_ADMIN, admin_rebalance},
     {"/admin/config", ADM_EXACT, ADM_M(GW_GET), CF_PERM_ADMIN, GW_MOP_ADMIN, admin_config},
+    {"/admin/fleet", ADM_EXACT, ADM_M(GW_GET), CF_PERM_ADMIN, GW_MOP_ADMIN, admin_fleet},
 };
 
 static int admin_path_matches(const struct admin_route *ar, const char *path)

@@ -16,6 +16,7 @@
 #include <event2/event.h>
 
 #include "config/cf_config.h"
+#include "gateway/gw_control.h"
 #include "gateway/gw_metrics.h"
 #include "gateway/gw_route.h"
 #include "gateway/gw_scatter.h"
@@ -53,6 +54,8 @@ void req_parent_finish(struct gw_req *p)
         json_object_object_add(doc, "ready", json_object_new_boolean(p->nfail == 0));
         if (p->detailed) { /* backends, shards, errors: the admin listener only */
             json_object_object_add(doc, "backends", json_object_get(p->results));
+            /* the control store never fails /ready: instances serve their last maps */
+            json_object_object_add(doc, "control", gw_control_status_json(p->cf));
         }
         lb_json_write(b, doc);
         json_object_put(doc);

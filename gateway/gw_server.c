@@ -6,6 +6,12 @@
  * workers block them.  A reload parses and validates the new file into a
  * fresh snapshot; if anything is wrong, the old one stays and the reason is
  * logged.  Listen addresses and the worker count need a restart.
+ *
+ * With a control store (config `control:`, gateway/gw_control.h) the shard
+ * maps come from etcd: the first read runs before the workers start, a map
+ * change another instance made arrives through the watch and is installed
+ * here (control_install), and PUT /admin/shardmap writes to etcd with a
+ * compare-and-swap before this instance serves the map (docs/fleet.md).
  */
 #include "gateway/gw_server.h"
 
@@ -23,6 +29,7 @@
 #include "config/cf_config.h"
 #include "gateway/gw_accesslog.h"
 #include "gateway/gw_breaker.h"
+#include "gateway/gw_control.h"
 #include "gateway/gw_http.h"
 #include "gateway/gw_idempotency.h"
 #include "gateway/gw_metrics.h"
@@ -40,8 +47,9 @@ struct server {
     struct gw_worker *workers;
     int nworkers;
     int stopping;
-    struct event *ev_map; /* a PUT /admin/shardmap job is waiting */
-    struct event *ev_rb;  /* the rebalance ended (rebalance/rb_rebalance.h) */
+    struct event *ev_map;   /* a PUT /admin/shardmap job is waiting */
+    struct event *ev_rb;    /* the rebalance ended (rebalance/rb_rebalance.h) */
+    struct gw_control *ctl; /* the control store; NULL: maps in files only */
 };
 
 /* Settings of gw_accesslog / gw_breaker / gw_metrics; a log file that cannot
@@ -69,7 +77,8 @@ struct gw_map_job {
     gw_map_done_cb done;
     void *arg;
     int failed;
-    int rebalancing; /* the map moves slots: a rebalance started */
+    int rebalancing;      /* the map moves slots: a rebalance started */
+    struct cf_config *cf; /* control mode: checked, waiting for the store's answer */
     struct md_error e;
     char shard[128]; /* e.shard points here */
 };
@@ -101,6 +110,63 @@ static void apply(struct server *s, struct cf_config *cf)
     }
     cf_config_unref(s->cf);
     s->cf = cf;
+}
+
+/* A config with a new map in force: swapped in directly while the workers
+ * do not run yet (the control store's first read), else posted to them. */
+static void install_config(struct server *s, struct cf_config *cf)
+{
+    if (s->workers == NULL) {
+        cf_config_unref(s->cf);
+        s->cf = cf;
+        return;
+    }
+    apply(s, cf);
+}
+
+/* The control store's map of backend (gw_control_hooks.install): loaded with
+ * the config, checked like a reload (startup: the store wins over the file,
+ * no version check), the map file rewritten as the cache, swapped in. */
+static int control_install(void *arg, const char *backend, struct json_object *doc, int startup,
+                           char *err, size_t errlen)
+{
+    struct server *s = arg;
+    char lerr[1024];
+    struct cf_config *cf = cf_config_load_with_map(s->path, backend, doc, lerr, sizeof(lerr));
+    if (cf == NULL) {
+        snprintf(err, errlen, "%s", lerr);
+        return -1;
+    }
+    if (!startup) {
+        struct md_error e = {0};
+        const char *moving = NULL;
+        if (gw_shardmap_check(s->cf, cf, NULL, &moving, &e) < 0 || moving != NULL) {
+            snprintf(err, errlen, "%s",
+                     moving != NULL ? "the map moves slots, and online rebalancing across a fleet "
+                                      "is not available yet"
+                                    : e.message);
+            cf_config_unref(cf);
+            return -1;
+        }
+    }
+    if (gw_shardmap_changed(s->cf, cf) == NULL) {
+        cf_config_unref(cf); /* the map served already (this instance's own write) */
+        return 0;
+    }
+    const char *path = gw_shardmap_path(cf, backend);
+    if (path == NULL ||
+        gw_shardmap_write(path, doc, "from the control store (etcd)", lerr, sizeof(lerr)) < 0) {
+        lb_warn("backend '%s': the map file (the cache of the control store's map) was not "
+                "rewritten: %s",
+                backend, path == NULL ? "the backend has no map file" : lerr);
+    }
+    install_config(s, cf);
+    return 0;
+}
+
+static const struct cf_config *control_config(void *arg)
+{
+    return ((struct server *)arg)->cf;
 }
 
 /* Mover thread: the rebalance ended; the main thread activates the new map. */
@@ -151,6 +217,15 @@ static void on_reload(evutil_socket_t sig, short what, void *arg)
     }
     struct md_error e = {0};
     const char *moving = NULL;
+    const char *changed = s->ctl != NULL ? gw_shardmap_changed(s->cf, cf) : NULL;
+    if (changed != NULL) {
+        lb_error("reload rejected, keeping the running config: the shard map file of backend "
+                 "'%s' changed, but with a control store the maps change through PUT "
+                 "/admin/shardmap (the file is a cache of the store's map; docs/fleet.md)",
+                 changed);
+        cf_config_unref(cf);
+        return;
+    }
     if (gw_shardmap_check(s->cf, cf, NULL, &moving, &e) < 0) {
         lb_error("reload rejected, keeping the running config: %s", e.message);
         cf_config_unref(cf);
@@ -182,8 +257,44 @@ static void map_job_done_cb(evutil_socket_t fd, short what, void *arg)
     free(job);
 }
 
-/* Main thread: load the config with the new map, check, persist, swap. */
-static void run_map_job(struct server *s, struct gw_map_job *job)
+static void map_job_end(struct gw_map_job *job);
+
+/* Control mode: the store took the map (or refused it). */
+static void on_map_stored(const struct md_error *e, int64_t rev, void *arg)
+{
+    struct gw_map_job *job = arg;
+    struct server *s = map_server;
+    if (e != NULL) {
+        job->e = *e;
+        job->e.shard = NULL;
+        job->failed = 1;
+        cf_config_unref(job->cf);
+    } else if (gw_control_served(s->ctl, job->backend) < rev) {
+        const char *path = gw_shardmap_path(job->cf, job->backend);
+        char err[512];
+        if (path == NULL || gw_shardmap_write(path, job->doc, "applied by PUT /admin/shardmap", err,
+                                              sizeof(err)) < 0) {
+            lb_warn("backend '%s': the map file (the cache of the control store's map) was not "
+                    "rewritten: %s",
+                    job->backend, path == NULL ? "the backend has no map file" : err);
+        }
+        apply(s, job->cf);
+        gw_control_set_served(s->ctl, job->backend, rev);
+        lb_info("shard map of backend '%s' is now version %lld (PUT /admin/shardmap, control "
+                "store revision %lld)",
+                job->backend,
+                (long long)json_object_get_int64(json_object_object_get(job->doc, "version")),
+                (long long)rev);
+    } else {
+        cf_config_unref(job->cf); /* the watch installed it first */
+    }
+    job->cf = NULL;
+    map_job_end(job);
+}
+
+/* Main thread: load the config with the new map, check, persist, swap.
+ * 1 when the job waits for the control store (on_map_stored ends it). */
+static int run_map_job(struct server *s, struct gw_map_job *job)
 {
     char err[1024];
     struct md_error *e = &job->e;
@@ -192,7 +303,7 @@ static void run_map_job(struct server *s, struct gw_map_job *job)
     if (cf == NULL) {
         md_error_set(e, MD_E_BAD_REQUEST, NULL, "shard map rejected: %s", err);
         job->failed = 1;
-        return;
+        return 0;
     }
     if (rb_rebalance_active()) {
         md_error_set(e, MD_E_CONFLICT, NULL,
@@ -200,7 +311,7 @@ static void run_map_job(struct server *s, struct gw_map_job *job)
                      "again once it has finished or was aborted");
         job->failed = 1;
         cf_config_unref(cf);
-        return;
+        return 0;
     }
     const char *moving = NULL;
     if (gw_shardmap_check(s->cf, cf, job->backend, &moving, e) < 0) {
@@ -210,7 +321,23 @@ static void run_map_job(struct server *s, struct gw_map_job *job)
         }
         job->failed = 1;
         cf_config_unref(cf);
-        return;
+        return 0;
+    }
+    if (moving != NULL && s->ctl != NULL) { /* never the single-instance mover in a fleet */
+        md_error_set(e, MD_E_CONFLICT, "shards",
+                     "online rebalancing across a fleet is not available yet: the map of backend "
+                     "'%s' moves slots, and with a control store only map changes that move no "
+                     "slot (a new version, a shard's DSN) apply; the fleet-wide mover with "
+                     "fencing at the shards is to come (docs/fleet.md)",
+                     moving);
+        job->failed = 1;
+        cf_config_unref(cf);
+        return 0;
+    }
+    if (s->ctl != NULL) { /* the store first; every instance (this one too) follows */
+        job->cf = cf;
+        gw_control_put_map(s->ctl, job->backend, job->doc, on_map_stored, job);
+        return 1;
     }
     if (moving != NULL) { /* the mover writes the map file once every slot moved */
         struct cf_config *ucf =
@@ -218,32 +345,40 @@ static void run_map_job(struct server *s, struct gw_map_job *job)
         cf_config_unref(cf);
         if (ucf == NULL) {
             job->failed = 1;
-            return;
+            return 0;
         }
         job->rebalancing = 1;
         apply(s, ucf);
         lb_info("shard map of backend '%s': rebalancing to version %lld", job->backend,
                 (long long)json_object_get_int64(json_object_object_get(job->doc, "version")));
-        return;
+        return 0;
     }
-    const struct cf_backend *be = NULL;
-    for (size_t i = 0; i < cf->nbackends; i++) {
-        if (strcmp(cf->backends[i].name, job->backend) == 0) {
-            be = &cf->backends[i];
-        }
-    }
+    const char *path = gw_shardmap_path(cf, job->backend);
     /* persisted first: a restart (or a SIGHUP) finds the map that is active */
-    if (be == NULL || be->shard_map_path == NULL ||
-        gw_shardmap_write(be->shard_map_path, job->doc, err, sizeof(err)) < 0) {
+    if (path == NULL ||
+        gw_shardmap_write(path, job->doc, "applied by PUT /admin/shardmap", err, sizeof(err)) < 0) {
         md_error_set(e, MD_E_INTERNAL, NULL, "shard map not applied: %s",
-                     be == NULL ? "the backend is gone from the config file" : err);
+                     path == NULL ? "the backend is gone from the config file" : err);
         job->failed = 1;
         cf_config_unref(cf);
-        return;
+        return 0;
     }
     apply(s, cf);
     lb_info("shard map of backend '%s' is now version %lld (PUT /admin/shardmap)", job->backend,
             (long long)json_object_get_int64(json_object_object_get(job->doc, "version")));
+    return 0;
+}
+
+static void map_job_end(struct gw_map_job *job)
+{
+    if (job->failed) {
+        lb_warn("shard map of backend '%s' rejected, the active one stays: %s", job->backend,
+                job->e.message);
+    }
+    pthread_mutex_lock(&map_mu);
+    map_busy = 0;
+    pthread_mutex_unlock(&map_mu);
+    event_active(job->done_ev, EV_READ, 0); /* the job belongs to the caller's loop now */
 }
 
 static void on_map_job(evutil_socket_t fd, short what, void *arg)
@@ -258,15 +393,9 @@ static void on_map_job(evutil_socket_t fd, short what, void *arg)
     if (job == NULL) {
         return;
     }
-    run_map_job(s, job);
-    if (job->failed) {
-        lb_warn("shard map of backend '%s' rejected, the active one stays: %s", job->backend,
-                job->e.message);
+    if (run_map_job(s, job) == 0) {
+        map_job_end(job);
     }
-    pthread_mutex_lock(&map_mu);
-    map_busy = 0;
-    pthread_mutex_unlock(&map_mu);
-    event_active(job->done_ev, EV_READ, 0); /* the job belongs to the caller's loop now */
 }
 
 int gw_server_put_map(const char *backend, struct json_object *doc, struct event_base *base,
@@ -342,6 +471,12 @@ int gw_server_run(const char *path)
         free(s.path);
         return 2;
     }
+    gw_control_process_init(s.cf);
+    const struct gw_control_hooks hooks = {&s, control_install, control_config};
+    s.ctl = gw_control_new(s.base, s.cf, &hooks);
+    while (!gw_control_synced(s.ctl)) { /* the store's maps before the first request */
+        event_base_loop(s.base, EVLOOP_ONCE);
+    }
     if (!s.cf->auth.enabled) {
         lb_warn("authentication is OFF (auth.enabled: false in %s): every caller may use every "
                 "domain and the admin API",
@@ -359,6 +494,7 @@ int gw_server_run(const char *path)
         tls = gw_http_tls_context(s.cf->tls_cert, s.cf->tls_key, err, sizeof(err));
         if (tls == NULL) {
             lb_error("cannot start: %s", err);
+            gw_control_stop(s.ctl);
             rb_rebalance_shutdown();
             cf_config_unref(s.cf);
             event_free(s.ev_rb);
@@ -367,16 +503,17 @@ int gw_server_run(const char *path)
             return 2;
         }
     }
-    s.workers = lb_xcalloc((size_t)s.nworkers, sizeof(*s.workers));
+    struct gw_worker *workers = lb_xcalloc((size_t)s.nworkers, sizeof(*workers));
     for (int i = 0; i < s.nworkers; i++) {
-        if (gw_worker_init(&s.workers[i], i, s.cf, tls, &gw_request_hooks, err, sizeof(err)) < 0) {
+        if (gw_worker_init(&workers[i], i, s.cf, tls, &gw_request_hooks, err, sizeof(err)) < 0) {
             lb_error("cannot start worker %d: %s", i, err);
+            gw_control_stop(s.ctl);
             rb_rebalance_shutdown();
             event_free(s.ev_rb);
             for (int j = 0; j <= i; j++) {
-                gw_worker_destroy(&s.workers[j]);
+                gw_worker_destroy(&workers[j]);
             }
-            free(s.workers);
+            free(workers);
             gw_http_tls_context_free(tls);
             cf_config_unref(s.cf);
             event_base_free(s.base);
@@ -384,6 +521,7 @@ int gw_server_run(const char *path)
             return 2;
         }
     }
+    s.workers = workers; /* from here on a new config goes to the workers (apply) */
     struct event *ev_hup = evsignal_new(s.base, SIGHUP, on_reload, &s);
     struct event *ev_term = evsignal_new(s.base, SIGTERM, on_stop, &s);
     struct event *ev_int = evsignal_new(s.base, SIGINT, on_stop, &s);
@@ -408,6 +546,7 @@ int gw_server_run(const char *path)
     for (int i = 0; i < s.nworkers; i++) {
         gw_worker_destroy(&s.workers[i]);
     }
+    gw_control_stop(s.ctl); /* the lease revoked: this instance leaves the fleet now */
     lb_info("stopped");
     pthread_mutex_lock(&map_mu);
     map_server = NULL;

@@ -303,7 +303,31 @@ struct json_object *gw_shardmap_json(const struct cf_config *cf,
     return doc;
 }
 
-int gw_shardmap_write(const char *path, struct json_object *doc, char *err, size_t errlen)
+const char *gw_shardmap_changed(const struct cf_config *active, const struct cf_config *next)
+{
+    for (size_t i = 0; i < next->nbackends; i++) {
+        const struct cf_backend *nb = &next->backends[i];
+        const struct cf_backend *old = backend_named(active, nb->name);
+        if (nb->map == NULL || old == NULL || old->map == NULL) {
+            continue;
+        }
+        if (rt_shardmap_version(old->map) != rt_shardmap_version(nb->map) ||
+            rt_shardmap_nslots(old->map) != rt_shardmap_nslots(nb->map) ||
+            !rb_mapfile_same(old->map, nb->map)) {
+            return nb->name;
+        }
+    }
+    return NULL;
+}
+
+const char *gw_shardmap_path(const struct cf_config *cf, const char *backend)
+{
+    const struct cf_backend *be = backend_named(cf, backend);
+    return be != NULL ? be->shard_map_path : NULL;
+}
+
+int gw_shardmap_write(const char *path, struct json_object *doc, const char *how, char *err,
+                      size_t errlen)
 {
     char when[32] = "?";
     time_t t = time(NULL);
@@ -315,10 +339,10 @@ int gw_shardmap_write(const char *path, struct json_object *doc, char *err, size
     base = base != NULL ? base + 1 : path;
     char *head = NULL;
     if (asprintf(&head,
-                 "Written by polygate at %s: map version %" PRId64
-                 " applied by PUT /admin/shardmap.\n"
+                 "Written by polygate at %s: map version %" PRId64 " %s.\n"
                  "This file before: %s.prev",
-                 when, json_object_get_int64(json_object_object_get(doc, "version")), base) < 0) {
+                 when, json_object_get_int64(json_object_object_get(doc, "version")), how,
+                 base) < 0) {
         snprintf(err, errlen, "cannot write '%s': out of memory", path);
         return -1;
     }

@@ -57,10 +57,18 @@ const char *gw_shardmap_backend(const struct cf_config *cf, const char *name, si
 struct json_object *gw_shardmap_json(const struct cf_config *cf,
                                      struct json_object *(*migration_of)(const char *backend));
 
-/* Write the map a PUT /admin/shardmap applied to the map file: readable YAML
- * (rb_mapfile_replace) with a header naming the version and the time, the
- * previous file kept as "<path>.prev".  0, or -1 with err. */
-int gw_shardmap_write(const char *path, struct json_object *doc, char *err, size_t errlen)
-    __attribute__((warn_unused_result));
+/* Write a map that became active to the map file: readable YAML
+ * (rb_mapfile_replace) with a header naming the version, the time and how
+ * it came (`how`: "applied by PUT /admin/shardmap", "from the control store
+ * (etcd)"), the previous file kept as "<path>.prev".  0, or -1 with err. */
+int gw_shardmap_write(const char *path, struct json_object *doc, const char *how, char *err,
+                      size_t errlen) __attribute__((warn_unused_result));
+
+/* The first backend whose shard map in `next` differs from the one in
+ * `active` (another version, or another map in effect), or NULL. */
+const char *gw_shardmap_changed(const struct cf_config *active, const struct cf_config *next);
+
+/* The map file of backend in cf (borrowed), or NULL. */
+const char *gw_shardmap_path(const struct cf_config *cf, const char *backend);
 
 #endif

@@ -20,7 +20,7 @@ BUILD_PKGS=(
 	curl valgrind clang libclang-rt-14-dev clang-format gnuplot-nox
 )
 SERVER_PKGS=(
-	postgresql-15 mariadb-server mariadb-client redis-server redis-tools
+	postgresql-15 mariadb-server mariadb-client redis-server redis-tools etcd-server etcd-client
 )
 
 check_only=0

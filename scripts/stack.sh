@@ -7,7 +7,7 @@
 #   scripts/stack.sh down          stop what up started (data is kept)
 #   scripts/stack.sh status        one line per server: name port up|down pid
 #                                  (exit 1 if any server is down)
-#   scripts/stack.sh stop NAME     stop one server  (pg mysql-a mysql-b redis ferretdb toxiproxy)
+#   scripts/stack.sh stop NAME     stop one server  (pg mysql-a mysql-b redis ferretdb toxiproxy etcd)
 #   scripts/stack.sh start NAME    start one server again (fast: no apt, no build)
 #   scripts/stack.sh restart NAME  stop + start
 #   scripts/stack.sh reset         down, then delete all stack data
@@ -21,6 +21,9 @@
 #   toxiproxy Toxiproxy 2.5   POLYGATE_TOXIPROXY_PORT=8474 fault-injection TCP proxy (HTTP API);
 #                             the integration tests put their own proxies in front of the
 #                             servers above and drive latency, resets, timeouts through it
+#   etcd      etcd 3.4        POLYGATE_ETCD_PORT=52379     the fleet's control store (docs/fleet.md):
+#                             v3 HTTP/JSON gateway on the client port, peer port
+#                             POLYGATE_ETCD_PEER_PORT=52380, one member, data kept
 #
 # Everything (data, logs, sockets, pid files) lives under $ROOT/.stack
 # (POLYGATE_STACK_DIR overrides it).  Each server is started detached from the
@@ -32,7 +35,8 @@
 # Other knobs: POLYGATE_STACK_WAIT (seconds to wait for each server, 60),
 # POLYGATE_SKIP_DEPS=1 (up skips scripts/ci-deps.sh),
 # POLYGATE_FERRETDB_BIN (/usr/local/bin/ferretdb), POLYGATE_PG_BIN,
-# POLYGATE_TOXIPROXY_BIN (/usr/local/bin/toxiproxy-server).
+# POLYGATE_TOXIPROXY_BIN (/usr/local/bin/toxiproxy-server), POLYGATE_ETCD_BIN
+# (/usr/bin/etcd).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
@@ -45,6 +49,8 @@ MYSQL_B_PORT=${POLYGATE_MYSQL_B_PORT:-53307}
 REDIS_PORT=${POLYGATE_REDIS_PORT:-56379}
 FERRETDB_PORT=${POLYGATE_FERRETDB_PORT:-57017}
 TOXIPROXY_PORT=${POLYGATE_TOXIPROXY_PORT:-8474}
+ETCD_PORT=${POLYGATE_ETCD_PORT:-52379}
+ETCD_PEER_PORT=${POLYGATE_ETCD_PEER_PORT:-52380}
 WAIT_SECS=${POLYGATE_STACK_WAIT:-60}
 
 PG_BIN=${POLYGATE_PG_BIN:-/usr/lib/postgresql/15/bin}
@@ -62,7 +68,7 @@ export PATH=/usr/local/go/bin:$PATH
 # Never let `go` fetch another toolchain (nothing outside is reachable).
 export GOTOOLCHAIN=local
 
-SERVERS=(pg mysql-a mysql-b redis ferretdb toxiproxy)
+SERVERS=(pg mysql-a mysql-b redis ferretdb toxiproxy etcd)
 MARKER=.polygate-stack # marks a directory this script created (reset checks it)
 
 # ---------------------------------------------------------------- helpers ---
@@ -548,6 +554,45 @@ toxiproxy_start() {
 
 toxiproxy_stop() { stop_pidfile toxiproxy "$TOXIPROXY_DIR/toxiproxy.pid" "$TOXIPROXY_COMM"; }
 
+# ------------------------------------------------------------------- etcd ---
+#
+# One etcd member (Debian's etcd-server, 3.4) for the gateways' control store:
+# shard maps and instance registrations under a key prefix (docs/fleet.md).
+# The v3 HTTP/JSON gateway answers on the client port; the tests use a key
+# prefix of their own per run, so runs side by side do not collide.
+#   $STACK/etcd/  data/  etcd.pid  etcd.log
+
+ETCD_DIR=$STACK/etcd
+ETCD_BIN=${POLYGATE_ETCD_BIN:-/usr/bin/etcd}
+etcd_pid() { pidfile_pid "$ETCD_DIR/etcd.pid" etcd; }
+etcd_alive() { etcd_pid >/dev/null; }
+etcd_ready() { curl -sf -o /dev/null --max-time 2 "http://$HOST:$ETCD_PORT/health"; }
+
+etcd_start() {
+	[[ -x $ETCD_BIN ]] || die "etcd: $ETCD_BIN not found (apt-get install etcd-server etcd-client)"
+	mkdir -p "$ETCD_DIR/data"
+	chmod 700 "$ETCD_DIR/data"
+	if etcd_alive; then
+		already_running etcd "$ETCD_PORT" "$(etcd_pid)"
+	else
+		require_port_free etcd "$ETCD_PORT" POLYGATE_ETCD_PORT
+		require_port_free etcd "$ETCD_PEER_PORT" POLYGATE_ETCD_PEER_PORT
+		log "etcd: starting on $HOST:$ETCD_PORT (peer $ETCD_PEER_PORT)"
+		record_port etcd "$ETCD_PORT"
+		spawn "$ETCD_DIR/etcd.pid" "$ETCD_DIR/etcd.log" \
+			"$ETCD_BIN" --name polygate-stack --data-dir "$ETCD_DIR/data" \
+			--listen-client-urls "http://$HOST:$ETCD_PORT" \
+			--advertise-client-urls "http://$HOST:$ETCD_PORT" \
+			--listen-peer-urls "http://$HOST:$ETCD_PEER_PORT" \
+			--initial-advertise-peer-urls "http://$HOST:$ETCD_PEER_PORT" \
+			--initial-cluster "polygate-stack=http://$HOST:$ETCD_PEER_PORT" \
+			--initial-cluster-state new --auto-compaction-retention 1h
+	fi
+	wait_ready etcd "$ETCD_DIR/etcd.log" etcd_alive etcd_ready
+}
+
+etcd_stop() { stop_pidfile etcd "$ETCD_DIR/etcd.pid" etcd; }
+
 # --------------------------------------------------------------- dispatch ---
 
 check_name() {
@@ -563,6 +608,7 @@ server_start() {
 	redis) redis_start ;;
 	ferretdb) ferretdb_start ;;
 	toxiproxy) toxiproxy_start ;;
+	etcd) etcd_start ;;
 	esac
 }
 
@@ -573,6 +619,7 @@ server_stop() {
 	redis) redis_stop ;;
 	ferretdb) ferretdb_stop ;;
 	toxiproxy) toxiproxy_stop ;;
+	etcd) etcd_stop ;;
 	esac
 }
 
@@ -583,6 +630,7 @@ server_pid() {
 	redis) redis_pid ;;
 	ferretdb) ferretdb_pid ;;
 	toxiproxy) toxiproxy_pid ;;
+	etcd) etcd_pid ;;
 	esac
 }
 
@@ -593,6 +641,7 @@ server_port() {
 	redis) echo "$REDIS_PORT" ;;
 	ferretdb) echo "$FERRETDB_PORT" ;;
 	toxiproxy) echo "$TOXIPROXY_PORT" ;;
+	etcd) echo "$ETCD_PORT" ;;
 	esac
 }
 
@@ -643,7 +692,7 @@ cmd_reset() {
 }
 
 usage() {
-	sed -n '2,34p' "$0" | sed 's/^# \{0,1\}//' >&2
+	sed -n '2,39p' "$0" | sed 's/^# \{0,1\}//' >&2
 	exit 2
 }
 

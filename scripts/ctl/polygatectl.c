@@ -7,13 +7,15 @@
  *   polygatectl ... rebalance pause | resume | abort
  *   polygatectl ... rebalance throttle ROWS_PER_S
  *   polygatectl ... route DOMAIN KEY
+ *   polygatectl ... fleet
  *
  * -a defaults to $POLYGATE_ADMIN or 127.0.0.1:9090; -k to $POLYGATE_ADMIN_KEY
  * (sent as Authorization: Bearer).  `shardmap apply` reads a YAML or JSON map,
  * prints the slot moves it implies against the active map, and applies it
  * only with --yes.  `rebalance status --watch` draws a progress bar on a
- * terminal, plain lines otherwise.  Exit status: 0 ok, 1 refused / failed,
- * 2 usage.
+ * terminal, plain lines otherwise.  `fleet` prints the instances registered in
+ * the control store (GET /admin/fleet; docs/fleet.md) as a table.  Exit status: 0 ok, 1 refused /
+ * failed, 2 usage.
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -48,7 +50,8 @@ static void usage(void)
                     "  rebalance status [--watch]\n"
                     "  rebalance pause | resume | abort\n"
                     "  rebalance throttle ROWS_PER_S\n"
-                    "  route DOMAIN KEY\n");
+                    "  route DOMAIN KEY\n"
+                    "  fleet\n");
     exit(2);
 }
 
@@ -458,6 +461,53 @@ static int route(const char *domain, const char *key)
     return 0;
 }
 
+/* GET /admin/fleet as a table: one line per instance, '*' marks the one asked. */
+static int fleet(void)
+{
+    struct json_object *doc;
+    int st = http("GET", "/admin/fleet", NULL, &doc);
+    if (st != 200) {
+        return failed(st, doc);
+    }
+    struct json_object *store = json_object_object_get(doc, "store");
+    if (store != NULL) {
+        printf("control store: etcd %s, prefix %s, %s, revision %lld, watch %s\n",
+               str(store, "etcd"), str(store, "prefix"),
+               json_object_get_boolean(json_object_object_get(store, "reachable")) ? "reachable"
+                                                                                   : "UNREACHABLE",
+               (long long)num(store, "revision"),
+               json_object_get_boolean(json_object_object_get(store, "watch")) ? "up" : "DOWN");
+    } else {
+        printf("control: %s (no control store: this instance alone)\n", str(doc, "control"));
+    }
+    printf("  %-28s %-21s %-21s %8s  %-24s %s\n", "INSTANCE", "LISTEN", "ADMIN", "PID", "STARTED",
+           "MAP VERSIONS");
+    struct json_object *arr = json_object_object_get(doc, "instances");
+    for (size_t i = 0; i < alen(arr); i++) {
+        struct json_object *o = json_object_array_get_idx(arr, i);
+        char maps[256] = "";
+        size_t off = 0;
+        struct json_object *mv = json_object_object_get(o, "map_versions");
+        if (mv != NULL && json_object_is_type(mv, json_type_object)) {
+            json_object_object_foreach(mv, be, ver)
+            {
+                int w = snprintf(maps + off, sizeof(maps) - off, "%s%s=%lld", off ? " " : "", be,
+                                 (long long)json_object_get_int64(ver));
+                if (w < 0 || (size_t)w >= sizeof(maps) - off) {
+                    break;
+                }
+                off += (size_t)w;
+            }
+        }
+        int self = json_object_get_boolean(json_object_object_get(o, "self"));
+        printf("%c %-28s %-21s %-21s %8lld  %-24s %s\n", self ? '*' : ' ', str(o, "id"),
+               str(o, "listen"), str(o, "admin"), (long long)num(o, "pid"), str(o, "started"),
+               maps);
+    }
+    json_object_put(doc);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     if (getenv("POLYGATE_ADMIN") != NULL) {
@@ -516,6 +566,9 @@ int main(int argc, char **argv)
     }
     if (n == 3 && strcmp(a[0], "route") == 0) {
         return route(a[1], a[2]);
+    }
+    if (n == 1 && strcmp(a[0], "fleet") == 0) {
+        return fleet();
     }
     usage();
     return 2;

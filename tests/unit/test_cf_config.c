@@ -342,6 +342,31 @@ static const struct bad_case bad_cases[] = {
     {"workers out of range", "workers: 65\n", "workers: 65 is out of range [0, 64]"},
     {"workers not an integer", "workers: many\n", "workers: must be an integer"},
     {"bad log level", "log_level: loud\n", "log_level: 'loud' is not one of"},
+    /* control */
+    {"control not a mapping", "control: etcd\n" MINIMAL, "control: must be a mapping"},
+    {"control without etcd", "control: {redis: \"redis://127.0.0.1:6379\"}\n" MINIMAL,
+     "control.etcd: required"},
+    {"control etcd without a port", "control: {etcd: localhost, redis: \"redis://h:1\"}\n" MINIMAL,
+     "control.etcd: 'localhost' must be host:port"},
+    {"control without redis", "control: {etcd: \"127.0.0.1:2379\"}\n" MINIMAL,
+     "control.redis: required"},
+    {"control redis not a redis url",
+     "control: {etcd: \"127.0.0.1:2379\", redis: \"127.0.0.1:6379\"}\n" MINIMAL,
+     "control.redis: '127.0.0.1:6379' must be redis://host:port[/db]"},
+    {"control prefix without a slash",
+     "control: {etcd: \"h:1\", redis: \"redis://h:1\", prefix: polygate}\n" MINIMAL,
+     "control.prefix: 'polygate' must start with '/'"},
+    {"control prefix ending in a slash",
+     "control: {etcd: \"h:1\", redis: \"redis://h:1\", prefix: /pg/}\n" MINIMAL,
+     "control.prefix: '/pg/' must start with '/', not end with '/'"},
+    {"control instance with a slash",
+     "control: {etcd: \"h:1\", redis: \"redis://h:1\", instance: a/b}\n" MINIMAL,
+     "control.instance: 'a/b' must be"},
+    {"control lease too short",
+     "control: {etcd: \"h:1\", redis: \"redis://h:1\", lease_ttl_s: 1}\n" MINIMAL,
+     "control.lease_ttl_s: 1 is out of range [2, 3600]"},
+    {"control unknown key", "control: {etcd: \"h:1\", redis: \"redis://h:1\", ttl: 3}\n" MINIMAL,
+     "control.ttl: unknown setting"},
     /* limits */
     {"unknown limits key", "limits: {max_bodyy: 10}\n", "limits.max_bodyy: unknown setting"},
     {"limits not a mapping", "limits: 5\n", "limits: must be a mapping"},
@@ -571,6 +596,32 @@ static void test_rejections(void **state)
     }
 }
 
+/* control: absent → no control store; given → every setting parsed. */
+static void test_control(void **state)
+{
+    (void)state;
+    struct cf_config *cf = load_ok(MINIMAL);
+    assert_null(cf->control.etcd_host);
+    assert_null(cf->control.redis);
+    cf_config_unref(cf);
+    cf = load_ok(
+        "control: {etcd: \"127.0.0.1:52379\", redis: \"redis://127.0.0.1:56379/2\"}\n" MINIMAL);
+    assert_string_equal(cf->control.etcd_host, "127.0.0.1");
+    assert_int_equal(cf->control.etcd_port, 52379);
+    assert_string_equal(cf->control.prefix, "/polygate/default");
+    assert_null(cf->control.instance);
+    assert_int_equal(cf->control.lease_ttl_s, 5);
+    assert_string_equal(cf->control.redis, "redis://127.0.0.1:56379/2");
+    cf_config_unref(cf);
+    cf = load_ok("control: {etcd: \"[::1]:2379\", redis: \"redis://r:1\", prefix: /shop/eu,\n"
+                 "          instance: gw-1, lease_ttl_s: 10}\n" MINIMAL);
+    assert_string_equal(cf->control.etcd_host, "::1");
+    assert_string_equal(cf->control.prefix, "/shop/eu");
+    assert_string_equal(cf->control.instance, "gw-1");
+    assert_int_equal(cf->control.lease_ttl_s, 10);
+    cf_config_unref(cf);
+}
+
 static void test_listen_empty_port(void **state)
 {
     (void)state;
@@ -707,6 +758,7 @@ int main(void)
         cmocka_unit_test(test_accepted),
         cmocka_unit_test(test_refcount),
         cmocka_unit_test(test_type_names),
+        cmocka_unit_test(test_control),
         cmocka_unit_test(test_listen_empty_port),
         cmocka_unit_test(test_listen_bracketed_ipv6),
         cmocka_unit_test(test_shard_map_long_config_dir),
