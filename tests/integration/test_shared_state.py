@@ -242,6 +242,25 @@ def test_rate_limit_holds_for_the_fleet(fleet, rdb):
         assert counter(admin, 'polygate_ratelimit_decisions_total{source="shared",decision="limited"}') > 0
 
 
+def test_batch_pays_per_operation_in_the_fleet_bucket(fleet, rdb):
+    rdb.delete("polygate:%s:rate:fleet-limited" % PREFIX)  # a full bucket: BURST tokens
+    ops = [{"op": "get", "domain": "sessions", "id": "fleet-b%d" % i} for i in range(BURST)]
+    a, b = Client(A_PORT), Client(B_PORT)
+    try:
+        st, body, _ = a.request("POST", "/v1/_batch", ops, headers=limited())
+        assert st == 200 and [r["status"] for r in body["results"]] == [404] * BURST, body
+        # the same cost on B right after: the fleet's bucket is empty (it
+        # refills RATE tokens per second, BURST take half a second)
+        st, body, resp = b.request("POST", "/v1/_batch", ops, headers=limited())
+        assert st == 429, body
+        err = assert_error(body, "rate_limited", resp=resp)
+        assert "costs %d tokens" % BURST in err["message"]
+        assert int(resp.getheader("Retry-After")) >= 1
+    finally:
+        a.close()
+        b.close()
+
+
 @pytest.fixture
 def proxied(toxics):
     """Instance C: its shared Redis through this run's proxy."""
