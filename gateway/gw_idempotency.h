@@ -80,8 +80,8 @@ void gw_idem_release(struct gw_idem *h);
 
 /* The fleet's shared store (gw_shared.h).  The answer comes to done() once,
  * later, on the loop: `held` is the claimed key for GW_IDEM_NEW (complete or
- * release it as above), NULL otherwise; a replay's body is malloc'd, the
- * callee frees it.  wait_ms bounds the wait for Redis (then
+ * release it as above), NULL otherwise; a replay's body is malloc'd and
+ * done() frees it.  wait_ms bounds the wait for Redis (then
  * GW_IDEM_UNAVAILABLE); claim_ms is how long a claim in progress lives if
  * its instance never completes it (a crash).  0, or -1 when the store is
  * down now (done() is not called). */
