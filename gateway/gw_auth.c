@@ -9,11 +9,14 @@
 #include <strings.h>
 #include <time.h>
 
+#include <hiredis/hiredis.h>
 #include <openssl/crypto.h>
 #include <openssl/sha.h>
 
 #include "config/cf_config.h"
 #include "gateway/gw_http.h"
+#include "gateway/gw_shared.h"
+#include "lib/lb_log.h"
 #include "lib/lb_util.h"
 
 int gw_auth_check(const struct cf_config *cf, const struct gw_http_req *hr, double cost,
@@ -56,39 +59,165 @@ int gw_auth_check(const struct cf_config *cf, const struct gw_http_req *hr, doub
     return 0;
 }
 
+/* A cost above the burst can never fit: waiting would not help. */
+static int over_burst(const struct cf_key *key, double cost, struct md_error *e,
+                      int64_t *retry_after_s)
+{
+    if (cost <= key->burst) {
+        return 0;
+    }
+    *retry_after_s = (int64_t)(key->burst / key->rate_per_s) + 1;
+    md_error_set(e, MD_E_RATE_LIMITED, NULL,
+                 "this request costs %.6g rate-limit tokens (one per operation), more than "
+                 "the burst of %.6g of '%s': split it",
+                 cost, key->burst, key->name);
+    return 1;
+}
+
+/* The 429 of a bucket that has the tokens only in `ms` milliseconds. */
+static void rate_refused(const struct cf_key *key, double cost, int64_t ms, struct md_error *e,
+                         int64_t *retry_after_s)
+{
+    *retry_after_s = (ms + 999) / 1000;
+    if (*retry_after_s < 1) {
+        *retry_after_s = 1;
+    }
+    if (cost > 1) {
+        md_error_set(e, MD_E_RATE_LIMITED, NULL,
+                     "rate limit of %.6g requests/s for '%s' exceeded: this request costs "
+                     "%.6g tokens (one per operation); retry after %lld s",
+                     key->rate_per_s, key->name, cost, (long long)*retry_after_s);
+    } else {
+        md_error_set(e, MD_E_RATE_LIMITED, NULL,
+                     "rate limit of %.6g requests/s for '%s' exceeded; retry after %lld s",
+                     key->rate_per_s, key->name, (long long)*retry_after_s);
+    }
+}
+
 int gw_auth_charge(const struct cf_key *key, double cost, struct md_error *e,
                    int64_t *retry_after_s)
 {
     if (key == NULL || key->rate_per_s <= 0) {
         return 0;
     }
-    if (cost > key->burst) { /* can never fit: waiting would not help */
-        *retry_after_s = (int64_t)(key->burst / key->rate_per_s) + 1;
-        md_error_set(e, MD_E_RATE_LIMITED, NULL,
-                     "this request costs %.6g rate-limit tokens (one per operation), more than "
-                     "the burst of %.6g of '%s': split it",
-                     cost, key->burst, key->name);
+    if (over_burst(key, cost, e, retry_after_s)) {
         return -1;
     }
     int64_t ms;
     if (gw_ratelimit_take(key->name, key->rate_per_s, key->burst, cost, &ms) < 0) {
-        *retry_after_s = (ms + 999) / 1000;
-        if (*retry_after_s < 1) {
-            *retry_after_s = 1;
-        }
-        if (cost > 1) {
-            md_error_set(e, MD_E_RATE_LIMITED, NULL,
-                         "rate limit of %.6g requests/s for '%s' exceeded: this request costs "
-                         "%.6g tokens (one per operation); retry after %lld s",
-                         key->rate_per_s, key->name, cost, (long long)*retry_after_s);
-        } else {
-            md_error_set(e, MD_E_RATE_LIMITED, NULL,
-                         "rate limit of %.6g requests/s for '%s' exceeded; retry after %lld s",
-                         key->rate_per_s, key->name, (long long)*retry_after_s);
-        }
+        rate_refused(key, cost, ms, e, retry_after_s);
         return -1;
     }
     return 0;
+}
+
+/* ---- the fleet's buckets, in its shared Redis -------------------------------------- */
+
+/* Take ARGV[3] tokens of the bucket KEYS[1] (ARGV: rate per second, burst,
+ * cost), all or nothing, on the Redis server's clock (one clock for every
+ * instance): 0, or the milliseconds until they would be there.  The bucket
+ * expires once it would be full again anyway. */
+static struct gw_shared_script script_take = GW_SHARED_SCRIPT(
+    "local t = redis.call('TIME')\n"
+    "local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000\n"
+    "local rate, burst, cost = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])\n"
+    "local b = redis.call('HMGET', KEYS[1], 'tokens', 'ts')\n"
+    "local tokens, ts = tonumber(b[1]), tonumber(b[2])\n"
+    "if not tokens or not ts then tokens = burst; ts = now end\n"
+    "if now > ts then tokens = tokens + (now - ts) / 1000 * rate; ts = now end\n"
+    "if tokens > burst then tokens = burst end\n"
+    "local wait = 0\n"
+    "if tokens >= cost then tokens = tokens - cost\n"
+    "else wait = math.floor((cost - tokens) / rate * 1000) + 1 end\n"
+    "redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(ts))\n"
+    "redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)\n"
+    "return wait\n");
+
+struct charge {
+    const struct cf_key *key; /* the caller's config reference keeps it */
+    double cost;
+    gw_auth_charged_cb done;
+    void *arg;
+};
+
+static int fallback_warned; /* atomic: the local buckets decide, and it was logged */
+
+/* The shared store cannot decide: the instance's own bucket does (fail
+ * open, docs/protocol.md "Rate limits in a fleet"). */
+static int charge_local(const struct cf_key *key, double cost, struct md_error *e,
+                        int64_t *retry_after_s)
+{
+    if (!__atomic_exchange_n(&fallback_warned, 1, __ATOMIC_RELAXED)) {
+        lb_warn("rate limits: the shared store (control.redis) is unavailable; each instance "
+                "applies its own buckets until it is back");
+    }
+    return gw_auth_charge(key, cost, e, retry_after_s);
+}
+
+static void charged(void *arg, enum gw_shared_status st, const struct redisReply *rep)
+{
+    struct charge *c = arg;
+    struct md_error e = {0};
+    int64_t retry = 0;
+    int rc;
+    enum gw_rate_source src = GW_RATE_SHARED;
+    if (st == GW_SHARED_OK && rep->type == REDIS_REPLY_INTEGER) {
+        if (__atomic_load_n(&fallback_warned, __ATOMIC_RELAXED) &&
+            __atomic_exchange_n(&fallback_warned, 0, __ATOMIC_RELAXED)) {
+            lb_info("rate limits: the shared store (control.redis) decides again");
+        }
+        rc = rep->integer > 0 ? -1 : 0;
+        if (rc < 0) {
+            rate_refused(c->key, c->cost, rep->integer, &e, &retry);
+        }
+    } else {
+        src = GW_RATE_LOCAL;
+        rc = charge_local(c->key, c->cost, &e, &retry);
+    }
+    gw_auth_charged_cb done = c->done;
+    void *darg = c->arg;
+    free(c);
+    done(darg, rc, &e, retry, src);
+}
+
+int gw_auth_charge_shared(struct gw_shared *sh, const struct cf_key *key, double cost,
+                          int64_t wait_ms, gw_auth_charged_cb done, void *arg, struct md_error *e,
+                          int64_t *retry_after_s, enum gw_rate_source *src)
+{
+    *src = GW_RATE_NONE;
+    if (key == NULL || key->rate_per_s <= 0 || cost <= 0) {
+        return 0;
+    }
+    *src = GW_RATE_SHARED;
+    if (over_burst(key, cost, e, retry_after_s)) {
+        return -1;
+    }
+    struct charge *c = malloc(sizeof(*c));
+    size_t pl, nl = strlen(key->name);
+    const char *prefix = gw_shared_prefix(sh, &pl);
+    char *bkey = malloc(pl + 5 + nl + 1);
+    int rc = -1;
+    if (c != NULL && bkey != NULL) {
+        char *p = lb_put_mem(bkey, prefix, pl);
+        p = LB_PUT_LIT(p, "rate:");
+        p = lb_put_mem(p, key->name, nl);
+        char rate[32], burst[32], cst[32];
+        snprintf(rate, sizeof(rate), "%.17g", key->rate_per_s);
+        snprintf(burst, sizeof(burst), "%.17g", key->burst);
+        snprintf(cst, sizeof(cst), "%.17g", cost);
+        const char *argv[3] = {rate, burst, cst};
+        size_t argl[3] = {strlen(rate), strlen(burst), strlen(cst)};
+        *c = (struct charge){key, cost, done, arg};
+        rc = gw_shared_eval(sh, &script_take, bkey, (size_t)(p - bkey), 3, argv, argl, wait_ms,
+                            charged, c);
+    }
+    free(bkey);
+    if (rc == 0) {
+        return 1;
+    }
+    free(c);
+    *src = GW_RATE_LOCAL;
+    return charge_local(key, cost, e, retry_after_s);
 }
 
 int gw_auth_sees(const struct cf_key *key, const char *domain, int exists, struct md_error *e)

@@ -5,7 +5,8 @@
  * compared with every configured digest in constant time (no early exit, so
  * timing does not tell which key nearly matched).  Each key has grants per
  * domain (read / write / admin) and an optional token-bucket rate limit
- * shared by all workers.
+ * shared by all workers — and, in a fleet (config `control`), by every
+ * instance: the bucket then lives in the fleet's Redis (gw_shared.h).
  */
 #ifndef GW_AUTH_H
 #define GW_AUTH_H
@@ -30,6 +31,29 @@ int gw_auth_check(const struct cf_config *cf, const struct gw_http_req *hr, doub
  * message says to split the request). */
 int gw_auth_charge(const struct cf_key *key, double cost, struct md_error *e,
                    int64_t *retry_after_s);
+
+/* Which bucket decided a charge (metrics). */
+enum gw_rate_source {
+    GW_RATE_NONE,   /* no rate limit applies: nothing was taken */
+    GW_RATE_SHARED, /* the fleet's bucket, in its shared Redis */
+    GW_RATE_LOCAL,  /* this instance's bucket: the shared store could not decide */
+};
+/* The decision of a charge sent to the shared store: rc 0, or -1 with the
+ * 429 in e (borrowed for the call) and retry_after_s. */
+typedef void (*gw_auth_charged_cb)(void *arg, int rc, const struct md_error *e,
+                                   int64_t retry_after_s, enum gw_rate_source src);
+
+/* gw_auth_charge in the fleet's bucket of the key (sh: the worker's client
+ * of the shared store).  1: asked; done() follows once, later, on the loop,
+ * within wait_ms.  Otherwise decided now, 0 or -1 as gw_auth_charge: no
+ * rate limit (*src GW_RATE_NONE), a cost above the burst, or the store
+ * down.  Whenever the shared store cannot decide (down, an error, no answer
+ * within wait_ms) the instance's own bucket does (GW_RATE_LOCAL: fail open,
+ * logged once per outage). */
+struct gw_shared;
+int gw_auth_charge_shared(struct gw_shared *sh, const struct cf_key *key, double cost,
+                          int64_t wait_ms, gw_auth_charged_cb done, void *arg, struct md_error *e,
+                          int64_t *retry_after_s, enum gw_rate_source *src);
 
 /* May `key` know whether `domain` exists?  Yes with a grant on it or any
  * "*" grant; otherwise 0 with a 403 that reads the same for a configured

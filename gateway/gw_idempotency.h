@@ -26,6 +26,14 @@
  * ttl_s; the store holds at most max_entries and max_bytes of stored
  * answers, evicting the oldest completed entries first (docs/observability.md
  * states the trade-off against a Redis-backed store).
+ *
+ * A fleet (config `control`) keeps the keys in its shared Redis instead
+ * (gw_shared.h), so that a retry landing on another instance finds the
+ * first answer: gw_idem_begin_shared() claims a key atomically with one
+ * script, and gw_idem_complete() / gw_idem_release() of the handle it gives
+ * store the answer (kept ttl_s) or free the claim there.  Same answers, one
+ * more: GW_IDEM_UNAVAILABLE when the shared store cannot be asked — the
+ * write is then refused (503), never run without the guarantee.
  */
 #ifndef GW_IDEMPOTENCY_H
 #define GW_IDEMPOTENCY_H
@@ -36,11 +44,12 @@
 struct gw_idem; /* a held key (in progress) */
 
 enum gw_idem_rc {
-    GW_IDEM_NEW,      /* run the request; *held is the key to complete or release */
-    GW_IDEM_REPLAY,   /* *replay filled: answer with it */
-    GW_IDEM_MISMATCH, /* the key was used with another request */
-    GW_IDEM_BUSY,     /* the first request with this key is still running */
-    GW_IDEM_FULL,     /* the store is full of requests in progress */
+    GW_IDEM_NEW,         /* run the request; *held is the key to complete or release */
+    GW_IDEM_REPLAY,      /* *replay filled: answer with it */
+    GW_IDEM_MISMATCH,    /* the key was used with another request */
+    GW_IDEM_BUSY,        /* the first request with this key is still running */
+    GW_IDEM_FULL,        /* the store is full of requests in progress */
+    GW_IDEM_UNAVAILABLE, /* the shared store is down or did not answer in time */
 };
 
 /* Header lines kept with an answer, NUL included.  An answer whose lines
@@ -68,6 +77,20 @@ enum gw_idem_rc gw_idem_begin(const char *scope, const char *key, size_t keylen,
 void gw_idem_complete(struct gw_idem *h, int status, const void *body, size_t bodylen,
                       const char *headers, uint64_t now_ms);
 void gw_idem_release(struct gw_idem *h);
+
+/* The fleet's shared store (gw_shared.h).  The answer comes to done() once,
+ * later, on the loop: `held` is the claimed key for GW_IDEM_NEW (complete or
+ * release it as above), NULL otherwise; a replay's body is malloc'd and
+ * done() frees it.  wait_ms bounds the wait for Redis (then
+ * GW_IDEM_UNAVAILABLE); claim_ms is how long a claim in progress lives if
+ * its instance never completes it (a crash).  0, or -1 when the store is
+ * down now (done() is not called). */
+struct gw_shared;
+typedef void (*gw_idem_done_cb)(void *arg, enum gw_idem_rc rc, struct gw_idem *held,
+                                struct gw_idem_replay *replay);
+int gw_idem_begin_shared(struct gw_shared *sh, const char *scope, const char *key, size_t keylen,
+                         const uint64_t fp[2], int64_t wait_ms, int64_t claim_ms,
+                         gw_idem_done_cb done, void *arg) __attribute__((warn_unused_result));
 
 void gw_idem_fingerprint(const char *method, const char *path, const char *query, const void *body,
                          size_t bodylen, uint64_t fp[2]);

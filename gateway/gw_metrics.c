@@ -20,6 +20,7 @@
 #include "gateway/gw_http.h"
 #include "gateway/gw_idempotency.h"
 #include "gateway/gw_shard.h"
+#include "gateway/gw_shared.h"
 #include "lib/lb_util.h"
 #include "routing/rt_shardmap.h"
 
@@ -70,6 +71,8 @@ struct wslot {
     /* gauges sampled from the adapters (gw_metrics_sample_pools) */
     uint64_t pool_known[GW_MAX_SHARDS];
     uint64_t pool[GW_MAX_SHARDS][4]; /* size, connected, in use, waiting */
+    uint64_t sh_idem[GW_MSI_N];
+    uint64_t sh_rate[2][2]; /* [local][allowed] */
 };
 
 /* Static: pages a worker never touches cost no memory. */
@@ -200,6 +203,20 @@ void gw_metrics_scatter(int worker, int domain, int nshards, int partial)
     }
 }
 
+void gw_metrics_shared_idem(int worker, enum gw_msi what)
+{
+    if (wvalid(worker) && (unsigned)what < GW_MSI_N) {
+        bump(&slots[worker].sh_idem[what], 1);
+    }
+}
+
+void gw_metrics_shared_rate(int worker, int local, int allowed)
+{
+    if (wvalid(worker)) {
+        bump(&slots[worker].sh_rate[local != 0][allowed != 0], 1);
+    }
+}
+
 int gw_metrics_pools_begin(int worker)
 {
     if (!wvalid(worker)) {
@@ -262,6 +279,43 @@ static long long open_fds(void)
     }
     closedir(d);
     return n - 1; /* the directory stream's own fd */
+}
+
+/* The fleet's shared store (only with a `control` section). */
+static void render_shared(struct evbuffer *o, int nw)
+{
+    int clients, up;
+    gw_shared_stats(&clients, &up);
+    help(o, "polygate_shared_store_up", "gauge",
+         "1 when every worker's connection to the fleet's shared Redis (control.redis) is up.");
+    evbuffer_add_printf(o, "polygate_shared_store_up %d\n", clients > 0 && up == clients);
+    static const char *const idem[GW_MSI_N] = {"claimed", "replayed", "mismatch", "busy",
+                                               "unavailable"};
+    help(o, "polygate_shared_idempotency_total", "counter",
+         "Idempotency-Key claims in the shared store, by result.");
+    for (int k = 0; k < GW_MSI_N; k++) {
+        uint64_t n = 0;
+        for (int w = 0; w < nw; w++) {
+            n += rd(&slots[w].sh_idem[k]);
+        }
+        evbuffer_add_printf(o, "polygate_shared_idempotency_total{result=\"%s\"} %" PRIu64 "\n",
+                            idem[k], n);
+    }
+    help(o, "polygate_ratelimit_decisions_total", "counter",
+         "Rate-limit decisions by bucket: the fleet's (shared) or, while the shared store "
+         "cannot decide, the instance's own (local).");
+    for (int local = 0; local < 2; local++) {
+        for (int ok = 0; ok < 2; ok++) {
+            uint64_t n = 0;
+            for (int w = 0; w < nw; w++) {
+                n += rd(&slots[w].sh_rate[local][ok]);
+            }
+            evbuffer_add_printf(o,
+                                "polygate_ratelimit_decisions_total{source=\"%s\",decision=\"%s\"}"
+                                " %" PRIu64 "\n",
+                                local ? "local" : "shared", ok ? "allowed" : "limited", n);
+        }
+    }
 }
 
 static int nworkers_set = 1;
@@ -498,6 +552,10 @@ void gw_metrics_render(struct evbuffer *o, const struct cf_config *cf, int64_t i
     help(o, "polygate_idempotency_replays_total", "counter",
          "Requests answered with the stored answer of an earlier request with the same key.");
     evbuffer_add_printf(o, "polygate_idempotency_replays_total %" PRIu64 "\n", ireplays);
+
+    if (cf->control.redis != NULL) {
+        render_shared(o, nw);
+    }
 
     help(o, "polygate_workers", "gauge", "Worker threads (one event loop each).");
     evbuffer_add_printf(o, "polygate_workers %d\n", nworkers);

@@ -56,6 +56,20 @@ enum gw_mbe {
     GW_MBE_N
 };
 
+/* A fleet's shared state (gw_shared.h): what a claim of an Idempotency-Key
+ * in the shared store gave, and which bucket decided a rate limit. */
+enum gw_msi {
+    GW_MSI_CLAIMED,     /* a new key: the request ran */
+    GW_MSI_REPLAYED,    /* the stored answer */
+    GW_MSI_MISMATCH,    /* 422: the key was used with another request */
+    GW_MSI_BUSY,        /* 409: the first request is still running */
+    GW_MSI_UNAVAILABLE, /* 503: the shared store could not be asked */
+    GW_MSI_N
+};
+void gw_metrics_shared_idem(int worker, enum gw_msi what);
+/* local: the instance's own bucket decided (the shared store could not) */
+void gw_metrics_shared_rate(int worker, int local, int allowed);
+
 /* Interning (takes a mutex; call at config time, not per request). */
 int gw_metrics_domain_id(const char *name); /* 0 = no domain */
 /* Intern every domain and shard (gw_shard.h) of a config (start-up and reload). */

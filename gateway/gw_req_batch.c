@@ -180,31 +180,34 @@ fail:
     req_release(c);
 }
 
-/* A _batch pays its rate-limit tokens here (req_authenticate() took none): one
- * per operation, or one for a batch refused before it ran.  0, or -1 when
- * answered 429. */
-int req_batch_charge(struct gw_req *r, size_t cost)
+static void batch_run(struct gw_req *r);
+
+/* The envelopes of a batch document, and whether that many may run. */
+static size_t batch_len(const struct gw_req *r, struct json_object *doc, int *valid)
 {
-    struct md_error e = {0};
-    int64_t retry = 0;
-    if (gw_auth_charge(r->caller, (double)cost, &e, &retry) == 0) {
-        return 0;
-    }
-    char hdr[48];
-    snprintf(hdr, sizeof(hdr), "Retry-After: %lld\r\n", (long long)retry);
-    req_fail_now(r, &e, hdr);
-    return -1;
+    size_t n = json_object_is_type(doc, json_type_array) ? json_object_array_length(doc) : 0;
+    *valid = n > 0 && n <= (size_t)r->cf->limits.max_batch;
+    return n;
 }
 
+/* A _batch pays its rate-limit tokens here (req_authenticate() took none): one
+ * per operation, or one for a batch refused before it ran (req_charge: the
+ * batch runs once they are taken, in batch_run). */
 void req_handle_batch(struct gw_req *r, struct json_object *doc)
 {
+    int valid;
+    size_t n = batch_len(r, doc, &valid);
+    r->body = doc; /* kept while the charge is decided */
+    req_charge(r, (double)(valid ? n : 1), batch_run);
+}
+
+static void batch_run(struct gw_req *r)
+{
     struct md_error e = {0};
-    size_t n = json_object_is_type(doc, json_type_array) ? json_object_array_length(doc) : 0;
-    int valid = n > 0 && n <= (size_t)r->cf->limits.max_batch;
-    if (req_batch_charge(r, valid ? n : 1) < 0) {
-        json_object_put(doc);
-        return;
-    }
+    struct json_object *doc = r->body;
+    r->body = NULL;
+    int valid;
+    size_t n = batch_len(r, doc, &valid);
     if (!json_object_is_type(doc, json_type_array)) {
         md_error_set(&e, MD_E_BAD_REQUEST, NULL, "_batch expects a JSON array of envelopes");
         json_object_put(doc);

@@ -41,7 +41,8 @@ enum req_kind { REQ_ONE, REQ_BATCH, REQ_READY, REQ_SCATTER, REQ_GUARD };
 /* The life of a request: whether its client has an answer, and whether a
  * completion is still owed to it (the adapter's for a submitted request,
  * its guard's for a write checked on every shard first, the main thread's
- * for PUT /admin/shardmap).  The two are independent — a deadline answers
+ * for PUT /admin/shardmap, the fleet's shared store's for a rate-limit
+ * charge or an Idempotency-Key claim, gw_shared.h).  The two are independent — a deadline answers
  * 504 while the adapter still owes its completion — so each pair is a
  * state.  Every change goes through req_set_state(), which asserts that
  * the change is one of these:
@@ -139,6 +140,15 @@ struct gw_req {
     struct event *hold_ev;                /* a write waiting for a frozen slot */
     uint64_t hold_deadline_ms;
     int64_t timeout_ms; /* the store's deadline, for the 504 message */
+    /* waiting for the fleet's shared store (gw_shared.h: a rate-limit charge,
+     * an Idempotency-Key claim): SUBMITTED meanwhile, its answer owed; then
+     * `next` goes on where the request stopped (the route's op, domain and
+     * item key, kept for it) */
+    void (*next)(struct gw_req *r);
+    int next_op;
+    const struct cf_domain *next_domain;
+    const char *next_key; /* in http->path */
+    size_t next_keylen;
 };
 
 /* gw_req_life.c: lifecycle and answers */
@@ -205,7 +215,6 @@ void req_start(struct gw_req *r);
 
 /* gw_req_batch.c: _batch */
 void req_batch_entry(struct gw_req *p, struct gw_req *child, int status, struct json_object *entry);
-int req_batch_charge(struct gw_req *r, size_t cost);
 void req_handle_batch(struct gw_req *r, struct json_object *doc);
 
 /* gw_req_ready.c: /ready */
@@ -216,6 +225,10 @@ void req_handle_ready(struct gw_req *r, int detailed);
 /* gw_request.c: entry: limits, draining, authentication */
 struct gw_req *req_begin(struct gw_worker *w, struct gw_http_req *hr);
 int req_authenticate(struct gw_req *r, struct gw_http_req *hr, unsigned need_perm);
+/* Take `cost` rate-limit tokens of the caller (in the fleet's bucket when
+ * the worker has a shared store), then next(r): at once, or once the
+ * shared store answered.  A refusal is answered 429 and next never runs. */
+void req_charge(struct gw_req *r, double cost, void (*next)(struct gw_req *r));
 void req_not_found(struct gw_req *r, struct gw_http_req *hr);
 
 #endif

@@ -330,8 +330,102 @@ static const char *idem_scope(const struct gw_req *r)
     return r->caller != NULL ? r->caller->name : "";
 }
 
+static void data_run(struct gw_req *r);
+
+/* Answer a key the store did not let run (idem_begin); -1. */
+static int idem_refused(struct gw_req *r, enum gw_idem_rc rc, struct gw_idem_replay *rp,
+                        const char *k, size_t klen)
+{
+    struct md_error e = {0};
+    e.domain = r->next_domain->name;
+    switch (rc) {
+    case GW_IDEM_REPLAY: {
+        struct evbuffer *out = evbuffer_new();
+        evbuffer_add(out, rp->body, rp->bodylen);
+        char hdr[256];
+        snprintf(hdr, sizeof(hdr), "%sIdempotent-Replayed: true\r\n", rp->headers);
+        req_respond(r, rp->status, out, hdr);
+        evbuffer_free(out);
+        free(rp->body);
+        req_mark_answered(r);
+        req_release(r);
+        return -1;
+    }
+    case GW_IDEM_MISMATCH:
+        md_error_set(&e, MD_E_IDEM_REUSED, NULL,
+                     "Idempotency-Key '%.*s' was already used with a different request "
+                     "(method, path, query or body); use a new key for a new request",
+                     (int)(klen > 64 ? 64 : klen), k);
+        req_fail_now(r, &e, NULL);
+        return -1;
+    case GW_IDEM_BUSY:
+        md_error_set(&e, MD_E_IDEM_BUSY, NULL,
+                     "a request with Idempotency-Key '%.*s' is still in progress; retry shortly",
+                     (int)(klen > 64 ? 64 : klen), k);
+        req_fail_now(r, &e, "Retry-After: 1\r\n");
+        return -1;
+    case GW_IDEM_UNAVAILABLE:
+        md_error_set(&e, MD_E_UNAVAILABLE, NULL,
+                     "the shared Idempotency-Key store (control.redis) is unavailable: the write "
+                     "was not run; retry shortly");
+        req_fail_now(r, &e, "Retry-After: 1\r\n");
+        return -1;
+    default:
+        md_error_set(&e, MD_E_UNAVAILABLE, NULL,
+                     "the Idempotency-Key store is full of requests in progress "
+                     "(idempotency.max_entries); retry shortly");
+        req_fail_now(r, &e, "Retry-After: 1\r\n");
+        return -1;
+    }
+}
+
+static enum gw_msi msi_of(enum gw_idem_rc rc)
+{
+    switch (rc) {
+    case GW_IDEM_NEW:
+        return GW_MSI_CLAIMED;
+    case GW_IDEM_REPLAY:
+        return GW_MSI_REPLAYED;
+    case GW_IDEM_MISMATCH:
+        return GW_MSI_MISMATCH;
+    case GW_IDEM_BUSY:
+        return GW_MSI_BUSY;
+    default:
+        return GW_MSI_UNAVAILABLE;
+    }
+}
+
+/* The shared store's answer to a claim (gw_idem_begin_shared). */
+static void idem_claimed(void *arg, enum gw_idem_rc rc, struct gw_idem *held,
+                         struct gw_idem_replay *rp)
+{
+    struct gw_req *r = arg;
+    req_mark_completed(r);
+    gw_metrics_shared_idem(r->w->id, msi_of(rc));
+    r->idem = held;        /* released with the request if it goes no further */
+    if (!req_is_open(r)) { /* shutting down */
+        free(rp->body);
+        req_release(r);
+        return;
+    }
+    if (rc == GW_IDEM_NEW) {
+        data_run(r);
+        return;
+    }
+    size_t klen = 0;
+    const char *k = gw_http_header(r->http, "idempotency-key", &klen);
+    (void)idem_refused(r, rc, rp, k, klen);
+}
+
+/* The deadline of a request on domain d (req_submit's). */
+static int64_t request_timeout(const struct gw_req *r, const struct cf_domain *d)
+{
+    return d->timeout_ms > 0 ? d->timeout_ms : r->cf->limits.request_timeout_ms;
+}
+
 /* Idempotency-Key on a write (gw_idempotency.h): 0 to run the request (the
- * key is held in r->idem, or there is none), -1 when answered here. */
+ * key is held in r->idem, or there is none), 1 when the fleet's shared
+ * store was asked (idem_claimed goes on), -1 when answered here. */
 static int idem_begin(struct gw_req *r, struct gw_http_req *hr, const struct cf_domain *d)
 {
     size_t klen = 0;
@@ -352,41 +446,23 @@ static int idem_begin(struct gw_req *r, struct gw_http_req *hr, const struct cf_
     const char *b = blen > 0 ? (const char *)evbuffer_pullup(hr->body, -1) : "";
     gw_idem_fingerprint(hr->method_name, hr->path, hr->query, b, blen, fp);
     struct gw_idem_replay rp = {0};
-    switch (gw_idem_begin(idem_scope(r), k, klen, fp, lb_now_ms(), &r->idem, &rp)) {
-    case GW_IDEM_NEW:
-        return 0;
-    case GW_IDEM_REPLAY: {
-        struct evbuffer *out = evbuffer_new();
-        evbuffer_add(out, rp.body, rp.bodylen);
-        char hdr[256];
-        snprintf(hdr, sizeof(hdr), "%sIdempotent-Replayed: true\r\n", rp.headers);
-        req_respond(r, rp.status, out, hdr);
-        evbuffer_free(out);
-        free(rp.body);
-        req_mark_answered(r);
-        req_release(r);
-        return -1;
+    enum gw_idem_rc rc;
+    if (r->w->shared != NULL) {
+        /* the wait is bounded by the request's deadline; a claim outlives
+         * every deadline the request can still meet (a guard's lookups, the
+         * write, a slot frozen by a rebalance) */
+        int64_t tmo = request_timeout(r, d);
+        if (gw_idem_begin_shared(r->w->shared, idem_scope(r), k, klen, fp, tmo, 4 * tmo + 10000,
+                                 idem_claimed, r) == 0) {
+            req_set_state(r, REQ_SUBMITTED); /* the shared store owes the answer */
+            return 1;
+        }
+        rc = GW_IDEM_UNAVAILABLE;
+        gw_metrics_shared_idem(r->w->id, GW_MSI_UNAVAILABLE);
+    } else {
+        rc = gw_idem_begin(idem_scope(r), k, klen, fp, lb_now_ms(), &r->idem, &rp);
     }
-    case GW_IDEM_MISMATCH:
-        md_error_set(&e, MD_E_IDEM_REUSED, NULL,
-                     "Idempotency-Key '%.*s' was already used with a different request "
-                     "(method, path, query or body); use a new key for a new request",
-                     (int)(klen > 64 ? 64 : klen), k);
-        req_fail_now(r, &e, NULL);
-        return -1;
-    case GW_IDEM_BUSY:
-        md_error_set(&e, MD_E_IDEM_BUSY, NULL,
-                     "a request with Idempotency-Key '%.*s' is still in progress; retry shortly",
-                     (int)(klen > 64 ? 64 : klen), k);
-        req_fail_now(r, &e, "Retry-After: 1\r\n");
-        return -1;
-    default:
-        md_error_set(&e, MD_E_UNAVAILABLE, NULL,
-                     "the Idempotency-Key store is full of requests in progress "
-                     "(idempotency.max_entries); retry shortly");
-        req_fail_now(r, &e, "Retry-After: 1\r\n");
-        return -1;
-    }
+    return rc == GW_IDEM_NEW ? 0 : idem_refused(r, rc, &rp, k, klen);
 }
 
 /* A create without an id under an Idempotency-Key gets an id derived from
@@ -406,24 +482,30 @@ static void idem_derive_key(struct gw_req *r, struct gw_http_req *hr, const stru
     json_object_object_add(body, d->key, json_object_new_string(id));
 }
 
+/* A _batch that is not a POST of JSON, once its token is taken. */
+static void batch_refused(struct gw_req *r)
+{
+    struct md_error e = {0};
+    struct json_object *doc;
+    if (r->http->method != GW_POST) {
+        md_error_set(&e, MD_E_METHOD, NULL, "_batch takes POST");
+        req_fail_now(r, &e, "Allow: POST\r\n");
+    } else if (req_parse_body(r, r->http, &doc, &e) < 0) {
+        req_fail_now(r, &e, NULL);
+    } else { /* parsed before; cannot differ */
+        req_handle_batch(r, doc);
+    }
+}
+
 void req_handle_data(struct gw_req *r, struct gw_http_req *hr)
 {
     struct md_error e = {0};
     char hdr[128] = "";
     const char *rest = hr->path + 4; /* after "/v1/" */
     if (strcmp(rest, "_batch") == 0) {
-        if (hr->method != GW_POST) {
-            if (req_batch_charge(r, 1) == 0) {
-                md_error_set(&e, MD_E_METHOD, NULL, "_batch takes POST");
-                req_fail_now(r, &e, "Allow: POST\r\n");
-            }
-            return;
-        }
         struct json_object *doc;
-        if (req_parse_body(r, hr, &doc, &e) < 0) {
-            if (req_batch_charge(r, 1) == 0) {
-                req_fail_now(r, &e, NULL);
-            }
+        if (hr->method != GW_POST || req_parse_body(r, hr, &doc, &e) < 0) {
+            req_charge(r, 1, batch_refused); /* a refused batch pays one token */
             return;
         }
         req_handle_batch(r, doc);
@@ -516,9 +598,24 @@ void req_handle_data(struct gw_req *r, struct gw_http_req *hr)
         req_fail_now(r, &e, NULL);
         return;
     }
-    if (op != AD_GET && op != AD_QUERY && op != AD_AGGREGATE && idem_begin(r, hr, d) < 0) {
-        return; /* answered: replayed, or refused */
+    r->next_op = (int)op;
+    r->next_domain = d;
+    r->next_key = key;
+    r->next_keylen = keylen;
+    if (op != AD_GET && op != AD_QUERY && op != AD_AGGREGATE && idem_begin(r, hr, d) != 0) {
+        return; /* answered (replayed, or refused), or the shared store was asked */
     }
+    data_run(r);
+}
+
+/* The rest of a data request, once its Idempotency-Key (if any) is held. */
+static void data_run(struct gw_req *r)
+{
+    struct gw_http_req *hr = r->http;
+    const struct cf_domain *d = r->next_domain;
+    enum ad_op op = (enum ad_op)r->next_op;
+    struct md_error e = {0};
+    e.domain = d->name;
     struct json_object *body = NULL;
     if (op == AD_PUT || op == AD_INSERT || op == AD_PATCH || op == AD_QUERY || op == AD_AGGREGATE) {
         if (req_parse_body(r, hr, &body, &e) < 0) {
@@ -534,7 +631,7 @@ void req_handle_data(struct gw_req *r, struct gw_http_req *hr)
         req_fail_now(r, &e, NULL);
         return;
     }
-    if (req_env_prepare(r, op, d, key, keylen, body, &e) < 0) {
+    if (req_env_prepare(r, op, d, r->next_key, r->next_keylen, body, &e) < 0) {
         req_fail_now(r, &e, NULL);
         return;
     }

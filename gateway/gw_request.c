@@ -76,23 +76,36 @@ struct gw_req *req_begin(struct gw_worker *w, struct gw_http_req *hr)
     return r;
 }
 
-/* Authenticate (and rate-limit) the caller; answers and returns -1 when refused. */
-int req_authenticate(struct gw_req *r, struct gw_http_req *hr, unsigned need_perm)
+/* A 429 of the rate limit. */
+static void rate_limited(struct gw_req *r, const struct md_error *e, int64_t retry)
+{
+    char hdr[48];
+    snprintf(hdr, sizeof(hdr), "Retry-After: %lld\r\n", (long long)retry);
+    req_fail_now(r, e, hdr);
+}
+
+/* Who is calling, and `cost` tokens of its rate limit taken in this
+ * instance's bucket; answers and returns -1 when refused. */
+static int identify(struct gw_req *r, struct gw_http_req *hr, double cost)
 {
     struct md_error e = {0};
     int64_t retry = 0;
-    /* a _batch pays one token per operation once its size is known */
-    double cost = need_perm == 0 && strcmp(hr->path, "/v1/_batch") == 0 ? 0 : 1;
     if (gw_auth_check(r->cf, hr, cost, &r->caller, &e, &retry) < 0) {
-        char hdr[64];
         if (e.err == MD_E_RATE_LIMITED) {
-            snprintf(hdr, sizeof(hdr), "Retry-After: %lld\r\n", (long long)retry);
+            rate_limited(r, &e, retry);
         } else {
-            snprintf(hdr, sizeof(hdr), "WWW-Authenticate: Bearer realm=\"polygate\"\r\n");
+            req_fail_now(r, &e, "WWW-Authenticate: Bearer realm=\"polygate\"\r\n");
         }
-        req_fail_now(r, &e, hdr);
         return -1;
     }
+    return 0;
+}
+
+/* After the rate limit: the admin permission, and the key's operations in
+ * flight (need_perm 0: the data listener). */
+static int admit(struct gw_req *r, unsigned need_perm)
+{
+    struct md_error e = {0};
     if (need_perm != 0 && r->caller != NULL && !(cf_auth_perms(r->caller, "*") & need_perm)) {
         md_error_set(&e, MD_E_FORBIDDEN, NULL, "key '%s' is not an admin key", r->caller->name);
         req_fail_now(r, &e, NULL);
@@ -107,11 +120,91 @@ int req_authenticate(struct gw_req *r, struct gw_http_req *hr, unsigned need_per
     return 0;
 }
 
+/* Authenticate (and rate-limit) the caller now, in this instance's bucket
+ * (the admin listener: operators' calls do not depend on the fleet's
+ * store); answers and returns -1 when refused. */
+int req_authenticate(struct gw_req *r, struct gw_http_req *hr, unsigned need_perm)
+{
+    /* a _batch pays one token per operation once its size is known */
+    double cost = need_perm == 0 && strcmp(hr->path, "/v1/_batch") == 0 ? 0 : 1;
+    if (identify(r, hr, cost) < 0) {
+        return -1;
+    }
+    return admit(r, need_perm);
+}
+
+/* How long a rate-limit decision waits for the shared store before the
+ * instance's own bucket decides instead: the check must not cost a request
+ * its deadline. */
+#define SHARED_RATE_WAIT_MS 250
+
+static void charged(void *arg, int rc, const struct md_error *e, int64_t retry,
+                    enum gw_rate_source src)
+{
+    struct gw_req *r = arg;
+    req_mark_completed(r);
+    gw_metrics_shared_rate(r->w->id, src == GW_RATE_LOCAL, rc == 0);
+    if (!req_is_open(r)) { /* shutting down */
+        req_release(r);
+    } else if (rc < 0) {
+        rate_limited(r, e, retry);
+    } else {
+        r->next(r);
+    }
+}
+
+void req_charge(struct gw_req *r, double cost, void (*next)(struct gw_req *r))
+{
+    struct md_error e = {0};
+    int64_t retry = 0;
+    int rc;
+    if (cost <= 0) {
+        rc = 0;
+    } else if (r->w->shared == NULL) {
+        rc = gw_auth_charge(r->caller, cost, &e, &retry);
+    } else {
+        enum gw_rate_source src;
+        int64_t wait = r->cf->limits.request_timeout_ms;
+        r->next = next;
+        rc = gw_auth_charge_shared(r->w->shared, r->caller, cost,
+                                   wait < SHARED_RATE_WAIT_MS ? wait : SHARED_RATE_WAIT_MS, charged,
+                                   r, &e, &retry, &src);
+        if (rc == 1) {
+            req_set_state(r, REQ_SUBMITTED); /* the shared store owes the answer */
+            return;
+        }
+        if (src != GW_RATE_NONE) {
+            gw_metrics_shared_rate(r->w->id, src == GW_RATE_LOCAL, rc == 0);
+        }
+    }
+    if (rc < 0) {
+        rate_limited(r, &e, retry);
+        return;
+    }
+    next(r);
+}
+
 void req_not_found(struct gw_req *r, struct gw_http_req *hr)
 {
     struct md_error e = {0};
     md_error_set(&e, MD_E_NOT_FOUND, NULL, "no route for %s %.200s", hr->method_name, hr->path);
     req_fail_now(r, &e, NULL);
+}
+
+/* A caller known, charged and admitted: its route. */
+static void dispatch(struct gw_req *r)
+{
+    struct gw_http_req *hr = r->http;
+    if (admit(r, 0) < 0) {
+        return;
+    }
+    if (strncmp(hr->path, "/v1/", 4) == 0) {
+        req_handle_data(r, hr);
+    } else if (strcmp(hr->path, "/ready") == 0) {
+        req_handle_ready(r, 0);
+    } else {
+        req_not_found(r, hr);
+    }
 }
 
 void gw_request_handle(struct gw_http_req *hr, void *arg)
@@ -121,18 +214,14 @@ void gw_request_handle(struct gw_http_req *hr, void *arg)
     if (r == NULL) {
         return;
     }
-    if (strcmp(hr->path, "/health") != 0 && req_authenticate(r, hr, 0) < 0) {
-        return;
-    }
-    if (strncmp(hr->path, "/v1/", 4) == 0) {
-        req_handle_data(r, hr);
-    } else if (strcmp(hr->path, "/health") == 0) {
+    if (strcmp(hr->path, "/health") == 0) {
         r->mop = GW_MOP_HEALTH;
         req_simple_json(r, 200, "{\"status\":\"ok\"}");
-    } else if (strcmp(hr->path, "/ready") == 0) {
-        req_handle_ready(r, 0);
-    } else {
-        req_not_found(r, hr);
+        return;
+    }
+    /* a _batch pays one token per operation once its size is known */
+    if (identify(r, hr, 0) == 0) {
+        req_charge(r, strcmp(hr->path, "/v1/_batch") == 0 ? 0 : 1, dispatch);
     }
 }
 

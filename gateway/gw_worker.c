@@ -15,6 +15,7 @@
 #include "gateway/gw_http.h"
 #include "gateway/gw_metrics.h"
 #include "gateway/gw_shard.h"
+#include "gateway/gw_shared.h"
 #include "lib/lb_log.h"
 #include "lib/lb_util.h"
 #include "routing/rt_live.h"
@@ -187,7 +188,8 @@ static void finish(struct gw_worker *w)
     if (w->stats_timer != NULL) {
         event_del(w->stats_timer); /* it reads w->rt, which goes away now */
     }
-    w->hooks->abandon(w); /* late completions are dropped from now on */
+    w->hooks->abandon(w);       /* late completions are dropped from now on */
+    gw_shared_close(w->shared); /* requests waiting for it complete now */
     for (size_t i = 0; w->cf != NULL && w->rt != NULL && i < w->cf->nbackends; i++) {
         struct gw_backend_rt *rt = w->rt[i];
         w->rt[i] = NULL;
@@ -375,6 +377,11 @@ int gw_worker_init(struct gw_worker *w, int id, struct cf_config *cf, void *tls,
     w->stats_timer = event_new(w->base, -1, EV_PERSIST, stats_cb, w);
     struct timeval second = {1, 0};
     event_add(w->stats_timer, &second);
+    /* read at start: a reload does not change the shared store */
+    if (cf->control.redis != NULL &&
+        (w->shared = gw_shared_new(w->base, cf, id, err, errlen)) == NULL) {
+        return -1;
+    }
     struct evconnlistener *lis =
         gw_http_listen(w->base, cf->listen_host, cf->listen_port, 1, err, errlen);
     if (lis == NULL) {
@@ -443,6 +450,8 @@ void gw_worker_destroy(struct gw_worker *w)
     /* run the loop once more so that deferred callbacks of adapters finish */
     event_base_loop(w->base, EVLOOP_NONBLOCK);
     w->hooks->free_all(w);
+    gw_shared_free(w->shared); /* after the requests: their keys point to it */
+    w->shared = NULL;
     if (w->pending_cf != NULL) {
         cf_config_unref(w->pending_cf);
     }

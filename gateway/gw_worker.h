@@ -23,6 +23,7 @@ struct ad_ops;
 struct gw_http_req;
 struct gw_http_server;
 struct gw_req;
+struct gw_shared;
 struct gw_worker;
 
 /* What a worker calls on the requests it serves (gw_request_hooks of
@@ -76,6 +77,7 @@ struct gw_worker {
     struct event *flush_timer; /* all answered: last responses get a moment to flush */
     int exit_code;
     struct event *stats_timer; /* samples the pools for /metrics (gw_metrics.h) */
+    struct gw_shared *shared;  /* the fleet's shared store (config `control`), or NULL */
 
     /* rebalancing: the live slot table of a rebalance this worker runs on, and
      * whether requests it started before (routed without a ticket) are still
