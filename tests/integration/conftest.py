@@ -228,7 +228,7 @@ backends:
   orders-%(store)s:
     type: %(store)s
     shard_map: %(map)s
-    pool: {min: 1, max: 4, connect_timeout_ms: 1000, queue_max: 1024, backoff_min_ms: 20, backoff_max_ms: 300}
+    pool: {min: 1, max: 4, connect_timeout_ms: 3000, queue_max: 1024, backoff_min_ms: 20, backoff_max_ms: 300}
 domains:
   orders:
     backend: orders-%(store)s
@@ -377,14 +377,14 @@ def rdb():
     r.close()
 
 
-def wait_ready(timeout=15.0, streak=20):
+def wait_ready(timeout=15.0, streak=20, port=PORT):
     """Wait until /ready answers 200 `streak` times in a row on fresh
     connections (fresh connections land on every worker, and each worker
     has its own pools that reconnect on their own backoff)."""
     deadline = time.time() + timeout
     ok = 0
     while time.time() < deadline:
-        c = Client()
+        c = Client(port)
         try:
             st, _, _ = c.request("GET", "/ready")
         except OSError:

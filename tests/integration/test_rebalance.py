@@ -229,6 +229,11 @@ class Run:
             deadline = time.time() + 20
             while self.proc.poll() is None and time.time() < deadline:
                 if wait_port(GW_PORT, timeout=0.5) and wait_port(GW_ADMIN, timeout=0.5):
+                    # every shard reachable from every worker before the test
+                    # writes (pools connect in the background; under valgrind
+                    # five PostgreSQL shards take seconds)
+                    if not conftest.wait_ready(timeout=60, streak=4, port=GW_PORT):
+                        raise RuntimeError("polygate is not ready: " + self.logtext())
                     return
             self.proc.kill()
             self.proc.wait()

@@ -268,6 +268,11 @@ def test_sighup_with_a_map_that_moves_slots_rebalances(mgw):
                 break
             time.sleep(0.1)
         assert rb["state"] == "done", rb
+        # "done" comes as the main thread starts loading the new map; the
+        # workers serve it a moment later (docs/rebalancing.md section 4)
+        deadline = time.time() + 20
+        while active(mgw)["version"] != 10 and time.time() < deadline:
+            time.sleep(0.05)
         b = active(mgw)
         assert b["version"] == 10 and len(b["shards"]) == 5, b
         assert 4096 / 5 * 0.8 < b["shards"][4]["slots"] < 4096 / 5 * 1.2, b
