@@ -282,14 +282,7 @@ class Gateway:
         self.proc.send_signal(sig)
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        rc = self.proc.returncode
+        rc = terminate(self.proc, timeout=10)
         self.log.close()
         shutil.rmtree(self.dir, ignore_errors=True)
         return rc
@@ -375,6 +368,19 @@ def rdb():
     r = redislib.Redis(host="127.0.0.1", port=REDIS_PORT, db=REDIS_DB, decode_responses=True)
     yield r
     r.close()
+
+
+def terminate(proc, timeout):
+    """SIGTERM a gateway process and wait up to `timeout` s for its exit
+    (SIGKILL after that); its exit code. A process already gone: its code."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
 
 
 def wait_ready(timeout=15.0, streak=20, port=PORT):

@@ -266,12 +266,7 @@ class Run:
     def stop(self):
         rc = 0
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                rc = self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                rc = self.proc.wait()
+            rc = conftest.terminate(self.proc, timeout=15)
         self.proc = None
         if rc != 0:
             print("polygate exited with %s:\n%s" % (rc, self.logtext()[-6000:]))
